@@ -1,0 +1,1 @@
+"""Label Studio adapter: the only package that will import ``label_studio_sdk``."""

@@ -1,0 +1,38 @@
+"""The planner's error tree: every error the planner raises on purpose derives from one root.
+
+    PlannerError
+    ├── ConfigError (ValueError)          a setting is missing or invalid; names key, value, fix
+    ├── InputError (ValueError)           input data the planner cannot use; says what to do
+    │   ├── LabelConfigError              a Label Studio label config the planner cannot read
+    │   └── AnnotationError               a malformed annotation result (quarantined, never fatal)
+    └── TransientError                    worth retrying later (network, service down)
+
+Each error subclasses the built-in a caller would naturally catch (``ValueError`` for bad
+input) so code that predates the planner keeps working.
+"""
+
+from __future__ import annotations
+
+
+class PlannerError(Exception):
+    """Root of every error the planner raises on purpose."""
+
+
+class ConfigError(PlannerError, ValueError):
+    """A configuration value is missing or invalid; the message names the key, value and fix."""
+
+
+class InputError(PlannerError, ValueError):
+    """Input data cannot be used as given; the message says what to do about it."""
+
+
+class LabelConfigError(InputError):
+    """A Label Studio label config that defines no class the planner can count."""
+
+
+class AnnotationError(InputError):
+    """A malformed annotation result; callers quarantine the task and go on."""
+
+
+class TransientError(PlannerError):
+    """A failure that may go away on retry (a service down, a timeout)."""

@@ -1,0 +1,1 @@
+"""Scoring workers (Celery over Redis, torch). Built by a later issue."""
