@@ -1,0 +1,172 @@
+"""The configuration model: TOML + environment, one clear line per bad key, secrets kept out."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from planner.errors import ConfigError
+from planner.settings import Settings, load_settings
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "planner.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("PLANNER_"):
+            monkeypatch.delenv(name)
+
+
+def test_defaults_need_no_file() -> None:
+    settings = load_settings(None)
+    assert settings.planning.batch_size == 100
+    assert settings.planning.split_ratios == {"train": 0.8, "val": 0.1, "test": 0.1}
+    assert settings.planning.max_oversample == 5.0
+    assert settings.label_studio.token is None
+
+
+def test_file_values_are_read(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+[label_studio]
+url = "http://127.0.0.1:9090"
+project_id = 3
+[planning]
+batch_size = 40
+count_kind = "instances"
+hierarchy = { Wheelchair = "Person" }
+[quotas.Wheelchair]
+splits = { train = 400, val = 50, test = 50 }
+min_per_cycle = 20
+criticality = 3
+[schedule]
+sync_interval = "PT2M"
+timezone = "Europe/Berlin"
+""",
+    )
+    settings = load_settings(path)
+    assert str(settings.label_studio.url) == "http://127.0.0.1:9090/"
+    assert settings.label_studio.project_id == 3
+    assert settings.planning.batch_size == 40
+    assert settings.planning.count_kind == "instances"
+    assert settings.planning.hierarchy == {"Wheelchair": "Person"}
+    quota = settings.quotas["Wheelchair"]
+    assert quota.splits == {"train": 400, "val": 50, "test": 50}
+    assert (quota.min_per_cycle, quota.criticality) == (20, 3.0)
+    assert settings.schedule.sync_interval == timedelta(minutes=2)
+
+
+def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "[planning]\nbatch_size = 40\nseed = 1\n")
+    monkeypatch.setenv("PLANNER_PLANNING__BATCH_SIZE", "250")
+    settings = load_settings(path)
+    assert settings.planning.batch_size == 250
+    assert settings.planning.seed == 1
+    assert load_settings(path, environ=False).planning.batch_size == 40
+
+
+def test_every_bad_line_names_key_value_and_what_is_allowed(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+[planning]
+batch_size = -5
+weight_scheme = "foo"
+batchsize = 3
+split_ratios = { train = 0.5, val = 0.1 }
+[schedule]
+timezone = "Mars/Olympus"
+report_at = "25:00"
+""",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    lines = str(info.value).splitlines()
+    assert str(path) in lines[0]
+    by_key = {line.strip().split(" ", 1)[0].rstrip(":"): line for line in lines[1:]}
+    assert "-5" in by_key["planning.batch_size"]
+    assert "greater than 0" in by_key["planning.batch_size"]
+    assert "'foo'" in by_key["planning.weight_scheme"]
+    assert "'balanced'" in by_key["planning.weight_scheme"]
+    assert "unknown key" in by_key["planning.batchsize"]
+    assert "sum to 0.6" in by_key["planning.split_ratios"]
+    assert "'Mars/Olympus'" in by_key["schedule.timezone"]
+    assert "IANA" in by_key["schedule.timezone"]
+    assert "HH:MM" in by_key["schedule.report_at"]
+    assert len(lines) == 7
+
+
+def test_bad_environment_value_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLANNER_PLANNING__BATCH_SIZE", "many")
+    with pytest.raises(ConfigError, match=r"planning\.batch_size = 'many'.*integer"):
+        load_settings(None)
+
+
+def test_toml_syntax_error_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(write(tmp_path, "[planning\n"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_quota_split_targets_above_total_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "[quotas.Crack]\ntarget = 10\nsplits = { train = 20 }\n")
+    with pytest.raises(ConfigError, match=r"quotas\.Crack.*sum to 20, above target 10"):
+        load_settings(path)
+
+
+def test_secret_in_file_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    path = write(tmp_path, '[label_studio]\ntoken = "hunter2-token"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert "PLANNER_LABEL_STUDIO__TOKEN" in str(info.value)
+    assert "hunter2-token" not in str(info.value)
+
+
+def test_secret_from_environment_is_masked_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLANNER_LABEL_STUDIO__TOKEN", "hunter2-token")
+    settings = load_settings(None)
+    assert settings.label_studio.token is not None
+    assert settings.label_studio.token.get_secret_value() == "hunter2-token"
+    for text in (repr(settings), str(settings), str(settings.public_dict())):
+        assert "hunter2-token" not in text
+    assert settings.public_dict()["label_studio"]["token"] == "**********"
+
+
+def test_secret_from_file(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("from-a-file\n", encoding="utf-8")
+    path = write(tmp_path, f'[label_studio]\ntoken_file = "{secret}"\n')
+    token = load_settings(path).label_studio.token
+    assert token is not None
+    assert token.get_secret_value() == "from-a-file"
+
+
+def test_unreadable_secret_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = write(tmp_path, f'[label_studio]\ntoken_file = "{tmp_path / "missing"}"\n')
+    with pytest.raises(ConfigError, match="cannot read token_file"):
+        load_settings(path)
+
+
+def test_password_in_database_url_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, '[store]\nurl = "postgresql://planner:pw123@127.0.0.1/test"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert "PLANNER_STORE__PASSWORD" in str(info.value)
+    assert "pw123" not in str(info.value)
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings()
+    with pytest.raises(ValueError, match="frozen"):
+        settings.planning = settings.planning  # type: ignore[misc]
