@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench-select clean
+.PHONY: demo test lint browser label-studio bench-select clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,17 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 demo: $(STAMP)
 	$(VENV)/bin/planner demo
 
-test: $(STAMP)
+# Headless Chromium for the dashboard's browser test (Debian packages; seconds to install).
+browser:
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  (apt-get install -y -q chromium chromium-driver >/dev/null || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null))
+
+# Label Studio 1.23.2 in its own virtual environment, once per machine (about 2.5 minutes).
+label-studio: $(STAMP)
+	$(PY) -m integrations.label_studio.launcher install
+
+test: $(STAMP) browser label-studio
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy

@@ -2,10 +2,15 @@
 
     PlannerError
     ├── ConfigError (ValueError)          a setting is missing or invalid; names key, value, fix
+    │   ├── AuthError                     a service rejected the token (401/403)
+    │   └── GoneError                     the watched project does not exist (404)
     ├── InputError (ValueError)           input data the planner cannot use; says what to do
     │   ├── LabelConfigError              a Label Studio label config the planner cannot read
     │   └── AnnotationError               a malformed annotation result (quarantined, never fatal)
     └── TransientError                    worth retrying later (network, service down)
+        ├── UnreachableError              no connection (refused, cut, DNS)
+        ├── SlowError                     the service did not answer in time
+        └── StoreError                    the planner database is locked or unreachable
 
 Each error subclasses the built-in a caller would naturally catch (``ValueError`` for bad
 input) so code that predates the planner keeps working.
@@ -36,3 +41,23 @@ class AnnotationError(InputError):
 
 class TransientError(PlannerError):
     """A failure that may go away on retry (a service down, a timeout)."""
+
+
+class AuthError(ConfigError):
+    """A service rejected the token; a running daemon re-reads its token file and retries."""
+
+
+class GoneError(ConfigError):
+    """The watched project is gone (deleted, or the id is wrong)."""
+
+
+class UnreachableError(TransientError):
+    """No connection to the service: refused, cut mid-answer, name not resolved."""
+
+
+class SlowError(TransientError):
+    """The service did not answer within the timeout."""
+
+
+class StoreError(TransientError):
+    """The planner database is locked or unreachable; the transaction was rolled back."""

@@ -16,7 +16,7 @@ import re
 import tomllib
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -27,6 +27,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -36,6 +37,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from planner.core.table import CountKind
+from planner.core.weights import WeightScheme
 from planner.errors import ConfigError
 
 ENV_PREFIX = "PLANNER_"
@@ -43,11 +46,14 @@ CONFIG_ENV = "PLANNER_CONFIG"
 """Environment variable naming the TOML file when ``--config`` is not given."""
 
 _URL_CREDENTIALS = re.compile(r"(//[^/:@]*:)[^/@]*@")
-SECRET_KEYS = ("label_studio.token", "store.password", "dashboard.token", "webhook.secret")
+SECRET_KEYS = (
+    "label_studio.token",
+    "store.password",
+    "dashboard.token",
+    "dashboard.webhook_secret",
+)
 """Dotted keys that may hold a secret: refused in the TOML file."""
 
-CountKindName = Literal["images", "instances", "pixels"]
-WeightScheme = Literal["balanced", "inverse_sqrt", "effective_number", "median_frequency", "yolo"]
 Positive = Annotated[float, Field(gt=0)]
 
 
@@ -145,12 +151,15 @@ class QuotaSettings(_Section):
 class PlanningSettings(_Section):
     """How batches, weights and plans are made."""
 
-    count_kind: CountKindName = Field(default="images", description="What quotas count.")
-    batch_size: int = Field(default=100, gt=0, le=100_000, description="Tasks per batch.")
+    count_kind: CountKind = Field(default="images", description="What quotas count.")
+    batch_size: int = Field(default=100, gt=0, le=10_000, description="Tasks per batch.")
     exploration_share: float = Field(default=0.10, ge=0, le=1, description="Random picks.")
     hard_negative_share: float = Field(default=0.05, ge=0, le=1, description="Look-alikes.")
     diversity: bool = Field(default=True, description="Avoid near-duplicates in a batch.")
-    balance_lambda: float = Field(default=1.0, ge=0, description="Deficit vs uncertainty.")
+    balance_lambda: float = Field(default=3.0, ge=0, description="Deficit vs uncertainty.")
+    discovery_share: float = Field(
+        default=0.5, ge=0, le=1, description="Novelty picks while a short class is unseen."
+    )
     split_ratios: dict[str, Positive] = Field(
         default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1},
         description="Target split proportions, summing to 1.",
@@ -159,6 +168,9 @@ class PlanningSettings(_Section):
         default_factory=dict, description="Child class -> parent class."
     )
     merge_min_count: int = Field(default=0, ge=0, description="Merge children below this.")
+    strata_fields: list[str] = Field(
+        default_factory=list, description="Task data fields to stratify by (time, camera...)."
+    )
     weight_scheme: WeightScheme = Field(default="balanced", description="Emitted weights.")
     max_oversample: float = Field(default=5.0, ge=1, description="Oversampling cap.")
     seed: int = Field(default=0, ge=0, description="Seed of every random choice.")
@@ -192,10 +204,36 @@ class ScheduleSettings(_Section):
     sync_interval: timedelta = Field(
         default=timedelta(minutes=5), description="Sync period (ISO 8601 or seconds)."
     )
+    cycle_interval: timedelta = Field(
+        default=timedelta(hours=1), description="Longest wait between two cycles."
+    )
+    cycle_when_done: float = Field(
+        default=0.8, gt=0, le=1, description="Start a cycle once this share of the batch is done."
+    )
+    housekeeping_interval: timedelta = Field(
+        default=timedelta(hours=6), description="Reconcile deletions, expire stale batches."
+    )
+    misfire_grace: timedelta = Field(
+        default=timedelta(hours=1), description="How late a missed job may still run."
+    )
+    batch_ttl: timedelta = Field(
+        default=timedelta(days=7), description="Housekeeping expires batches pushed this long ago."
+    )
     timezone: str = Field(default="UTC", description="IANA time zone of the daily report.")
     report_at: str = Field(default="07:00", description="Daily report time, HH:MM.")
+    retry_backoff_max: timedelta = Field(
+        default=timedelta(minutes=5),
+        description="Longest wait between two tries while Label Studio fails (doubling from 5 s).",
+    )
 
-    @field_validator("sync_interval")
+    @field_validator(
+        "sync_interval",
+        "cycle_interval",
+        "housekeeping_interval",
+        "misfire_grace",
+        "batch_ttl",
+        "retry_backoff_max",
+    )
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
         if value <= timedelta(0):
@@ -228,6 +266,137 @@ class ArtifactSettings(_Section):
     dir: Path = Field(default=Path("var/artifacts"), description="Artifact folder.")
 
 
+class DashboardSettings(_Section):
+    """The read-only dashboard, the webhook receiver and where daily reports are kept."""
+
+    host: str = Field(
+        default="127.0.0.1", description="Listen address; beyond loopback needs a token."
+    )
+    port: int = Field(default=8765, gt=0, lt=65536, description="Listen port.")
+    metrics_port: int = Field(
+        default=8766, ge=0, lt=65536, description="The daemon's own /metrics port (0: off)."
+    )
+    token: SecretStr | None = Field(default=None, description="Dashboard token (env only).")
+    token_file: Path | None = Field(default=None, description="File holding the token.")
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="Shared secret of the Label Studio webhook (env only)."
+    )
+    webhook_secret_file: Path | None = Field(default=None, description="File holding it.")
+    webhook_url: AnyHttpUrl | None = Field(
+        default=None,
+        description="The receiver's URL as Label Studio reaches it; set, `planner run` "
+        "registers the project's webhook there.",
+    )
+    reports_dir: Path = Field(default=Path("var/reports"), description="Daily reports folder.")
+
+    @model_validator(mode="after")
+    def _resolve_secrets(self) -> DashboardSettings:
+        object.__setattr__(self, "token", _read_secret(self.token, self.token_file, "token"))
+        secret = _read_secret(self.webhook_secret, self.webhook_secret_file, "webhook_secret")
+        object.__setattr__(self, "webhook_secret", secret)
+        return self
+
+
+class WorkerLimitError(ValueError):
+    """Contradicting time limits; ``key`` is the setting to change, ``detail`` says why."""
+
+    def __init__(self, key: str, value: int, detail: str) -> None:
+        super().__init__(f"workers.{key} = {value}: {detail}")
+        self.key = key
+        self.detail = detail
+
+
+def worker_time_limits(
+    time_limit_s: int, soft_time_limit_s: int | None, visibility_timeout_s: int | None
+) -> tuple[int, int, int]:
+    """``(hard, soft, visibility)`` seconds of a scoring chunk, the unset ones derived.
+
+    The soft limit defaults to 60 s (a tenth for short limits) before the hard one; the
+    broker's visibility timeout to the hard limit plus a tenth (at least 60 s), because Redis
+    hands an unacknowledged chunk to a second worker once it expires, while the first may
+    still run it. ``WorkerLimitError`` names both keys when they contradict each other.
+    """
+    if time_limit_s < 2:
+        raise WorkerLimitError("time_limit_s", time_limit_s, "give at least 2 seconds")
+    soft = soft_time_limit_s
+    if soft is None:
+        soft = time_limit_s - max(1, min(60, time_limit_s // 10))
+    if not 0 < soft < time_limit_s:
+        raise WorkerLimitError(
+            "soft_time_limit_s",
+            soft,
+            f"must be positive and below workers.time_limit_s = {time_limit_s}",
+        )
+    visibility = visibility_timeout_s
+    if visibility is None:
+        visibility = time_limit_s + max(60, time_limit_s // 10)
+    if visibility <= time_limit_s:
+        raise WorkerLimitError(
+            "visibility_timeout_s",
+            visibility,
+            f"must exceed workers.time_limit_s = {time_limit_s}: Redis would hand a chunk "
+            "still running to a second worker",
+        )
+    return time_limit_s, soft, visibility
+
+
+class WorkerSettings(_Section):
+    """Scoring workers: where jobs come from, which model, how to read images."""
+
+    broker_url: str | None = Field(
+        default=None, description="Redis URL of the Celery broker; unset = score in-process."
+    )
+    model: str = Field(
+        default="bootstrap",
+        description="A .pt/.ts/.pt2 file, 'module:function', or 'bootstrap'.",
+    )
+    weights: Path | None = Field(default=None, description="State dict for 'module:function'.")
+    model_dir: Path | None = Field(default=None, description="Watched folder of model files.")
+    bootstrap_dir: Path | None = Field(
+        default=None, description="Trained bootstrap networks; unset = <artifacts.dir>/bootstrap."
+    )
+    retrain_min_new_labels: int = Field(
+        default=50, ge=0, description="New labels before the bootstrap network is retrained."
+    )
+    image_root: Path | None = Field(default=None, description="Local copy of the images.")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="The only http(s) hosts images may come from."
+    )
+    image_size: int = Field(default=32, gt=0, le=4096, description="Model input size.")
+    batch_size: int = Field(default=64, gt=0, description="Images per forward pass.")
+    chunk_size: int = Field(default=256, gt=0, description="Tasks per Celery job.")
+    num_workers: int = Field(default=2, ge=0, description="DataLoader decode processes.")
+    mc_passes: int = Field(default=0, ge=0, description="MC-dropout passes (BALD); 0 = off.")
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
+    max_retries: int = Field(default=5, ge=0, description="Retries of a failing chunk.")
+    retry_backoff_s: float = Field(default=2.0, gt=0, description="First retry delay, doubled.")
+    retry_backoff_max_s: float = Field(default=300.0, gt=0, description="Longest retry delay.")
+    time_limit_s: int = Field(default=3 * 3600, ge=2, description="Hard time limit of a chunk.")
+    soft_time_limit_s: int | None = Field(
+        default=None, validate_default=True, description="Soft limit; unset = hard - 60 s."
+    )
+    visibility_timeout_s: int | None = Field(
+        default=None,
+        validate_default=True,
+        description="Redelivery delay of a chunk whose worker died; unset = hard limit + 10 %.",
+    )
+
+    @field_validator("soft_time_limit_s", "visibility_timeout_s")
+    @classmethod
+    def _limits(cls, value: int | None, info: ValidationInfo) -> int | None:
+        hard = info.data.get("time_limit_s")
+        if hard is None:  # the hard limit itself was refused; that error says enough
+            return value
+        own = info.field_name == "soft_time_limit_s"
+        soft = value if own else info.data.get("soft_time_limit_s")
+        visibility = value if info.field_name == "visibility_timeout_s" else None
+        try:
+            _, soft, visibility = worker_time_limits(hard, soft, visibility)
+        except WorkerLimitError as exc:
+            raise ValueError(exc.detail if exc.key == info.field_name else str(exc)) from None
+        return soft if own else visibility
+
+
 class Settings(BaseSettings):
     """Everything the planner's entry points need."""
 
@@ -246,6 +415,8 @@ class Settings(BaseSettings):
     stop: StopSettings = Field(default_factory=StopSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     artifacts: ArtifactSettings = Field(default_factory=ArtifactSettings)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    workers: WorkerSettings = Field(default_factory=WorkerSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -282,7 +453,25 @@ def _toml_secret_lines(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _format_errors(error: ValidationError, source: str) -> ConfigError:
+def _without_secrets(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` less the secret keys, so the rest of the file is still checked."""
+    clean = dict(data)
+    for dotted in SECRET_KEYS:
+        section, _, key = dotted.partition(".")
+        if isinstance(clean.get(section), dict) and key in clean[section]:
+            clean[section] = {k: v for k, v in clean[section].items() if k != key}
+    return clean
+
+
+_PLAIN = {
+    # pydantic's own words name a Python class; these say what to write instead
+    "path_type": "expected a path, as a string such as 'var/artifacts'",
+    "time_delta_type": "expected a duration: seconds (300) or ISO 8601 ('PT5M')",
+    "time_delta_parsing": "expected a duration: seconds (300) or ISO 8601 ('PT5M')",
+}
+
+
+def _error_lines(error: ValidationError) -> list[str]:
     lines = []
     for item in error.errors(include_url=False):
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
@@ -292,11 +481,17 @@ def _format_errors(error: ValidationError, source: str) -> ConfigError:
             message = "unknown key; check the spelling against the configuration reference"
         elif item["type"] == "literal_error":
             message = message.replace("Input should be", "allowed:")
+        else:
+            message = _PLAIN.get(item["type"], message)
         secret = any(word in key for word in ("token", "password", "secret"))
         if isinstance(value, str):
             value = _URL_CREDENTIALS.sub(r"\1***@", value)
         shown = "" if secret else f" = {value!r}"
         lines.append(f"{key}{shown}: {message}")
+    return lines
+
+
+def _config_error(lines: list[str], source: str) -> ConfigError:
     return ConfigError(f"invalid configuration in {source}:\n  " + "\n  ".join(lines))
 
 
@@ -315,20 +510,21 @@ def load_settings(path: Path | None = None, *, environ: bool = True) -> Settings
                 data = tomllib.load(handle)
         except FileNotFoundError:
             raise ConfigError(
-                f"config file {source!r} does not exist; create it with `planner init` "
-                "or pass --config"
+                f"config file {source!r} does not exist; pass the path of an existing file "
+                "with --config (the configuration reference is in README.md)"
             ) from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-        secret_lines = _toml_secret_lines(data)
-        if secret_lines:
-            raise ConfigError(f"invalid configuration in {source}:\n  " + "\n  ".join(secret_lines))
+    # A secret in the file is one bad line among the others, not a reason to check nothing else.
+    secret_lines = _toml_secret_lines(data)
+    data = _without_secrets(data)
     try:
-        if environ:
-            return Settings(**data)
-        return _FileOnlySettings(**data)
+        settings = Settings(**data) if environ else _FileOnlySettings(**data)
     except ValidationError as exc:
-        raise _format_errors(exc, source) from None
+        raise _config_error(secret_lines + _error_lines(exc), source) from None
+    if secret_lines:
+        raise _config_error(secret_lines, source)
+    return settings
 
 
 class _FileOnlySettings(Settings):
@@ -347,6 +543,7 @@ class _FileOnlySettings(Settings):
 __all__ = [
     "CONFIG_ENV",
     "ArtifactSettings",
+    "DashboardSettings",
     "LabelStudioSettings",
     "PlanningSettings",
     "QuotaSettings",
@@ -354,5 +551,8 @@ __all__ = [
     "Settings",
     "StopSettings",
     "StoreSettings",
+    "WorkerLimitError",
+    "WorkerSettings",
     "load_settings",
+    "worker_time_limits",
 ]

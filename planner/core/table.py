@@ -73,6 +73,21 @@ class CountTable:
         row: npt.NDArray[np.int64] = self.of(kind)[self.splits.index(name)]
         return row
 
+    def without(self, *names: str) -> CountTable:
+        """The table without the columns of ``names`` (absent names are ignored).
+
+        The planner drops the ``unknown`` bucket this way before weights and metrics: it counts
+        labels the config lacks, which no training job learns.
+        """
+        keep = [i for i, name in enumerate(self.classes) if name not in names]
+        return CountTable(
+            classes=tuple(self.classes[i] for i in keep),
+            splits=self.splits,
+            images=self.images[:, keep],
+            instances=self.instances[:, keep],
+            pixels=self.pixels[:, keep],
+        )
+
     def as_dict(self) -> dict[str, dict[str, dict[str, int]]]:
         """``{kind: {split: {class: count}}}`` plus a ``total`` split, for JSON."""
         out: dict[str, dict[str, dict[str, int]]] = {}

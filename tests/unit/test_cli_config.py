@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -18,10 +17,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("PLANNER_"):
-            monkeypatch.delenv(name)
+def _clean_env(no_planner_env: None) -> None:
+    """Settings come from each test's own config and variables only."""
 
 
 def test_bundled_example_config_is_valid() -> None:
@@ -36,6 +33,24 @@ def test_config_check_reports_bad_lines_with_exit_2(tmp_path: Path) -> None:
     result = runner.invoke(app, ["config", "check", "-c", str(bad)])
     assert result.exit_code == 2
     assert "planning.batch_size = 0" in result.output
+
+
+def test_config_check_reports_a_secret_among_the_other_bad_lines(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[label_studio]\ntoken = "hunter2-token"\nurl = 5\n\n[quotas.Crack]\ntarget = -3\n',
+        encoding="utf-8",
+    )
+    result = runner.invoke(app, ["config", "check", "-c", str(bad)])
+    assert result.exit_code == 2
+    lines = [line.strip() for line in result.output.splitlines() if line.startswith("  ")]
+    assert len(lines) == 3, result.output
+    assert lines[0].startswith("label_studio.token: secrets are not read from the config file")
+    assert "PLANNER_LABEL_STUDIO__TOKEN" in lines[0]
+    assert lines[1].startswith("label_studio.url = 5:")
+    assert lines[2].startswith("quotas.Crack.target = -3:")
+    assert "greater than or equal to 0" in lines[2]
+    assert "hunter2-token" not in result.output
 
 
 def test_config_show_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -133,6 +134,27 @@ def test_secret_in_file_is_refused_without_echoing_it(tmp_path: Path) -> None:
     assert "hunter2-token" not in str(info.value)
 
 
+def test_secret_in_file_does_not_hide_the_other_errors(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[label_studio]\ntoken = "hunter2-token"\nurl = 5\n[quotas.Crack]\ntarget = -3\n',
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ=False)
+    keys = [line.strip().split(" ")[0].rstrip(":") for line in str(info.value).splitlines()[1:]]
+    assert keys == ["label_studio.token", "label_studio.url", "quotas.Crack.target"]
+    assert "hunter2-token" not in str(info.value)
+
+
+def test_secret_alone_in_a_valid_file_is_still_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, '[dashboard]\ntoken = "t0ken"\n[planning]\nbatch_size = 50\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ=False)
+    assert str(info.value).count("\n") == 1
+    assert "dashboard.token:" in str(info.value)
+    assert "t0ken" not in str(info.value)
+
+
 def test_secret_from_environment_is_masked_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PLANNER_LABEL_STUDIO__TOKEN", "hunter2-token")
     settings = load_settings(None)
@@ -170,3 +192,17 @@ def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(ValueError, match="frozen"):
         settings.planning = settings.planning  # type: ignore[misc]
+
+
+def test_dashboard_secrets_come_from_env_or_file_only(tmp_path: Path) -> None:
+    config = tmp_path / "planner.toml"
+    config.write_text('[dashboard]\nwebhook_secret = "abc"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="PLANNER_DASHBOARD__WEBHOOK_SECRET"):
+        load_settings(config, environ=False)
+    secret_file = tmp_path / "token"
+    secret_file.write_text("from-a-file\n", encoding="utf-8")
+    config.write_text(f'[dashboard]\ntoken_file = "{secret_file}"\n', encoding="utf-8")
+    settings = load_settings(config, environ=False)
+    assert settings.dashboard.token is not None
+    assert settings.dashboard.token.get_secret_value() == "from-a-file"
+    assert "from-a-file" not in json.dumps(settings.public_dict())

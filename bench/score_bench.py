@@ -1,0 +1,457 @@
+"""Scoring throughput: the workers' full pipeline against forward-only and one-at-a-time.
+
+Same model, same batch size, same thread count, one run:
+  * forward-only: the forward passes of ``workers.inference`` (scaling, forward, softmax) on
+    tensors decoded beforehand -- the ceiling of the pipeline;
+  * full pipeline: ``workers.inference.score_items`` -- each image fetched over HTTP from a
+    Label Studio stand-in on 127.0.0.1 with the API token (``--source files``: read from
+    disk), decoded in DataLoader workers, batched, forward, softmax;
+  * one at a time, the way a Label Studio ML backend scores: for each task an HTTP ``/predict``
+    request carrying the task JSON goes to a backend stand-in on 127.0.0.1 (its own process,
+    the same model and thread count), which fetches the image from the same Label Studio
+    stand-in with the token, decodes it, runs a batch-1 forward pass and answers with the
+    prediction JSON.
+
+Both stand-ins run in processes of their own, as the real servers do.
+
+The three are run ``--rounds`` times, interleaved (so a machine that gets busier or quieter
+mid-run shifts all three alike), after one warm-up each; the median round of each is reported.
+
+    python bench/score_bench.py --write docs/benchmarks.md                 # CPU, small CNN
+    python3 bench/score_bench.py --model resnet50 --size 224 --n 8192 \\
+        --batch 256 --workers 14 --device cuda                            # on a GPU machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from workers.images import ImageSource, decode
+from workers.inference import pick_device, score_items
+
+SECTION = "## Scoring throughput"
+SECTION_START = "<!-- score_bench:start -->"
+SECTION_END = "<!-- score_bench:end -->"
+BLOCK_START = "<!-- score_bench:block"
+BLOCK_END = "<!-- score_bench:/block -->"
+PREAMBLE = (
+    "Written by `bench/score_bench.py --write docs/benchmarks.md`; one block per device, model "
+    "and input size, each replaced by its next run. Ratios are measured within one run."
+)
+MLPERF_RESNET50_H100 = 88_714
+TOKEN = "bench-token"  # noqa: S105 - the stand-in's own, on 127.0.0.1
+
+
+def small_cnn(n_classes: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(64, 128, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(128, 256, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(256, n_classes),
+    )
+
+
+def build_model(name: str, n_classes: int) -> nn.Module:
+    if name == "resnet50":
+        from torchvision.models import resnet50
+
+        return resnet50(weights=None, num_classes=n_classes)
+    return small_cnn(n_classes)
+
+
+def make_images(folder: Path, n: int, size: int, seed: int = 0) -> list[tuple[int, str]]:
+    """JPEG photos-alike (smooth gradients plus grain), as camera datasets hold."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 1, size, dtype=np.float32)
+    items = []
+    for i in range(n):
+        colour = rng.random(3, dtype=np.float32)
+        smooth = (ramp[None, :, None] * colour + ramp[:, None, None] * (1 - colour)) * 200
+        grain = rng.normal(0, 12, size=(size, size, 3))
+        pixels = np.clip(smooth + grain, 0, 255).astype(np.uint8)
+        path = folder / f"{i:06d}.jpg"
+        Image.fromarray(pixels).save(path, quality=90)
+        items.append((i, str(path)))
+    return items
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _predict(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """What ``score_items`` does to a decoded uint8 batch: scale, forward, softmax, to CPU."""
+    gpu = device.type == "cuda"
+    x = x.to(device, non_blocking=True).float().div_(255.0)
+    if gpu:
+        x = x.contiguous(memory_format=torch.channels_last)
+    dtype = torch.bfloat16 if gpu else torch.float32
+    with torch.autocast(device.type, dtype=dtype, enabled=gpu):
+        return torch.softmax(model(x).float(), dim=1).cpu()
+
+
+def forward_only(
+    model: nn.Module, batch: torch.Tensor, device: torch.device, batch_size: int
+) -> float:
+    """Images/s of the forward pass alone, on tensors already decoded."""
+    with torch.inference_mode():
+        started = time.perf_counter()
+        for start in range(0, len(batch), batch_size):
+            _predict(model, batch[start : start + batch_size], device)
+        _sync(device)
+        return len(batch) / (time.perf_counter() - started)
+
+
+class _Server(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # headers and body go out in two writes; with Nagle's algorithm the body would wait for a
+    # delayed ACK (40 ms) on a kept-alive connection, which real servers avoid
+    disable_nagle_algorithm = True
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+def _reply(handler: BaseHTTPRequestHandler, status: int, body: bytes, kind: str) -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Type", kind)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+def _label_studio_handler(folder: Path) -> type[_Server]:
+    """Answers ``/data/local-files/?d=NAME`` from ``folder`` to ``Authorization: Token ...``
+    requests, as Label Studio serves task images to a worker or an ML backend."""
+
+    class Handler(_Server):
+        def do_GET(self) -> None:
+            if self.headers.get("Authorization") != f"Token {TOKEN}":
+                _reply(self, 401, b"", "text/plain")
+                return
+            name = (parse_qs(urlsplit(self.path).query).get("d") or [""])[0]
+            path = folder / Path(name).name
+            body = path.read_bytes() if path.is_file() else b""
+            _reply(self, 200 if body else 404, body, "image/jpeg")
+
+    return Handler
+
+
+def _ml_backend_handler(
+    model: nn.Module, label_studio: str, size: int, device: torch.device
+) -> type[_Server]:
+    """A Label Studio ML backend: ``POST /predict`` with ``{"tasks": [task]}``; fetches the
+    task's image from Label Studio with the token, decodes it, predicts at batch 1 and
+    answers with Label Studio's prediction JSON."""
+    # a fresh connection per image, as the ML backend SDK's requests.get and our workers do
+    client = httpx.Client(timeout=30, limits=httpx.Limits(max_keepalive_connections=0))
+    lock = threading.Lock()  # one model, one forward at a time, as a backend worker runs it
+
+    class Handler(_Server):
+        def do_POST(self) -> None:
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            results = []
+            for task in request["tasks"]:
+                response = client.get(
+                    label_studio + task["data"]["image"],
+                    headers={"Authorization": f"Token {TOKEN}"},
+                )
+                response.raise_for_status()
+                x = torch.from_numpy(decode(response.content, size))[None]
+                with lock, torch.inference_mode():
+                    probs = _predict(model, x, device)[0]
+                label = int(probs.argmax())
+                results.append(
+                    {
+                        "model_version": "bench",
+                        "score": float(probs[label]),
+                        "result": [
+                            {
+                                "from_name": "label",
+                                "to_name": "image",
+                                "type": "choices",
+                                "value": {"choices": [str(label)]},
+                            }
+                        ],
+                    }
+                )
+            _reply(self, 200, json.dumps({"results": results}).encode(), "application/json")
+
+    return Handler
+
+
+def _serve_forever(kind: str, params: dict[str, Any], ports: Any) -> None:
+    """A stand-in server's process: Label Studio, or an ML backend with its own model."""
+    if kind == "label_studio":
+        handler = _label_studio_handler(Path(params["folder"]))
+    else:
+        torch.set_num_threads(params["threads"])
+        device = torch.device(params["device"])
+        torch.manual_seed(0)
+        model = build_model(params["model"], 10).eval().to(device)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        handler = _ml_backend_handler(model, params["label_studio"], params["size"], device)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    ports.put(server.server_address[1])
+    server.serve_forever()
+
+
+@contextmanager
+def stand_in(kind: str, **params: Any) -> Iterator[str]:
+    """A stand-in server in a process of its own, as the real ones are (no shared GIL)."""
+    context = multiprocessing.get_context("spawn")
+    ports = context.Queue()
+    process = context.Process(target=_serve_forever, args=(kind, params, ports), daemon=True)
+    process.start()
+    try:
+        yield f"http://127.0.0.1:{ports.get(timeout=120)}"
+    finally:
+        process.terminate()
+        process.join(timeout=10)
+
+
+def one_at_a_time(backend: str, items: list[tuple[int, str]]) -> float:
+    """Images/s of Label Studio asking the ML backend for one task's prediction at a time."""
+    with httpx.Client(timeout=60) as client:
+        started = time.perf_counter()
+        for task_id, reference in items:
+            task = {"id": task_id, "data": {"image": reference}}
+            response = client.post(backend + "/predict", json={"tasks": [task], "project": "1"})
+            response.raise_for_status()
+            assert len(response.json()["results"]) == 1
+        return len(items) / (time.perf_counter() - started)
+
+
+def interleaved(runs: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Each run once to warm up, then ``rounds`` rounds of all of them, the order rotated."""
+    for run_once in runs.values():
+        run_once()
+    names = list(runs)
+    measured: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            measured[name].append(runs[name]())
+    return measured
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    device = pick_device(args.device)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = build_model(args.model, 10).eval().to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        items = make_images(Path(tmp), args.n, args.size)
+        label_studio = stack.enter_context(stand_in("label_studio", folder=tmp))
+        web_tasks = [(i, f"/data/local-files/?d={Path(p).name}") for i, p in items]
+        source = ImageSource(label_studio_url=label_studio, label_studio_token=TOKEN)
+        tasks = web_tasks
+        if args.source == "files":
+            source, tasks = ImageSource(), items
+        backend = stack.enter_context(
+            stand_in(
+                "ml_backend",
+                model=args.model,
+                label_studio=label_studio,
+                size=args.size,
+                device=str(device),
+                threads=args.threads,
+            )
+        )
+        decoded = torch.from_numpy(np.stack([decode(source.read(p), args.size) for _, p in tasks]))
+        if device.type == "cuda":
+            decoded = decoded.pin_memory()
+        kwargs = {
+            "image_size": args.size,
+            "batch_size": args.batch,
+            "num_workers": args.workers,
+            "device": args.device,
+        }
+
+        def full() -> float:
+            started = time.perf_counter()
+            scores = score_items(model, tasks, source, **kwargs)
+            rate = len(scores.task_ids) / (time.perf_counter() - started)
+            assert len(scores.task_ids) == len(tasks), scores.unscorable
+            return rate
+
+        measured = interleaved(
+            {
+                "forward": lambda: forward_only(model, decoded, device, args.batch),
+                "full": full,
+                "single": lambda: one_at_a_time(backend, web_tasks[: args.single]),
+            },
+            args.rounds,
+        )
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
+        "model": args.model,
+        "size": args.size,
+        "batch": args.batch,
+        "n": args.n,
+        "single_n": args.single,
+        "workers": args.workers,
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "source": args.source,
+        "cpus": os.cpu_count() or 0,
+        "load": os.getloadavg()[0],
+        "torch": torch.__version__,
+        **{name: statistics.median(values) for name, values in measured.items()},
+        **{f"{name}_all": values for name, values in measured.items()},
+        # ratios within each round (the machine's load drifts less within one round than
+        # across the run), then their median
+        "full_vs_forward": statistics.median(
+            f / b for f, b in zip(measured["full"], measured["forward"], strict=True)
+        ),
+        "full_vs_single": statistics.median(
+            f / b for f, b in zip(measured["full"], measured["single"], strict=True)
+        ),
+    }
+
+
+_WHERE = {
+    "files": "read from local files",
+    "http": "fetched over HTTP with the API token from a Label Studio stand-in on 127.0.0.1",
+}
+
+
+def rows(r: dict[str, Any], command: str) -> list[str]:
+    full, forward, single = float(r["full"]), float(r["forward"]), float(r["single"])
+    vs_forward, vs_single = float(r["full_vs_forward"]), float(r["full_vs_single"])
+    spread = ", ".join(
+        f"{name} {min(r[name + '_all']):,.0f}-{max(r[name + '_all']):,.0f}"
+        for name in ("forward", "full", "single")
+    )
+    lines = [
+        f"**{r['device']}**, {r['model']} at {r['size']}x{r['size']}, batch {r['batch']}, "
+        f"{r['n']:,} JPEG images {_WHERE[str(r['source'])]}, {r['workers']} DataLoader workers, "
+        f"{r['threads']} torch threads, {r['cpus']} CPUs (load average {r['load']:.1f} at the "
+        f"end), torch {r['torch']}; medians of {r['rounds']} interleaved rounds after a warm-up "
+        f"(range: {spread} images/s), ratios the median of each round's ratio. "
+        f"Command: `{command}`",
+        "",
+        "| pipeline | images/s | ratio | target |",
+        "|---|---|---|---|",
+        f"| forward-only on pre-decoded tensors | {forward:,.0f} | 1.00 (baseline) | |",
+        f"| full pipeline (fetch, decode, forward, scores) | {full:,.0f} | "
+        f"{vs_forward:.2f}x forward-only | >= 0.9x |",
+        f"| one image at a time: ML-backend /predict per task ({r['single_n']} tasks) | "
+        f"{single:,.0f} | full is {vs_single:.1f}x this | >= 10x |",
+    ]
+    if r["model"] == "resnet50" and str(r["device"]) != "CPU":
+        lines.append(
+            f"| MLPerf Inference v4.0, ResNet-50, one H100 (offline) | {MLPERF_RESNET50_H100:,} | "
+            f"our forward-only is {forward / MLPERF_RESNET50_H100:.2f}x, full "
+            f"{full / MLPERF_RESNET50_H100:.2f}x | |"
+        )
+    return [*lines, ""]
+
+
+def block_key(r: dict[str, float | str]) -> str:
+    """One block per device, model and input size: a CPU run never replaces GPU figures."""
+    key = f"{r['device']}|{r['model']}|{r['size']}"
+    if r.get("source", "http") != "http":
+        key += f"|{r['source']}"
+    return key.replace(" ", "_").replace("--", "-")
+
+
+def write_section(existing: str, key: str, block: str) -> str:
+    """``existing`` with this benchmark's section (between its HTML comment markers) holding
+    ``block`` under ``key``. A block of the same key is replaced; other blocks, the notes after
+    them and every other section of the file are kept."""
+    if SECTION_START not in existing or SECTION_END not in existing:
+        head = existing.rstrip("\n")
+        existing = (head + "\n\n" if head else "") + (
+            f"{SECTION_START}\n{SECTION}\n\n{PREAMBLE}\n\n{SECTION_END}\n"
+        )
+    head, rest = existing.split(SECTION_START, 1)
+    body, tail = rest.split(SECTION_END, 1)
+    intro, *runs = body.split(BLOCK_START)
+    blocks: dict[str, str] = {}
+    notes = ""
+    for run_text in runs:
+        name, text = run_text.split(" -->\n", 1)
+        inner, _, after = text.partition(BLOCK_END)
+        blocks[name.strip()] = inner.strip("\n")
+        notes = after.strip("\n")
+    blocks[key] = block.strip("\n")
+    parts = [intro.strip("\n")]
+    parts += [f"{BLOCK_START} {name} -->\n{text}\n{BLOCK_END}" for name, text in blocks.items()]
+    if notes:
+        parts.append(notes)
+    section = SECTION_START + "\n" + "\n\n".join(parts) + "\n" + SECTION_END
+    return head + section + tail
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", choices=["small", "resnet50"], default="small")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--n", type=int, default=2048)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--single", type=int, default=256, help="tasks for the one-at-a-time loop")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="torch threads, all runs"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved measured rounds")
+    parser.add_argument(
+        "--source",
+        choices=["files", "http"],
+        default="http",
+        help="the full pipeline's images: over HTTP from a Label Studio stand-in (the ML "
+        "backend's way too), or from local files",
+    )
+    parser.add_argument("--write", type=Path, help="put this run into the Markdown file's section")
+    args = parser.parse_args()
+    result = run(args)
+    command = "python bench/score_bench.py " + " ".join(sys.argv[1:])
+    text = "\n".join(rows(result, command))
+    print(text)
+    if args.write:
+        existing = args.write.read_text(encoding="utf-8") if args.write.exists() else ""
+        block = (
+            f"Measured {datetime.now(UTC):%Y-%m-%d}, Python {platform.python_version()}.\n{text}"
+        )
+        updated = write_section(existing, block_key(result), block)
+        args.write.write_text(updated, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,401 @@
+"""The Label Studio adapter: the only module that imports ``label_studio_sdk`` (STYLE 6).
+
+``LabelStudioBackend`` implements ``planner.ports.AnnotationBackend``; SDK and HTTP errors become
+the planner's (``TransientError``, retried a few times, then raised; ``ConfigError`` saying what
+to fix). It accepts a legacy token (sent as ``Token …``) or a personal access token (a JWT
+refresh token the SDK exchanges at ``/api/token/refresh/`` for a short-lived access token).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from label_studio_sdk import PredictionRequest
+from label_studio_sdk._extensions.pager_ext import SyncPagerExt
+from label_studio_sdk.base_client import LabelStudioBase
+from label_studio_sdk.core.api_error import ApiError
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from integrations.label_studio.mapping import (
+    RANK_FIELD,
+    SAMPLING,
+    TAG_PREFIX,
+    VIEW_TITLE,
+    WEBHOOK_ACTIONS,
+    as_dict,
+    batch_scores,
+    ls_time,
+    parse_time,
+    rank_of,
+    rank_value,
+    remote_project,
+    remote_task,
+    view_data,
+)
+from planner.core.labels import parse_label_config
+from planner.errors import (
+    AuthError,
+    ConfigError,
+    GoneError,
+    LabelConfigError,
+    PlannerError,
+    SlowError,
+    TransientError,
+    UnreachableError,
+)
+from planner.ports import WEBHOOK_SECRET_HEADER, PushBatch, PushResult, RemoteProject, RemoteTask
+
+__all__ = ["SAMPLING", "TAG_PREFIX", "VIEW_TITLE", "LabelStudioBackend", "translate"]
+
+_T = TypeVar("_T")
+_ID_CHUNK = 200
+"""Task ids per ``in_list`` filter: the query travels in the URL."""
+
+
+class LabelStudioBackend:
+    """A connection to one Label Studio server (owns its HTTP pool: close it, or use ``with``)."""
+
+    def __init__(self, url: str, token: str, *, timeout_s: float = 30.0, attempts: int = 3) -> None:
+        self.url = url.rstrip("/")
+        self._attempts = attempts
+        self._timeout_s = timeout_s
+        self._http = httpx.Client(timeout=timeout_s)
+        self._sdk: Any = self._client(token)
+
+    def _client(self, token: str) -> Any:
+        # The SDK's models are Any here: mapping.py turns what it returns into our types. The
+        # base client, not ``LabelStudio``: its export and label-interface extensions import
+        # pandas and friends (about 60 MB a daemon would carry for nothing).
+        return LabelStudioBase(
+            base_url=self.url,
+            api_key=token,
+            timeout=self._timeout_s,
+            max_retries=0,  # retries are ours (tenacity), with the errors translated
+            httpx_client=self._http,
+        )
+
+    def use_token(self, token: str) -> None:
+        """Authenticate with ``token`` from now on (a rotated token), on the same connections."""
+        self._sdk = self._client(token)
+
+    @property
+    def sdk(self) -> Any:
+        """The SDK client, for the test and demo helpers in ``workbench.py``."""
+        return self._sdk
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> LabelStudioBackend:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- reading ---------------------------------------------------------------------------
+    def check(self, project_id: int) -> RemoteProject:
+        """Connect, authenticate and read the project's label config; errors say what to fix."""
+        project = self.project(project_id)
+        try:
+            parse_label_config(project.label_config)
+        except LabelConfigError as exc:
+            raise LabelConfigError(f"project {project_id} on {self.url}: {exc}") from None
+        return project
+
+    def project(self, project_id: int) -> RemoteProject:
+        raw = self.call(lambda: self._sdk.projects.get(id=project_id), f"project {project_id}")
+        return remote_project(raw)
+
+    def iter_tasks(
+        self, project_id: int, *, updated_after: datetime | None = None, page_size: int = 500
+    ) -> Iterator[RemoteTask]:
+        query: dict[str, Any] = {"ordering": ["tasks:updated_at"]}
+        if updated_after is not None:
+            item = {
+                "filter": "filter:tasks:updated_at",
+                "operator": "greater",
+                "type": "Datetime",
+                "value": ls_time(updated_after),
+            }
+            query["filters"] = {"conjunction": "and", "items": [item]}
+        for raw in self._list(project_id, query, page_size=page_size):
+            yield remote_task(raw)
+
+    def tasks_by_id(self, project_id: int, ids: Iterable[int]) -> Iterator[RemoteTask]:
+        wanted = sorted({int(i) for i in ids})
+        for start in range(0, len(wanted), _ID_CHUNK):
+            query = {"filters": _any_of(_id_filter(wanted[start : start + _ID_CHUNK]))}
+            for raw in self._list(project_id, query):
+                yield remote_task(raw)
+
+    def _list(
+        self, project_id: int, query: Mapping[str, Any], page_size: int = 500
+    ) -> Iterator[Any]:
+        what = f"tasks of project {project_id}"
+        pager = self.call(
+            lambda: self._sdk.tasks.list(
+                project=project_id, page_size=page_size, fields="all", query=json.dumps(query)
+            ),
+            what,
+        )
+        yield from self.iterate(pager, what)
+
+    def task_ids(self, project_id: int) -> set[int]:
+        return set(self.task_stamps(project_id))
+
+    def task_stamps(self, project_id: int) -> dict[int, datetime]:
+        stamps: dict[int, datetime] = {}
+        page, size = 1, 5000
+        while True:
+            params: dict[str, object] = {"project": project_id, "page": page, "page_size": size}
+            params |= {"fields": "task_only", "include": "id,updated_at"}
+            try:
+                data = self.get("/api/tasks/", params=params)
+            except ConfigError:
+                if page == 1:
+                    raise
+                return stamps  # the server answers 404 "Invalid page" past the last page
+            rows = data.get("tasks", []) if isinstance(data, dict) else []
+            stamps.update((int(row["id"]), parse_time(row.get("updated_at"))) for row in rows)
+            if len(rows) < size:
+                return stamps
+            page += 1
+
+    # -- pushing ---------------------------------------------------------------------------
+    def push_batch(self, project_id: int, batch: PushBatch) -> PushResult:
+        """Predictions scored by rank, Uncertainty sampling on the batch tag, a "Next batch" tab.
+
+        New predictions go in one bulk import. Earlier planner predictions (other tags,
+        duplicates, stale scores) are deleted; predictions of other models are never touched.
+        Each batch task's rank goes into its data (``RANK_FIELD``, which the tab orders by) and
+        leaves the tasks of an older batch. Prediction deletes and rank writes bump the tasks'
+        ``updated_at``; pushing the same batch again writes nothing.
+        """
+        scores = batch_scores(batch, self.task_ids(project_id))
+        what = f"predictions of project {project_id}"
+        existing = self.call(lambda: self._sdk.predictions.list(project=project_id), what)
+        keep: set[int] = set()
+        removed = 0
+        for old in existing:
+            version, task = old.model_version or "", int(old.task or 0)
+            if not version.startswith(TAG_PREFIX):
+                continue
+            current = version == batch.tag and task in scores and task not in keep
+            if current and abs(float(old.score or 0.0) - scores[task]) < 1e-9:
+                keep.add(task)
+                continue
+            self.call(partial(self._sdk.predictions.delete, id=int(old.id)), what)
+            removed += int(version != batch.tag)
+        fresh = [
+            PredictionRequest(task=task, result=[], score=score, model_version=batch.tag)
+            for task, score in scores.items()
+            if task not in keep
+        ]
+        if fresh:
+            self.call(
+                lambda: self._sdk.projects.import_predictions(id=project_id, request=fresh), what
+            )
+            _pause_for_tests()
+        ranked = sorted(scores, key=scores.__getitem__)
+        self._write_ranks(project_id, {task: rank_value(i) for i, task in enumerate(ranked, 1)})
+        # The server accepts a model_version only once predictions carry it.
+        self.call(
+            lambda: self._sdk.projects.update(
+                id=project_id, sampling=SAMPLING, model_version=batch.tag
+            ),
+            f"project {project_id} sampling",
+        )
+        return PushResult(
+            created=len(fresh), removed=removed, view_id=self._upsert_view(project_id, ranked)
+        )
+
+    def _write_ranks(self, project_id: int, ranks: Mapping[int, str]) -> None:
+        """Set ``RANK_FIELD`` on the batch tasks and remove it from every other task.
+
+        ``tasks.update`` replaces the whole data dict, so each write sends the task's data back
+        with only the rank changed; tasks already holding the right rank are not written.
+        """
+        ids = sorted(ranks)
+        marked: dict[str, Any] = {"filter": f"filter:tasks:data.{RANK_FIELD}", "value": False}
+        marked |= {"operator": "empty", "type": "String"}
+        queries: list[list[dict[str, Any]]] = [[marked]] + [
+            _id_filter(ids[start : start + _ID_CHUNK]) for start in range(0, len(ids), _ID_CHUNK)
+        ]
+        # Read everything before writing: a write drops a task out of the "marked" listing,
+        # which would shift the pages still to come.
+        current: dict[int, tuple[RemoteTask, str | None]] = {}
+        for items in queries:
+            for raw in self._list(project_id, {"filters": _any_of(items)}):
+                task = remote_task(raw)
+                current[task.id] = (task, rank_of(raw))
+        for task_id, (task, rank) in sorted(current.items()):
+            want = ranks.get(task_id)
+            if rank == want:
+                continue
+            data = dict(task.data) | ({} if want is None else {RANK_FIELD: want})
+            self.call(
+                partial(self._sdk.tasks.update, id=str(task_id), data=data),
+                f"rank of task {task_id}",
+            )
+
+    def ensure_webhook(self, project_id: int, url: str, *, secret: str) -> int:
+        """One active webhook of the project to ``url``; created, updated or left as it is."""
+        what = f"webhooks of project {project_id}"
+        wanted: dict[str, Any] = {
+            "url": url,
+            "actions": list(WEBHOOK_ACTIONS),
+            "headers": {WEBHOOK_SECRET_HEADER: secret},
+            "send_payload": True,
+            "send_for_all_actions": False,
+            "is_active": True,
+        }
+        hooks = self.call(lambda: self._sdk.webhooks.list(project=str(project_id)), what)
+        mine = [as_dict(h) for h in hooks if h.url == url and int(h.project or 0) == project_id]
+        if not mine:
+            made = self.call(lambda: self._sdk.webhooks.create(project=project_id, **wanted), what)
+            return int(made.id)
+        first, *extra = mine
+        for duplicate in extra:
+            self.call(partial(self._sdk.webhooks.delete, id=int(duplicate["id"])), what)
+        current = {key: first.get(key) for key in wanted}
+        current["actions"] = sorted(current["actions"] or [])
+        if current != {**wanted, "actions": sorted(WEBHOOK_ACTIONS)}:
+            self.call(partial(self._sdk.webhooks.update, id=int(first["id"]), **wanted), what)
+        return int(first["id"])
+
+    def _upsert_view(self, project_id: int, ordered_ids: Sequence[int]) -> int:
+        data = view_data(VIEW_TITLE, ordered_ids)
+        views = self.call(lambda: self._sdk.views.list(project=project_id), "views")
+        mine = [v for v in views if (v.data or {}).get("title") == VIEW_TITLE and v.id is not None]
+        what = f'the "{VIEW_TITLE}" view of project {project_id}'
+        if mine:
+            view = self.call(
+                lambda: self._sdk.views.update(id=str(mine[0].id), project=project_id, data=data),
+                what,
+            )
+        else:
+            view = self.call(lambda: self._sdk.views.create(project=project_id, data=data), what)
+        return int(view.id)
+
+    # -- plumbing (also used by workbench.py) ------------------------------------------------
+    def get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
+        """GET a JSON endpoint the SDK has no method for, with errors translated."""
+        wrapper = self._sdk._client_wrapper  # the SDK's authenticated httpx wrapper
+        return self.call(
+            lambda: _json(
+                wrapper.httpx_client.request(path.lstrip("/"), method="GET", params=params)
+            ),
+            path,
+        )
+
+    def iterate(self, pager: Any, what: str) -> Iterator[Any]:
+        """Items of an SDK pager; each page fetch is retried and translated like ``call``.
+
+        The server answers 404 past the last page; the SDK's pager extension ends there.
+        """
+        iterator: Iterator[Any] = iter(SyncPagerExt.from_sync_pager(pager))
+        while True:
+            item = self.call(lambda: next(iterator, _END), what)
+            if item is _END:
+                return
+            yield item
+
+    def call(self, action: Callable[[], _T], what: str) -> _T:
+        """``action()`` with SDK errors translated; transient ones retried a few times."""
+        retrying = Retrying(
+            retry=retry_if_exception_type(TransientError),
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_exponential(multiplier=0.5, max=5),
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                return self._once(action, what)
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    def _once(self, action: Callable[[], _T], what: str) -> _T:
+        try:
+            return action()
+        except ApiError as exc:
+            raise translate(exc.status_code or 0, str(exc.body), self.url, what) from None
+        except httpx.TimeoutException as exc:
+            raise SlowError(
+                f"Label Studio at {self.url} did not answer in time ({type(exc).__name__}) "
+                f"while asking for {what}; raise label_studio.timeout_s if it is only busy"
+            ) from None
+        except httpx.TransportError as exc:
+            raise UnreachableError(
+                f"cannot reach Label Studio at {self.url} ({type(exc).__name__}) while asking "
+                f"for {what}; check label_studio.url and that the server is running"
+            ) from None
+
+
+_END = object()
+PAUSE_AFTER_PREDICTIONS = "PLANNER_TEST_PAUSE_AFTER_PREDICTIONS"
+
+
+def _pause_for_tests() -> None:
+    """Test-only crash point: with ``PLANNER_TEST_PAUSE_AFTER_PREDICTIONS=<file>`` a push writes
+    ``<file>.reached`` once its predictions are on the server and waits until ``<file>``
+    exists, so a test can SIGKILL the daemon between the predictions and the view update."""
+    target = os.environ.get(PAUSE_AFTER_PREDICTIONS)
+    if not target:
+        return
+    Path(f"{target}.reached").write_text(str(os.getpid()), encoding="utf-8")
+    while not Path(target).exists():
+        time.sleep(0.1)
+
+
+def _id_filter(ids: Sequence[int]) -> list[dict[str, Any]]:
+    if not ids:
+        return []
+    return [{"filter": "filter:tasks:id", "operator": "in_list", "type": "Number", "value": ids}]
+
+
+def _any_of(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    return {"conjunction": "or", "items": list(items)}
+
+
+def _json(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        raise ApiError(status_code=response.status_code, body=response.text, headers={})
+    try:
+        return response.json()
+    except ValueError:
+        raise ApiError(status_code=response.status_code, body=response.text, headers={}) from None
+
+
+def translate(status: int, body: str, url: str, what: str) -> PlannerError:
+    """The planner error for an HTTP answer of Label Studio (pure; tested without a server)."""
+    if status == 401:
+        return AuthError(
+            f"Label Studio at {url} rejected the token (401) for {what}; set label_studio.token "
+            "(PLANNER_LABEL_STUDIO__TOKEN or label_studio.token_file) to a personal access "
+            "token, or to a legacy token if the organization enables legacy tokens "
+            "(Organization > API Tokens settings; `label-studio start --enable-legacy-api-token`)"
+        )
+    if status == 403:
+        return AuthError(
+            f"the token has no access to {what} on {url} (403); use a token of a project member"
+        )
+    if status == 404:
+        return GoneError(
+            f"{what} does not exist on {url} (404); check label_studio.project_id and the URL"
+        )
+    if status >= 500 or status in (408, 429):
+        return TransientError(f"Label Studio at {url} answered {status} for {what}; will retry")
+    if status < 400:
+        return ConfigError(
+            f"{url} answered {what} with something other than Label Studio's JSON; check that "
+            "label_studio.url is the server's base URL"
+        )
+    return ConfigError(f"Label Studio at {url} refused {what} ({status}): {body[:300]}")

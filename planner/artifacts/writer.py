@@ -1,0 +1,147 @@
+"""Writes an artifact version so that no reader ever sees part of one.
+
+A version is written into a hidden temporary directory in the artifact folder (same
+filesystem, so the rename below is atomic), every file fsynced, the directory renamed to
+``vNNNN`` and fsynced into its parent, and only then ``LATEST`` replaced by an atomic rename.
+A failure at any step leaves ``LATEST`` on the previous complete version and removes the
+temporary directory. An exclusive ``flock`` on ``.lock`` serialises writers (daemon and
+``planner emit`` at once) so versions are numbered without gaps or races.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from planner.artifacts.content import SCHEMA_VERSION, Artifact
+from planner.artifacts.layout import (
+    DATA_FILE,
+    LATEST_FILE,
+    LOCK_FILE,
+    MANIFEST_FILE,
+    TMP_PREFIX,
+    WEIGHTS_FILE,
+    ArtifactError,
+    next_version,
+    sha256,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenArtifact:
+    """The version just written, its directory and the SHA-256 of its ``MANIFEST.json`` (which
+    holds the checksum of every other file, so this one hash pins the whole version)."""
+
+    version: str
+    path: Path
+    checksum: str
+
+
+def write_artifact(folder: str | os.PathLike[str], artifact: Artifact) -> WrittenArtifact:
+    """Writes ``artifact`` as the next version in ``folder`` and points ``LATEST`` at it."""
+    root = Path(folder)
+    _prepare(root)
+    with _locked(root):
+        tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root))
+        try:
+            _write_version(tmp, artifact)
+            checksum = sha256(tmp / MANIFEST_FILE)
+            name = next_version(root)
+            os.rename(tmp, root / name)
+            _fsync_dir(root)
+            _replace_file(root / LATEST_FILE, f"{name}\n".encode())
+        except OSError as exc:
+            raise ArtifactError(
+                f"writing an artifact into {root} failed ({exc.strerror or exc}); the previous "
+                "version stays the latest. Free disk space or fix permissions and emit again"
+            ) from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return WrittenArtifact(version=name, path=root / name, checksum=checksum)
+
+
+def _prepare(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ArtifactError(
+            f"cannot create the artifact folder {root}: {exc.strerror or exc}; "
+            "choose a writable folder for artifacts"
+        ) from exc
+    # os.access answers for the real user; root passes it anyway and fails on write below.
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ArtifactError(
+            f"the artifact folder {root} is not writable by this user; "
+            "fix its permissions or choose another folder"
+        )
+
+
+@contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    try:
+        fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ArtifactError(
+            f"cannot open the lock file in {root}: {exc.strerror or exc}; "
+            "fix the folder's permissions"
+        ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def _write_version(tmp: Path, artifact: Artifact) -> None:
+    payload = json.dumps(artifact.data, indent=1, allow_nan=False).encode()
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(artifact.image_weights, dtype=np.float64))
+    _write_file(tmp / DATA_FILE, payload)
+    _write_file(tmp / WEIGHTS_FILE, buffer.getvalue())
+    files = {
+        name: {"sha256": sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
+        for name in (DATA_FILE, WEIGHTS_FILE)
+    }
+    manifest = {"schema_version": SCHEMA_VERSION, "files": files}
+    _write_file(tmp / MANIFEST_FILE, json.dumps(manifest, indent=1).encode())
+    _fsync_dir(tmp)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with path.open("xb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Replaces ``path`` atomically: readers see the old content or the new, never a mix."""
+    handle, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(name, path)
+        _fsync_dir(path.parent)
+    finally:
+        if os.path.exists(name):
+            os.unlink(name)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

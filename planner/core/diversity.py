@@ -1,0 +1,236 @@
+"""Near-duplicate control for a batch: no two picks closer than a radius in embedding space.
+
+A batch is built one pick at a time; :class:`NearDuplicateGuard` admits a candidate only if
+its nearest already-picked neighbour is farther than ``radius``, so two rows within the
+radius of each other (near-duplicate frames, re-uploads) are never both picked. Each check
+costs one ``(picked, d)`` product: nothing ``(n, n)`` or ``(n, d)`` is ever built.
+
+Distances: ``cosine`` (default) is ``1 - cos(u, v)`` in [0, 2], the usual metric for CLIP or
+DINO style embeddings; ``euclidean`` is the L2 distance. The default radius is
+``radius_fraction`` (0.05) times the median distance between random pairs of the eligible
+pool, so it scales with whatever embedding space it is given; for random directions in many
+dimensions that median is about 1 and the radius means cosine similarity >= 0.95.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from planner.errors import InputError
+
+Metric = Literal["cosine", "euclidean"]
+METRICS: tuple[Metric, ...] = ("cosine", "euclidean")
+RADIUS_FRACTION = 0.05
+"""Default radius as a share of the median pairwise distance."""
+EXACT = 1e-9
+"""Distances up to this are exact duplicates, whatever the radius: a cosine distance of twin
+rows comes out of the dot product as a rounding error of about 1e-16, not 0."""
+RADIUS_SAMPLE = 1_000
+"""Random pairs measured to estimate the median distance."""
+_CHUNK = 65_536
+
+
+def check_embeddings(
+    embeddings: npt.ArrayLike, n_items: int, *, metric: Metric = "cosine"
+) -> npt.NDArray[np.floating[Any]]:
+    """Validate ``embeddings: (n, d)`` float rows (finite; non-zero for cosine), without copying.
+
+    Checked in row blocks, so validation needs only ``(block, d)`` temporaries.
+    """
+    if metric not in METRICS:
+        raise InputError(f"metric must be one of {METRICS}, got {metric!r}")
+    array = np.asarray(embeddings)
+    if array.dtype.kind != "f":
+        raise InputError(f"embeddings must be float (float32 is enough), got dtype {array.dtype}")
+    if array.ndim != 2 or array.shape[0] != n_items or array.shape[1] == 0:
+        raise InputError(
+            f"embeddings must have shape ({n_items}, d) with d >= 1, got {array.shape}"
+        )
+    for start in range(0, n_items, _CHUNK):
+        block = array[start : start + _CHUNK]
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            row = start + int(np.flatnonzero(~finite)[0])
+            raise InputError(f"embeddings row {row} has NaN or inf; re-embed or drop the item")
+        if metric == "cosine":
+            zero = ~block.any(axis=1)
+            if zero.any():
+                row = start + int(np.flatnonzero(zero)[0])
+                raise InputError(
+                    f"embeddings row {row} is all zeros, which has no cosine direction; "
+                    "use metric='euclidean' or drop the item"
+                )
+    return array
+
+
+def _prepare(rows: npt.NDArray[np.floating[Any]], metric: Metric) -> npt.NDArray[np.float64]:
+    out = np.asarray(rows, dtype=np.float64)
+    if metric == "cosine":
+        out = out / np.linalg.norm(out, axis=-1, keepdims=True)
+    return out
+
+
+def pair_distances(
+    a: npt.NDArray[np.floating[Any]], b: npt.NDArray[np.floating[Any]], *, metric: Metric
+) -> npt.NDArray[np.float64]:
+    """Row-wise distances between ``a: (m, d)`` and ``b: (m, d)``; ``(m,)``."""
+    pa, pb = _prepare(a, metric), _prepare(b, metric)
+    if metric == "cosine":
+        out: npt.NDArray[np.float64] = np.clip(1.0 - (pa * pb).sum(axis=1), 0.0, 2.0)
+        return out
+    dist: npt.NDArray[np.float64] = np.linalg.norm(pa - pb, axis=1)
+    return dist
+
+
+def estimate_radius(
+    embeddings: npt.NDArray[np.floating[Any]],
+    pool: npt.NDArray[np.intp],
+    *,
+    rng: np.random.Generator,
+    metric: Metric = "cosine",
+    fraction: float = RADIUS_FRACTION,
+    sample: int = RADIUS_SAMPLE,
+) -> float:
+    """``fraction`` times the median distance of ``sample`` random pairs drawn from ``pool``.
+
+    ``pool: (k,)`` row indices of ``embeddings: (n, d)``. Fewer than two rows: radius 0
+    (only exact duplicates are then refused).
+    """
+    if not 0.0 <= fraction <= 2.0:
+        raise InputError(f"radius fraction must lie in [0, 2], got {fraction}")
+    if pool.size < 2:
+        return 0.0
+    first = rng.integers(0, pool.size, size=sample)
+    # A shift in [1, k) never pairs a row with itself.
+    second = (first + rng.integers(1, pool.size, size=sample)) % pool.size
+    dist = pair_distances(embeddings[pool[first]], embeddings[pool[second]], metric=metric)
+    return float(fraction * np.median(dist))
+
+
+class NearDuplicateGuard:
+    """Admits a row only if no admitted row lies within ``radius`` (distance <= radius).
+
+    ``embeddings: (n, d)`` is read one row at a time; the guard keeps the admitted rows,
+    ``(capacity, d)`` at most.
+    """
+
+    __slots__ = ("_count", "_emb", "_metric", "_picked", "_radius")
+
+    def __init__(
+        self,
+        embeddings: npt.NDArray[np.floating[Any]],
+        *,
+        radius: float,
+        capacity: int,
+        metric: Metric = "cosine",
+    ) -> None:
+        if not math.isfinite(radius) or radius < 0:
+            raise InputError(f"diversity radius must be finite and >= 0, got {radius}")
+        if metric not in METRICS:
+            raise InputError(f"metric must be one of {METRICS}, got {metric!r}")
+        self._emb = embeddings
+        self._metric: Metric = metric
+        self._radius = radius
+        self._picked = np.zeros((max(capacity, 1), embeddings.shape[1]), np.float64)
+        self._count = 0
+
+    @property
+    def radius(self) -> float:
+        return self._radius
+
+    def nearest(self, row: int, *, ignore: int | None = None) -> float:
+        """Distance from ``row`` to its nearest admitted row (inf when there is none).
+
+        ``ignore``: the position (in admission order) of one admitted row to leave out.
+        """
+        if self._count == 0:
+            return math.inf
+        v = _prepare(self._emb[row], self._metric)
+        picked = self._picked[: self._count]
+        if self._metric == "cosine":
+            dist = np.maximum(1.0 - picked @ v, 0.0)
+        else:
+            dist = np.sqrt(((picked - v) ** 2).sum(axis=1))
+        if ignore is not None:
+            dist[ignore] = math.inf
+        return float(dist.min())
+
+    def admits(self, row: int, *, ignore: int | None = None) -> bool:
+        """Whether ``row`` is farther than the radius from every admitted row (but ``ignore``)."""
+        return self.nearest(row, ignore=ignore) > max(self._radius, EXACT)
+
+    def add(self, row: int) -> None:
+        """Record ``row`` as picked (the caller checked :meth:`admits`)."""
+        if self._count == self._picked.shape[0]:
+            grown: Any = np.concatenate([self._picked, np.zeros_like(self._picked)])
+            self._picked = grown
+        self._picked[self._count] = _prepare(self._emb[row], self._metric)
+        self._count += 1
+
+    def replace(self, position: int, row: int) -> None:
+        """Put ``row`` in place of the row admitted at ``position`` (a swap in the batch)."""
+        if not 0 <= position < self._count:
+            raise IndexError(position)
+        self._picked[position] = _prepare(self._emb[row], self._metric)
+
+
+ISOLATION_SAMPLE = 4_096
+"""Rows sampled as candidates and as reference when scoring isolation."""
+
+
+def isolation(
+    embeddings: npt.NDArray[np.floating[Any]],
+    rows: npt.NDArray[np.intp],
+    reference: npt.NDArray[np.intp],
+    *,
+    k: int = 10,
+    metric: Metric = "cosine",
+) -> npt.NDArray[np.float64]:
+    """Mean distance from each of ``rows`` to its ``k`` nearest ``reference`` rows; ``(rows,)``.
+
+    A row is never its own neighbour. High isolation marks items in sparse regions: a class
+    the model has never seen has few members, so its items have few close neighbours (the
+    density cue of rare-category detection). Costs ``len(rows) x len(reference)`` distances,
+    computed in row blocks.
+    """
+    ref = _prepare(embeddings[reference], metric)
+    k = max(1, min(k, reference.size - 1))
+    out = np.zeros(rows.size, np.float64)
+    for start in range(0, rows.size, 1024):
+        part = rows[start : start + 1024]
+        q = _prepare(embeddings[part], metric)
+        if metric == "cosine":
+            dist = np.maximum(1.0 - q @ ref.T, 0.0)
+        else:
+            sq = (q**2).sum(1)[:, None] + (ref**2).sum(1)[None, :] - 2.0 * q @ ref.T
+            dist = np.sqrt(np.maximum(sq, 0.0))
+        dist[part[:, None] == reference[None, :]] = np.inf
+        out[start : start + part.size] = np.sort(dist, axis=1)[:, :k].mean(axis=1)
+    return out
+
+
+def novelty_keys(
+    embeddings: npt.NDArray[np.floating[Any]],
+    open_rows: npt.NDArray[np.intp],
+    *,
+    rng: np.random.Generator,
+    metric: Metric = "cosine",
+    sample: int = ISOLATION_SAMPLE,
+) -> npt.NDArray[np.float64]:
+    """``(n,)`` isolation of up to ``sample`` random ``open_rows`` (``-inf`` elsewhere).
+
+    The reference is another random sample of the open rows, so the cost stays
+    ``sample^2`` distances however large the pool.
+    """
+    keys = np.full(embeddings.shape[0], -np.inf)
+    if open_rows.size < 2:
+        keys[open_rows] = 0.0
+        return keys
+    rows = rng.choice(open_rows, min(sample, open_rows.size), replace=False)
+    reference = rng.choice(open_rows, min(sample, open_rows.size), replace=False)
+    keys[rows] = isolation(embeddings, rows, reference, metric=metric)
+    return keys

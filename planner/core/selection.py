@@ -1,0 +1,326 @@
+"""Batch selection: which pool items to send for annotation next, and why each one.
+
+:func:`select_batch` fills a batch of ``b`` in four phases, every pick passing the same
+checks (eligible, not yet picked, and, with diversity on, no picked row within the radius of
+:mod:`planner.core.diversity`):
+
+1. **Minimum slots** (optional ``min_slots: (c,)``, the quota module's cycle targets): for
+   each class in descending weighted shortfall, the items most likely of that class
+   (``p_ic > 0``). Capped at the greedy share of the batch; what cannot be met is reported.
+2. **Greedy** on the class-balanced objective of Bengar et al. (WACV 2022), see
+   :mod:`planner.core.select_greedy`: each pick maximises
+   ``u_i + lambda * sum_c w_c (|r_c| - |r_c - p_ic|)`` with ``r`` the shortfall still open.
+   The pool is read in ``np.argpartition`` blocks of ``block_factor * b`` rows by starting
+   gain, a bound on all later gains, so the lazy greedy equals a greedy over the whole pool
+   while scoring a few ``b`` rows. Then ``swap_passes`` of 1-swap local search replace a pick
+   by one of the best remaining rows whenever that lowers the objective.
+3. **Hard negatives** (``hard_negative_share``): items the model assigns to another class
+   with ``p_(1) >= hard_negative_confidence`` while their runner-up class is a class still
+   short (``w_c s_c > 0``): confident look-alikes, labelled to fix false positives. Classes
+   take turns in descending weighted shortfall; within a class the highest runner-up
+   probability goes first. Slots nobody qualifies for go back to the greedy.
+4. **Exploration** (``exploration_share``): uniform random picks from the eligible rest.
+   While a short class is *blind* (the model expects under one item of it in the whole
+   pool, as for a class never labelled), ``discovery_share`` of the batch goes first to the
+   most isolated items of a random subsample (:func:`planner.core.diversity.novelty_keys`,
+   needs embeddings; else uniform): a class with few members has few close neighbours.
+
+Shares are rounded half up: ``round(0.10 * 45) = 5``. Each pick states a reason: ``rare_class``
+when its best class term ``lambda w_X (|r_X| - |r_X - p_iX|)`` exceeds its uncertainty (X is
+that class; min-slot picks too), else ``uncertain``; ``hard_negative`` (X the short class it
+resembles); ``exploration``. Ranks run 1..b in pick order (a swapped-in row takes the rank of
+the row it replaced). Ties go to the lower row; the same inputs and seed give the same batch.
+
+Memory: passes over the pool are ``O(n c)`` in row blocks; embeddings are read row by row, so
+nothing ``(n, n)`` or ``(n, d)`` is copied.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from planner.core.acquisition import check_need, check_probs
+from planner.core.diversity import (
+    METRICS,
+    RADIUS_FRACTION,
+    Metric,
+    NearDuplicateGuard,
+    check_embeddings,
+    estimate_radius,
+    novelty_keys,
+)
+from planner.core.select_greedy import objective
+from planner.core.select_phases import Phases
+from planner.core.select_result import REASONS, Batch, Pick, PickReason
+from planner.errors import InputError
+
+__all__ = [
+    "REASONS",
+    "Batch",
+    "Pick",
+    "PickReason",
+    "SelectionOptions",
+    "select_batch",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SelectionOptions:
+    """How a batch is composed; defaults match the planner's settings."""
+
+    exploration_share: float = 0.10
+    hard_negative_share: float = 0.05
+    balance_lambda: float = 1.0
+    diversity: bool = True
+    diversity_radius: float | None = None
+    """``None``: ``radius_fraction`` x median random-pair distance of the eligible pool."""
+    radius_fraction: float = RADIUS_FRACTION
+    metric: Metric = "cosine"
+    hard_negative_confidence: float = 0.5
+    block_factor: int = 4
+    """The greedy's first candidate block is ``block_factor * b`` rows of the pool."""
+    swap_passes: int = 2
+    """Passes of 1-swap local search after the greedy (0: plain greedy)."""
+    discovery_share: float = 0.0
+    """Share of the batch for novelty picks while a short class is blind (0: off;
+    :class:`planner.core.plan.PlanOptions` turns it on)."""
+
+    def __post_init__(self) -> None:
+        for name in ("exploration_share", "hard_negative_share", "discovery_share"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise InputError(f"{name} must lie in [0, 1], got {value}")
+        if self.exploration_share + self.hard_negative_share > 1.0:
+            raise InputError("exploration_share + hard_negative_share must not exceed 1")
+        if not (math.isfinite(self.balance_lambda) and self.balance_lambda >= 0):
+            raise InputError(f"balance_lambda must be finite and >= 0, got {self.balance_lambda}")
+        if self.diversity_radius is not None and not (
+            math.isfinite(self.diversity_radius) and self.diversity_radius >= 0
+        ):
+            raise InputError(
+                f"diversity_radius must be finite and >= 0, got {self.diversity_radius}"
+            )
+        if not 0.0 <= self.radius_fraction <= 2.0:
+            raise InputError(f"radius_fraction must lie in [0, 2], got {self.radius_fraction}")
+        if self.metric not in METRICS:
+            raise InputError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if not 0.0 <= self.hard_negative_confidence <= 1.0:
+            raise InputError("hard_negative_confidence must lie in [0, 1]")
+        if self.swap_passes < 0:
+            raise InputError(f"swap_passes must be >= 0, got {self.swap_passes}")
+        if self.block_factor < 1:
+            raise InputError(f"block_factor must be >= 1, got {self.block_factor}")
+
+
+def _check_ids(ids: npt.ArrayLike, exclude: npt.ArrayLike | None) -> tuple[Any, Any]:
+    array = np.asarray(ids)
+    if array.ndim != 1 or array.dtype.kind not in "iuU":
+        raise InputError(
+            f"ids must be a 1-d array of ints or strings, got {array.dtype} {array.shape}"
+        )
+    ordered = np.sort(array)  # a sort beats np.unique's hashing on a million ints
+    repeats = ordered[1:][ordered[1:] == ordered[:-1]]
+    if repeats.size:
+        raise InputError(
+            f"ids repeat ({repeats.size} duplicate(s), e.g. {repeats[0].item()!r}); "
+            "each pool item must appear once"
+        )
+    if exclude is None:
+        return array, np.ones(array.size, bool)
+    excluded = np.asarray(exclude)
+    if excluded.size and (excluded.dtype.kind in "iu") != (array.dtype.kind in "iu"):
+        raise InputError(f"exclude holds {excluded.dtype} values but ids are {array.dtype}")
+    return array, ~np.isin(array, excluded.ravel())
+
+
+def _check_scores(uncertainty: npt.ArrayLike, n: int) -> npt.NDArray[np.float64]:
+    array = np.asarray(uncertainty, dtype=np.float64)
+    if array.shape != (n,):
+        raise InputError(f"uncertainty must have shape ({n},), got {array.shape}")
+    bad = ~np.isfinite(array)
+    if bad.any():
+        raise InputError(
+            f"uncertainty is NaN or inf at {bad.sum()} item(s), first row {int(np.argmax(bad))}"
+        )
+    return array
+
+
+def _check_slots(min_slots: npt.ArrayLike | None, c: int) -> npt.NDArray[np.int64]:
+    if min_slots is None:
+        return np.zeros(c, np.int64)
+    array = np.asarray(min_slots)
+    if array.shape != (c,) or array.dtype.kind not in "iu" or (array < 0).any():
+        raise InputError(
+            f"min_slots must be ({c},) non-negative ints, got {array.dtype} {array.shape}"
+        )
+    return array.astype(np.int64)
+
+
+def _share(share: float, b: int) -> int:
+    return min(b, math.floor(share * b + 0.5))
+
+
+def _check_weights(weights: npt.ArrayLike | None, c: int) -> npt.NDArray[np.float64]:
+    if weights is None:
+        return np.ones(c, np.float64)
+    return check_need(weights, c, name="class_weights")
+
+
+def _guard(
+    embeddings: npt.ArrayLike,
+    eligible: npt.NDArray[np.bool_],
+    b: int,
+    opts: SelectionOptions,
+    gen: np.random.Generator,
+) -> NearDuplicateGuard:
+    emb = check_embeddings(embeddings, eligible.size, metric=opts.metric)
+    radius = opts.diversity_radius
+    if radius is None:
+        radius = estimate_radius(
+            emb,
+            np.flatnonzero(eligible),
+            rng=gen,
+            metric=opts.metric,
+            fraction=opts.radius_fraction,
+        )
+    return NearDuplicateGuard(emb, radius=radius, capacity=b, metric=opts.metric)
+
+
+def _explore(
+    phases: Phases,
+    n_explore: int,
+    n_discover: int,
+    *,
+    embeddings: npt.ArrayLike | None,
+    opts: SelectionOptions,
+    gen: np.random.Generator,
+) -> None:
+    """Discovery picks (most isolated rows) first when asked and possible, then uniform."""
+    if n_discover and embeddings is not None:
+        emb = check_embeddings(embeddings, phases.taken.size, metric=opts.metric)
+        open_rows = np.flatnonzero(phases.open_rows())
+        keys = novelty_keys(emb, open_rows, rng=gen, metric=opts.metric)
+        phases.explore(n_discover, rng=gen, keys=keys)
+        n_explore -= n_discover
+    phases.explore(n_explore, rng=gen)
+
+
+def select_batch(
+    ids: npt.ArrayLike,
+    uncertainty: npt.ArrayLike,
+    probs: npt.ArrayLike,
+    shortfall: npt.ArrayLike,
+    *,
+    batch_size: int,
+    rng: np.random.Generator | int,
+    exclude: npt.ArrayLike | None = None,
+    embeddings: npt.ArrayLike | None = None,
+    min_slots: npt.ArrayLike | None = None,
+    class_weights: npt.ArrayLike | None = None,
+    classes: Sequence[str] | None = None,
+    multilabel: bool = False,
+    options: SelectionOptions | None = None,
+) -> Batch:
+    """Select up to ``batch_size`` items of the pool; see the module docstring.
+
+    ``ids: (n,)`` unique ints or strings; ``uncertainty: (n,)`` higher = more uncertain
+    (e.g. :func:`planner.core.acquisition.entropy`); ``probs: (n, c)`` class probabilities,
+    or per-class presence with ``multilabel=True`` (e.g. from
+    :func:`planner.core.acquisition.aggregate_boxes`); ``shortfall: (c,)`` the items each
+    class still lacks (quota deficits, 0 when met), the ``s`` of the objective;
+    ``exclude``: ids never to return (labelled, in flight); ``embeddings: (n, d)`` for
+    diversity; ``min_slots: (c,)`` ints (cycle targets); ``class_weights: (c,)`` weights of
+    the per-class L1 terms (e.g. criticality; default 1); ``classes``: ``c`` names for the
+    reasons. With fewer than ``batch_size`` eligible items all are returned, ranked, and
+    ``notes`` says so.
+    """
+    opts = options or SelectionOptions()
+    if isinstance(rng, bool) or not isinstance(rng, np.random.Generator | int):
+        raise InputError("rng must be a numpy Generator or an int seed")
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
+    p = check_probs(probs, multilabel=multilabel)
+    n, c = p.shape
+    id_array, eligible = _check_ids(ids, exclude)
+    if id_array.size != n:
+        raise InputError(f"ids has {id_array.size} items but probs has {n} rows")
+    u = _check_scores(uncertainty, n)
+    s = check_need(shortfall, c, name="shortfall")
+    weights = _check_weights(class_weights, c)
+    slots = _check_slots(min_slots, c)
+    names = tuple(classes) if classes is not None else tuple(str(i) for i in range(c))
+    if len(names) != c:
+        raise InputError(f"classes names {len(names)} classes but probs has {c} columns")
+    notes: list[str] = []
+    n_eligible = int(eligible.sum())
+    b = min(batch_size, n_eligible)
+    if b < batch_size:
+        notes.append(
+            f"only {n_eligible} eligible item(s) for a batch of {batch_size}: all returned"
+        )
+    guard = None
+    if opts.diversity and embeddings is None:
+        notes.append("diversity off: no embeddings given")
+    elif opts.diversity and embeddings is not None and b > 0:
+        guard = _guard(embeddings, eligible, b, opts, gen)
+    phases = Phases(
+        u, p, s, eligible, weights=weights, guard=guard, balance_lambda=opts.balance_lambda
+    )
+    n_discover = _share(opts.discovery_share, b) if phases.blind() else 0
+    n_explore = max(_share(opts.exploration_share, b), n_discover)
+    n_hard = min(_share(opts.hard_negative_share, b), b - n_explore)
+    n_greedy = b - n_explore - n_hard
+    block = opts.block_factor * max(b, 1)
+    unmet = phases.min_slots(slots, budget=n_greedy)
+    phases.greedy(n_greedy - len(phases.rows), block=block, swap_passes=opts.swap_passes)
+    phases.hard_negatives(n_hard, confidence=opts.hard_negative_confidence)
+    # hard-negative slots nobody qualified for go back to the greedy
+    phases.greedy(b - n_explore - len(phases.rows), block=block, swap_passes=opts.swap_passes)
+    _explore(phases, n_explore, n_discover, embeddings=embeddings, opts=opts, gen=gen)
+    if len(phases.rows) < b:
+        notes.append(
+            f"{b - len(phases.rows)} slot(s) left empty: the rest of the eligible pool lies "
+            "within the diversity radius of picked items"
+        )
+    if unmet.any():
+        notes.append("min_slots not met for " + ", ".join(names[i] for i in np.flatnonzero(unmet)))
+    value = objective(phases.rows, u, p, s, balance_lambda=opts.balance_lambda, weights=weights)
+    picks = tuple(
+        Pick(
+            id=id_array[row].item(),
+            rank=rank,
+            reason=info.reason,
+            class_index=info.class_index,
+            class_name=names[info.class_index],
+            probability=float(p[row, info.class_index]),
+            uncertainty=float(u[row]),
+            balance_gain=info.balance_gain,
+            gain=float(u[row]) + info.balance_gain,
+            row=row,
+        )
+        for rank, (row, info) in enumerate(zip(phases.rows, phases.infos, strict=True), start=1)
+    )
+    return Batch(
+        picks=picks,
+        classes=names,
+        requested=batch_size,
+        eligible=n_eligible,
+        objective=value.value,
+        uncertainty_total=value.uncertainty_total,
+        balance_penalty=value.balance_penalty,
+        balance_lambda=opts.balance_lambda,
+        shortfall=s,
+        expected=value.expected,
+        min_slots_unmet=unmet,
+        diversity_radius=None if guard is None else guard.radius,
+        rejected_near_duplicates=phases.rejected,
+        scored=phases.scored,
+        notes=tuple(notes),
+    )

@@ -1,0 +1,1 @@
+"""The daemon: leadership, scheduling and the cycle that ties sync, scoring and pushing together."""

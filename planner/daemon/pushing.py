@@ -1,0 +1,123 @@
+"""The cycle's middle: what to score, and the batch chosen from the scores and pushed.
+
+The batch row is committed as ``planned`` before the push, and marked pushed after it: a
+crash in between leaves a batch ``planner.daemon.upkeep`` pushes again on the next job.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+from sqlmodel import Session, col, select
+
+from planner.core.plan import PlanOptions, plan_batch
+from planner.core.quotas import Quota
+from planner.daemon.leader import LeaderLease
+from planner.ports import AnnotationBackend, PushBatch
+from planner.store import Store
+from planner.store.batches import PlannedItem, create_batch, mark_pushed
+from planner.store.models import Batch, Project, Task
+from planner.store.scores import load_scores
+from planner.store.stop_set import ensure_stop_set, stop_set
+from planner.store.tasks import count_table, tasks_in_state, unlabelled_ids
+
+log = logging.getLogger("planner.daemon")
+
+
+def stop_set_items(
+    session: Session, project_id: int, *, size: int, seed: int, at: datetime
+) -> list[tuple[int, str]]:
+    """The fixed stop set (drawn, seeded, from the unlabelled pool the first time it is asked
+    for) as ``(task id, image)``; deleted and quarantined tasks are left out."""
+    ids = stop_set(session, project_id)
+    if not ids:  # drawn once; later calls never read the whole pool for it
+        pool = unlabelled_ids(session, project_id)
+        rng = np.random.default_rng(seed)
+        ids = ensure_stop_set(session, project_id, pool, size=size, rng=rng, at=at)
+    rows = session.exec(
+        select(Task).where(
+            Task.project_id == project_id,
+            col(Task.ls_task_id).in_(ids),
+            col(Task.state).in_(("unlabelled", "labelled")),
+        )
+    ).all()
+    return sorted((t.ls_task_id, t.image) for t in rows)
+
+
+def items_to_score(
+    session: Session, project_id: int, *, stop_set_size: int, seed: int, at: datetime
+) -> list[tuple[int, str]]:
+    """The unlabelled pool plus the stop set (every model version scores the stop set, so
+    successive models can be compared on it); empty when no task is left to label."""
+    pool = {t.ls_task_id: t.image for t in tasks_in_state(session, project_id, "unlabelled")}
+    if not pool:
+        return []
+    pool |= dict(stop_set_items(session, project_id, size=stop_set_size, seed=seed, at=at))
+    return sorted(pool.items())
+
+
+@dataclass(frozen=True, slots=True)
+class Pusher:
+    """Chooses the next batch from one model version's scores and pushes it, as the leader."""
+
+    store: Store
+    backend: AnnotationBackend
+    lease: LeaderLease
+    ls_project_id: int
+    quotas: Sequence[Quota]
+    plan_options: PlanOptions
+    splits: tuple[str, ...]
+    seed: int
+
+    def push(self, project_id: int, version: str, *, at: datetime) -> str | None:
+        """The tag pushed; None when no scored unlabelled task is left or the lease was lost."""
+        with self.store.session() as session:
+            planned = self._plan(session, project_id, version)
+            if planned is None:
+                return None
+            items, summary = planned
+            # scoring took long: the lease may have run out; it is ours again only if nobody
+            # took it meanwhile (then nobody else can have pushed), else leave the push
+            if not (self.lease.renew() or self.lease.acquire()):
+                log.warning("lost leadership of project %s before pushing", self.ls_project_id)
+                session.rollback()
+                return None
+            stored = create_batch(session, project_id, items, summary, at=at)
+            batch_id, tag = int(stored.id or 0), stored.tag
+        result = self.backend.push_batch(
+            self.ls_project_id, PushBatch(tag, [(i.ls_task_id, i.rank) for i in items])
+        )
+        with self.store.session() as session:
+            row = session.get(Batch, batch_id)
+            if row is not None:
+                mark_pushed(session, row, result.view_id, at=at)
+        return tag
+
+    def _plan(
+        self, session: Session, project_id: int, version: str
+    ) -> tuple[list[PlannedItem], dict[str, object]] | None:
+        project = session.get(Project, project_id)
+        classes = tuple(project.classes) if project else ()
+        scores = load_scores(session, project_id=project_id, model_version=version)
+        open_ids = {t.ls_task_id for t in tasks_in_state(session, project_id, "unlabelled")}
+        keep = np.array([int(i) in open_ids for i in scores.task_ids], dtype=bool)
+        if not keep.any():
+            return None
+        plan = plan_batch(
+            count_table(session, project_id, classes, self.splits),
+            self.quotas,
+            scores.task_ids[keep],
+            scores.probs[keep],
+            options=self.plan_options,
+            rng=np.random.default_rng(self.seed),
+            classes=classes,
+            embeddings=None if scores.embeddings is None else scores.embeddings[keep],
+            bald_scores=None if scores.bald is None else scores.bald[keep],
+        )
+        picks = plan.batch.picks
+        items = [PlannedItem(int(p.id), p.rank, p.reason, p.class_name, p.gain) for p in picks]
+        return (items, plan.batch.as_dict()) if items else None

@@ -1,0 +1,284 @@
+"""``planner run``: one project's daemon, scheduled, leading or standing by, stopped by SIGTERM.
+
+The main thread is the lease heartbeat: it renews the lease (or tries to take it) every
+``HEARTBEAT_S``, runs the schedule only while it leads and pauses it when the lease is lost, so
+a standby's scheduler never touches the job store the leader's uses. Scoring and the daily
+report run in child processes (``planner.daemon.embedded``): this process never imports torch.
+
+With ``dashboard.webhook_secret`` set it also serves the dashboard and the webhook receiver on
+``dashboard.host``/``port``: a Label Studio webhook asks for an early sync (the poll stays the
+source of truth); with ``dashboard.webhook_url`` it registers the project's webhook there.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from planner.connect import connect, open_settings_store, reread_token, sync_options, worker_config
+from planner.core.plan import PlanOptions
+from planner.daemon.embedded import ChildGroup, report_in_child, score_pool_in_child
+from planner.daemon.leader import DEFAULT_TTL_S, LeaderLease, RedisLease, holder_name
+from planner.daemon.metrics import MetricsServer
+from planner.daemon.schedule import Schedule
+from planner.daemon.service import ProjectDaemon, Scorer
+from planner.daemon.stopping import stop_config
+from planner.errors import ConfigError, PlannerError, TransientError
+from planner.outputs import emit_options, report_options
+from planner.params import quotas_from_settings
+from planner.ports import AnnotationBackend
+from planner.settings import Settings
+from planner.status import health_line
+from planner.store import DatabaseLease, Store
+from planner.store.models import Project
+from planner.web import BackgroundServer, WebConfig, create_app
+
+if TYPE_CHECKING:
+    from integrations.label_studio.client import LabelStudioBackend
+
+log = logging.getLogger("planner.daemon")
+HEARTBEAT_S = DEFAULT_TTL_S / 3
+
+
+class _Jobs:
+    """The schedule's view of the daemon: four jobs that return nothing."""
+
+    def __init__(self, daemon: ProjectDaemon) -> None:
+        self.daemon = daemon
+
+    def sync(self) -> None:
+        self.daemon.sync()
+
+    def cycle(self) -> None:
+        outcome = self.daemon.cycle()
+        log.info("cycle of project %s: %s", self.daemon.ls_project_id, outcome.why)
+
+    def report(self) -> None:
+        self.daemon.report()
+
+    def housekeeping(self) -> None:
+        self.daemon.housekeeping()
+
+
+def _scorer(settings: Settings, store: Store, children: ChildGroup | None = None) -> Scorer:
+    def score(project_id: int, items: Sequence[tuple[int, str]]) -> str:
+        with store.session() as session:
+            project = session.get(Project, project_id)
+            classes = tuple(project.classes) if project else ()
+        # in a child process: the daemon stays free of torch (embedded and Celery alike)
+        cfg = worker_config(settings, classes)
+        result = score_pool_in_child(cfg, project_id, items, group=children)
+        if not result.model_version:
+            raise ConfigError("scoring produced no model version; check workers.model")
+        return str(result.model_version)
+
+    return score
+
+
+def make_lease(settings: Settings, store: Store, name: str) -> LeaderLease:
+    """The Redis lease with a broker configured, the database lease otherwise."""
+    if settings.workers.broker_url:
+        return RedisLease.from_url(settings.workers.broker_url, name)
+    return DatabaseLease(store.engine, name, holder=holder_name())
+
+
+def build_daemon(
+    settings: Settings,
+    *,
+    backend: AnnotationBackend,
+    store: Store,
+    lease: LeaderLease,
+    children: ChildGroup | None = None,
+) -> ProjectDaemon:
+    """The project daemon of ``settings`` (also what ``planner cycle --once`` runs); its
+    scoring and report children belong to ``children`` (cancelled on shutdown)."""
+    children = children or ChildGroup()
+    project_id = settings.label_studio.project_id
+    if project_id is None:
+        raise ConfigError("label_studio.project_id is not set; the daemon watches one project")
+    planning = settings.planning
+    password = settings.store.password
+    secret = None if password is None else password.get_secret_value()
+    return ProjectDaemon(
+        backend=backend,
+        store=store,
+        ls_project_id=project_id,
+        quotas=quotas_from_settings(settings),
+        scorer=_scorer(settings, store, children),
+        lease=lease,
+        plan_options=PlanOptions(
+            batch_size=planning.batch_size,
+            exploration_share=planning.exploration_share,
+            hard_negative_share=planning.hard_negative_share,
+            discovery_share=planning.discovery_share,
+            balance_lambda=planning.balance_lambda,
+            diversity=planning.diversity,
+        ),
+        sync_options=sync_options(settings),
+        cycle_when_done=settings.schedule.cycle_when_done,
+        seed=planning.seed,
+        stop=stop_config(settings.stop),
+        emit=emit_options(settings),
+        reports=report_options(settings),
+        report_writer=lambda pid, options, now: report_in_child(
+            settings.store.url, secret, pid, options, now, group=children
+        ),
+        retry_backoff_max_s=settings.schedule.retry_backoff_max.total_seconds(),
+    )
+
+
+def token_refresher(settings: Settings, backend: LabelStudioBackend) -> Callable[[], bool]:
+    """After a 401: re-read ``label_studio.token_file`` and use the token if it changed."""
+    token = settings.label_studio.token
+    used = [None if token is None else token.get_secret_value()]
+
+    def refresh() -> bool:
+        fresh = reread_token(settings)
+        if fresh is None or fresh == used[0]:
+            return False
+        backend.use_token(fresh)
+        used[0] = fresh
+        return True
+
+    return refresh
+
+
+def _heartbeat(lease: LeaderLease) -> bool:
+    try:
+        return lease.renew() if lease.held() else lease.acquire()
+    except PlannerError as exc:
+        log.warning("leader lease %s: %s", lease.name, exc)
+        return False
+
+
+def _metrics(settings: Settings, daemon: ProjectDaemon, schedule: Schedule) -> MetricsServer | None:
+    board = settings.dashboard
+    if not board.metrics_port:
+        return None
+    token = board.token.get_secret_value() if board.token else None
+    health = lambda: {  # noqa: E731
+        "ok": True,
+        "leading": schedule.running,
+        "label_studio": daemon.health.as_dict(),
+    }
+    server = MetricsServer(
+        daemon.telemetry, host=board.host, port=board.metrics_port, token=token, health=health
+    )
+    return server.start()
+
+
+def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop``). The running job finishes first, except a scoring
+    or report child, which is stopped: nothing is pushed from a scoring that did not end."""
+    project_id = settings.label_studio.project_id
+    if project_id is None:
+        raise ConfigError("label_studio.project_id is not set; the daemon watches one project")
+    stop = stop or threading.Event()
+    # every setting checked before anything is written: no half-configured daemon, no store
+    # migrated for a project that cannot be read
+    backend = connect(settings)
+    try:
+        _check(backend, project_id)
+        store = open_settings_store(settings)
+    except BaseException:
+        backend.close()
+        raise
+    name = f"project-{project_id}"
+    lease = make_lease(settings, store, name)
+    children = ChildGroup()
+    daemon = build_daemon(settings, backend=backend, store=store, lease=lease, children=children)
+    daemon.refresh_token = token_refresher(settings, backend)
+    schedule = Schedule(name, _Jobs(daemon), settings.schedule, store.engine)
+    daemon.on_cycle_due = lambda: schedule.run_soon("cycle")
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %s: finishing the running job, then stopping", signum)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    metrics = _metrics(settings, daemon, schedule)
+    receiver: BackgroundServer | None = None
+    try:
+        receiver = _receiver(settings, backend, daemon, schedule)
+        while True:
+            _beat(lease, daemon, schedule)
+            if stop.wait(timeout=HEARTBEAT_S):
+                break
+    finally:
+        if receiver is not None:
+            receiver.stop()
+        stopped = children.cancel()  # a long scoring run is dropped, not waited for
+        if stopped:
+            log.info(
+                "stopped %s running child process(es); their work is redone next time", stopped
+            )
+        schedule.shutdown(wait=True)
+        if metrics is not None:
+            metrics.stop()
+        lease.release()
+        backend.close()
+        store.dispose()
+
+
+def _beat(lease: LeaderLease, daemon: ProjectDaemon, schedule: Schedule) -> None:
+    """One heartbeat: renew (or take) the lease; start, pause or nudge the schedule."""
+    leading = _heartbeat(lease)
+    daemon.telemetry.leader.set(1 if leading else 0)
+    project_id = daemon.ls_project_id
+    if leading and not schedule.running:
+        log.info("leading project %s as %s", project_id, getattr(lease, "holder", "?"))
+        schedule.start()
+        schedule.run_soon("sync")
+    elif not leading and schedule.running:
+        log.warning("lost the lease of project %s; standing by", project_id)
+        schedule.pause()
+    elif leading and daemon.retry_due():  # Label Studio failed: the backed-off try is due
+        schedule.run_soon("sync")
+
+
+def _check(backend: LabelStudioBackend, project_id: int) -> None:
+    """A wrong URL, token or project stops the start; a server down or slow now does not."""
+    try:
+        backend.check(project_id)
+    except TransientError as exc:  # the daemon starts and backs off until it answers
+        log.warning("Label Studio is not answering yet (%s); the daemon retries", exc)
+
+
+def _receiver(
+    settings: Settings, backend: LabelStudioBackend, daemon: ProjectDaemon, schedule: Schedule
+) -> BackgroundServer | None:
+    """The dashboard with the webhook receiver, when a secret is set; its webhooks sync early."""
+    board = settings.dashboard
+    if board.webhook_secret is None:
+        return None
+    project_id = daemon.ls_project_id
+    if board.webhook_url is not None:
+        secret = board.webhook_secret.get_secret_value()
+        try:
+            backend.ensure_webhook(project_id, str(board.webhook_url), secret=secret)
+        except PlannerError as exc:  # the poll still syncs; only the early trigger is lost
+            log.warning("could not register the Label Studio webhook: %s", exc)
+
+    def on_webhook(_action: str) -> None:
+        if schedule.running:  # a standby leaves the sync to the leader
+            schedule.run_soon("sync")
+
+    app = create_app(
+        WebConfig.from_settings(settings),
+        telemetry=daemon.telemetry,
+        on_webhook=on_webhook,
+        states=lambda: [(project_id, health_line(daemon.health))],
+    )
+    try:
+        server = BackgroundServer(app, board.host, board.port)
+    except PlannerError as exc:  # e.g. a second daemon on this host: it polls all the same
+        log.warning("no webhook receiver: %s", exc)
+        return None
+    log.info("webhook receiver on %s:%s", board.host, server.port)
+    return server

@@ -1,0 +1,1 @@
+"""Bundled example projects for the offline demo and the docs."""

@@ -1,0 +1,46 @@
+"""Renders ``ReportData`` as JSON (the source of truth), Markdown and HTML with charts."""
+
+from __future__ import annotations
+
+import json
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from planner.reports.charts import report_charts
+from planner.reports.model import ReportData, report_dict
+from planner.reports.tables import fmt, pct, report_tables
+
+
+def render_json(report: ReportData) -> str:
+    return json.dumps(report_dict(report), indent=2, allow_nan=False)
+
+
+def render_markdown(report: ReportData) -> str:
+    return _environment(markdown=True).get_template("report.md.j2").render(**_context(report))
+
+
+def render_html(report: ReportData) -> str:
+    context = {**_context(report), "charts": report_charts(report)}
+    return _environment(markdown=False).get_template("report.html.j2").render(**context)
+
+
+def _context(report: ReportData) -> dict[str, object]:
+    return {"report": report, "tables": report_tables(report), "fmt": fmt, "pct": pct}
+
+
+def _environment(*, markdown: bool) -> Environment:
+    env = Environment(
+        loader=PackageLoader("planner.reports", "templates"),
+        autoescape=select_autoescape(enabled_extensions=("html.j2",), default=False),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    if markdown:
+        env.filters["cell"] = _md_cell
+    return env
+
+
+def _md_cell(text: str) -> str:
+    """A Markdown table cell: pipes escaped, newlines flattened."""
+    return text.replace("|", "\\|").replace("\n", " ")

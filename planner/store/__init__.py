@@ -1,0 +1,21 @@
+"""The planner's database: tables, migrations and the functions that read and write them.
+
+``open_store(url)`` connects (a SQLite file or PostgreSQL) and migrates to the newest Alembic
+revision; the modules beside this one each handle one concept (tasks, sync state, batches,
+scores, events, the leader lease) over a ``Store.session()``.
+"""
+
+from planner.store.db import Store, ensure_project, open_store
+from planner.store.lease import DatabaseLease
+from planner.store.scores import ScoreSet, load_scores, unscored, write_scores
+
+__all__ = [
+    "DatabaseLease",
+    "ScoreSet",
+    "Store",
+    "ensure_project",
+    "load_scores",
+    "open_store",
+    "unscored",
+    "write_scores",
+]

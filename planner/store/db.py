@@ -1,0 +1,157 @@
+"""Opening the store: an engine for SQLite or PostgreSQL, migrated to the newest revision."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, event, make_url, text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+from sqlmodel import Session, select
+
+from planner.errors import ConfigError, StoreError, TransientError
+from planner.store.models import Project
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+# PostgreSQL advisory lock held while migrating, so concurrent ``open_store`` calls queue up.
+_LOCK_KEY = 0x706C616E6E6572  # "planner"
+# Tables in the planner's database that other code owns (APScheduler's job store).
+FOREIGN_TABLES = frozenset({"planner_jobs"})
+
+
+class Store:
+    """An engine and sessions that commit on success and roll back on error; a database that
+    is locked or unreachable raises ``StoreError`` (a ``TransientError``)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            try:
+                yield session
+                session.commit()
+            except OperationalError as exc:  # locked, or the server went away: nothing written
+                with contextlib.suppress(SQLAlchemyError):
+                    session.rollback()
+                raise StoreError(
+                    f"the planner database {self.engine.url.render_as_string(hide_password=True)}"
+                    f" is unavailable ({exc.orig}); the job is retried on its next run"
+                ) from exc
+            except BaseException:
+                session.rollback()
+                raise
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.dispose()
+
+
+def include_object(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    """Alembic's filter: autogenerate leaves tables the planner does not own alone."""
+    return not (type_ == "table" and name in FOREIGN_TABLES)
+
+
+def alembic_config(engine: Engine) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["engine"] = engine
+    return config
+
+
+def make_engine(url: str, *, password: str | None = None) -> Engine:
+    """An engine for ``url``; a SQLite file's folder is created, PostgreSQL gets ``password``."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise ConfigError(f"store.url {url!r} is not a database URL: {exc}") from None
+    if parsed.drivername.startswith("sqlite"):
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if password:
+        parsed = parsed.set(password=password)
+    return create_engine(parsed, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(connection: object, _record: object) -> None:
+    cursor = connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers (the dashboard) never block the daemon
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def open_store(url: str, *, password: str | None = None) -> Store:
+    """Connect and bring the schema to the newest migration (safe to call from two processes)."""
+    engine = make_engine(url, password=password)
+    try:
+        _upgrade(engine)
+    except OperationalError as exc:
+        engine.dispose()
+        raise TransientError(
+            f"cannot open the planner database {engine.url.render_as_string(hide_password=True)}: "
+            f"{' '.join(str(exc.orig).split())}; check store.url and that the database is running"
+        ) from None
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise ConfigError(f"cannot migrate the planner database: {exc}") from None
+    return Store(engine)
+
+
+def _upgrade(engine: Engine) -> None:
+    """``alembic upgrade head`` in one transaction that a second process waits for."""
+    target = engine
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        # pysqlite runs DDL outside any transaction; a separate engine that opens
+        # ``BEGIN IMMEDIATE`` itself makes the upgrade atomic and takes the write lock
+        # first, so a second process waits and then finds the schema current.
+        target = create_engine(engine.url, connect_args={"timeout": 30}, poolclass=NullPool)
+        event.listen(target, "connect", _sqlite_autocommit_driver)
+        event.listen(target, "begin", _sqlite_begin_immediate)
+    try:
+        with target.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+            config = alembic_config(engine)
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    finally:
+        if target is not engine:
+            target.dispose()
+
+
+def _sqlite_autocommit_driver(connection: object, _record: object) -> None:
+    connection.isolation_level = None  # type: ignore[attr-defined]
+
+
+def _sqlite_begin_immediate(connection: Connection) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def ensure_project(session: Session, *, ls_project_id: int, title: str = "") -> Project:
+    """The project row for a Label Studio project, created on first use."""
+    found = session.exec(select(Project).where(Project.ls_project_id == ls_project_id)).first()
+    if found is not None:
+        return found
+    project = Project(ls_project_id=ls_project_id, title=title)
+    session.add(project)
+    session.flush()
+    return project

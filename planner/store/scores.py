@@ -1,0 +1,170 @@
+"""Model scores per task and model version, written idempotently by the workers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import select as sa_select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import Session, col, select
+
+from planner.errors import InputError
+from planner.store.models import ScoreRecord, now
+
+_CHUNK = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreSet:
+    """Scores of one model version: rows in ``task_ids`` order (unscorable tasks left out)."""
+
+    task_ids: npt.NDArray[np.int64]
+    probs: npt.NDArray[np.float32]
+    embeddings: npt.NDArray[np.float32] | None
+    unscorable: dict[int, str] = field(default_factory=dict)
+    bald: npt.NDArray[np.float64] | None = None
+    """``(n,)`` BALD of the MC-dropout passes; None unless every row has one."""
+
+
+def write_scores(
+    session: Session,
+    *,
+    project_id: int,
+    model_version: str,
+    task_ids: Sequence[int],
+    probs: npt.ArrayLike | None,
+    embeddings: npt.ArrayLike | None = None,
+    unscorable: Mapping[int, str] | None = None,
+    bald: npt.ArrayLike | None = None,
+) -> int:
+    """Store ``probs: (n, c)`` (and ``embeddings: (n, d)``, ``bald: (n,)``) for ``task_ids``;
+    rows already stored for this version are left as they are, so a redelivered chunk writes
+    nothing. Returns the rows inserted."""
+    rows: list[dict[str, object]] = []
+    ids = [int(i) for i in task_ids]
+    if ids:
+        if probs is None:
+            raise InputError(f"write_scores got {len(ids)} task ids but no probs; pass (n, c)")
+        p = np.ascontiguousarray(np.asarray(probs, dtype=np.float32))
+        if p.ndim != 2 or p.shape[0] != len(ids):
+            raise InputError(f"probs must be (n, c) with n = {len(ids)} rows, got {p.shape}")
+        e = None if embeddings is None else np.ascontiguousarray(np.asarray(embeddings, np.float32))
+        if e is not None and (e.ndim != 2 or e.shape[0] != len(ids)):
+            raise InputError(f"embeddings must be (n, d) with n = {len(ids)}, got {e.shape}")
+        b = None if bald is None else np.asarray(bald, dtype=np.float64)
+        if b is not None and (b.shape != (len(ids),) or not np.isfinite(b).all()):
+            raise InputError(f"bald must be ({len(ids)},) finite values, got shape {b.shape}")
+        for row, task_id in enumerate(ids):
+            rows.append(
+                {
+                    "ls_task_id": task_id,
+                    "n_classes": p.shape[1],
+                    "probs": p[row].tobytes(),
+                    "dim": 0 if e is None else e.shape[1],
+                    "embedding": None if e is None else e[row].tobytes(),
+                    "unscorable": None,
+                    "bald": None if b is None else float(b[row]),
+                }
+            )
+    for task_id, reason in (unscorable or {}).items():
+        rows.append(
+            {
+                "ls_task_id": int(task_id),
+                "n_classes": 0,
+                "probs": None,
+                "dim": 0,
+                "embedding": None,
+                "unscorable": reason or "unscorable",
+                "bald": None,
+            }
+        )
+    if not rows:
+        return 0
+    # One order for every writer: two workers inserting overlapping chunks then wait on
+    # each other's rows in the same sequence instead of deadlocking (PostgreSQL).
+    rows.sort(key=lambda values: int(values["ls_task_id"]))  # type: ignore[call-overload]
+    stamp = now()
+    for values in rows:
+        values.update(project_id=project_id, model_version=model_version, created_at=stamp)
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    keys = ["project_id", "ls_task_id", "model_version"]
+    statement = (
+        insert(ScoreRecord)
+        .on_conflict_do_nothing(index_elements=keys)
+        # RETURNING counts what was inserted (rowcount is unreliable for batched inserts)
+        .returning(col(ScoreRecord.ls_task_id))
+    )
+    # executemany with RETURNING: SQLAlchemy batches the rows into multi-row INSERTs itself.
+    return len(session.connection().execute(statement, rows).all())
+
+
+def unscored(
+    session: Session, *, project_id: int, model_version: str, task_ids: Sequence[int]
+) -> list[int]:
+    """The ids of ``task_ids`` with no row for ``model_version``, in input order."""
+    wanted = [int(i) for i in task_ids]
+    done: set[int] = set()
+    for start in range(0, len(wanted), _CHUNK):
+        query = select(ScoreRecord.ls_task_id).where(
+            ScoreRecord.project_id == project_id,
+            ScoreRecord.model_version == model_version,
+            col(ScoreRecord.ls_task_id).in_(wanted[start : start + _CHUNK]),
+        )
+        done.update(session.exec(query).all())
+    return [i for i in wanted if i not in done]
+
+
+def load_scores(
+    session: Session,
+    *,
+    project_id: int,
+    model_version: str,
+    task_ids: Sequence[int] | None = None,
+) -> ScoreSet:
+    """Scores of ``model_version`` (all, or those of ``task_ids``) as arrays, by task id."""
+    columns = (
+        col(ScoreRecord.ls_task_id),
+        col(ScoreRecord.n_classes),
+        col(ScoreRecord.dim),
+        col(ScoreRecord.probs),
+        col(ScoreRecord.embedding),
+        col(ScoreRecord.unscorable),
+        col(ScoreRecord.bald),
+    )
+    base = sa_select(*columns).where(
+        col(ScoreRecord.project_id) == project_id, col(ScoreRecord.model_version) == model_version
+    )
+    # Plain column tuples, not ORM objects: 100k rows load in well under a second.
+    rows: list[Any] = []
+    if task_ids is None:
+        rows.extend(session.execute(base).all())
+    else:
+        wanted = sorted({int(i) for i in task_ids})
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            rows.extend(session.execute(base.where(col(ScoreRecord.ls_task_id).in_(chunk))).all())
+    rows.sort(key=lambda r: r[0])
+    bad = {int(r[0]): str(r[5]) for r in rows if r[5] is not None}
+    good = [r for r in rows if r[5] is None and r[3] is not None]
+    shapes = {(int(r[1]), int(r[2])) for r in good}
+    if len(shapes) > 1:
+        raise InputError(
+            f"scores of model {model_version!r} mix shapes (classes, dim) {sorted(shapes)}; "
+            "score the project again under a new model version"
+        )
+    c, d = shapes.pop() if shapes else (0, 0)
+    ids = np.fromiter((r[0] for r in good), dtype=np.int64, count=len(good))
+    probs = np.frombuffer(b"".join(r[3] for r in good), dtype=np.float32).reshape(len(good), c)
+    emb = None
+    if d and good and all(r[4] is not None for r in good):
+        joined = b"".join(r[4] for r in good)
+        emb = np.frombuffer(joined, dtype=np.float32).reshape(len(good), d).copy()
+    bald = None
+    if good and all(r[6] is not None for r in good):
+        bald = np.fromiter((r[6] for r in good), dtype=np.float64, count=len(good))
+    return ScoreSet(ids, probs.copy(), emb, bad, bald)

@@ -1,0 +1,69 @@
+"""How far the sync has read: the watermark and when it last listed everything."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Session
+
+from planner.errors import InputError
+from planner.health import BackendHealth
+from planner.store.models import SyncState
+
+
+def sync_state(session: Session, project_id: int) -> SyncState:
+    """The project's sync row, created empty (no watermark: the next sync reads all)."""
+    found = session.get(SyncState, project_id)
+    if found is None:
+        found = SyncState(project_id=project_id)
+        session.add(found)
+        session.flush()
+    return found
+
+
+def get_watermark(session: Session, project_id: int) -> datetime | None:
+    """The newest Label Studio ``updated_at`` a sync has stored, or None before the first."""
+    found = session.get(SyncState, project_id)
+    return None if found is None else found.watermark
+
+
+def set_watermark(
+    session: Session, project_id: int, watermark: datetime | None, *, at: datetime
+) -> SyncState:
+    """Move the watermark (None forces a full sync) and note when the sync ran."""
+    if at.tzinfo is None or (watermark is not None and watermark.tzinfo is None):
+        raise InputError("watermark and 'at' must be timezone-aware datetimes")
+    state = sync_state(session, project_id)
+    state.watermark, state.last_sync_at, state.last_error = watermark, at, None
+    return state
+
+
+def record_sync_error(session: Session, project_id: int, error: str) -> SyncState:
+    """Keep the last sync failure for the dashboard; the watermark stays where it was."""
+    state = sync_state(session, project_id)
+    state.last_error = error
+    return state
+
+
+def record_backend_health(session: Session, project_id: int, health: BackendHealth) -> SyncState:
+    """Keep the daemon's Label Studio state for ``planner status`` and the dashboard; a fault
+    also becomes the last sync error."""
+    state = sync_state(session, project_id)
+    state.ls_state, state.ls_state_since = health.state, health.since
+    state.ls_failures, state.ls_retry_at = health.failures, health.retry_at
+    if health.state != "ok":
+        state.last_error = health.last_error
+    return state
+
+
+def backend_health(state: SyncState | None) -> BackendHealth | None:
+    """The stored Label Studio state, None before a daemon recorded one."""
+    if state is None or state.ls_state is None:
+        return None
+    return BackendHealth(
+        state=state.ls_state,  # type: ignore[arg-type]  # written from BackendState only
+        since=state.ls_state_since,
+        last_error=state.last_error,
+        failures=state.ls_failures,
+        retry_at=state.ls_retry_at,
+    )

@@ -1,0 +1,311 @@
+"""Incremental sync: bring the store up to date with the annotation tool, idempotently.
+
+The first sync lists every task. Later ones ask only for tasks whose ``updated_at`` passed the
+watermark, minus a safety overlap (clocks and transactions commit out of order). Label Studio
+bumps ``updated_at`` on the planner's own prediction pushes too, so a task counts as changed only
+when its annotations did (ids and their ``updated_at``). Deleted tasks are invisible to that
+filter, and a listing whose pages shift while it runs (a task edited meanwhile moves to the end)
+can skip one: every ``reconcile_every`` the full list of ids and ``updated_at`` is compared with
+the store, deleted tasks are marked and tasks missing or behind are read by id. That pass also
+expires batches older than ``batch_ttl``. Each sync marks the pushed batch active once the
+project serves it.
+
+A task whose data cannot be read in full, or uses labels the config lacks, is stored as
+``quarantined`` with the problem and what to do, and held apart (``planner.quarantine``); the
+rest of the project syncs on. New labelled tasks get a split (stratified, never moved).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import numpy as np
+from sqlmodel import Session
+
+from planner.core.labels import LabelSchema, object_fields, parse_label_config
+from planner.core.resolution import ResolutionPolicy
+from planner.core.splits import assign_splits
+from planner.core.table import UNKNOWN
+from planner.core.task_labels import label_task
+from planner.ports import AnnotationBackend, RemoteTask
+from planner.quarantine import hold_apart
+from planner.quarantine import refresh as refresh_quarantine
+from planner.store.batches import activate_served, expire_stale
+from planner.store.db import Store, ensure_project
+from planner.store.models import Task
+from planner.store.sync_state import sync_state
+from planner.store.tasks import (
+    TaskUpdate,
+    apply_update,
+    count_table,
+    mark_deleted,
+    tasks_by_ls_id,
+    tasks_in_state,
+)
+
+DEFAULT_OVERLAP = timedelta(seconds=5)
+DEFAULT_RECONCILE = timedelta(hours=6)
+DEFAULT_BATCH_TTL = timedelta(days=7)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncOptions:
+    split_ratios: dict[str, float] = field(
+        default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1}
+    )
+    policy: ResolutionPolicy = ResolutionPolicy.GROUND_TRUTH_MAJORITY_LATEST
+    overlap: timedelta = DEFAULT_OVERLAP
+    reconcile_every: timedelta = DEFAULT_RECONCILE
+    batch_ttl: timedelta | None = DEFAULT_BATCH_TTL
+    """Open batches pushed longer ago expire at reconciliation; None keeps them."""
+    seed: int = 0
+    page_size: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReport:
+    project_id: int
+    """The planner's project id."""
+    full: bool
+    seen: int
+    new: int
+    changed: int
+    unchanged: int
+    deleted: tuple[int, ...]
+    quarantined: tuple[tuple[int, str], ...]
+    """(task id, problem) of tasks this sync could not count."""
+    newly_labelled: int
+    watermark: datetime | None
+    recovered: tuple[int, ...] = ()
+    """Tasks the listings had missed, found by reconciliation."""
+    expired_batches: tuple[str, ...] = ()
+    """Tags of batches that expired for age."""
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "full": self.full,
+            "seen": self.seen,
+            "new": self.new,
+            "changed": self.changed,
+            "unchanged": self.unchanged,
+            "deleted": list(self.deleted),
+            "quarantined": [{"task_id": t, "problem": p} for t, p in self.quarantined],
+            "newly_labelled": self.newly_labelled,
+            "watermark": None if self.watermark is None else self.watermark.isoformat(),
+            "recovered": list(self.recovered),
+            "expired_batches": list(self.expired_batches),
+        }
+
+
+def sync_project(
+    backend: AnnotationBackend,
+    store: Store,
+    ls_project_id: int,
+    *,
+    now: datetime,
+    options: SyncOptions | None = None,
+    reconcile: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> SyncReport:
+    """One sync pass; safe to repeat (a second pass right after changes nothing).
+
+    ``progress`` (a progress display) is called with the number of tasks listed so far.
+    """
+    opts = options or SyncOptions()
+    remote = backend.project(ls_project_id)
+    schema = parse_label_config(remote.label_config)
+    image_key = _image_key(schema, object_fields(remote.label_config))
+    config_hash = hashlib.sha256(remote.label_config.encode()).hexdigest()
+    with store.session() as session:
+        project = ensure_project(session, ls_project_id=ls_project_id, title=remote.title)
+        project_id = int(project.id or 0)
+        state = sync_state(session, project_id)
+        activate_served(session, project_id, remote.serving, at=now)
+        # A changed label config changes what every annotation means: read everything again.
+        full = state.watermark is None or project.label_config_hash != config_hash
+        project.label_config_hash, project.classes = config_hash, list(schema.classes)
+        project.label_kinds = sorted({control.kind for control in schema.controls})
+        after = None if full or state.watermark is None else state.watermark - opts.overlap
+        counts = _Counts()
+        reading = _Reading(image_key, schema, opts, force=full)
+        watermark = state.watermark
+        batch: list[RemoteTask] = []
+
+        def apply(tasks: list[RemoteTask]) -> datetime | None:
+            _apply(session, project_id, tasks, reading, counts)
+            stamps = [t.updated_at for t in tasks if watermark is None or t.updated_at > watermark]
+            return max(stamps) if stamps else watermark
+
+        listing = backend.iter_tasks(ls_project_id, updated_after=after, page_size=opts.page_size)
+        for listed, task in enumerate(listing, start=1):
+            batch.append(task)
+            if progress is not None:
+                progress(listed)
+            if len(batch) >= 1000:
+                watermark, batch = apply(batch), []
+        watermark = apply(batch)
+        deleted: list[int] = []
+        recovered: list[int] = []
+        expired: list[str] = []
+        due = (
+            state.last_reconcile_at is None or now - state.last_reconcile_at >= opts.reconcile_every
+        )
+        if full or reconcile or due:
+            stamps = backend.task_stamps(ls_project_id)
+            deleted = mark_deleted(session, project_id, set(stamps))
+            behind = _behind(session, project_id, stamps)
+            # the watermark stays the listing's: the next sync reads the recent ones again
+            recovered = _apply(
+                session,
+                project_id,
+                list(backend.tasks_by_id(ls_project_id, behind)),
+                reading,
+                counts,
+            )
+            if opts.batch_ttl is not None:
+                stale = expire_stale(session, project_id, now=now, ttl=opts.batch_ttl)
+                expired = [b.tag for b in stale]
+            state.last_reconcile_at = now
+        newly = _assign_splits(session, project_id, schema, opts)
+        refresh_quarantine(session, project_id, now=now)
+        state.watermark, state.last_sync_at, state.last_error = watermark, now, None
+        if full:
+            state.last_full_sync_at = now
+    return SyncReport(
+        project_id=project_id,
+        full=full,
+        seen=counts.seen,
+        new=counts.new,
+        changed=counts.changed,
+        unchanged=counts.unchanged,
+        deleted=tuple(deleted),
+        quarantined=tuple(counts.quarantined),
+        newly_labelled=newly,
+        watermark=watermark,
+        recovered=tuple(recovered),
+        expired_batches=tuple(expired),
+    )
+
+
+def _behind(session: Session, project_id: int, stamps: dict[int, datetime]) -> list[int]:
+    """Tasks the store lacks or holds an older ``updated_at`` of than Label Studio."""
+    stored = {
+        row.ls_task_id: row.ls_updated_at
+        for row in tasks_in_state(session, project_id, "unlabelled", "labelled", "quarantined")
+    }
+    behind = []
+    for task, at in stamps.items():
+        seen = stored.get(task)
+        if seen is None or seen < at:
+            behind.append(task)
+    return sorted(behind)
+
+
+def _image_key(schema: LabelSchema, fields: dict[str, str]) -> str | None:
+    """The data key of the object the countable controls label (their ``toName``)."""
+    for control in schema.controls:
+        for name in control.to_name.split(","):
+            if name.strip() in fields:
+                return fields[name.strip()]
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """How this sync turns tasks into store rows."""
+
+    image_key: str | None
+    schema: LabelSchema
+    opts: SyncOptions
+    force: bool
+
+
+@dataclass
+class _Counts:
+    seen: int = 0
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    quarantined: list[tuple[int, str]] = field(default_factory=list)
+
+
+def _apply(
+    session: Session,
+    project_id: int,
+    tasks: list[RemoteTask],
+    reading: _Reading,
+    counts: _Counts,
+) -> list[int]:
+    """Store ``tasks``; the ids of those that were new or changed."""
+    written: list[int] = []
+    # A task edited while the listing ran comes twice, the newer copy later: keep that one.
+    latest = list({task.id: task for task in tasks}.values())
+    existing = tasks_by_ls_id(session, project_id, (t.id for t in latest))
+    for task in latest:
+        counts.seen += 1
+        row = existing.get(task.id)
+        image = task.data.get(reading.image_key, "") if reading.image_key else ""
+        image = str(image) if isinstance(image, str | int | float) else ""
+        # a new image is a fix too (quarantine.refresh releases the task and scores it again)
+        same = row is not None and (row.annotation_stamp, row.image) == (
+            task.annotation_stamp,
+            image,
+        )
+        if row is not None and same and row.state != "deleted" and not reading.force:
+            row.ls_updated_at = task.updated_at  # a prediction push or a data edit
+            counts.unchanged += 1
+            continue
+        as_dict = task.as_task_dict()
+        labels = label_task(as_dict, reading.schema, policy=reading.opts.policy)
+        labels = hold_apart(labels, as_dict, reading.schema)
+        update = TaskUpdate(
+            ls_task_id=task.id,
+            image=image,
+            meta={k: v for k, v in task.data.items() if isinstance(v, str | int | float | bool)},
+            labels=labels,
+            annotation_ids=task.annotation_ids,
+            annotation_stamp=task.annotation_stamp,
+            ls_updated_at=task.updated_at,
+        )
+        stored = apply_update(session, project_id, row, update)
+        written.append(task.id)
+        if row is None:
+            counts.new += 1
+        else:
+            counts.changed += 1
+        if stored.state == "quarantined":
+            counts.quarantined.append((task.id, stored.problem or "unreadable"))
+    session.flush()
+    return written
+
+
+def _assign_splits(
+    session: Session, project_id: int, schema: LabelSchema, opts: SyncOptions
+) -> int:
+    labelled = tasks_in_state(session, project_id, "labelled")
+    fresh = [t for t in labelled if t.split is None]
+    if not fresh:
+        return 0
+    splits = tuple(opts.split_ratios)
+    classes = (*schema.classes, UNKNOWN)
+    table = count_table(session, project_id, schema.classes, splits)
+    membership = np.array([[name in t.labels for name in classes] for t in fresh], dtype=bool)
+    existing: dict[int | str, str] = {
+        t.ls_task_id: str(t.split) for t in labelled if t.split is not None
+    }
+    assignment = assign_splits(
+        [t.ls_task_id for t in fresh],
+        membership,
+        existing=existing,
+        counts=table,
+        ratios=opts.split_ratios,
+        classes=classes,
+        seed=opts.seed,
+    )
+    by_id: dict[int, Task] = {t.ls_task_id: t for t in fresh}
+    for task_id, split in assignment.new.items():
+        by_id[int(task_id)].split = split
+    return len(assignment.new)

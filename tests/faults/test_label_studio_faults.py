@@ -1,0 +1,229 @@
+"""Label Studio faults, injected for real through a TCP proxy in front of the real server.
+
+Each test runs the project daemon in this process against the real Label Studio behind a
+``FaultProxy``: the server stopped in the middle of a sync or a push, answering too slowly,
+answering 503, the token rotated, the project deleted. The daemon must back off, record the
+state (``planner status``, the dashboard, ``/metrics``), resume once the fault ends, and lose
+no annotation nor push a batch twice (checked against the store and the server afterwards).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlmodel import select
+from starlette.testclient import TestClient
+
+from integrations.label_studio.client import LabelStudioBackend
+from integrations.label_studio.launcher import ServerState
+from planner.daemon.run import token_refresher
+from planner.daemon.service import ProjectDaemon
+from planner.settings import load_settings
+from planner.status import project_statuses, state_lines
+from planner.store.models import Batch
+from planner.web import WebConfig, create_app
+from tests.faults.conftest import Rig, compare, make_daemon
+from tests.faults.tally import Tally
+from tests.integration.daemon.processes import batch_items, next_batch_view
+
+pytestmark = [pytest.mark.fault, pytest.mark.integration]
+TASKS = b"GET /api/tasks"
+
+
+def _wait_retry(daemon: ProjectDaemon) -> None:
+    """Until the backed-off next try is due (the schedule would run the sync then)."""
+    deadline = time.monotonic() + 10
+    while not daemon.retry_due():
+        assert time.monotonic() < deadline, "the backoff never ends"
+        time.sleep(0.05)
+
+
+def _shown(rig: Rig, state: str) -> None:
+    """The state is in the store for ``planner status`` and on the dashboard's front page."""
+    store, tmp_path = rig.store, rig.tmp_path
+    with store.session() as session:
+        (status,) = project_statuses(session)
+    assert status.label_studio is not None
+    assert status.label_studio.state == state
+    assert status.label_studio_line().startswith(state)
+    board = WebConfig(reports_dir=tmp_path / "reports", artifacts_dir=tmp_path / "artifacts")
+    page = TestClient(create_app(board, states=lambda: state_lines(store))).get("/").text
+    if state == "ok":
+        assert 'role="alert"' not in page
+    else:
+        assert f"Label Studio {state} since" in page
+
+
+def _metric_state(daemon: ProjectDaemon, state: str) -> None:
+    line = f'planner_label_studio_state{{planner_label_studio_state="{state}"}} 1.0'
+    assert line.encode() in daemon.telemetry.render()
+
+
+def test_label_studio_stopped_mid_sync_loses_no_annotation(tally: Tally, rig: Rig) -> None:
+    daemon = rig.daemon()
+    assert daemon.sync() is not None
+    with tally.fault("label_studio.stopped_mid_sync"):
+        for task in rig.live.ids[20:25]:  # annotators go on; the daemon will not see them
+            rig.annotate(task)
+        rig.proxy.down_after(TASKS, 1)  # the project is read, the task listing is cut
+        assert daemon.sync() is None
+        assert (daemon.health.state, daemon.health.failures) == ("unreachable", 1)
+        _shown(rig, "unreachable")
+        _metric_state(daemon, "unreachable")
+        asked = rig.proxy.seen(b"HTTP/1.1")
+        assert daemon.sync() is None
+        assert rig.proxy.seen(b"HTTP/1.1") == asked, "backing off: no call before the next try"
+        _wait_retry(daemon)
+        assert daemon.sync() is None, "still down"
+        assert daemon.health.failures == 2
+        rig.proxy.heal()
+        _wait_retry(daemon)
+        assert daemon.sync() is not None
+        assert daemon.health.state == "ok"
+        _shown(rig, "ok")
+        _metric_state(daemon, "ok")
+    found = compare(rig.backend, rig.store, rig.live.pid)
+    tally.annotations_lost(found.lost)
+    assert found.lost == 0
+
+
+def test_a_slow_label_studio_times_out_then_resumes(tally: Tally, rig: Rig) -> None:
+    daemon = rig.daemon()
+    assert daemon.sync() is not None
+    with tally.fault("label_studio.slow"):
+        rig.annotate(rig.live.ids[25])
+        rig.proxy.slow(3.0)  # the adapter's timeout is 2 s
+        assert daemon.sync() is None
+        assert daemon.health.state == "slow"
+        assert "did not answer in time" in (daemon.health.last_error or "")
+        _shown(rig, "slow")
+        rig.proxy.heal()
+        _wait_retry(daemon)
+        assert daemon.sync() is not None
+        assert daemon.health.state == "ok"
+    found = compare(rig.backend, rig.store, rig.live.pid)
+    tally.annotations_lost(found.lost)
+    assert found.lost == 0
+
+
+def test_label_studio_answering_503_is_backed_off_then_resumed(tally: Tally, rig: Rig) -> None:
+    daemon = rig.daemon()
+    assert daemon.sync() is not None
+    with tally.fault("label_studio.5xx"):
+        rig.proxy.answer(503)
+        rig.annotate(rig.live.ids[26])
+        outcome = daemon.cycle()
+        assert outcome.pushed is None
+        assert daemon.health.state == "failing"
+        assert "answered 503" in (daemon.health.last_error or "")
+        _shown(rig, "failing")
+        _metric_state(daemon, "failing")
+        first_wait = daemon.health.retry_at
+        _wait_retry(daemon)
+        assert daemon.sync() is None
+        assert daemon.health.retry_at is not None
+        assert first_wait is not None
+        assert daemon.health.retry_at > first_wait
+        assert daemon.health.failures == 2
+        rig.proxy.heal()
+        _wait_retry(daemon)
+        assert daemon.cycle().pushed is not None
+        assert daemon.health.state == "ok"
+    found = compare(rig.backend, rig.store, rig.live.pid)
+    tally.annotations_lost(found.lost)
+    tally.duplicate_pushes(found.duplicates)
+    assert (found.lost, found.duplicates) == (0, 0)
+
+
+def test_label_studio_stopped_mid_push_finishes_that_batch_once(tally: Tally, rig: Rig) -> None:
+    daemon = rig.daemon()
+    assert daemon.sync() is not None
+    with tally.fault("label_studio.stopped_mid_push"):
+        # predictions imported and ranks written; the server goes away at the view update
+        rig.proxy.down_after(b"/api/dm/views", 1)
+        outcome = daemon.cycle()
+        assert outcome.pushed is None
+        assert outcome.why.startswith("failed, retried next time")
+        assert daemon.health.state == "unreachable"
+        with rig.store.session() as session:
+            assert [b.state for b in session.exec(select(Batch)).all()] == ["planned"]
+        rig.proxy.heal()
+        _wait_retry(daemon)
+        finished = daemon.cycle()
+        assert finished.recovered, finished.why
+        with rig.store.session() as session:
+            (batch,) = session.exec(select(Batch)).all()
+        assert finished.pushed == batch.tag
+        assert next_batch_view(rig.backend, rig.live.pid) == batch_items(
+            Path(str(rig.store.engine.url.database)), batch.tag
+        )
+    found = compare(rig.backend, rig.store, rig.live.pid)
+    tally.duplicate_pushes(found.duplicates)
+    tally.annotations_lost(found.lost)
+    assert (found.duplicates, found.lost) == (0, 0)
+
+
+def test_a_rotated_token_is_reread_from_the_token_file(
+    tally: Tally, rig: Rig, label_studio: ServerState
+) -> None:
+    annotator = rig.backend.create_annotator(f"rotating-{rig.live.pid}@example.com")
+    old = rig.backend._tokens[annotator]
+    token_file = rig.tmp_path / "token"
+    token_file.write_text(old + "\n")
+    config = rig.tmp_path / "rotating.toml"
+    config.write_text(
+        f'[label_studio]\nurl = "{rig.proxy.url}"\nproject_id = {rig.live.pid}\n'
+        f'token_file = "{token_file}"\n'
+    )
+    settings = load_settings(config, environ=False)
+    with LabelStudioBackend(rig.proxy.url, old, timeout_s=5, attempts=1) as adapter:
+        daemon = make_daemon(rig.live, rig.store, adapter)
+        daemon.refresh_token = token_refresher(settings, adapter)
+        assert daemon.sync() is not None
+        with tally.fault("label_studio.token_rotated"):
+            answer = httpx.post(
+                f"{label_studio.url}/api/current-user/reset-token/",
+                headers={"Authorization": f"Token {old}"},
+                timeout=30,
+            )
+            answer.raise_for_status()
+            new = str(answer.json()["token"])
+            assert new != old
+            rig.annotate(rig.live.ids[27])
+            assert daemon.sync() is None, "the old token is refused and the file still holds it"
+            assert daemon.health.state == "unauthorized"
+            assert "rejected the token (401)" in (daemon.health.last_error or "")
+            _shown(rig, "unauthorized")
+            _metric_state(daemon, "unauthorized")
+            token_file.write_text(new + "\n")  # the operator rotates the file
+            _wait_retry(daemon)
+            assert daemon.sync() is not None, "the new token is read from the file"
+            assert daemon.health.state == "ok"
+    found = compare(rig.backend, rig.store, rig.live.pid)
+    tally.annotations_lost(found.lost)
+    assert found.lost == 0
+
+
+def test_a_deleted_project_is_reported_and_the_store_kept(tally: Tally, rig: Rig) -> None:
+    daemon = rig.daemon()
+    report = daemon.sync()
+    assert report is not None
+    before = compare(rig.backend, rig.store, rig.live.pid)
+    assert before.lost == 0
+    with tally.fault("label_studio.project_deleted"):
+        rig.backend.sdk.projects.delete(id=rig.live.pid)
+        assert daemon.sync() is None
+        assert daemon.health.state == "gone"
+        assert "does not exist" in (daemon.health.last_error or "")
+        _shown(rig, "gone")
+        _metric_state(daemon, "gone")
+        assert daemon.cycle().why.startswith("Label Studio gone since"), "no push, backing off"
+        _wait_retry(daemon)
+        assert daemon.sync() is None
+        assert daemon.health.failures == 2, "still tried, with backoff: it may be restored"
+        with rig.store.session() as session:
+            (status,) = project_statuses(session)
+        assert status.tasks["labelled"] == 20, "what was synced stays"

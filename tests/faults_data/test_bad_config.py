@@ -1,0 +1,155 @@
+"""Bad configuration: every invalid key is one line naming the key and what to write, and
+`planner run` refuses to start half-configured, before it writes anything."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import BaseModel
+
+from integrations.label_studio.launcher import ServerState
+from planner.errors import ConfigError
+from planner.settings import Settings, load_settings
+
+pytestmark = pytest.mark.fault
+PLANNER = str(Path(sys.executable).parent / "planner")
+SECTIONS = {
+    name: field.annotation
+    for name, field in Settings.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+}
+CONFIG = (
+    '<View><Image name="i" value="$i"/><Choices name="c" toName="i"><Choice value="A"/>'
+    "</Choices></View>"
+)
+KEYS = [(section, key) for section, model in SECTIONS.items() for key in model.model_fields]
+
+
+def test_every_key_of_every_section_is_covered() -> None:
+    assert len(KEYS) > 60
+    assert set(SECTIONS) | {"quotas"} == set(Settings.model_fields)
+
+
+@pytest.mark.parametrize(("section", "key"), KEYS, ids=[f"{s}.{k}" for s, k in KEYS])
+def test_a_wrong_value_of_any_key_is_one_line_naming_it(
+    tmp_path: Path, section: str, key: str
+) -> None:
+    path = tmp_path / "planner.toml"
+    path.write_text(f"[{section}]\n{key} = [[1]]\n", encoding="utf-8")  # no key takes this
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ=False)
+    header, *lines = str(info.value).splitlines()
+    assert str(path) in header
+    assert len(lines) == 1, lines
+    line = lines[0].strip()
+    assert line.startswith(f"{section}.{key}"), line
+    assert "<class" not in line, "says what to write, not a Python type"
+    assert len(line.split(": ", 1)[1]) > 10, "and what is wrong or allowed"
+
+
+def test_quota_keys_name_the_class(tmp_path: Path) -> None:
+    path = tmp_path / "planner.toml"
+    path.write_text('[quotas.Crack]\ntarget = "many"\ncolour = 3\n', encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ=False)
+    lines = [line.strip() for line in str(info.value).splitlines()[1:]]
+    assert len(lines) == 2
+    assert lines[0].startswith("quotas.Crack.target = 'many'")
+    assert lines[1].startswith("quotas.Crack.colour = 3: unknown key")
+
+
+def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PLANNER_")}
+    return subprocess.run(
+        [PLANNER, *args],
+        env={**base, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def _refused(done: subprocess.CompletedProcess[str], *words: str) -> str:
+    assert done.returncode == 2, done.stdout + done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    for word in words:
+        assert word in errors[0], errors[0]
+    return errors[0]
+
+
+def _config(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "planner.toml"
+    db = tmp_path / "planner.db"
+    path.write_text(f'[store]\nurl = "sqlite:///{db}"\n{body}', encoding="utf-8")
+    return path
+
+
+def test_run_refuses_without_a_project_id(tmp_path: Path) -> None:
+    config = _config(tmp_path, '[label_studio]\nurl = "http://127.0.0.1:9"\n')
+    done = _run(["run", "-c", str(config)], {"PLANNER_LABEL_STUDIO__TOKEN": "t0ken"}, tmp_path)
+    _refused(done, "label_studio.project_id")
+    assert not (tmp_path / "planner.db").exists(), "nothing was written"
+
+
+def test_run_refuses_without_a_token(tmp_path: Path) -> None:
+    config = _config(tmp_path, '[label_studio]\nurl = "http://127.0.0.1:9"\nproject_id = 1\n')
+    done = _run(["run", "-c", str(config)], {}, tmp_path)
+    _refused(done, "label_studio.token", "PLANNER_LABEL_STUDIO__TOKEN")
+    assert not (tmp_path / "planner.db").exists(), "nothing was written"
+
+
+def test_run_refuses_an_unreachable_label_studio(tmp_path: Path) -> None:
+    config = _config(tmp_path, '[label_studio]\nurl = "http://127.0.0.1:9"\nproject_id = 1\n')
+    done = _run(["run", "-c", str(config)], {"PLANNER_LABEL_STUDIO__TOKEN": "t0ken"}, tmp_path)
+    _refused(done, "http://127.0.0.1:9", "label_studio.url")
+    assert not (tmp_path / "planner.db").exists(), "nothing was written"
+
+
+def test_run_refuses_a_bad_key_and_names_it(tmp_path: Path) -> None:
+    config = _config(tmp_path, "[planning]\nbatch_size = 0\n[label_studio]\nproject_id = 1\n")
+    done = _run(["run", "-c", str(config)], {"PLANNER_LABEL_STUDIO__TOKEN": "t0ken"}, tmp_path)
+    assert done.returncode == 2
+    assert "planning.batch_size = 0: Input should be greater than 0" in done.stderr
+    env_bad = _run(
+        ["run", "-c", str(config)],
+        {"PLANNER_LABEL_STUDIO__TOKEN": "t0ken", "PLANNER_SCHEDULE__SYNC_INTERVAL": "soon"},
+        tmp_path,
+    )
+    assert "schedule.sync_interval = 'soon': expected a duration" in env_bad.stderr
+
+
+@pytest.mark.integration
+def test_run_refuses_an_unreachable_store(tmp_path: Path, label_studio: ServerState) -> None:
+    config = tmp_path / "planner.toml"
+    config.write_text(
+        f'[label_studio]\nurl = "{label_studio.url}"\nproject_id = 999999\n'
+        '[store]\nurl = "postgresql+psycopg://planner@127.0.0.1:9/planner"\n',
+        encoding="utf-8",
+    )
+    token = {"PLANNER_LABEL_STUDIO__TOKEN": label_studio.token}
+    missing = _run(["run", "-c", str(config)], token, tmp_path)
+    _refused(missing, "project 999999")
+    pid = _project(label_studio)
+    config.write_text(config.read_text().replace("999999", str(pid)), encoding="utf-8")
+    done = _run(["run", "-c", str(config)], token, tmp_path)
+    _refused(done, "cannot open the planner database", "127.0.0.1:9", "store.url")
+
+
+def _project(label_studio: ServerState) -> int:
+    answer = httpx.post(
+        f"{label_studio.url}/api/projects",
+        json={"title": "bad-config", "label_config": CONFIG},
+        headers={"Authorization": f"Token {label_studio.token}"},
+        timeout=30,
+    )
+    answer.raise_for_status()
+    return int(answer.json()["id"])

@@ -1,0 +1,321 @@
+"""Counts, sync and errors against a real Label Studio 1.23.2 server.
+
+Batch pushes, watermarks and deletions are in the shared contract (test_contract.py).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+from sqlmodel import select
+
+from integrations.label_studio.client import LabelStudioBackend
+from integrations.label_studio.launcher import ServerState
+from integrations.label_studio.mapping import RANK_FIELD
+from integrations.label_studio.workbench import LabelStudioWorkbench
+from planner.core.counting import count_tasks
+from planner.core.labels import parse_label_config
+from planner.core.rle_encode import encode_mask
+from planner.errors import ConfigError, LabelConfigError, TransientError
+from planner.ports import PushBatch
+from planner.store import open_store
+from planner.store.models import Task
+from planner.store.tasks import count_table
+from planner.sync import sync_project
+from tests.unit.integrations.contract import SkipsOne
+
+pytestmark = pytest.mark.integration
+
+DIGITS = "".join(f'<Choice value="d{d}"/>' for d in range(10))
+CLASSIFY = f"""<View><Image name="image" value="$image"/>
+<Choices name="digit" toName="image">{DIGITS}</Choices></View>"""
+DETECT = """<View><Image name="image" value="$image"/>
+<RectangleLabels name="box" toName="image"><Label value="Car"/><Label value="Wheelchair"/>
+</RectangleLabels></View>"""
+SEGMENT = """<View><Image name="image" value="$image"/>
+<BrushLabels name="mask" toName="image"><Label value="Crack"/></BrushLabels></View>"""
+
+
+def _choice(label: str) -> list[dict[str, Any]]:
+    return [
+        {"from_name": "digit", "to_name": "image", "type": "choices", "value": {"choices": [label]}}
+    ]
+
+
+def _project(
+    backend: LabelStudioWorkbench, config: str, images: Path, n: int
+) -> tuple[int, list[int]]:
+    digits = load_digits()
+    for i in range(n):
+        pixels = (digits.images[i % len(digits.images)] * 16).clip(0, 255).astype(np.uint8)
+        Image.fromarray(pixels).resize((32, 32)).save(images / f"{i:04d}.png")
+    pid = backend.create_project(f"test-{uuid.uuid4().hex[:8]}", config)
+    backend.connect_local_storage(pid, str(images))
+    rel = images.name
+    tasks = [{"data": {"image": f"/data/local-files/?d={rel}/{i:04d}.png"}} for i in range(n)]
+    return pid, backend.import_tasks(pid, tasks)
+
+
+def test_classification_counts_equal_the_annotations(
+    label_studio: ServerState, backend: LabelStudioWorkbench, images: Path, tmp_path: Path
+) -> None:
+    pid, ids = _project(backend, CLASSIFY, images, 300)
+    assert len(ids) == 300
+    fifth = next(t for t in backend.iter_tasks(pid) if t.id == ids[5])
+    image = httpx.get(
+        f"{label_studio.url}{fifth.data['image']}",
+        headers={"Authorization": f"Token {label_studio.token}"},
+        timeout=30,
+    )
+    assert image.status_code == 200, "local storage serves the task's PNG"
+    assert image.content.startswith(b"\x89PNG")
+    second = backend.create_annotator(f"second-{uuid.uuid4().hex[:8]}@example.com")
+    digits = load_digits()
+    expected: Counter[str] = Counter()
+    for k, task in enumerate(ids[:60]):
+        label = f"d{digits.target[k]}"
+        if k % 10 == 0:  # skipped: counts nothing
+            backend.annotate(task, [], cancelled=True)
+            continue
+        if k % 15 == 1:  # two annotators disagree; the latest wins the tie
+            backend.annotate(task, _choice("d9" if label != "d9" else "d8"), annotator=second)
+        backend.annotate(task, _choice(label))
+        expected[label] += 1
+    # a reviewer's ground truth beats two annotators
+    backend.annotate(ids[200], _choice("d1"))
+    backend.annotate(ids[200], _choice("d1"), annotator=second)
+    backend.annotate(ids[200], _choice("d7"), ground_truth=True)
+    expected["d7"] += 1
+    with open_store(f"sqlite:///{tmp_path / 'p.db'}") as store:
+        report = sync_project(backend, store, pid, now=datetime.now(UTC))
+        assert report.seen == 300
+        with store.session() as session:
+            classes = tuple(f"d{d}" for d in range(10))
+            table = count_table(session, report.project_id, classes, ("train", "val", "test"))
+        got = {c: n for c, n in zip(table.classes, table.totals("images").tolist(), strict=True)}
+        assert {c: n for c, n in got.items() if n} == dict(expected)
+        again = sync_project(backend, store, pid, now=datetime.now(UTC))
+        assert (again.new, again.changed) == (0, 0)
+    read_back = [t.as_task_dict() for t in backend.iter_tasks(pid)]
+    schema = parse_label_config(backend.project(pid).label_config)
+    direct = count_tasks(read_back, schema, split_of="train").table
+    images_per_class = dict(zip(direct.classes, direct.totals("images").tolist(), strict=True))
+    assert {c: n for c, n in images_per_class.items() if n} == dict(expected)
+
+
+def _synced_totals(
+    backend: LabelStudioWorkbench,
+    pid: int,
+    tmp_path: Path,
+    kind: Literal["images", "instances", "pixels"],
+) -> dict[str, int]:
+    """Sync the project into a fresh store; its count table's totals of ``kind``."""
+    with open_store(f"sqlite:///{tmp_path / f'p{pid}.db'}") as store:
+        report = sync_project(backend, store, pid, now=datetime.now(UTC))
+        assert report.quarantined == ()
+        with store.session() as session:
+            classes = tuple(parse_label_config(backend.project(pid).label_config).classes)
+            table = count_table(session, report.project_id, classes, ("train", "val", "test"))
+    return dict(zip(table.classes, table.totals(kind).tolist(), strict=True))
+
+
+def test_detection_instances_and_segmentation_pixels(
+    backend: LabelStudioWorkbench, images: Path, tmp_path: Path
+) -> None:
+    pid, ids = _project(backend, DETECT, images, 3)
+
+    def box(label: str, x: float) -> dict[str, Any]:
+        return {
+            "from_name": "box",
+            "to_name": "image",
+            "type": "rectanglelabels",
+            "original_width": 32,
+            "original_height": 32,
+            "value": {
+                "x": x,
+                "y": 10,
+                "width": 20,
+                "height": 20,
+                "rotation": 0,
+                "rectanglelabels": [label],
+            },
+        }
+
+    backend.annotate(ids[0], [box("Car", 0), box("Car", 50), box("Wheelchair", 20)])
+    backend.annotate(ids[1], [box("Wheelchair", 5)])
+    instances = _synced_totals(backend, pid, tmp_path, "instances")
+    assert instances == {"Car": 2, "Wheelchair": 2, "unknown": 0}
+
+    seg_images = images.parent / f"{images.name}-seg"
+    seg_images.mkdir(exist_ok=True)
+    seg_pid, seg_ids = _project(backend, SEGMENT, seg_images, 2)
+    mask = np.zeros((32, 32), dtype=bool)
+    mask[4:10, 3:20] = True  # 6 x 17 = 102 pixels
+    second = np.zeros((32, 32), dtype=bool)
+    second[0:2, 0:5] = True  # 10 more, on another image
+    for task, pixels in zip(seg_ids, (mask, second), strict=True):
+        region = {
+            "from_name": "mask",
+            "to_name": "image",
+            "type": "brushlabels",
+            "original_width": 32,
+            "original_height": 32,
+            "value": {"format": "rle", "rle": encode_mask(pixels), "brushlabels": ["Crack"]},
+        }
+        backend.annotate(task, [region])
+    assert _synced_totals(backend, seg_pid, tmp_path, "pixels") == {"Crack": 112, "unknown": 0}
+
+
+def test_deletions_and_edits_reach_the_next_sync(
+    backend: LabelStudioWorkbench, images: Path, tmp_path: Path
+) -> None:
+    pid, ids = _project(backend, CLASSIFY, images, 6)
+    annotation = backend.annotate(ids[0], _choice("d3"))
+    with open_store(f"sqlite:///{tmp_path / 'p.db'}") as store:
+        sync_project(backend, store, pid, now=datetime.now(UTC))
+        backend.push_batch(pid, PushBatch("planner-test-b1", [(ids[4], 1)]))
+        backend.update_annotation(annotation, _choice("d5"))
+        backend.delete_task(ids[1])
+        report = sync_project(
+            backend, store, pid, now=datetime.now(UTC) + timedelta(seconds=1), reconcile=True
+        )
+        assert report.changed == 1  # the edit; the prediction push is not a change
+        assert report.deleted == (ids[1],)
+        with store.session() as session:
+            task = session.exec(select(Task).where(Task.ls_task_id == ids[0])).one()
+            gone = session.exec(select(Task).where(Task.ls_task_id == ids[1])).one()
+        assert task.labels == ["d5"]
+        assert gone.state == "deleted"
+
+
+def test_connection_errors_say_what_to_fix(label_studio: ServerState) -> None:
+    cases = [
+        ("http://127.0.0.1:9", label_studio.token, 1, TransientError, "cannot reach Label Studio"),
+        (label_studio.url, "not-a-token", 1, ConfigError, "rejected the token.*legacy"),
+        (label_studio.url, label_studio.token, 987654, ConfigError, "does not exist"),
+    ]
+    for url, token, project, error, message in cases:
+        with (
+            LabelStudioBackend(url, token, timeout_s=5) as connection,
+            pytest.raises(error, match=message),
+        ):
+            connection.project(project)
+
+
+def test_a_label_config_the_planner_cannot_read(backend: LabelStudioWorkbench) -> None:
+    text_only = """<View><Text name="text" value="$text"/>
+<TextArea name="answer" toName="text"/></View>"""
+    project = backend.sdk.projects.create(
+        title=f"text-{uuid.uuid4().hex[:8]}", label_config=text_only
+    )
+    with pytest.raises(LabelConfigError, match=f"project {project.id} on .*no countable class"):
+        backend.check(project.id)
+
+
+def test_a_personal_access_token_works_like_the_legacy_one(
+    label_studio: ServerState, personal_access_token: str, backend: LabelStudioWorkbench
+) -> None:
+    refresh = personal_access_token
+    assert refresh.count(".") == 2, "a personal access token is a JWT"
+    pid = backend.create_project(f"pat-{uuid.uuid4().hex[:8]}", CLASSIFY)
+    with LabelStudioBackend(label_studio.url, refresh) as personal:
+        assert personal.project(pid).id == pid
+
+
+def test_a_single_prediction_save_is_not_mistaken_for_an_annotation(
+    backend: LabelStudioWorkbench, images: Path, tmp_path: Path
+) -> None:
+    pid, ids = _project(backend, CLASSIFY, images, 4)
+    backend.annotate(ids[0], _choice("d2"))
+    with open_store(f"sqlite:///{tmp_path / 'p.db'}") as store:
+        first = sync_project(backend, store, pid, now=datetime.now(UTC))
+        assert first.watermark is not None
+        # an ML backend's single prediction save, through the SDK: it bumps updated_at
+        backend.predict(ids[0], 0.8, "someone-elses-model")
+        backend.predict(ids[1], 0.3, "someone-elses-model")
+        bumped = {t.id for t in backend.iter_tasks(pid, updated_after=first.watermark)}
+        assert bumped == {ids[0], ids[1]}
+        report = sync_project(backend, store, pid, now=datetime.now(UTC))
+        assert (report.new, report.changed) == (0, 0)
+        assert report.unchanged == report.seen >= 2
+        with store.session() as session:
+            classes = tuple(f"d{d}" for d in range(10))
+            table = count_table(session, report.project_id, classes, ("train", "val", "test"))
+        assert int(table.totals("images")[classes.index("d2")]) == 1
+
+
+def test_the_batch_order_survives_another_model_and_a_changed_model_version(
+    backend: LabelStudioWorkbench, images: Path
+) -> None:
+    pid, ids = _project(backend, CLASSIFY, images, 6)
+    old = backend.push_batch(pid, PushBatch("planner-test-b1", [(ids[5], 1), (ids[0], 2)]))
+    batch = PushBatch("planner-test-b2", [(ids[3], 1), (ids[1], 2), (ids[4], 3)])
+    view = backend.push_batch(pid, batch).view_id
+    assert view == old.view_id
+    assert view is not None
+    order = [ids[3], ids[1], ids[4]]
+    # another model, scoring the batch against its rank order
+    for task, score in ((ids[3], 0.99), (ids[1], 0.5), (ids[4], 0.01), (ids[2], 0.0)):
+        backend.predict(task, score, "someone-elses-model")
+    assert backend.view_task_ids(pid, view) == order
+    assert backend.next_task(pid) == ids[3]
+    # someone points the project at the other model: sampling follows it, the tab does not
+    backend.sdk.projects.update(id=pid, model_version="someone-elses-model")
+    assert backend.project(pid).serving == "someone-elses-model"
+    assert backend.view_task_ids(pid, view) == order
+    # the rank lives in the task data on the server, and left the superseded batch's tasks
+    data = {t: backend.sdk.tasks.get(id=str(t)).data for t in ids}
+    assert {t: d.get(RANK_FIELD) for t, d in data.items() if RANK_FIELD in d} == {
+        ids[3]: "000001",
+        ids[1]: "000002",
+        ids[4]: "000003",
+    }
+    assert data[ids[5]] == {"image": f"/data/local-files/?d={images.name}/0005.png"}
+    again = backend.push_batch(pid, batch)  # takes the project back
+    assert (again.created, again.removed) == (0, 0)
+    assert backend.project(pid).serving == batch.tag
+
+
+def test_reconciliation_reads_what_a_listing_missed(
+    backend: LabelStudioWorkbench, images: Path, tmp_path: Path
+) -> None:
+    pid, ids = _project(backend, CLASSIFY, images, 5)
+    backend.annotate(ids[2], _choice("d4"))
+    with open_store(f"sqlite:///{tmp_path / 'p.db'}") as store:
+        skipping: Any = SkipsOne(backend, ids[2])
+        first = sync_project(skipping, store, pid, now=datetime.now(UTC))
+        assert first.recovered == (ids[2],)
+        backend.annotate(ids[4], _choice("d6"))  # a change the next listing skips
+        skipping = SkipsOne(backend, ids[4])
+        later = sync_project(skipping, store, pid, now=datetime.now(UTC), reconcile=True)
+        assert later.recovered == (ids[4],)
+        with store.session() as session:
+            rows = {t.ls_task_id: t for t in session.exec(select(Task)).all()}
+        assert (rows[ids[2]].labels, rows[ids[4]].labels) == (["d4"], ["d6"])
+        assert len(rows) == 5
+        quiet = sync_project(backend, store, pid, now=datetime.now(UTC), reconcile=True)
+        assert (quiet.recovered, quiet.new, quiet.changed) == ((), 0, 0)
+
+
+def test_the_image_is_the_field_the_image_tag_names(
+    backend: LabelStudioWorkbench, tmp_path: Path
+) -> None:
+    config = """<View><Text name="caption" value="$caption"/><Image name="photo" value="$picture"/>
+<Choices name="kind" toName="photo"><Choice value="Car"/></Choices></View>"""
+    pid = backend.create_project(f"named-{uuid.uuid4().hex[:8]}", config)
+    data = {"caption": "a red car", "picture": "/data/upload/1/car.png"}
+    (task,) = backend.import_tasks(pid, [{"data": data}])
+    with open_store(f"sqlite:///{tmp_path / 'p.db'}") as store:
+        sync_project(backend, store, pid, now=datetime.now(UTC))
+        with store.session() as session:
+            row = session.exec(select(Task).where(Task.ls_task_id == task)).one()
+    assert row.image == "/data/upload/1/car.png"

@@ -1,0 +1,55 @@
+"""Reading task images from a real Label Studio with a legacy or a personal access token."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from integrations.label_studio.launcher import ServerState
+from integrations.label_studio.workbench import LabelStudioWorkbench
+from workers.images import ImageError, ImageSource
+
+pytestmark = pytest.mark.integration
+CLASSIFY = """<View><Image name="image" value="$image"/>
+<Choices name="label" toName="image"><Choice value="a"/><Choice value="b"/></Choices></View>"""
+
+
+@pytest.fixture
+def served(label_studio: ServerState) -> tuple[str, bytes]:
+    """A PNG in a project's local storage, as its ``/data/local-files/`` URL."""
+    folder = Path(label_studio.document_root) / f"workers-{uuid.uuid4().hex[:8]}"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.full((8, 8, 3), 90, dtype=np.uint8)).save(folder / "one.png")
+    # Label Studio serves a local file only from a storage its user can see
+    with LabelStudioWorkbench(label_studio.url, label_studio.token) as bench:
+        pid = bench.create_project(folder.name, CLASSIFY)
+        bench.connect_local_storage(pid, str(folder))
+    return f"/data/local-files/?d={folder.name}/one.png", (folder / "one.png").read_bytes()
+
+
+def test_a_legacy_token_reads_local_files(
+    label_studio: ServerState, served: tuple[str, bytes]
+) -> None:
+    reference, body = served
+    source = ImageSource(label_studio_url=label_studio.url, label_studio_token=label_studio.token)
+    assert source.read(reference) == body
+    wrong = ImageSource(label_studio_url=label_studio.url, label_studio_token="not-the-token")
+    with pytest.raises(ImageError, match=r"refused the token .* \(401\)"):
+        wrong.read(reference)
+
+
+def test_a_personal_access_token_is_exchanged_and_renewed(
+    label_studio: ServerState, personal_access_token: str, served: tuple[str, bytes]
+) -> None:
+    reference, body = served
+    source = ImageSource(
+        label_studio_url=label_studio.url, label_studio_token=personal_access_token
+    )
+    assert source.read(reference) == body
+    source._access["access"] = "an.expired.token"  # what an hour-old access token looks like
+    assert source.read(reference) == body
+    assert source._access["access"] != "an.expired.token"

@@ -1,0 +1,143 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from planner.artifacts import (
+    ArtifactError,
+    latest_version,
+    list_versions,
+    read_artifact,
+    write_artifact,
+)
+from tests.unit.artifacts.helpers import small_artifact
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_versions_are_numbered_and_latest_follows_the_newest(tmp_path: Path) -> None:
+    first = write_artifact(tmp_path, small_artifact())
+    second = write_artifact(tmp_path, small_artifact(scale=2))
+    assert (first.version, second.version) == ("v0001", "v0002")
+    assert list_versions(tmp_path) == ["v0001", "v0002"]
+    assert latest_version(tmp_path) == "v0002"
+    loaded = read_artifact(tmp_path)
+    assert loaded.version == "v0002"
+    assert loaded.data == small_artifact(scale=2).data
+    np.testing.assert_array_equal(loaded.image_weights, small_artifact(scale=2).image_weights)
+    assert read_artifact(tmp_path, "v0001").data["counts"]["images"]["train"]["fox"] == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_the_manifest_holds_schema_version_and_checksums(tmp_path: Path) -> None:
+    written = write_artifact(tmp_path, small_artifact())
+    manifest = json.loads((written.path / "MANIFEST.json").read_text())
+    assert manifest["schema_version"] == 1
+    assert set(manifest["files"]) == {"artifact.json", "image_weights.npy"}
+    assert all(len(entry["sha256"]) == 64 for entry in manifest["files"].values())
+
+
+def test_an_edited_file_fails_the_checksum(tmp_path: Path) -> None:
+    written = write_artifact(tmp_path, small_artifact())
+    data = written.path / "artifact.json"
+    data.write_text(data.read_text().replace('"fox": 1', '"fox": 9', 1))
+    with pytest.raises(ArtifactError, match=r"checksum mismatch for .*artifact.json"):
+        read_artifact(tmp_path)
+
+
+def test_a_newer_schema_version_asks_to_upgrade(tmp_path: Path) -> None:
+    written = write_artifact(tmp_path, small_artifact())
+    manifest_path = written.path / "MANIFEST.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["schema_version"] = 99
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"schema version 99.*upgrade the planner"):
+        read_artifact(tmp_path)
+
+
+def test_an_empty_folder_says_to_emit_first(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="run `planner emit` first"):
+        read_artifact(tmp_path)
+
+
+def test_a_missing_weights_file_is_reported(tmp_path: Path) -> None:
+    written = write_artifact(tmp_path, small_artifact())
+    (written.path / "image_weights.npy").unlink()
+    with pytest.raises(ArtifactError, match=r"lacks image_weights\.npy"):
+        read_artifact(tmp_path)
+
+
+def test_a_failure_mid_write_leaves_latest_on_the_previous_version(tmp_path: Path) -> None:
+    """A real write failure: the file size limit (RLIMIT_FSIZE) stops the large weights file."""
+    write_artifact(tmp_path, small_artifact())
+    script = textwrap.dedent(
+        f"""
+        import resource, signal, sys
+        sys.path.insert(0, {str(REPO)!r})
+        from planner.artifacts import ArtifactError, write_artifact
+        from tests.unit.artifacts.helpers import small_artifact
+        artifact = small_artifact(scale=20_000)  # 200,000 images: weights file of 1.6 MB
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        try:
+            write_artifact({str(tmp_path)!r}, artifact)
+        except ArtifactError as exc:
+            print("ERROR", exc)
+            sys.exit(3)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 3, done.stderr
+    assert "previous version stays the latest" in done.stdout
+    assert latest_version(tmp_path) == "v0001"
+    assert list_versions(tmp_path) == ["v0001"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "LATEST", "v0001"]
+    assert read_artifact(tmp_path).data == small_artifact().data
+
+
+def test_a_folder_under_a_file_gives_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the artifact folder should be")
+    with pytest.raises(ArtifactError, match=r"cannot create the artifact folder .*not-a-folder"):
+        write_artifact(blocker / "artifacts", small_artifact())
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through chmod 0o500")
+def test_a_read_only_folder_gives_a_clear_error(tmp_path: Path) -> None:
+    folder = tmp_path / "artifacts"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(ArtifactError, match="not writable"):
+            write_artifact(folder, small_artifact())
+    finally:
+        folder.chmod(0o700)
+
+
+def test_two_writers_at_once_get_distinct_complete_versions(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        from planner.artifacts import write_artifact
+        from tests.unit.artifacts.helpers import small_artifact
+        artifact = small_artifact(scale=200)
+        for _ in range(5):
+            write_artifact({str(tmp_path)!r}, artifact)
+        """
+    )
+    writers = [subprocess.Popen([sys.executable, "-c", script]) for _ in range(2)]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    assert list_versions(tmp_path) == [f"v{i:04d}" for i in range(1, 11)]
+    assert latest_version(tmp_path) == "v0010"
+    for version in list_versions(tmp_path):
+        assert read_artifact(tmp_path, version).image_weights.size == 2000

@@ -1,0 +1,34 @@
+"""The effectiveness benchmark's quick mode: output structure, and the planner meets quotas."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("sklearn")
+
+from bench.effectiveness.__main__ import results
+from bench.effectiveness.datasets import shapes
+from bench.effectiveness.simulate import Settings, run
+
+TINY = Settings(batch_size=10, initial=10, cap=200, budgets=(60,), curve_every=30)
+
+
+@pytest.mark.slow
+def test_planner_meets_quotas_on_a_small_detection_set() -> None:
+    data = shapes(seed=0, n_pool=400, n_test=120, quota=3)
+    planner = run(data, "planner", seed=0, settings=TINY)
+    rand = run(data, "random", seed=0, settings=TINY)
+    assert planner.labels_needed is not None
+    assert rand.labels_needed is not None
+    assert planner.labels_needed < rand.labels_needed
+    assert set(planner.at_budget) == {60}
+    assert set(planner.at_budget[60]) == {"macro_f1", "recall", "rare_pr_auc"}
+    assert len(planner.at_budget[60]["recall"]) == len(data.classes)
+    assert planner.quota_curve[-1][1] == 1.0
+    assert planner.select_seconds
+
+    text, summary = results({"shapes": [planner, rand]}, TINY, img=None)
+    assert "| **planner** |" in text
+    assert "| random |" in text
+    assert summary["shapes"]["summary"]["planner"]["runs"] == 1
+    assert set(summary["shapes"]["targets"]) >= {"vs_random", "vs_best", "f1_ok"}

@@ -1,0 +1,193 @@
+"""plan_batch: quotas and counts become the selector's shortfall; invariants of the batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from planner.core.plan import PlanOptions, plan_batch
+from planner.core.quotas import Quota
+from planner.core.table import CountTable
+from planner.errors import InputError
+
+CLASSES = ("car", "person", "wheelchair")
+
+
+def table(counts: list[int]) -> CountTable:
+    images = np.asarray([counts], np.int64)
+    return CountTable(CLASSES, ("train",), images, images.copy(), np.zeros_like(images))
+
+
+def pool(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    probs = rng.dirichlet([3.0, 2.0, 0.3], size=n)
+    return np.arange(n) + 1000, probs, rng.standard_normal((n, 8)).astype(np.float32)
+
+
+def test_shortfall_need_and_weights_come_from_quotas() -> None:
+    ids, probs, emb = pool(200)
+    quotas = [
+        Quota("wheelchair", target=50, per_cycle_min=4, criticality=2.0),
+        Quota("car", target=10),
+    ]
+    plan = plan_batch(
+        table([12, 5, 20]),
+        quotas,
+        ids,
+        probs,
+        options=PlanOptions(batch_size=20),
+        rng=0,
+        embeddings=emb,
+    )
+    # wheelchair lacks 30 (capped at the batch of 20); car is met; person has no quota
+    np.testing.assert_array_equal(plan.shortfall, [0.0, 0.0, 20.0])
+    np.testing.assert_allclose(plan.need, [0.0, 0.0, 2.0 * 30 / 50])
+    np.testing.assert_array_equal(plan.weights, [1.0, 1.0, 2.0])
+    np.testing.assert_array_equal(plan.min_slots, [0, 0, 4])
+    assert len(plan.batch.picks) == 20
+    assert plan.uncertainty.shape == (200,)
+    # the quota pull: picks lean to the short class far beyond its pool share
+    picked = probs[[pick.row for pick in plan.batch.picks]]
+    assert picked[:, 2].mean() > 2 * probs[:, 2].mean()
+    assert plan.as_dict()["classes"]["wheelchair"]["shortfall"] == 20.0
+
+
+def test_classes_name_the_columns_in_any_order() -> None:
+    ids, probs, _ = pool(50)
+    reordered = probs[:, [2, 0, 1]]
+    plan = plan_batch(
+        table([0, 0, 0]),
+        [Quota("wheelchair", target=3)],
+        ids,
+        reordered,
+        classes=("wheelchair", "car", "person"),
+        options=PlanOptions(batch_size=5, diversity=False),
+        rng=1,
+    )
+    np.testing.assert_array_equal(plan.shortfall, [3.0, 0.0, 0.0])
+    assert plan.batch.classes == ("wheelchair", "car", "person")
+
+
+def test_bald_needs_mc_probs_and_uses_them() -> None:
+    ids, probs, _ = pool(30)
+    options = PlanOptions(batch_size=4, uncertainty="bald", diversity=False)
+    with pytest.raises(InputError, match="mc_probs"):
+        plan_batch(table([0, 0, 0]), [], ids, probs, options=options, rng=0)
+    rng = np.random.default_rng(3)
+    mc = rng.dirichlet([1.0, 1.0, 1.0], size=(5, 30))
+    plan = plan_batch(
+        table([0, 0, 0]), [], ids, mc.mean(axis=0), options=options, rng=0, mc_probs=mc
+    )
+    assert plan.uncertainty.max() > 0
+
+
+def test_stored_bald_scores_are_the_uncertainty_when_given() -> None:
+    ids, probs, _ = pool(30)
+    options = PlanOptions(
+        batch_size=4, diversity=False, exploration_share=0.0, hard_negative_share=0.0
+    )
+    scores = np.linspace(0.0, 0.9, 30)[::-1].copy()  # the first items most uncertain
+    plan = plan_batch(table([0, 0, 0]), [], ids, probs, options=options, rng=0, bald_scores=scores)
+    np.testing.assert_array_equal(plan.uncertainty, scores)
+    assert sorted(int(p.id) for p in plan.batch.picks) == [1000, 1001, 1002, 1003]
+    entropy = plan_batch(table([0, 0, 0]), [], ids, probs, options=options, rng=0)
+    assert not np.array_equal(entropy.uncertainty, scores)
+    bald_options = PlanOptions(batch_size=4, uncertainty="bald", diversity=False)
+    by_bald = plan_batch(
+        table([0, 0, 0]), [], ids, probs, options=bald_options, rng=0, bald_scores=scores
+    )
+    np.testing.assert_array_equal(by_bald.uncertainty, scores)
+    with pytest.raises(InputError, match=r"bald_scores must be \(30,\)"):
+        plan_batch(table([0, 0, 0]), [], ids, probs, options=options, rng=0, bald_scores=scores[:3])
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        plan_batch(table([0, 0, 0]), [], ids, probs, options=options, rng=0, bald_scores=scores + 1)
+
+
+def test_multilabel_presence_is_accepted() -> None:
+    rng = np.random.default_rng(4)
+    presence = rng.random((40, 3))  # rows need not sum to 1
+    plan = plan_batch(
+        table([5, 5, 0]),
+        [Quota("wheelchair", target=2)],
+        np.arange(40),
+        presence,
+        options=PlanOptions(batch_size=6, multilabel=True, diversity=False),
+        rng=0,
+    )
+    assert len(plan.batch.picks) == 6
+    assert ((plan.uncertainty >= 0) & (plan.uncertainty <= 1)).all()
+
+
+def test_discovery_goes_to_isolated_items_when_a_short_class_is_unseen() -> None:
+    rng = np.random.default_rng(5)
+    dense = rng.normal(0, 0.05, (300, 4)) + np.array([1.0, 0, 0, 0])
+    lonely = np.eye(4)[1:] * 3 + rng.normal(0, 0.05, (3, 4))  # three far-apart points
+    emb = np.concatenate([dense, lonely]).astype(np.float32)
+    probs = np.tile([0.6, 0.4, 0.0], (303, 1))  # the model has never seen a wheelchair
+    plan = plan_batch(
+        table([10, 10, 0]),
+        [Quota("wheelchair", target=3)],
+        np.arange(303),
+        probs,
+        options=PlanOptions(batch_size=6, diversity=False),
+        rng=0,
+        embeddings=emb,
+    )
+    assert {300, 301, 302} <= set(plan.batch.ids)
+    assert plan.batch.count("exploration") >= 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 5, "uncertainty": "variance"}, "uncertainty"),
+        ({"batch_size": 5, "exploration_share": 1.5}, "exploration_share"),
+    ],
+)
+def test_bad_options_say_what(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        PlanOptions(**kwargs)  # type: ignore[arg-type]
+
+
+def test_column_count_mismatch_names_the_fix() -> None:
+    ids, probs, _ = pool(10)
+    two = probs[:, :2] / probs[:, :2].sum(axis=1, keepdims=True)
+    with pytest.raises(InputError, match="classes="):
+        plan_batch(table([0, 0, 0]), [], ids, two, options=PlanOptions(batch_size=2), rng=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 60),
+    b=st.integers(1, 15),
+    counts=st.lists(st.integers(0, 30), min_size=3, max_size=3),
+    diversity=st.booleans(),
+)
+def test_invariants(seed: int, n: int, b: int, counts: list[int], diversity: bool) -> None:
+    ids, probs, emb = pool(n, seed)
+    rng = np.random.default_rng(seed)
+    exclude = ids[rng.random(n) < 0.3]
+    quotas = [Quota("wheelchair", target=20, per_cycle_min=2), Quota("person", target=10)]
+    options = PlanOptions(batch_size=b, diversity=diversity)
+
+    def once() -> list[int | str]:
+        return plan_batch(
+            table(counts),
+            quotas,
+            ids,
+            probs,
+            options=options,
+            rng=seed,
+            embeddings=emb,
+            exclude=exclude,
+        ).batch.ids
+
+    first = once()
+    assert not set(first) & set(exclude.tolist())
+    assert len(set(first)) == len(first)
+    assert len(first) <= min(b, n - exclude.size)
+    assert first == once()

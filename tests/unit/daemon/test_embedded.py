@@ -1,0 +1,113 @@
+"""The daemon process never imports torch nor keeps matplotlib: scoring and the daily report
+run in child processes. A fresh interpreter runs a real cycle and a report and tells."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from planner.daemon.embedded import CancelledError, ChildGroup, run_in_child, score_pool_in_child
+from planner.errors import ConfigError, PlannerError, TransientError
+from workers.config import WorkerConfig
+
+REPO = Path(__file__).resolve().parents[3]
+
+SCRIPT = """
+import json, sys
+from pathlib import Path
+
+from planner.daemon.run import build_daemon
+from planner.settings import Settings
+from planner.store import DatabaseLease, open_store
+from tests.unit.daemon.helpers import digits_project
+
+if __name__ == "__main__":
+    root, work = Path(sys.argv[1]), Path(sys.argv[2])
+    targets = json.loads(sys.argv[3])
+    project = digits_project(targets)
+    settings = Settings(
+        label_studio={"project_id": project.pid},
+        store={"url": f"sqlite:///{work / 'planner.db'}"},
+        planning={"batch_size": 8},
+        quotas={"7": {"target": 30, "criticality": 3.0}},
+        workers={"image_root": str(root), "num_workers": 0},
+        artifacts={"dir": str(work / "artifacts")},
+        dashboard={"reports_dir": str(work / "reports")},
+    )
+    with open_store(settings.store.url) as store:
+        lease = DatabaseLease(store.engine, "p", holder="only")
+        daemon = build_daemon(settings, backend=project.fake, store=store, lease=lease)
+        outcome = daemon.cycle()
+        report = daemon.report()
+    print(json.dumps({
+        "pushed": outcome.pushed,
+        "why": outcome.why,
+        "view": project.fake.view_task_ids(project.pid, 1),
+        "report": None if report is None else str(report),
+        "torch": "torch" in sys.modules,
+        "matplotlib": "matplotlib" in sys.modules,
+    }))
+"""
+
+
+def test_a_cycle_and_a_report_leave_the_daemon_free_of_torch_and_matplotlib(
+    digit_files: tuple[Path, list[int]], tmp_path: Path
+) -> None:
+    root, targets = digit_files
+    script = tmp_path / "daemon_once.py"
+    script.write_text(textwrap.dedent(SCRIPT), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLANNER_")}
+    env["PYTHONPATH"] = str(REPO)
+    done = subprocess.run(
+        [sys.executable, str(script), str(root), str(tmp_path), json.dumps(targets[:150])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["why"] == "pushed", result
+    assert len(result["view"]) == 8, "the child scored the pool; the daemon pushed the batch"
+    assert result["torch"] is False, "torch was imported by the daemon process"
+    assert result["matplotlib"] is False, "the report's charts were drawn in the daemon process"
+    day = Path(result["report"])
+    assert (
+        json.loads((day / "report.json").read_text())["batches"][0]["batch_id"] == result["pushed"]
+    )
+
+
+def test_errors_of_the_child_come_back_as_the_planners(tmp_path: Path) -> None:
+    bad = WorkerConfig(store_url=f"sqlite:///{tmp_path / 'x.db'}", classes=("a",), model="nope")
+    with pytest.raises(ConfigError, match=r"workers\.model = 'nope'"):
+        score_pool_in_child(bad, 1, [(1, "/data/local-files/?d=x.png")])
+    with pytest.raises(TransientError, match="child process died"):
+        run_in_child(os._exit, 3)
+
+
+def test_a_cancelled_group_stops_its_running_child_and_refuses_new_ones() -> None:
+    group = ChildGroup()
+    timer = threading.Timer(2.0, group.cancel)
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(CancelledError, match="stopping"):
+        run_in_child(time.sleep, 120, group=group)  # would sleep two minutes
+    assert time.monotonic() - started < 60
+    timer.join()
+    with pytest.raises(CancelledError, match="not started"):
+        run_in_child(os._exit, 0, group=group)
+
+
+def test_a_bug_in_the_child_comes_back_as_a_planner_error() -> None:
+    with pytest.raises(PlannerError, match="ZeroDivisionError"):
+        run_in_child(divmod, 1, 0)

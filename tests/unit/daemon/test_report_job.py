@@ -1,0 +1,104 @@
+"""The daily report the daemon writes shows exactly the store's numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from sqlmodel import select
+
+from planner.core.quotas import Quota
+from planner.outputs import ReportOptions
+from planner.store import Store
+from planner.store.batches import active_batch, items_of
+from planner.store.events import count_snapshots
+from planner.store.models import Project
+from planner.store.snapshots import batch_yields
+from planner.store.tasks import count_table
+from tests.unit.daemon.helpers import (
+    TableScorer,
+    by_task_id,
+    digits_project,
+    label_current_batch,
+    make_daemon,
+)
+
+SPLITS = ("train", "val", "test")
+QUOTAS = (
+    Quota("1", target=30, split_targets={"train": 20, "val": 3, "test": 3}),
+    Quota("7", target=25, criticality=2.0),
+)
+
+
+def test_the_report_holds_the_numbers_of_the_store(
+    store: Store, digit_files: tuple[Path, list[int]], tmp_path: Path
+) -> None:
+    project = digits_project(digit_files[1])
+    options = ReportOptions(
+        folder=tmp_path / "reports", quotas=QUOTAS, splits=SPLITS, strata_fields=("time",)
+    )
+    daemon = make_daemon(project, store, QUOTAS, TableScorer(store, by_task_id), reports=options)
+    for _ in range(2):
+        assert daemon.cycle().pushed is not None
+        label_current_batch(project, store)
+    assert daemon.cycle().pushed is not None  # batch 3 is the one being labelled
+    day = daemon.report()
+    assert day is not None
+    assert sorted(p.name for p in day.iterdir()) == ["report.html", "report.json", "report.md"]
+    data = json.loads((day / "report.json").read_text())
+
+    with store.session() as session:
+        pid = int(session.exec(select(Project)).one().id or 0)
+        table = count_table(session, pid, tuple(str(d) for d in range(10)), SPLITS)
+        yields = batch_yields(session, pid)
+        snapshots = count_snapshots(session, pid)
+        live = active_batch(session, pid)
+        assert live is not None
+        live_items = items_of(session, int(live.id or 0))
+    rows = {(r["class_name"], r["split"]): r for r in data["quotas"]}
+    for quota in QUOTAS:
+        column = table.classes.index(quota.class_name)
+        for s, split in enumerate(SPLITS):
+            assert rows[quota.class_name, split]["count"] == int(table.images[s, column])
+        total = rows[quota.class_name, "total"]
+        assert total["count"] == int(table.images[:, column].sum())
+        assert total["target"] == quota.target
+    assert [(b["batch_id"], b["size"], b["hits"]) for b in data["batches"]] == [
+        (y.tag, y.labelled, y.hits) for y in yields
+    ]
+    assert len(yields) == 3
+    assert yields[0].labelled == 10
+    assert yields[2].labelled == 0
+    assert len(data["burnup"]) == len(snapshots) + 1, "every stored snapshot, then now"
+    assert len(snapshots) >= 3, "a snapshot per change of the counts"
+    last = data["burnup"][-1]["counts"]
+    assert last == {
+        q.class_name: int(table.images[:, table.classes.index(q.class_name)].sum()) for q in QUOTAS
+    }
+    assert {r["class_name"] for r in data["eta"]} == {"1", "7"}
+    assert data["imbalance"][0]["total"] == int(table.without("unknown").images.sum())
+    rules = {r["rule"] for r in data["stop"]["rules"]}
+    assert {"quota", "annotation_budget", "minority_yield", "stable_predictions"} <= rules
+    assert data["stop"]["should_stop"] is False
+    nxt = data["next_batch"]
+    assert nxt["selected"] == len(live_items) == 10
+    ranked = [str(i.ls_task_id) for i in sorted(live_items, key=lambda i: i.rank)]
+    assert [p["item_id"] for p in nxt["picks"]] == ranked
+    assert {t["class_name"] for t in nxt["targets"]} >= {"1", "7"}
+    assert data["strata_items"] == 120, "100 labelled at the start, 2 batches of 10"
+    html = (day / "report.html").read_text()
+    markdown = (day / "report.md").read_text()
+    for shown in (yields[0].tag, "Hidden imbalance by strata", "What the next batch targets"):
+        assert shown in html
+        assert shown in markdown
+
+
+def test_a_standby_writes_no_report(
+    store: Store, digit_files: tuple[Path, list[int]], tmp_path: Path
+) -> None:
+    project = digits_project(digit_files[1])
+    options = ReportOptions(folder=tmp_path / "reports", quotas=QUOTAS, splits=SPLITS)
+    leader = make_daemon(project, store, QUOTAS, TableScorer(store, by_task_id), reports=options)
+    assert leader.report() is not None
+    standby = make_daemon(project, store, QUOTAS, leader.scorer, holder="standby", reports=options)
+    assert standby.report() is None

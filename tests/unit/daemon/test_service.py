@@ -1,0 +1,292 @@
+"""One project's daemon jobs against the in-memory Label Studio, a SQLite store and the
+embedded scorer (the bootstrap model on real digit images)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+from sqlmodel import SQLModel, select
+
+from integrations.label_studio.fake import FakeLabelStudio
+from planner.core.quotas import Quota
+from planner.daemon.service import ProjectDaemon
+from planner.errors import TransientError
+from planner.ports import PushBatch, PushResult
+from planner.store import DatabaseLease, Store
+from planner.store.models import Batch, BatchItem
+from tests.unit.daemon.helpers import (
+    CLASSES,
+    Project150,
+    TableScorer,
+    by_task_id,
+    digits_project,
+    make_daemon,
+)
+from workers.config import WorkerConfig
+from workers.dispatch import score_pool
+
+LEASE = SQLModel.metadata.tables["lease"]
+
+
+def _embedded(store: Store, root: Path) -> TableScorer | object:
+    cfg = WorkerConfig(
+        store_url=store.engine.url.render_as_string(hide_password=False),
+        classes=CLASSES,
+        image_root=root,
+    )
+
+    def scorer(project_id: int, items: Sequence[tuple[int, str]]) -> str:
+        return score_pool(cfg, project_id, items).model_version
+
+    return scorer
+
+
+def _batches(store: Store) -> list[Batch]:
+    with store.session() as session:
+        return list(session.exec(select(Batch).order_by(Batch.number)).all())
+
+
+def test_a_cycle_pushes_a_ranked_batch_once_and_only_the_leader_does(
+    digit_files: tuple[Path, list[int]], store: Store
+) -> None:
+    root, targets = digit_files
+    project = digits_project(targets)
+    quotas = [Quota("7", target=40, criticality=3.0)]
+    daemon = make_daemon(project, store, quotas, _embedded(store, root))  # type: ignore[arg-type]
+    outcome = daemon.cycle()
+    assert outcome.why == "pushed"
+    assert outcome.pushed is not None
+    assert outcome.sync is not None
+    assert outcome.sync.seen == 150
+    batch_ids = project.fake.view_task_ids(project.pid, 1)
+    assert len(batch_ids) == 10
+    assert set(batch_ids) <= set(project.ids[100:])
+    assert project.fake.next_task(project.pid) == batch_ids[0]
+    (row,) = _batches(store)
+    assert (row.tag, row.state) == (outcome.pushed, "pushed")  # active once a sync sees it served
+    daemon.sync()
+    (row,) = _batches(store)
+    assert row.state == "active"
+    assert daemon.lease.renew()  # the leader's heartbeat
+    standby = make_daemon(project, store, quotas, daemon.scorer, holder="second")
+    assert standby.cycle().why == "not the leader"
+    assert standby.sync() is None, "a standby does not even sync"
+    assert len(_batches(store)) == 1, "a second daemon must not push while the first leads"
+    assert standby.telemetry.registry.get_sample_value("planner_leader") == 0
+    assert daemon.telemetry.registry.get_sample_value("planner_leader") == 1
+
+
+class _Killed(BaseException):
+    """The process dies here (SIGKILL): nothing after this line of the push runs."""
+
+
+class _DiesMidPush(FakeLabelStudio):
+    """Predictions reach the server, then the process dies before the view is updated."""
+
+    def __init__(self, inner: FakeLabelStudio, *, before_predictions: bool = False) -> None:
+        self.__dict__ = inner.__dict__  # the same projects and tasks: one server, two clients
+        self.before_predictions = before_predictions
+
+    def push_batch(self, project_id: int, batch: PushBatch) -> PushResult:
+        if self.before_predictions:
+            raise _Killed
+        state = self._project(project_id)
+        old_ranks = dict(state.ranks)
+        super().push_batch(project_id, batch)
+        state.ranks = old_ranks  # the ranks that order the view were never written
+        raise _Killed
+
+
+def _one_prediction_per_batch_task(
+    project: Project150, store: Store, state: str = "pushed"
+) -> None:
+    (batch,) = _batches(store)
+    with store.session() as session:
+        items = session.exec(select(BatchItem).where(BatchItem.batch_id == batch.id)).all()
+        ranked = [i.ls_task_id for i in sorted(items, key=lambda i: i.rank)]
+    predictions = project.fake._project(project.pid).predictions.values()
+    assert sorted(p.task for p in predictions) == sorted(ranked), "one per batch task, no other"
+    assert {p.model_version for p in predictions} == {batch.tag}
+    assert project.fake.view_task_ids(project.pid, 1) == ranked, "the view holds the batch"
+    assert batch.state == state  # pushed; active once a sync sees the project serve it
+
+
+@pytest.mark.parametrize("before_predictions", [False, True])
+def test_a_batch_half_pushed_when_the_daemon_died_is_finished_on_restart(
+    store: Store, digit_files: tuple[Path, list[int]], before_predictions: bool
+) -> None:
+    project = digits_project(digit_files[1])
+    scorer = TableScorer(store, by_task_id)
+    quotas = [Quota("7", target=40)]
+    dying = _DiesMidPush(project.fake, before_predictions=before_predictions)
+    first = make_daemon(project, store, quotas, scorer, backend=dying)
+    with pytest.raises(_Killed):
+        first.cycle()
+    (planned,) = _batches(store)
+    assert planned.state == "planned"
+    first.lease.release()  # the dead process's lease ran out
+    restarted = make_daemon(project, store, quotas, scorer, holder="restarted")
+    outcome = restarted.cycle()
+    assert (outcome.pushed, outcome.recovered) == (planned.tag, True)
+    assert scorer.calls == 1, "the restart finishes the batch; it does not plan another"
+    _one_prediction_per_batch_task(project, store)
+    assert restarted.cycle().pushed != planned.tag, "the next cycle is a normal one again"
+    assert len(_batches(store)) == 2
+
+
+def test_a_failed_push_is_retried_by_the_next_job_not_duplicated(
+    store: Store, digit_files: tuple[Path, list[int]]
+) -> None:
+    project = digits_project(digit_files[1])
+    scorer = TableScorer(store, by_task_id)
+    now = [datetime.now(UTC)]
+    daemon = make_daemon(project, store, [Quota("7", target=40)], scorer, clock=lambda: now[0])
+    assert daemon.sync() is not None
+    original = project.fake.push_batch
+
+    def refuse(project_id: int, batch: PushBatch) -> PushResult:
+        raise TransientError("Label Studio answered 503")
+
+    project.fake.push_batch = refuse  # type: ignore[method-assign]
+    outcome = daemon.cycle()
+    assert outcome.pushed is None
+    assert outcome.why.startswith("failed, retried next time")
+    assert [b.state for b in _batches(store)] == ["planned"]
+    project.fake.push_batch = original  # type: ignore[method-assign]
+    assert (daemon.health.state, daemon.health.failures) == ("failing", 1)
+    assert daemon.sync() is None, "backing off: Label Studio is left alone for 5 s"
+    now[0] += timedelta(seconds=5)
+    assert daemon.retry_due()
+    assert daemon.sync() is not None  # the next job of any kind finishes it first
+    assert daemon.health.state == "ok"
+    assert [b.state for b in _batches(store)] == ["active"]
+    _one_prediction_per_batch_task(project, store, "active")
+
+
+def test_housekeeping_expires_stale_batches_and_deleted_items(
+    store: Store, digit_files: tuple[Path, list[int]]
+) -> None:
+    project = digits_project(digit_files[1])
+    now = [datetime.now(UTC)]
+    daemon = make_daemon(
+        project,
+        store,
+        [Quota("7", target=40)],
+        TableScorer(store, by_task_id),
+        clock=lambda: now[0],
+    )
+    pushed = daemon.cycle().pushed
+    assert pushed is not None
+    with store.session() as session:
+        items = session.exec(select(BatchItem).order_by(BatchItem.rank)).all()
+        gone = items[0].ls_task_id
+    project.fake.delete_task(gone)
+    daemon.housekeeping()
+    with store.session() as session:
+        states = {i.ls_task_id: i.state for i in session.exec(select(BatchItem)).all()}
+    assert states[gone] == "expired", "a deleted task cannot be labelled any more"
+    assert _batches(store)[0].state == "active", "a fresh batch stays"
+    now[0] += timedelta(days=8)
+    daemon.housekeeping()
+    (batch,) = _batches(store)
+    assert batch.state == "expired", "a batch older than schedule.batch_ttl is closed"
+    with store.session() as session:
+        assert {i.state for i in session.exec(select(BatchItem)).all()} == {"expired"}
+
+
+def test_an_unreachable_label_studio_is_recorded_and_survived(
+    store: Store, digit_files: tuple[Path, list[int]]
+) -> None:
+    project = digits_project(digit_files[1])
+    now = [datetime.now(UTC)]
+    daemon: ProjectDaemon = make_daemon(
+        project,
+        store,
+        [Quota("7", target=40)],
+        TableScorer(store, by_task_id),
+        clock=lambda: now[0],
+    )
+    daemon.sync()
+    project.fake.unreachable = True
+    assert daemon.sync() is None
+    assert daemon.health.state == "unreachable"
+    assert daemon.cycle().why.startswith("Label Studio unreachable since"), "backing off"
+    now[0] += timedelta(seconds=5)
+    assert daemon.cycle().why == "the sync failed; see the log"
+    assert daemon.health.failures == 2
+    assert daemon.health.retry_at == now[0] + timedelta(seconds=10), "the wait doubled"
+    rendered = daemon.telemetry.render()
+    assert b"planner_errors_total" in rendered
+    assert b'planner_label_studio_state{planner_label_studio_state="unreachable"} 1.0' in rendered
+    project.fake.unreachable = False
+    now[0] += timedelta(seconds=10)
+    assert daemon.sync() is not None
+    assert (daemon.health.state, daemon.health.failures) == ("ok", 0)
+
+
+class _SyncsMidPush(FakeLabelStudio):
+    """While a batch is being pushed, the scheduler's other thread runs a sync job."""
+
+    def __init__(self, inner: FakeLabelStudio) -> None:
+        self.__dict__ = inner.__dict__
+        self.pushes: list[str] = []
+        self.daemon: ProjectDaemon | None = None
+        self.sync_result: object = "not run"
+
+    def push_batch(self, project_id: int, batch: PushBatch) -> PushResult:
+        self.pushes.append(batch.tag)
+        if self.daemon is not None and len(self.pushes) == 1:
+            other = threading.Thread(
+                target=lambda: setattr(self, "sync_result", self.daemon.sync())
+            )
+            other.start()
+            other.join(timeout=30)
+        return super().push_batch(project_id, batch)
+
+
+def test_a_sync_during_a_push_does_not_push_the_same_batch_again(
+    store: Store, digit_files: tuple[Path, list[int]]
+) -> None:
+    project = digits_project(digit_files[1])
+    backend = _SyncsMidPush(project.fake)
+    daemon = make_daemon(
+        project, store, [Quota("7", target=40)], TableScorer(store, by_task_id), backend=backend
+    )
+    backend.daemon = daemon
+    outcome = daemon.cycle()
+    assert outcome.pushed is not None
+    assert backend.sync_result is None, "the sync left the work to the running job"
+    assert backend.pushes == [outcome.pushed], "the batch was pushed once"
+    _one_prediction_per_batch_task(project, store)
+
+
+@pytest.mark.parametrize("taken", [False, True])
+def test_a_lease_that_lapsed_during_scoring_pushes_only_if_nobody_took_it(
+    store: Store, taken: bool
+) -> None:
+    project = digits_project([i % 10 for i in range(150)])
+    quotas = [Quota("7", target=40)]
+    table = TableScorer(store, by_task_id)
+    rival = DatabaseLease(store.engine, f"project-{project.pid}", holder="rival")
+
+    def slow_scorer(project_id: int, items: Sequence[tuple[int, str]]) -> str:
+        version = table(project_id, items)
+        with store.engine.begin() as connection:  # the scoring outlived the lease's TTL
+            connection.execute(update(LEASE).values(expires_at=datetime.now(UTC) - timedelta(1)))
+        if taken:
+            assert rival.acquire()
+        return version
+
+    daemon = make_daemon(project, store, quotas, slow_scorer)
+    outcome = daemon.cycle()
+    if taken:
+        assert (outcome.pushed, len(_batches(store))) == (None, 0), "the rival leads now"
+        assert project.fake.view_task_ids(project.pid, 1) == []
+    else:
+        assert outcome.why == "pushed", "nobody took the lapsed lease: it is ours again"
+        assert len(project.fake.view_task_ids(project.pid, 1)) == 10

@@ -1,0 +1,113 @@
+"""The files under deploy/ parse, and every planner command and setting they use exists."""
+
+from __future__ import annotations
+
+import configparser
+import re
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.main import get_command
+
+from planner.cli import app
+from planner.settings import Settings
+
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
+ENV_NAME = re.compile(r"\bPLANNER_[A-Z_]+__[A-Z_]+\b")
+
+
+def _planner_calls() -> Iterator[tuple[str, list[str]]]:
+    """(where, argv after `planner`) for every planner invocation in deploy/."""
+    for path in sorted(DEPLOY.rglob("*")):
+        if not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8")
+        if path.suffix in (".yml", ".yaml"):
+            for document in yaml.safe_load_all(text):
+                yield from _yaml_calls(path, document)
+        elif path.name.endswith("Dockerfile"):
+            yield from _docker_calls(path, text)
+        elif path.suffix == ".service":
+            parser = configparser.ConfigParser(strict=False, interpolation=None)
+            parser.read_string(text)
+            argv = shlex.split(parser["Service"]["ExecStart"])
+            assert Path(argv[0]).name == "planner", f"{path}: ExecStart runs {argv[0]}"
+            yield str(path), argv[1:]
+
+
+def _yaml_calls(path: Path, node: Any) -> Iterator[tuple[str, list[str]]]:
+    if isinstance(node, dict):
+        image = str(node.get("image", ""))
+        build = node.get("build")
+        dockerfile = str(build.get("dockerfile", "")) if isinstance(build, dict) else ""
+        ours = image.startswith("annotation-planner/") or dockerfile.startswith("deploy/docker/")
+        for key in ("command", "args"):
+            if ours and isinstance(node.get(key), list):
+                yield f"{path}:{node.get('name', key)}", [str(a) for a in node[key]]
+        for value in node.values():
+            yield from _yaml_calls(path, value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _yaml_calls(path, value)
+
+
+def _docker_calls(path: Path, text: str) -> Iterator[tuple[str, list[str]]]:
+    entry = re.search(r"^ENTRYPOINT\s+(\[.*\])", text, re.M)
+    assert entry is not None, f"{path}: no ENTRYPOINT"
+    assert yaml.safe_load(entry.group(1)) == ["planner"], path
+    for line in re.findall(r"^(?:CMD|HEALTHCHECK.*CMD)\s+(\[.*\])", text, re.M):
+        argv = yaml.safe_load(line)
+        yield str(path), argv[1:] if argv[0] == "planner" else argv
+
+
+def _check_argv(argv: list[str]) -> None:
+    # typer ships its own click, so groups are recognised by what they can do
+    command: Any = get_command(app)
+    words = list(argv)
+    while hasattr(command, "list_commands") and words and not words[0].startswith("-"):
+        name = words.pop(0)
+        sub = command.get_command(None, name)
+        assert sub is not None, f"`planner {' '.join(argv)}`: no command {name!r}"
+        command = sub
+    options = {opt for param in command.params for opt in getattr(param, "opts", [])}
+    options |= {opt for param in command.params for opt in getattr(param, "secondary_opts", [])}
+    for word in words:
+        if word.startswith("-"):
+            assert word.split("=")[0] in options, f"`planner {' '.join(argv)}`: no option {word}"
+
+
+def test_yaml_files_parse() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text(encoding="utf-8"))
+    assert {"redis", "postgres", "label-studio", "planner", "worker"} <= set(compose["services"])
+    gpu = compose["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["capabilities"] == ["gpu"]
+    kinds = [d["kind"] for d in yaml.safe_load_all((DEPLOY / "k8s" / "planner.yaml").read_text())]
+    assert kinds.count("Deployment") == 3
+
+
+def test_every_planner_command_in_deploy_exists() -> None:
+    calls = list(_planner_calls())
+    commands = {argv[0] for _, argv in calls}
+    assert {"run", "worker", "serve"} <= commands, commands
+    for where, argv in calls:
+        try:
+            _check_argv(argv)
+        except AssertionError as exc:
+            pytest.fail(f"{where}: {exc}")
+
+
+def test_every_planner_variable_in_deploy_is_a_setting() -> None:
+    sections = Settings.model_fields
+    for path in sorted(DEPLOY.rglob("*")):
+        if not path.is_file():
+            continue
+        for name in set(ENV_NAME.findall(path.read_text(encoding="utf-8"))):
+            section, _, key = name.removeprefix("PLANNER_").lower().partition("__")
+            assert section in sections, f"{path}: {name}: no [{section}] section"
+            model = sections[section].annotation
+            fields = getattr(model, "model_fields", {})
+            assert key in fields, f"{path}: {name}: [{section}] has no key {key!r}"

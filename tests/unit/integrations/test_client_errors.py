@@ -1,0 +1,72 @@
+"""The adapter's errors say what to fix: translated answers, a closed port, a non-Label Studio."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from integrations.label_studio.client import LabelStudioBackend, translate
+from planner.errors import AuthError, ConfigError, GoneError, TransientError, UnreachableError
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "message"),
+    [
+        (401, AuthError, r"rejected the token .*label_studio\.token.*legacy"),
+        (403, AuthError, "no access"),
+        (404, GoneError, "does not exist.*label_studio.project_id"),
+        (400, ConfigError, "refused project 1 \\(400\\): bad"),
+        (200, ConfigError, "not Label Studio|other than Label Studio's JSON"),
+        (500, TransientError, "will retry"),
+        (503, TransientError, "will retry"),
+        (429, TransientError, "will retry"),
+    ],
+)
+def test_answers_become_planner_errors(status: int, error: type[Exception], message: str) -> None:
+    got = translate(status, "bad", "http://ls", "project 1")
+    assert type(got) is error
+    assert re.search(message, str(got))
+
+
+def test_a_closed_port_is_transient_after_bounded_retries() -> None:
+    backend = LabelStudioBackend("http://127.0.0.1:9", "token", timeout_s=2, attempts=2)
+    with backend, pytest.raises(UnreachableError, match=r"cannot reach.*label_studio\.url"):
+        backend.project(1)
+
+
+class _HtmlPage(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"<html>login</html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.fixture
+def html_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HtmlPage)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_url_that_is_not_label_studio_says_so(html_server: str) -> None:
+    with LabelStudioBackend(html_server, "token", timeout_s=5) as backend:
+        with pytest.raises(ConfigError, match="other than Label Studio's JSON"):
+            backend.project(1)
+        with pytest.raises(ConfigError, match="other than Label Studio's JSON"):
+            backend.task_ids(1)

@@ -1,0 +1,187 @@
+"""Model scores: written once per (task, model version), read back as arrays."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from sqlmodel import func, select
+
+from planner.errors import InputError
+from planner.store import Store, load_scores, unscored, write_scores
+from planner.store.models import ScoreRecord
+
+
+def test_scores_are_written_once_and_read_back(store: Store, project_id: int) -> None:
+    rng = np.random.default_rng(0)
+    probs = rng.random((5, 3)).astype(np.float32)
+    embeddings = rng.random((5, 4)).astype(np.float32)
+    ids = [14, 10, 12, 11, 13]  # any order in, task-id order out
+    args = {"project_id": project_id, "model_version": "m1", "task_ids": ids}
+    with store.session() as session:
+        assert write_scores(session, **args, probs=probs, embeddings=embeddings) == 5
+    with store.session() as session:
+        # a redelivered chunk writes nothing, even with different numbers
+        assert write_scores(session, **args, probs=probs * 0, embeddings=embeddings) == 0
+        assert (
+            write_scores(
+                session,
+                project_id=project_id,
+                model_version="m1",
+                task_ids=[],
+                probs=None,
+                unscorable={15: "image 404"},
+            )
+            == 1
+        )
+        rows = session.exec(select(func.count()).select_from(ScoreRecord)).one()
+        assert rows == 6
+    with store.session() as session:
+        scores = load_scores(session, project_id=project_id, model_version="m1")
+        some = load_scores(session, project_id=project_id, model_version="m1", task_ids=[13, 10])
+    order = np.argsort(ids)
+    assert scores.task_ids.tolist() == sorted(ids)
+    assert scores.task_ids.dtype == np.int64
+    np.testing.assert_array_equal(scores.probs, probs[order])
+    assert scores.probs.dtype == np.float32
+    assert scores.embeddings is not None
+    np.testing.assert_array_equal(scores.embeddings, embeddings[order])
+    assert scores.unscorable == {15: "image 404"}
+    assert some.task_ids.tolist() == [10, 13]
+    np.testing.assert_array_equal(some.probs, probs[[1, 4]])
+    assert some.unscorable == {}
+
+
+def test_bald_is_stored_per_row_and_read_back_in_task_order(store: Store, project_id: int) -> None:
+    probs = np.full((3, 2), 0.5, np.float32)
+    with store.session() as session:
+        write_scores(
+            session,
+            project_id=project_id,
+            model_version="mc",
+            task_ids=[3, 1, 2],
+            probs=probs,
+            bald=[0.3, 0.1, 0.2],
+        )
+        write_scores(
+            session, project_id=project_id, model_version="plain", task_ids=[1], probs=probs[:1]
+        )
+        with pytest.raises(InputError, match="bald must be"):
+            write_scores(
+                session,
+                project_id=project_id,
+                model_version="x",
+                task_ids=[1],
+                probs=probs[:1],
+                bald=[0.1, 0.2],
+            )
+    with store.session() as session:
+        mc = load_scores(session, project_id=project_id, model_version="mc")
+        plain = load_scores(session, project_id=project_id, model_version="plain")
+    assert mc.bald is not None
+    np.testing.assert_allclose(mc.bald, [0.1, 0.2, 0.3])
+    assert plain.bald is None
+
+
+def test_unscored_lists_the_missing_ids_in_input_order(store: Store, project_id: int) -> None:
+    with store.session() as session:
+        write_scores(
+            session,
+            project_id=project_id,
+            model_version="m1",
+            task_ids=[12],
+            probs=np.ones((1, 2)),
+            unscorable={15: "corrupt"},
+        )
+        done = unscored(
+            session, project_id=project_id, model_version="m1", task_ids=[16, 12, 9, 15]
+        )
+        assert done == [16, 9]  # an unscorable row counts as scored: it will not be retried
+        assert unscored(session, project_id=project_id, model_version="m2", task_ids=[12]) == [12]
+
+
+def test_versions_and_projects_are_kept_apart(store: Store, project_id: int) -> None:
+    with store.session() as session:
+        for version, value in (("m1", 0.25), ("m2", 0.75)):
+            write_scores(
+                session,
+                project_id=project_id,
+                model_version=version,
+                task_ids=[1],
+                probs=np.full((1, 2), value),
+            )
+        m2 = load_scores(session, project_id=project_id, model_version="m2")
+        other = load_scores(session, project_id=project_id + 1, model_version="m2")
+    np.testing.assert_array_equal(m2.probs, [[0.75, 0.75]])
+    assert m2.embeddings is None
+    assert other.task_ids.shape == (0,)
+    assert other.probs.shape == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("probs", "embeddings", "match"),
+    [
+        (np.zeros((3, 2)), None, "probs must be"),
+        (np.zeros(2), None, "probs must be"),
+        (None, None, "no probs"),
+        (np.zeros((2, 2)), np.zeros((1, 4)), "embeddings must be"),
+    ],
+)
+def test_bad_score_shapes_are_refused(
+    store: Store,
+    project_id: int,
+    probs: np.ndarray | None,
+    embeddings: np.ndarray | None,
+    match: str,
+) -> None:
+    with store.session() as session, pytest.raises(InputError, match=match):
+        write_scores(
+            session,
+            project_id=project_id,
+            model_version="m",
+            task_ids=[1, 2],
+            probs=probs,
+            embeddings=embeddings,
+        )
+
+
+def test_mixed_class_counts_in_one_version_are_refused(store: Store, project_id: int) -> None:
+    with store.session() as session:
+        for task, width in ((1, 2), (2, 3)):
+            write_scores(
+                session,
+                project_id=project_id,
+                model_version="m",
+                task_ids=[task],
+                probs=np.zeros((1, width)),
+            )
+        with pytest.raises(InputError, match="mix shapes"):
+            load_scores(session, project_id=project_id, model_version="m")
+
+
+@pytest.mark.slow
+def test_a_hundred_thousand_rows_load_vectorised(store: Store, project_id: int) -> None:
+    n, c, d = 100_000, 8, 16
+    rng = np.random.default_rng(1)
+    probs = rng.random((n, c), dtype=np.float32)
+    embeddings = rng.random((n, d), dtype=np.float32)
+    ids = list(range(1, n + 1))
+    with store.session() as session:
+        written = write_scores(
+            session,
+            project_id=project_id,
+            model_version="big",
+            task_ids=ids,
+            probs=probs,
+            embeddings=embeddings,
+        )
+    assert written == n
+    started = time.perf_counter()
+    with store.session() as session:
+        scores = load_scores(session, project_id=project_id, model_version="big")
+    elapsed = time.perf_counter() - started
+    np.testing.assert_array_equal(scores.probs, probs)
+    assert scores.embeddings is not None
+    np.testing.assert_array_equal(scores.embeddings, embeddings)
+    assert elapsed < 5.0, f"loading {n} score rows took {elapsed:.1f}s"

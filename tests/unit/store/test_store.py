@@ -1,0 +1,110 @@
+"""Opening the store on SQLite and the real PostgreSQL: migrations, parity, time zones, errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Column, Float, LargeBinary, MetaData, String, Table, inspect, text
+from sqlalchemy.exc import StatementError
+from sqlmodel import SQLModel, select
+
+from planner.errors import ConfigError, TransientError
+from planner.store import Store, ensure_project, open_store
+from planner.store.db import alembic_config, include_object
+from planner.store.models import Project, StopEventRecord
+
+
+def _diff(store: Store) -> list[object]:
+    with store.engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "include_object": include_object}
+        )
+        return list(compare_metadata(context, SQLModel.metadata))
+
+
+def test_migrations_match_the_models(store: Store) -> None:
+    # APScheduler keeps its jobs in the same database; that table is not ours to compare.
+    jobs = Table(
+        "planner_jobs",
+        MetaData(),
+        Column("id", String(191), primary_key=True),
+        Column("next_run_time", Float, index=True),
+        Column("job_state", LargeBinary, nullable=False),
+    )
+    jobs.create(store.engine)
+    assert _diff(store) == [], "the models changed without an Alembic revision"
+    # The comparison is live: a column the models lack is reported.
+    with store.engine.begin() as connection:
+        connection.execute(text("ALTER TABLE task ADD COLUMN stray INTEGER"))
+    diff = _diff(store)
+    assert [d[0] for d in diff if isinstance(d, tuple)] == ["remove_column"]
+
+
+def test_open_is_idempotent_and_keeps_data(store_url: str) -> None:
+    with open_store(store_url) as first, first.session() as session:
+        ensure_project(session, ls_project_id=11, title="a")
+    with open_store(store_url) as second, second.session() as session:
+        again = ensure_project(session, ls_project_id=11, title="ignored")
+        assert again.title == "a"
+        assert len(session.exec(select(Project)).all()) == 1
+        revision = session.connection().execute(text("SELECT version_num FROM alembic_version"))
+        heads = ScriptDirectory.from_config(alembic_config(second.engine)).get_heads()
+        assert [revision.scalar_one()] == heads
+
+
+def test_migrations_go_down_and_up_again(store: Store) -> None:
+    config = alembic_config(store.engine)
+    command.downgrade(config, "base")
+    assert set(inspect(store.engine).get_table_names()) <= {"alembic_version"}
+    command.upgrade(config, "head")
+    assert {"task", "scorerecord", "lease", "modelversionrecord"} <= set(
+        inspect(store.engine).get_table_names()
+    )
+    assert _diff(store) == []
+
+
+def test_times_come_back_aware_and_in_utc(store: Store) -> None:
+    when = datetime(2026, 3, 29, 3, 30, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
+    with store.session() as session:
+        project = ensure_project(session, ls_project_id=2)
+        session.add(
+            StopEventRecord(
+                project_id=int(project.id or 0), rule="quota", fired=True, reason="met", at=when
+            )
+        )
+    with store.session() as session:
+        event = session.exec(select(StopEventRecord)).one()
+        before = session.exec(
+            select(StopEventRecord).where(StopEventRecord.at < when + timedelta(microseconds=1))
+        ).all()
+    assert event.at == when
+    assert event.at.tzinfo is UTC
+    assert event.at.hour == 1  # 03:30 at +02:00 is 01:30 UTC
+    assert len(before) == 1  # comparisons in SQL see the same instant
+    naive = datetime(2026, 1, 1)  # noqa: DTZ001 - the point of the check
+    record = StopEventRecord(project_id=1, rule="x", fired=False, reason="", at=naive)
+    with pytest.raises(StatementError, match="timezone-aware"), store.session() as session:
+        session.add(record)
+
+
+def test_a_sqlite_file_gets_its_folder(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "er" / "planner.db"
+    with open_store(f"sqlite:///{path}"):
+        pass
+    assert path.is_file()
+
+
+def test_an_unreachable_database_is_a_transient_error() -> None:
+    with pytest.raises(TransientError, match=r"check store\.url"):
+        open_store("postgresql+psycopg://postgres@127.0.0.1:1/none")
+
+
+def test_a_malformed_url_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="not a database URL"):
+        open_store("not a url")

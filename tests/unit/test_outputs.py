@@ -1,0 +1,160 @@
+"""`planner emit` and `planner report` from a synced store: what a training job and a lead get."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlmodel import select
+from typer.testing import CliRunner
+
+from integrations.label_studio.fake import FakeLabelStudio
+from planner.artifacts import EmitReason, LoadedArtifact, read_artifact
+from planner.cli import app
+from planner.core.repeat_factors import repeat_factors
+from planner.outputs import emit_artifacts
+from planner.store import open_store
+from planner.store.models import ArtifactRecord
+from planner.sync import sync_project
+from planner.training import class_weight_tensor, load_latest
+
+CONFIG = """<View><Image name="image" value="$image"/>
+<Choices name="kind" toName="image"><Choice value="Car"/><Choice value="Wheelchair"/></Choices>
+</View>"""
+
+
+def test_emit_and_report_from_the_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'planner.db'}"
+    fake = FakeLabelStudio()
+    pid = fake.create_project("traffic", CONFIG)
+    ids = fake.import_tasks(pid, [{"data": {"image": f"/{i}.png"}} for i in range(60)])
+    choice = {"from_name": "kind", "to_name": "image", "type": "choices"}
+    for k, task in enumerate(ids[:50]):
+        label = "Wheelchair" if k % 10 == 0 else "Car"
+        fake.annotate(task, [{**choice, "value": {"choices": [label]}}])
+    with open_store(url) as store:
+        sync_project(fake, store, pid, now=datetime.now(UTC))
+    for key, value in {
+        "STORE__URL": url,
+        "LABEL_STUDIO__PROJECT_ID": str(pid),
+        "ARTIFACTS__DIR": str(tmp_path / "artifacts"),
+        "DASHBOARD__REPORTS_DIR": str(tmp_path / "reports"),
+        "QUOTAS__WHEELCHAIR__TARGET": "20",
+    }.items():
+        monkeypatch.setenv(f"PLANNER_{key}", value)
+    runner = CliRunner()
+    emitted = runner.invoke(app, ["emit", "--reason", "test"])
+    assert emitted.exit_code == 0, emitted.output
+    artifact = load_latest(tmp_path / "artifacts")
+    weights = class_weight_tensor(artifact, ["Car", "Wheelchair"])
+    assert float(weights[1]) > float(weights[0]), "the rare class must weigh more"
+    reported = runner.invoke(app, ["report"])
+    assert reported.exit_code == 0, reported.output
+    (day,) = (tmp_path / "reports").iterdir()
+    data = json.loads((day / "report.json").read_text())
+    assert "Wheelchair" in json.dumps(data)
+    assert (day / "report.html").read_text().count("Wheelchair") >= 1
+    never = runner.invoke(app, ["emit"], env={"PLANNER_LABEL_STUDIO__PROJECT_ID": "999"})
+    assert never.exit_code == 2
+    assert "never been synced" in never.output
+
+
+def _rect(label: str) -> dict[str, object]:
+    value = {"x": 10, "y": 10, "width": 20, "height": 20, "rotation": 0}
+    return {
+        "from_name": "box",
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "original_width": 100,
+        "original_height": 100,
+        "value": {**value, "rectanglelabels": [label]},
+    }
+
+
+MULTI = """<View><Image name="image" value="$image"/>
+<Choices name="kind" toName="image" choice="multiple"><Choice value="Car"/>
+<Choice value="Wheelchair"/></Choices></View>"""
+BOXES = """<View><Image name="image" value="$image"/>
+<RectangleLabels name="box" toName="image"><Label value="Car"/><Label value="Wheelchair"/>
+</RectangleLabels></View>"""
+
+
+def _emit(tmp_path: Path, config: str, results: list[list[dict[str, object]]]) -> LoadedArtifact:
+    fake = FakeLabelStudio()
+    pid = fake.create_project("kinds", config)
+    ids = fake.import_tasks(pid, [{"data": {"image": f"/{i}.png"}} for i in range(len(results))])
+    for task, result in zip(ids, results, strict=True):
+        fake.annotate(task, result)
+    with open_store(f"sqlite:///{tmp_path / 'planner.db'}") as store:
+        sync_project(fake, store, pid, now=datetime.now(UTC))
+        written = emit_artifacts(
+            store,
+            pid,
+            folder=tmp_path / "artifacts",
+            splits=("train", "val", "test"),
+            reason=EmitReason("on_demand", "test"),
+            now=datetime.now(UTC),
+        )
+        with store.session() as session:
+            (record,) = session.exec(select(ArtifactRecord)).all()
+    manifest = (written.path / "MANIFEST.json").read_bytes()
+    assert record.checksum == written.checksum == hashlib.sha256(manifest).hexdigest()
+    return read_artifact(tmp_path / "artifacts")
+
+
+def _choices(label: str, *more: str) -> list[dict[str, object]]:
+    return [
+        {
+            "from_name": "kind",
+            "to_name": "image",
+            "type": "choices",
+            "value": {"choices": [label, *more]},
+        }
+    ]
+
+
+def test_single_label_projects_get_the_per_class_plan_and_per_image_weights(
+    tmp_path: Path,
+) -> None:
+    labels = ["Wheelchair" if k % 10 == 0 else "Car" for k in range(60)]
+    artifact = _emit(tmp_path, CONFIG, [_choices(label) for label in labels])
+    assert artifact.data["sampling"]["kind"] == "resampling_plan"
+    plan = artifact.data["resampling"]["classes"]
+    multipliers = {name: plan[name]["multiplier"] for name in ("Car", "Wheelchair")}
+    assert multipliers["Wheelchair"] > multipliers["Car"], "the rare class is oversampled"
+    by_id = dict(zip(artifact.data["sampling"]["image_ids"], artifact.image_weights, strict=True))
+    splits = artifact.data["splits"]
+    train = [task for task, split in splits.items() if split == "train"]
+    assert sorted(by_id) == sorted(int(t) for t in train)
+    first = min(int(t) for t in splits)  # task ids are consecutive: the k-th task is first + k
+    for task, weight in by_id.items():
+        assert weight == pytest.approx(multipliers[labels[task - first]])
+
+
+@pytest.mark.parametrize(
+    ("config", "result"),
+    [
+        (MULTI, lambda k: _choices("Car", "Wheelchair") if k % 5 == 0 else _choices("Car")),
+        (BOXES, lambda k: [_rect("Wheelchair" if k % 10 == 0 else "Car")]),
+    ],
+    ids=["multi-label", "detection"],
+)
+def test_multi_label_and_detection_projects_get_repeat_factors(
+    tmp_path: Path, config: str, result: Callable[[int], list[dict[str, object]]]
+) -> None:
+    results = [result(k) for k in range(60)]
+    artifact = _emit(tmp_path, config, results)
+    assert artifact.data["sampling"]["kind"] == "repeat_factors"
+    assert artifact.data["resampling"] is None, "no per-class plan for multi-label images"
+    ids = artifact.data["sampling"]["image_ids"]
+    train = sorted(int(t) for t, split in artifact.data["splits"].items() if split == "train")
+    assert sorted(ids) == train, "every training image, empty or not"
+    first = min(int(t) for t in artifact.data["splits"])
+    presence = [["Wheelchair" in json.dumps(results[i - first]), True] for i in ids]
+    expected = repeat_factors(("Car", "Wheelchair"), [[car, wc] for wc, car in presence])
+    np.testing.assert_allclose(artifact.image_weights, expected.image_factors)

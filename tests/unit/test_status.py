@@ -1,0 +1,49 @@
+"""`planner status`: what the store says about each project, and the health check."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from integrations.label_studio.fake import FakeLabelStudio
+from planner.cli import app
+from planner.store import open_store
+from planner.store.sync_state import record_sync_error
+from planner.sync import sync_project
+
+CONFIG = """<View><Image name="image" value="$image"/>
+<Choices name="kind" toName="image"><Choice value="Car"/><Choice value="Wheelchair"/></Choices>
+</View>"""
+
+
+def test_status_reports_counts_and_fails_the_check_when_sync_is_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'planner.db'}"
+    monkeypatch.setenv("PLANNER_STORE__URL", url)
+    fake = FakeLabelStudio()
+    pid = fake.create_project("traffic", CONFIG)
+    ids = fake.import_tasks(pid, [{"data": {"image": f"/{i}.png"}} for i in range(5)])
+    choice = {"from_name": "kind", "to_name": "image", "type": "choices"}
+    fake.annotate(ids[0], [{**choice, "value": {"choices": ["Car"]}}])
+    runner = CliRunner()
+    with open_store(url) as store:
+        report = sync_project(fake, store, pid, now=datetime.now(UTC))
+        fresh = runner.invoke(app, ["status", "--check", "--json"])
+        assert fresh.exit_code == 0, fresh.output
+        data = json.loads(fresh.stdout)
+        assert data["projects"][0]["tasks"]["labelled"] == 1
+        assert data["projects"][0]["tasks"]["unlabelled"] == 4
+        assert data["unhealthy"] == []
+        sync_project(fake, store, pid, now=datetime.now(UTC) - timedelta(hours=2))
+        assert runner.invoke(app, ["status", "--check"]).exit_code == 1
+        sync_project(fake, store, pid, now=datetime.now(UTC))
+        with store.session() as session:
+            record_sync_error(session, report.project_id, "Label Studio unreachable")
+        failing = runner.invoke(app, ["status", "--check"])
+        assert failing.exit_code == 1
+        assert "Label Studio unreachable" in failing.output

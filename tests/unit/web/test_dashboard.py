@@ -1,0 +1,122 @@
+"""The dashboard and webhook receiver, through Starlette's test client (a real ASGI app)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from planner.errors import ConfigError
+from planner.telemetry import Telemetry
+from planner.web import COOKIE, SECRET_HEADER, WebConfig, check_exposure, create_app
+
+TOKEN = "dashboard-token-123"
+SECRET = "hook-secret-456"
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> WebConfig:
+    reports = tmp_path / "reports"
+    for day, count in (("2026-11-20", 10), ("2026-11-21", 12)):
+        folder = reports / day
+        folder.mkdir(parents=True)
+        folder.joinpath("report.html").write_text(
+            f"<html><body><h1>Report {day}</h1><p>Wheelchair {count}</p></body></html>",
+            encoding="utf-8",
+        )
+        folder.joinpath("report.json").write_text(json.dumps({"Wheelchair": count}))
+    artifacts = tmp_path / "artifacts"
+    (artifacts / "v0001").mkdir(parents=True)
+    (artifacts / "v0001" / "weights.json").write_text('{"Wheelchair": 8.3}')
+    (artifacts / "v0001" / "leak").symlink_to("/etc/hostname")
+    return WebConfig(reports_dir=reports, artifacts_dir=artifacts, webhook_secret=SECRET)
+
+
+def _client(config: WebConfig, **kwargs: object) -> TestClient:
+    return TestClient(create_app(config, **kwargs), follow_redirects=False)  # type: ignore[arg-type]
+
+
+def test_index_shows_the_latest_report_with_history(config: WebConfig) -> None:
+    page = _client(config).get("/")
+    assert page.status_code == 200
+    assert "Report 2026-11-21" in page.text
+    assert "Wheelchair 12" in page.text
+    assert 'href="/reports/2026-11-20/report.html"' in page.text
+
+
+def test_reports_are_served_by_day_and_nothing_else(config: WebConfig) -> None:
+    client = _client(config)
+    assert client.get("/reports/2026-11-20/report.json").json() == {"Wheelchair": 10}
+    assert client.get("/reports/2026-11-20/secret.txt").status_code == 404
+    assert client.get("/reports/..%2F..%2Fetc/report.html").status_code == 404
+    assert client.get("/reports/2026-11-19/report.html").status_code == 404
+
+
+def test_artifacts_are_listed_and_downloaded_but_links_are_not(config: WebConfig) -> None:
+    client = _client(config)
+    listing = client.get("/artifacts/")
+    assert "v0001/weights.json" in listing.text
+    assert "leak" not in listing.text
+    download = client.get("/artifacts/v0001/weights.json")
+    assert download.json() == {"Wheelchair": 8.3}
+    assert "attachment" in download.headers["content-disposition"]
+    assert client.get("/artifacts/v0001/leak").status_code == 404
+
+
+def test_a_token_protects_everything_but_health_and_webhook(config: WebConfig) -> None:
+    guarded = replace(config, token=TOKEN)
+    client = _client(guarded)
+    for path in ("/", "/metrics", "/artifacts/", "/reports/2026-11-21/report.json"):
+        assert client.get(path).status_code == 401, path
+        assert client.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    assert client.get("/healthz").status_code == 200
+    first = client.get(f"/artifacts/?token={TOKEN}")
+    assert first.status_code == 303
+    assert "token=" not in first.headers["location"]
+    assert TOKEN in first.headers["set-cookie"]
+    assert "httponly" in first.headers["set-cookie"].lower()
+    browser = _client(guarded)
+    browser.cookies.set(COOKIE, TOKEN)
+    assert browser.get("/artifacts/").status_code == 200
+
+
+def test_exposing_without_a_token_is_refused() -> None:
+    with pytest.raises(ConfigError, match="needs a token"):
+        check_exposure("0.0.0.0", None)  # noqa: S104 - the point of the test
+    check_exposure("0.0.0.0", TOKEN)  # noqa: S104
+    check_exposure("127.0.0.1", None)
+    check_exposure("::1", None)
+
+
+def test_webhook_needs_the_secret_and_only_triggers(config: WebConfig) -> None:
+    actions: list[str] = []
+    client = _client(config, on_webhook=actions.append)
+    body = {"action": "ANNOTATION_CREATED", "annotation": {"id": 5}}
+    assert client.post("/webhook/label-studio", json=body).status_code == 403
+    wrong = {SECRET_HEADER: "nope"}
+    assert client.post("/webhook/label-studio", json=body, headers=wrong).status_code == 403
+    right = {SECRET_HEADER: SECRET}
+    assert client.post("/webhook/label-studio", json=body, headers=right).status_code == 204
+    bad = client.post("/webhook/label-studio", content=b"{", headers=right)
+    assert bad.status_code == 400
+    assert actions == ["ANNOTATION_CREATED"]
+    no_secret = WebConfig(config.reports_dir, config.artifacts_dir)
+    closed = _client(no_secret, on_webhook=actions.append)
+    assert closed.post("/webhook/label-studio", json=body, headers=right).status_code == 403
+
+
+def test_health_and_metrics(config: WebConfig) -> None:
+    telemetry = Telemetry()
+    telemetry.set_quotas({"Wheelchair": 0.25}, {"Wheelchair": 90})
+    state = {"ok": False, "label_studio": "unreachable"}
+    client = _client(config, telemetry=telemetry, health=lambda: state)
+    health = client.get("/healthz")
+    assert health.status_code == 503
+    assert health.json()["label_studio"] == "unreachable"
+    text = client.get("/metrics").text
+    assert 'planner_quota_progress{cls="Wheelchair"} 0.25' in text
+    assert 'planner_quota_deficit{cls="Wheelchair"} 90.0' in text

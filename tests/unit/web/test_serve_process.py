@@ -1,0 +1,65 @@
+"""`planner serve` as a real process: it listens, checks the token and refuses bad exposure."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+PLANNER = str(Path(sys.executable).parent / "planner")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PLANNER_")}
+    env.update(PLANNER_DASHBOARD__REPORTS_DIR=str(tmp_path), PLANNER_ARTIFACTS__DIR=str(tmp_path))
+    env.update(extra)
+    return env
+
+
+def test_serve_answers_health_and_guards_the_rest(tmp_path: Path) -> None:
+    port = _free_port()
+    env = _env(tmp_path, PLANNER_DASHBOARD__TOKEN="t0ken-for-test")
+    proc = subprocess.Popen([PLANNER, "serve", "--port", str(port)], env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                health = httpx.get(f"{url}/healthz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "planner serve did not start listening"
+                assert proc.poll() is None, "planner serve exited"
+                time.sleep(0.2)
+        assert health.json() == {"ok": True}
+        assert httpx.get(f"{url}/metrics", timeout=2).status_code == 401
+        auth = {"Authorization": "Bearer t0ken-for-test"}
+        assert httpx.get(f"{url}/metrics", headers=auth, timeout=2).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_serve_beyond_loopback_without_token_exits_2(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [PLANNER, "serve", "--host", "0.0.0.0", "--port", str(_free_port())],  # noqa: S104
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "needs a token" in done.stderr

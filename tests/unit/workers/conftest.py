@@ -1,0 +1,77 @@
+"""Digit images on disk, a store holding their tasks, a worker config pointing at both."""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from planner.store import Store, ensure_project, open_store
+from planner.store.models import Task
+from workers.config import WorkerConfig
+
+CLASSES = tuple(str(d) for d in range(10))
+
+
+@pytest.fixture(scope="session")
+def digit_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[int]]:
+    root = tmp_path_factory.mktemp("images")
+    digits = load_digits()
+    (root / "digits").mkdir()
+    for i in range(300):
+        pixels = (digits.images[i] * 16).clip(0, 255).astype(np.uint8)
+        Image.fromarray(pixels).resize((32, 32)).save(root / "digits" / f"{i:04d}.png")
+    return root, [int(t) for t in digits.target[:300]]
+
+
+@pytest.fixture
+def project(tmp_path: Path, digit_files: tuple[Path, list[int]]) -> Iterator[tuple[Store, int]]:
+    """A store with 300 digit tasks; the first 200 labelled with their true digit."""
+    _root, targets = digit_files
+    with open_store(f"sqlite:///{tmp_path / 'planner.db'}") as store:
+        with store.session() as session:
+            pid = int(ensure_project(session, ls_project_id=1).id or 0)
+            for i, target in enumerate(targets):
+                labelled = i < 200
+                session.add(
+                    Task(
+                        project_id=pid,
+                        ls_task_id=i + 1,
+                        image=f"/data/local-files/?d=digits/{i:04d}.png",
+                        state="labelled" if labelled else "unlabelled",
+                        labels=[str(target)] if labelled else [],
+                    )
+                )
+        yield store, pid
+
+
+def worker_config(store: Store, root: Path, **extra: object) -> WorkerConfig:
+    url = store.engine.url.render_as_string(hide_password=False)
+    return WorkerConfig(
+        store_url=url,
+        classes=CLASSES,
+        image_root=root,
+        chunk_size=40,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def entry_point(monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
+    """``entry_point(name, make=Factory)``: a module ``name`` importable for the test, holding
+    the given factories, for ``workers.model = "name:make"``."""
+
+    def register(name: str, **factories: object) -> str:
+        module = types.ModuleType(name)
+        for attr, factory in factories.items():
+            setattr(module, attr, factory)
+        monkeypatch.setitem(sys.modules, name, module)
+        return name
+
+    return register

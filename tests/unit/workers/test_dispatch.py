@@ -1,0 +1,232 @@
+"""Embedded pool scoring: a chunk whose images fail for now is retried; settings are checked."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from planner.connect import broker_config, worker_secrets
+from planner.core.backoff import backoff_s
+from planner.errors import ConfigError
+from planner.settings import load_settings
+from planner.store import Store
+from planner.store.scores import load_scores, unscored
+from tests.unit.workers.conftest import worker_config
+from workers import celery_app
+from workers.config import BrokerConfig, WorkerConfig, WorkerSecrets
+from workers.dispatch import score_pool, settle
+from workers.scoring import ChunkResult, Resources
+
+
+@pytest.fixture
+def flaky(digit_files: tuple[Path, list[int]]) -> Iterator[tuple[str, dict[str, int]]]:
+    """Serves the digit PNGs; ``/flaky/...`` answers 503 twice first, ``/down/...`` always."""
+    root, _ = digit_files
+    hits: dict[str, int] = {}
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            with lock:
+                hits[self.path] = hits.get(self.path, 0) + 1
+                count = hits[self.path]
+            kind, name = self.path.strip("/").split("/", 1)
+            if kind == "down" or (kind == "flaky" and count <= 2):
+                self.send_response(503)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write((root / "digits" / name).read_bytes())
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", hits
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_a_chunk_failing_for_now_is_retried_with_backoff_until_scored(
+    project: tuple[Store, int],
+    digit_files: tuple[Path, list[int]],
+    flaky: tuple[str, dict[str, int]],
+) -> None:
+    store, pid = project
+    root, _ = digit_files
+    base, hits = flaky
+    cfg = replace(
+        worker_config(store, root), allowed_hosts=("127.0.0.1",), chunk_size=8, retry_backoff_s=0.5
+    )
+    items = [(201 + i, f"/data/local-files/?d=digits/{200 + i:04d}.png") for i in range(12)]
+    items[3] = (204, f"{base}/flaky/0203.png")
+    waits: list[float] = []
+    resources = Resources()
+    result = score_pool(cfg, pid, items, resources=resources, sleep=waits.append)
+    assert (result.scored, result.unscorable, result.deferred) == (12, 0, 0)
+    assert waits == [0.5, 1.0], "two retries of the first chunk, backing off"
+    assert hits["/flaky/0203.png"] == 3, "the retry fetched the failed image again"
+    (version,) = result.model_versions
+    with store.session() as session:
+        scores = load_scores(session, project_id=pid, model_version=version)
+    assert sorted(scores.task_ids.tolist()) == list(range(201, 213))
+
+
+def test_an_image_down_for_good_is_left_unscored_after_the_last_retry(
+    project: tuple[Store, int],
+    digit_files: tuple[Path, list[int]],
+    flaky: tuple[str, dict[str, int]],
+) -> None:
+    store, pid = project
+    root, _ = digit_files
+    base, hits = flaky
+    cfg = replace(worker_config(store, root), allowed_hosts=("127.0.0.1",), max_retries=2)
+    items = [(201, "/data/local-files/?d=digits/0200.png"), (202, f"{base}/down/0201.png")]
+    result = score_pool(cfg, pid, items, sleep=lambda _s: None)
+    assert (result.scored, result.unscorable, result.deferred) == (1, 0, 1)
+    assert hits["/down/0201.png"] == 3, "first try and two retries"
+    (version,) = result.model_versions
+    with store.session() as session:
+        # not recorded as unscorable: the next cycle tries it again
+        assert unscored(session, project_id=pid, model_version=version, task_ids=[201, 202]) == [
+            202
+        ]
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    assert [backoff_s(a, 2.0, 10.0) for a in (1, 2, 3, 4)] == [2.0, 4.0, 8.0, 10.0]
+
+
+def test_bad_settings_name_the_key() -> None:
+    with pytest.raises(ConfigError, match="batch_size"):
+        WorkerConfig(store_url="sqlite://", classes=("a",), batch_size=0)
+    with pytest.raises(ConfigError, match="classes"):
+        WorkerConfig(store_url="sqlite://", classes=())
+    with pytest.raises(ConfigError, match="mc_passes = 1"):
+        WorkerConfig(store_url="sqlite://", classes=("a",), mc_passes=1)
+    with pytest.raises(ConfigError, match="broker_url"):
+        BrokerConfig(broker_url="amqp://guest@localhost//")
+
+
+def test_the_visibility_timeout_outlasts_the_hard_time_limit(tmp_path: Path) -> None:
+    derived = BrokerConfig(time_limit_s=3 * 3600)
+    assert derived.visibility_s > derived.time_limit_s > derived.soft_limit_s
+    assert (derived.soft_limit_s, derived.visibility_s) == (3 * 3600 - 60, 3 * 3600 + 1080)
+    with pytest.raises(ConfigError, match=r"visibility_timeout_s = 3600.*workers.time_limit_s"):
+        BrokerConfig(time_limit_s=3 * 3600, visibility_timeout_s=3600)
+    with pytest.raises(ConfigError, match=r"soft_time_limit_s = 90.*workers.time_limit_s = 60"):
+        BrokerConfig(time_limit_s=60, soft_time_limit_s=90)
+    config = tmp_path / "planner.toml"
+    config.write_text("[workers]\ntime_limit_s = 10800\nvisibility_timeout_s = 3600\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, environ=False)
+    (line,) = [x for x in str(caught.value).splitlines() if "workers.visibility" in x]
+    assert "workers.visibility_timeout_s = 3600" in line
+    assert "workers.time_limit_s = 10800" in line
+
+
+def test_the_worker_app_takes_limits_and_secrets_from_its_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "planner.toml"
+    config.write_text(
+        "[workers]\nbroker_url = 'redis://127.0.0.1:6379/5'\ntime_limit_s = 600\n"
+        "max_retries = 2\nretry_backoff_s = 1.5\n"
+    )
+    monkeypatch.setenv("PLANNER_CONFIG", str(config))
+    monkeypatch.setenv("PLANNER_LABEL_STUDIO__TOKEN", "worker-token")
+    app = celery_app._app_from_env.__wrapped__()  # the uncached build
+    assert app.conf.task_time_limit == 600
+    assert app.conf.task_soft_time_limit == 540
+    assert app.conf.broker_transport_options == {"visibility_timeout": 660}
+    task = app.tasks[celery_app.SCORE_TASK]
+    assert (task.max_retries, task.retry_backoff) == (2, 1.5)
+    settings = load_settings(config)
+    assert broker_config(settings).broker_url == "redis://127.0.0.1:6379/5"
+    assert worker_secrets(settings) == WorkerSecrets(None, "worker-token")
+
+
+def test_task_messages_carry_no_secrets() -> None:
+    cfg = WorkerConfig(
+        store_url="postgresql+psycopg://planner@db/planner",
+        classes=("a", "b"),
+        store_password="db-secret",
+        label_studio_token="ls-secret",
+        image_root=Path("/images"),
+    )
+    payload = celery_app.config_to_dict(cfg)
+    text = json.dumps(payload)
+    assert "db-secret" not in text
+    assert "ls-secret" not in text
+    assert "store_password" not in payload
+    assert "label_studio_token" not in payload
+    received = celery_app.config_from_dict({**payload, "label_studio_token": "smuggled"})
+    assert received.label_studio_token is None, "a message cannot set the worker's secrets"
+    own = received.with_secrets(WorkerSecrets("mine", "my-token"))
+    assert (own.store_password, own.label_studio_token) == ("mine", "my-token")
+    assert own.image_root == Path("/images")
+    assert own.classes == ("a", "b")
+
+
+class Greedy(nn.Module):
+    """Runs out of memory above 4 images, as a CUDA allocator does (not producible on a CPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3, 10)
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(len(x))
+        if len(x) > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_running_out_of_memory_retries_once_at_half_the_batch(
+    project: tuple[Store, int],
+    digit_files: tuple[Path, list[int]],
+    entry_point: Callable[..., str],
+) -> None:
+    greedy = entry_point("planner_test_greedy", make=Greedy) + ":make"
+    store, pid = project
+    root, _ = digit_files
+    items = [(201 + i, f"/data/local-files/?d=digits/{200 + i:04d}.png") for i in range(10)]
+    resources = Resources()
+    cfg = replace(worker_config(store, root), model=greedy, batch_size=8, chunk_size=10)
+    result = score_pool(cfg, pid, items, resources=resources)
+    assert (result.scored, result.retries) == (10, 1)
+    (model,) = resources.models.values()
+    assert model.module.batches == [8, 4, 4, 2], "failed at 8, then the chunk at 4"
+    more = [(211 + i, f"/data/local-files/?d=digits/{210 + i:04d}.png") for i in range(10)]
+    with pytest.raises(torch.OutOfMemoryError):  # 16, then 8: still too big, and only once
+        score_pool(replace(cfg, batch_size=16), pid, more, resources=resources)
+    assert model.module.batches[4:] == [10, 8]
+
+
+def _chunk(version: str, scored: int, skipped: int = 0) -> ChunkResult:
+    return ChunkResult(model_version=version, scored=scored, unscorable=0, skipped=skipped)
+
+
+def test_a_pool_names_the_version_every_chunk_agreed_on() -> None:
+    # pass 1: the bootstrap network was retrained after the first chunk; pass 2 agrees
+    rounds = [
+        [_chunk("bootstrap-50-a", 10), _chunk("bootstrap-230-b", 10)],
+        [_chunk("bootstrap-230-b", 10), _chunk("bootstrap-230-b", 0, skipped=10)],
+    ]
+    result = settle(2, rounds)
+    assert result.model_version == "bootstrap-230-b"
+    assert result.model_versions == ("bootstrap-50-a", "bootstrap-230-b")
+    assert (result.scored, result.skipped) == (20, 0)
+    assert settle(0, []).model_version == ""

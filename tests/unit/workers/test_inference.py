@@ -1,0 +1,188 @@
+"""MC-dropout BALD (every dropout kind, TorchScript, the .pt2 warning) and detection outputs."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from planner.core.acquisition import aggregate_boxes, bald
+from planner.store import Store
+from planner.store.scores import load_scores
+from tests.unit.workers.conftest import CLASSES, worker_config
+from workers.dispatch import score_pool
+from workers.images import ImageSource, decode
+from workers.inference import score_items
+from workers.models import load_model
+
+ITEMS = [(i, f"/data/local-files/?d=digits/{i - 1:04d}.png") for i in range(201, 225)]
+
+
+class SpatialDropoutNet(nn.Module):
+    """Only channel-wise dropout: MC passes must find Dropout2d, not just nn.Dropout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.drop = nn.Dropout2d(0.5)
+        self.head = nn.Linear(16, len(CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(torch.relu(self.conv(x))).mean(dim=(2, 3)))
+
+
+class NoDropout(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3, len(CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def _net(cls: type[nn.Module], seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return cls().eval()
+
+
+def test_mc_passes_switch_on_dropout2d_and_give_bald(digit_files: tuple[Path, list[int]]) -> None:
+    root, _ = digit_files
+    scores = score_items(
+        _net(SpatialDropoutNet), ITEMS, ImageSource(image_root=root), mc_passes=6, batch_size=10
+    )
+    assert scores.mc is not None
+    assert scores.mc.shape == (6, 24, 10)
+    assert not np.allclose(scores.mc[0], scores.mc[1]), "Dropout2d must vary between passes"
+    assert scores.bald is not None
+    assert scores.bald.shape == (24,)
+    np.testing.assert_allclose(scores.bald, bald(scores.mc), rtol=1e-6)
+    assert (scores.bald > 0).all()
+    assert scores.warnings == ()
+
+
+def test_torchscript_dropout_is_switched_on_and_pt2_says_it_cannot(
+    digit_files: tuple[Path, list[int]], tmp_path: Path
+) -> None:
+    root, _ = digit_files
+    net = _net(SpatialDropoutNet)
+    scripted_path = tmp_path / "scripted.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(net).save(str(scripted_path))
+    scripted = load_model(str(scripted_path))
+    assert scripted.kind == "torchscript"
+    source = ImageSource(image_root=root)
+    scores = score_items(scripted.module, ITEMS, source, kind=scripted.kind, mc_passes=4)
+    assert scores.bald is not None, "a TorchScript module keeps its dropout submodules"
+    assert scores.warnings == ()
+
+    exported_path = tmp_path / "exported.pt2"
+    batch = {"x": {0: torch.export.Dim("batch", min=1, max=1024)}}
+    program = torch.export.export(net, (torch.rand(2, 3, 32, 32),), dynamic_shapes=batch)
+    torch.export.save(program, str(exported_path))
+    exported = load_model(str(exported_path))
+    assert exported.kind == "export"
+    blind = score_items(exported.module, ITEMS, source, kind=exported.kind, mc_passes=4)
+    assert blind.bald is None
+    assert blind.mc is None
+    (warning,) = blind.warnings
+    assert "torch.export" in warning
+    assert "impossible" in warning
+    np.testing.assert_allclose(blind.probs, scores.probs, rtol=1e-4, atol=1e-6)
+
+    plain = score_items(_net(NoDropout), ITEMS, source, mc_passes=4)
+    assert plain.bald is None
+    assert any("no dropout layers" in w for w in plain.warnings)
+
+
+@pytest.fixture
+def entry_points(entry_point: Callable[..., str]) -> str:
+    return entry_point("planner_test_inference", spatial=SpatialDropoutNet, detector=BoxNet)
+
+
+def test_bald_is_stored_per_item_through_score_pool(
+    project: tuple[Store, int], digit_files: tuple[Path, list[int]], entry_points: str
+) -> None:
+    store, pid = project
+    root, _ = digit_files
+    cfg = replace(worker_config(store, root), model=f"{entry_points}:spatial", mc_passes=5)
+    result = score_pool(cfg, pid, ITEMS)
+    assert result.warnings == ()
+    with store.session() as session:
+        scores = load_scores(session, project_id=pid, model_version=result.model_version)
+    assert scores.bald is not None
+    assert scores.bald.shape == (24,)
+    assert np.all((scores.bald >= 0) & (scores.bald <= 1))
+    assert scores.bald.max() > 0
+
+
+class BoxNet(nn.Module):
+    """Detection-like: image i gets 0-3 boxes (by brightness), each a class distribution.
+
+    ``padded`` returns ``(B, K, C)`` with a mask, else a list of ``(k_i, C)`` tensors.
+    """
+
+    def __init__(self, padded: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = nn.Linear(3, len(CLASSES))
+        self.padded = padded
+
+    def boxes(self, x: torch.Tensor) -> list[torch.Tensor]:
+        pooled = x.mean(dim=(2, 3))
+        counts = ((pooled.mean(dim=1) - 0.28) * 30).long().clamp(0, 3)
+        out = []
+        for i, k in enumerate(counts.tolist()):
+            shifts = torch.arange(k, dtype=x.dtype)[:, None]
+            out.append(torch.softmax(self.head(pooled[i][None] + shifts), dim=1))
+        return out
+
+    def forward(self, x: torch.Tensor) -> dict[str, object]:
+        per_image = self.boxes(x)
+        if not self.padded:
+            return {"box_probs": per_image, "embeddings": x.mean(dim=(2, 3))}
+        padded = torch.zeros(len(x), 3, len(CLASSES))
+        mask = torch.zeros(len(x), 3, dtype=torch.bool)
+        for i, boxes in enumerate(per_image):
+            padded[i, : len(boxes)] = boxes
+            mask[i, : len(boxes)] = True
+        return {"box_probs": padded, "box_mask": mask}
+
+
+def test_detection_boxes_are_aggregated_per_image(
+    project: tuple[Store, int], digit_files: tuple[Path, list[int]], entry_points: str
+) -> None:
+    store, pid = project
+    root, _ = digit_files
+    source = ImageSource(image_root=root)
+    x = torch.stack([torch.from_numpy(decode(source.read(ref), 32)) for _, ref in ITEMS])
+    with torch.no_grad():
+        per_image = BoxNet().boxes(x.float() / 255)
+    counts = [len(b) for b in per_image]
+    assert 0 in counts, "the test wants images without boxes"
+    assert len(set(counts)) > 2, "and images with different numbers of boxes"
+    expected = aggregate_boxes(
+        torch.cat(per_image).numpy(), np.repeat(np.arange(len(ITEMS)), counts), n_images=len(ITEMS)
+    )
+    listed = score_items(BoxNet(), ITEMS, source, batch_size=7)
+    padded = score_items(BoxNet(padded=True), ITEMS, source, batch_size=7)
+    assert listed.detection
+    assert padded.detection
+    np.testing.assert_allclose(listed.probs, expected.presence, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(padded.probs, expected.presence, rtol=1e-5, atol=1e-6)
+    empty = [i for i, k in enumerate(counts) if k == 0]
+    assert np.all(listed.probs[empty] == 0), "no box: no class present"
+    assert listed.embeddings is not None
+    assert listed.embeddings.shape == (24, 3)
+
+    cfg = replace(worker_config(store, root), model=f"{entry_points}:detector")
+    result = score_pool(cfg, pid, ITEMS)
+    with store.session() as session:
+        stored = load_scores(session, project_id=pid, model_version=result.model_version)
+    np.testing.assert_allclose(stored.probs, expected.presence, rtol=1e-5, atol=1e-6)

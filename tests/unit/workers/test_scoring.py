@@ -1,0 +1,130 @@
+"""Models three ways, and scoring chunks of a pool into the store (embedded, CPU)."""
+
+from __future__ import annotations
+
+import pickle
+import types
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from planner.errors import ConfigError
+from planner.store import Store
+from planner.store.scores import load_scores
+from tests.unit.workers.conftest import CLASSES, worker_config
+from workers.bootstrap import BootstrapNet
+from workers.dispatch import score_pool
+from workers.images import ImageSource
+from workers.inference import score_items
+from workers.models import load_model
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(3, len(CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(x).flatten(1))
+
+
+def _items(count: int, start: int = 201) -> list[tuple[int, str]]:
+    return [
+        (i, f"/data/local-files/?d=digits/{i - 1:04d}.png") for i in range(start, start + count)
+    ]
+
+
+def _legacy_torchscript(model: nn.Module, path: Path) -> None:
+    """Users still ship TorchScript files; torch 2.13 deprecates making them, not loading."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.script(model).save(str(path))
+
+
+def test_export_torchscript_and_entry_point_with_a_plain_state_dict(
+    tmp_path: Path, entry_point: Callable[..., str]
+) -> None:
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    x = torch.rand(2, 3, 8, 8)
+    exported = tmp_path / "tiny.pt2"
+    torch.export.save(torch.export.export(model, (x,)), str(exported))
+    loaded = load_model(str(exported))
+    assert loaded.version.startswith("tiny-")
+    torch.testing.assert_close(loaded.module(x), model(x))
+    scripted = tmp_path / "tiny.pt"
+    _legacy_torchscript(model, scripted)
+    torch.testing.assert_close(load_model(str(scripted)).module(x), model(x))
+
+    entry_point("planner_test_models", make=Tiny)
+    weights = tmp_path / "tiny.state"
+    torch.save(model.state_dict(), weights)
+    from_entry = load_model("planner_test_models:make", weights=weights)
+    torch.testing.assert_close(from_entry.module(x), model(x))
+    assert from_entry.version.startswith("make-")
+
+    evil = tmp_path / "evil.state"
+    evil.write_bytes(pickle.dumps(types.SimpleNamespace(a=1)))
+    with pytest.raises(ConfigError, match="not a plain state dict"):
+        load_model("planner_test_models:make", weights=evil)
+    with pytest.raises(ConfigError, match="cannot import"):
+        load_model("no_such_module:make")
+
+
+def test_mc_dropout_passes_and_embeddings(digit_files: tuple[Path, list[int]]) -> None:
+    root, _ = digit_files
+    net = BootstrapNet(len(CLASSES)).eval()
+    scores = score_items(net, _items(10), ImageSource(image_root=root), mc_passes=4)
+    assert scores.probs.shape == (10, 10)
+    assert scores.embeddings is not None
+    assert scores.embeddings.shape == (10, 64)
+    assert scores.mc is not None
+    assert scores.mc.shape == (4, 10, 10)
+    assert not np.allclose(scores.mc[0], scores.mc[1]), "dropout must vary between passes"
+    np.testing.assert_allclose(scores.probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_bootstrap_scores_a_pool_once_and_reports_bad_images(
+    project: tuple[Store, int], digit_files: tuple[Path, list[int]]
+) -> None:
+    store, pid = project
+    root, targets = digit_files
+    cfg = worker_config(store, root)
+    items = [*_items(100), (999, "/data/local-files/?d=digits/missing.png")]
+    (root / "digits" / "corrupt.png").write_bytes(b"not an image")
+    items.append((998, "/data/local-files/?d=digits/corrupt.png"))
+    items.append((997, "http://169.254.169.254/latest/meta-data"))
+    first = score_pool(cfg, pid, items)
+    assert (first.scored, first.unscorable, first.skipped) == (100, 3, 0)
+    again = score_pool(cfg, pid, items)
+    assert (again.scored, again.skipped) == (0, 103)
+    (version,) = first.model_versions
+    assert first.model_version == version == again.model_version
+    assert first.written == 103, "every row sent was inserted: nothing was scored twice"
+    with store.session() as session:
+        scores = load_scores(session, project_id=pid, model_version=version)
+    assert scores.task_ids.tolist() == list(range(201, 301))
+    assert set(scores.unscorable) == {997, 998, 999}
+    assert "allow-list" in scores.unscorable[997]
+    accuracy = np.mean(scores.probs.argmax(axis=1) == np.asarray(targets[200:300]))
+    assert accuracy > 0.6, f"the bootstrap model learned little: accuracy {accuracy:.2f}"
+
+
+def test_decoding_in_dataloader_processes_gives_the_same_scores(
+    digit_files: tuple[Path, list[int]],
+) -> None:
+    root, _ = digit_files
+    torch.manual_seed(0)
+    net = BootstrapNet(len(CLASSES)).eval()
+    items = [*_items(20), (999, "/data/local-files/?d=digits/missing.png")]
+    inline = score_items(net, items, ImageSource(image_root=root), batch_size=8)
+    parallel = score_items(net, items, ImageSource(image_root=root), batch_size=8, num_workers=2)
+    assert parallel.task_ids == inline.task_ids == list(range(201, 221))
+    np.testing.assert_allclose(parallel.probs, inline.probs, rtol=1e-6)
+    assert set(parallel.unscorable) == {999}

@@ -1,0 +1,157 @@
+"""The built-in bootstrap network: a small CNN trained on the labelled images for a cold start.
+
+It is trained again only when enough new labels have arrived (``needs_training``), and kept as
+a plain state dict in a shared folder so every worker scores with the same network and the
+same version, whichever of them trained it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from planner.errors import ConfigError
+from workers.models import ScoringModel, read_state_dict
+
+_SAVED = re.compile(
+    r"^bootstrap-p(?P<project>\d+)-n(?P<count>\d+)-(?P<digest>[0-9a-f]{12})\.state$"
+)
+
+
+class BootstrapNet(nn.Module):
+    """A small CNN for a cold start: logits and a 64-d embedding."""
+
+    def __init__(self, n_classes: int, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(128, 64),
+            nn.ReLU(),
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(64, n_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.features(x)
+        return self.head(self.dropout(embedding)), embedding
+
+
+@dataclass(frozen=True, slots=True)
+class Trained:
+    """A bootstrap network and how many labelled tasks were there when it was trained."""
+
+    model: ScoringModel
+    labelled: int
+
+
+def needs_training(trained_on: int | None, labelled_now: int, min_new: int) -> bool:
+    """Train (again) when there is no network yet, or ``min_new`` labels arrived since."""
+    if labelled_now == 0:
+        return False
+    return trained_on is None or labelled_now - trained_on >= max(1, min_new)
+
+
+def train_bootstrap(
+    images: npt.NDArray[np.float32],
+    labels: npt.NDArray[np.int64],
+    n_classes: int,
+    *,
+    seed: int = 0,
+    epochs: int = 30,
+    labelled: int | None = None,
+) -> Trained:
+    """Train on ``images: (N, 3, H, W)`` in [0, 1] with class-balanced weights (deterministic
+    for the same inputs on the CPU, so two workers training at once agree)."""
+    if len(images) == 0:
+        raise ConfigError("the bootstrap model needs labelled images; label a few first")
+    torch.manual_seed(seed)
+    model = BootstrapNet(n_classes)
+    x = torch.from_numpy(images)
+    y = torch.from_numpy(labels)
+    counts = torch.bincount(y, minlength=n_classes).float()
+    weight = torch.where(counts > 0, counts.sum() / (n_classes * counts.clamp(min=1)), 0.0)
+    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(seed)
+    threads = torch.get_num_threads()
+    # tensors this small train several times faster on one thread than on contended cores
+    torch.set_num_threads(1)
+    model.train()
+    try:
+        for _ in range(epochs):
+            order = torch.randperm(len(x), generator=generator)
+            for start in range(0, len(x), 64):
+                batch = order[start : start + 64]
+                optimiser.zero_grad()
+                logits, _ = model(x[batch])
+                loss_fn(logits, y[batch]).backward()
+                optimiser.step()
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    digest = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()[:12]
+    count = len(labels) if labelled is None else labelled
+    return Trained(ScoringModel(model, f"bootstrap-{count}-{digest}"), count)
+
+
+def save_bootstrap(trained: Trained, folder: Path, project_id: int, n_classes: int) -> Path:
+    """Write the network's state dict atomically; the name carries project, count and digest."""
+    digest = trained.model.version.rsplit("-", 1)[1]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"bootstrap-p{project_id}-n{trained.labelled}-{digest}.state"
+    handle, temporary = tempfile.mkstemp(dir=folder, suffix=".part")
+    os.close(handle)
+    state = {"n_classes": torch.tensor(n_classes), **trained.model.module.state_dict()}
+    torch.save(state, temporary)
+    os.replace(temporary, path)  # readers never see half a file
+    return path
+
+
+def latest_saved(folder: Path | None, project_id: int) -> Path | None:
+    """The saved bootstrap network trained on the most labels for ``project_id``."""
+    if folder is None or not folder.is_dir():
+        return None
+    found = []
+    for path in folder.iterdir():
+        match = _SAVED.match(path.name)
+        if match and int(match["project"]) == project_id:
+            found.append((int(match["count"]), path.name, path))
+    return max(found)[2] if found else None
+
+
+def saved_labelled(path: Path) -> int:
+    """How many labelled tasks the saved network at ``path`` was trained with."""
+    match = _SAVED.match(path.name)
+    if match is None:
+        raise ConfigError(f"{path} is not a saved bootstrap network (bootstrap-pP-nN-DIGEST)")
+    return int(match["count"])
+
+
+def load_saved(path: Path) -> Trained:
+    """A saved bootstrap network (a plain state dict, read with ``weights_only=True``)."""
+    match = _SAVED.match(path.name)
+    if match is None:
+        raise ConfigError(f"{path} is not a saved bootstrap network (bootstrap-pP-nN-DIGEST)")
+    state = read_state_dict(
+        path, "the bootstrap network", "delete it and the bootstrap network is trained again"
+    )
+    model = BootstrapNet(int(state.pop("n_classes")))
+    model.load_state_dict(state)
+    model.eval()
+    count = int(match["count"])
+    return Trained(ScoringModel(model, f"bootstrap-{count}-{match['digest']}"), count)

@@ -1,0 +1,127 @@
+"""What a worker needs, as small frozen values built once per entry point."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from planner.errors import ConfigError
+from planner.settings import WorkerLimitError, worker_time_limits
+
+DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
+SECRET_FIELDS = ("store_password", "label_studio_token")
+"""``WorkerConfig`` fields a task message never carries."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """Where to read images and write scores, which model, how to batch (one scoring job).
+
+    ``broker_url`` None means the embedded default: chunks are scored in this process.
+    ``model``: a TorchScript file, ``module:function`` (returns an ``nn.Module``) with
+    ``weights`` (a state dict, loaded with ``weights_only=True``), or ``"bootstrap"``.
+    ``bootstrap_dir``: where trained bootstrap networks are kept, so every worker sharing the
+    folder scores with the same one; ``retrain_min_new_labels``: labels that must arrive
+    before the bootstrap network is trained again.
+    """
+
+    store_url: str
+    classes: tuple[str, ...]
+    model: str = "bootstrap"
+    weights: Path | None = None
+    model_dir: Path | None = None
+    broker_url: str | None = None
+    # secrets stay out of repr: a traceback with locals or a "%r" log would print them
+    store_password: str | None = field(default=None, repr=False)
+    label_studio_url: str | None = None
+    label_studio_token: str | None = field(default=None, repr=False)
+    image_root: Path | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    image_size: int = 32
+    batch_size: int = 64
+    chunk_size: int = 256
+    num_workers: int = 0
+    mc_passes: int = 0
+    device: str = "auto"
+    queue: str = "score"
+    bootstrap_dir: Path | None = None
+    retrain_min_new_labels: int = 50
+    max_retries: int = 5
+    retry_backoff_s: float = 2.0
+    retry_backoff_max_s: float = 300.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.classes:
+            raise ConfigError("the worker needs the project's classes; none were given")
+        for name in ("image_size", "batch_size", "chunk_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"workers.{name} = {getattr(self, name)}: must be positive")
+        for name in ("num_workers", "mc_passes", "retrain_min_new_labels", "max_retries"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"workers.{name} = {getattr(self, name)}: must be 0 or more")
+        if self.mc_passes == 1:
+            raise ConfigError("workers.mc_passes = 1 estimates nothing; use 0 (off) or 2 or more")
+
+    def with_secrets(self, secrets: WorkerSecrets) -> WorkerConfig:
+        """This job with the worker's own secrets (a task message carries none)."""
+        return replace(
+            self,
+            store_password=secrets.store_password,
+            label_studio_token=secrets.label_studio_token,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSecrets:
+    """The secrets a worker reads from its own settings or environment, never from a task
+    message: task messages sit in Redis, readable by anyone who can read the broker."""
+
+    store_password: str | None = field(default=None, repr=False)
+    label_studio_token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    """How the Celery app talks to Redis and treats a failing chunk (one worker process).
+
+    ``soft_time_limit_s`` and ``visibility_timeout_s`` left ``None`` are derived from
+    ``time_limit_s`` (see ``planner.settings.worker_time_limits``); the visibility timeout
+    must exceed the hard limit, or Redis hands a chunk still running to a second worker.
+    """
+
+    broker_url: str = DEFAULT_BROKER
+    time_limit_s: int = 3 * 3600
+    soft_time_limit_s: int | None = None
+    visibility_timeout_s: int | None = None
+    max_retries: int = 5
+    retry_backoff_s: float = 2.0
+    retry_backoff_max_s: float = 300.0
+    concurrency: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.broker_url.startswith(("redis://", "rediss://", "memory://")):
+            raise ConfigError(
+                f"workers.broker_url = {self.broker_url!r}: give a redis://host:6379/0 URL"
+            )
+        try:
+            _, soft, visibility = worker_time_limits(
+                self.time_limit_s, self.soft_time_limit_s, self.visibility_timeout_s
+            )
+        except WorkerLimitError as exc:
+            raise ConfigError(str(exc)) from None
+        object.__setattr__(self, "soft_time_limit_s", soft)
+        object.__setattr__(self, "visibility_timeout_s", visibility)
+        if self.concurrency <= 0 or self.max_retries < 0:
+            raise ConfigError("workers: concurrency must be positive, max_retries 0 or more")
+        if self.retry_backoff_s <= 0 or self.retry_backoff_max_s <= 0:
+            raise ConfigError("workers.retry_backoff_s and retry_backoff_max_s must be positive")
+
+    @property
+    def visibility_s(self) -> int:
+        """The derived visibility timeout (never ``None`` after construction)."""
+        return int(self.visibility_timeout_s or 0)
+
+    @property
+    def soft_limit_s(self) -> int:
+        return int(self.soft_time_limit_s or 0)

@@ -1,0 +1,190 @@
+"""Scoring a pool: split into chunks, run them in-process or as a Celery group.
+
+The pool is scored by one model: the watched folder's choice is made once, before the chunks
+go out. The bootstrap network can still change between chunks (enough labels arrived while
+the pool was scored); the chunks that used another version are then run again, skipping what
+the newest version already has, until every chunk agrees on the version it names.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from celery import group
+
+from planner.core.backoff import backoff_s
+from planner.errors import ConfigError, TransientError
+from workers.celery_app import SCORE_TASK, config_to_dict, make_app
+from workers.config import BrokerConfig, WorkerConfig
+from workers.scoring import (
+    ChunkDeferredError,
+    ChunkResult,
+    Resources,
+    halved,
+    out_of_memory,
+    pin_model,
+    score_chunk,
+)
+
+log = logging.getLogger("planner.workers")
+ROUNDS = 3
+"""Passes over the pool until all chunks name one model version (see the module)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolResult:
+    """``model_version``: the version every item of the pool now has a score for (empty for
+    an empty pool); ``model_versions``: every version a chunk used, in the order met."""
+
+    chunks: int
+    scored: int
+    unscorable: int
+    skipped: int
+    model_version: str
+    model_versions: tuple[str, ...] = ()
+    deferred: int = 0
+    written: int = 0
+    redelivered: int = 0
+    retries: int = 0
+    warnings: tuple[str, ...] = ()
+
+
+def chunked(items: Sequence[tuple[int, str]], size: int) -> list[list[tuple[int, str]]]:
+    return [list(items[start : start + size]) for start in range(0, len(items), max(1, size))]
+
+
+def score_pool(
+    cfg: WorkerConfig,
+    project_id: int,
+    items: Sequence[tuple[int, str]],
+    *,
+    timeout_s: float = 3600,
+    resources: Resources | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    now_s: float | None = None,
+) -> PoolResult:
+    """Score ``items``; with no broker configured, in this process (the embedded default).
+
+    Only items without a score for the current model version are scored. Embedded, a chunk
+    failing with a ``TransientError`` is retried ``cfg.max_retries`` times with backoff, and
+    one running out of GPU memory once with half the batch, as the Celery task is; pass
+    ``resources`` to keep loaded models between calls. ``now_s``: the clock for the model
+    folder's settle time (``time.time()`` when None).
+    """
+    pinned, notes = pin_model(cfg, now_s=now_s)
+    chunks = chunked(items, cfg.chunk_size)
+    own = resources or Resources()
+    rounds: list[list[ChunkResult]] = []
+    try:
+        todo = chunks
+        while todo:
+            if pinned.broker_url is None:
+                results = [_embedded(pinned, project_id, chunk, own, sleep) for chunk in todo]
+            else:
+                results = _through_celery(pinned, project_id, todo, timeout_s)
+            rounds.append(results)
+            versions = [r.model_version for r in results]
+            if len(set(versions)) <= 1:
+                break
+            if len(rounds) == ROUNDS:
+                raise TransientError(
+                    f"the model changed under every one of {ROUNDS} passes over the pool "
+                    f"({', '.join(sorted(set(versions)))}); scoring is tried again next cycle"
+                )
+            log.info("chunks used %s; scoring the pool again with one", sorted(set(versions)))
+            todo = chunks
+    finally:
+        if resources is None:
+            own.close()
+    result = settle(len(chunks), rounds)
+    return replace(result, warnings=tuple(dict.fromkeys((*notes, *result.warnings))))
+
+
+def settle(chunks: int, rounds: Sequence[Sequence[ChunkResult]]) -> PoolResult:
+    """The pool's totals under the last pass's version (all earlier passes' work under that
+    version counted as scored, not skipped)."""
+    if not rounds or not rounds[-1]:
+        return PoolResult(chunks, 0, 0, 0, "")
+    last = rounds[-1]
+    version = last[0].model_version
+    every = [r for results in rounds for r in results]
+    mine = [r for r in every if r.model_version == version]
+    earlier = [r for results in rounds[:-1] for r in results if r.model_version == version]
+    done_before = sum(r.scored + r.unscorable for r in earlier)
+    return PoolResult(
+        chunks=chunks,
+        scored=sum(r.scored for r in mine),
+        unscorable=sum(r.unscorable for r in mine),
+        skipped=sum(r.skipped for r in last) - done_before,
+        model_version=version,
+        model_versions=tuple(dict.fromkeys(r.model_version for r in every)),
+        deferred=sum(r.deferred for r in last),
+        written=sum(r.written for r in mine),
+        redelivered=sum(r.redelivered for r in every),
+        retries=sum(r.retries for r in every),
+        warnings=tuple(dict.fromkeys(w for r in every for w in r.warnings)),
+    )
+
+
+def _embedded(
+    cfg: WorkerConfig,
+    project_id: int,
+    chunk: list[tuple[int, str]],
+    resources: Resources,
+    sleep: Callable[[float], None],
+) -> ChunkResult:
+    attempt, scored, unscorable, shrunk = 0, 0, 0, False
+    while True:
+        final = attempt >= cfg.max_retries
+        try:
+            result = score_chunk(cfg, project_id, chunk, resources=resources, final_attempt=final)
+        except TransientError as exc:
+            if final:
+                raise
+            if isinstance(exc, ChunkDeferredError):  # what the failed attempt wrote still counts
+                scored, unscorable = scored + exc.scored, unscorable + exc.unscorable
+            attempt += 1
+            sleep(backoff_s(attempt, cfg.retry_backoff_s, cfg.retry_backoff_max_s))
+            continue
+        except Exception as exc:
+            smaller = halved(cfg.batch_size)
+            if not out_of_memory(exc) or shrunk or smaller is None:
+                raise
+            log.warning("out of memory at batch %d; retrying with %d", cfg.batch_size, smaller)
+            cfg, shrunk, attempt = replace(cfg, batch_size=smaller), True, attempt + 1
+            continue
+        return replace(
+            result,
+            scored=result.scored + scored,
+            unscorable=result.unscorable + unscorable,
+            skipped=result.skipped - scored - unscorable,
+            retries=attempt,
+        )
+
+
+def _through_celery(
+    cfg: WorkerConfig, project_id: int, chunks: list[list[tuple[int, str]]], timeout_s: float
+) -> list[ChunkResult]:
+    if cfg.broker_url is None:
+        raise ConfigError("scoring through Celery needs workers.broker_url")
+    # the sending side only names the task and the queue; the worker's own app holds the
+    # limits, retries and secrets
+    celery = make_app(BrokerConfig(broker_url=cfg.broker_url))
+    task = celery.tasks[SCORE_TASK]
+    payload = config_to_dict(cfg)
+    # a message's own time limits override the worker's; send none, so the worker's
+    # settings decide (the sending app's defaults would otherwise travel with every chunk)
+    unlimited = {"time_limit": None, "soft_time_limit": None}
+    job = group(
+        task.s(payload, project_id, [list(i) for i in chunk]).set(**unlimited) for chunk in chunks
+    )
+    outcome = job.apply_async(queue=cfg.queue)
+    try:
+        results = outcome.get(timeout=timeout_s, disable_sync_subtasks=False)
+    finally:
+        outcome.forget()
+        celery.close()
+    return [ChunkResult.from_dict(r) for r in results]

@@ -1,0 +1,248 @@
+"""Reading a task's image: Label Studio URLs, local paths, and allow-listed http(s) hosts only.
+
+Task data is user input: an image reference must never make the worker fetch an arbitrary
+address. Label Studio URLs (``/data/local-files/?d=...``, ``/data/upload/...``) go to the
+configured server with its token (a legacy token as ``Token ...``; a personal access token, a
+JWT, exchanged at ``/api/token/refresh/`` for a short-lived ``Bearer`` access token), or straight
+to the image root when the worker has it mounted;
+other http(s) URLs only to hosts on the allow-list, never following redirects, and never to a
+loopback, private or link-local address unless that address itself is allow-listed.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, UnidentifiedImageError
+
+MAX_BYTES = 64 * 1024 * 1024
+TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class ImageError(Exception):
+    """The image cannot be scored; ``str()`` says why (recorded as the task's reason).
+
+    ``transient``: the server may answer later (timeout, 5xx, 429); such a task is left
+    unscored and its chunk retried, rather than recorded as unscorable for good.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # DataLoader workers pickle errors; keep the flag across the process boundary
+        return (_image_error, (str(self), self.transient))
+
+
+def _image_error(message: str, transient: bool) -> ImageError:
+    return ImageError(message, transient=transient)
+
+
+@dataclass(frozen=True, slots=True)
+class ImageSource:
+    """Where images may come from."""
+
+    label_studio_url: str | None = None
+    label_studio_token: str | None = field(default=None, repr=False)
+    image_root: Path | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    timeout_s: float = 30.0
+    # the access token of a personal access token, refreshed when the server answers 401
+    _access: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # one HTTP client per process (DataLoader workers get their own): building one per image
+    # costs 50-100 ms, mostly its SSL context
+    _clients: dict[int, httpx.Client] = field(default_factory=dict, compare=False, repr=False)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # what crosses to a DataLoader worker: the settings, not the caches or clients
+        fields_ = (self.label_studio_url, self.label_studio_token, self.image_root)
+        return (ImageSource, (*fields_, self.allowed_hosts, self.timeout_s))
+
+    def _client(self) -> httpx.Client:
+        pid = os.getpid()
+        if pid not in self._clients:
+            # no keep-alive: a pooled socket would outlive the source unclosed
+            self._clients[pid] = httpx.Client(
+                timeout=self.timeout_s,
+                follow_redirects=False,
+                limits=httpx.Limits(max_keepalive_connections=0),
+            )
+        return self._clients[pid]
+
+    def read(self, reference: str) -> bytes:
+        """The image's bytes, or ``ImageError`` with the reason."""
+        if not isinstance(reference, str) or not reference:
+            raise ImageError("the task has no image reference")
+        parts = urlsplit(reference)
+        if parts.scheme in ("", "file") and parts.path.startswith("/data/local-files"):
+            return self._local_files(parts.query, reference)
+        if parts.scheme in ("", "file") and parts.path.startswith("/data/"):
+            return self._from_label_studio(reference)
+        if parts.scheme in ("", "file"):
+            return _read_file(Path(parts.path))
+        if parts.scheme in ("http", "https"):
+            return self._http(reference, parts.hostname or "")
+        raise ImageError(f"unsupported image reference scheme {parts.scheme!r}")
+
+    def _local_files(self, query: str, reference: str) -> bytes:
+        relative = (parse_qs(query).get("d") or [""])[0]
+        if self.image_root is not None and relative:
+            root = self.image_root.resolve()
+            path = (root / relative).resolve()
+            if not path.is_relative_to(root):
+                raise ImageError(f"{reference} points outside the image root")
+            return _read_file(path)
+        return self._from_label_studio(reference)
+
+    def _from_label_studio(self, reference: str) -> bytes:
+        if not self.label_studio_url:
+            raise ImageError(f"{reference} is a Label Studio URL but no server is configured")
+        url = self.label_studio_url.rstrip("/") + reference
+        try:
+            return _get(self._client(), url, self._auth())
+        except _UnauthorisedError:
+            if not _is_jwt(self.label_studio_token):
+                raise ImageError(
+                    f"Label Studio refused the token for {reference} (401); check "
+                    "label_studio.token"
+                ) from None
+        self._access.clear()  # the access token expired: exchange the refresh token again
+        try:
+            return _get(self._client(), url, self._auth())
+        except _UnauthorisedError:
+            raise ImageError(
+                f"Label Studio refused the personal access token for {reference} (401)"
+            ) from None
+
+    def _auth(self) -> dict[str, str]:
+        token = self.label_studio_token
+        if not token:
+            return {}
+        if not _is_jwt(token):
+            return {"Authorization": f"Token {token}"}
+        if "access" not in self._access:
+            self._access["access"] = _refresh(self._client(), self.label_studio_url or "", token)
+        return {"Authorization": f"Bearer {self._access['access']}"}
+
+    def _http(self, url: str, host: str) -> bytes:
+        host = host.lower()
+        allowed = {h.lower() for h in self.allowed_hosts}
+        if host not in allowed:
+            raise ImageError(f"host {host!r} is not on the allow-list (workers.allowed_hosts)")
+        address = _public_address(host, allowed)
+        # connect to the address just checked, not a second lookup a rebinding DNS could answer
+        # differently; the name still goes in the Host header and the TLS server name
+        parts = urlsplit(url)
+        port = "" if parts.port is None else f":{parts.port}"
+        netloc = (f"[{address}]" if ":" in address else address) + port
+        pinned = parts._replace(netloc=netloc).geturl()
+        return _get(self._client(), pinned, {"Host": host + port}, sni_hostname=host)
+
+
+def _public_address(host: str, allowed: set[str]) -> str:
+    """One address of ``host``; refused when any is internal and not itself allow-listed."""
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ImageError(f"cannot resolve {host!r}: {exc}", transient=True) from None
+    addresses = sorted({str(info[4][0]).split("%")[0] for info in infos})
+    for address in addresses:
+        ip = ipaddress.ip_address(address)
+        mapped = getattr(ip, "ipv4_mapped", None)
+        effective = mapped if mapped is not None else ip
+        internal = not effective.is_global or effective.is_multicast
+        if internal and address not in allowed and str(effective) not in allowed:
+            raise ImageError(f"host {host!r} resolves to the internal address {address}; refused")
+    if not addresses:
+        raise ImageError(f"cannot resolve {host!r}: no address", transient=True)
+    return addresses[0]
+
+
+class _UnauthorisedError(ImageError):
+    """The server answered 401: the caller may renew its access token once."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(f"fetching {url} answered 401")
+
+
+def _is_jwt(token: str | None) -> bool:
+    """A personal access token is a JWT refresh token (three dot-separated parts)."""
+    return bool(token) and str(token).count(".") == 2
+
+
+def _refresh(client: httpx.Client, base_url: str, refresh_token: str) -> str:
+    """A short-lived access token for a personal access token (Label Studio's refresh)."""
+    try:
+        response = client.post(
+            base_url.rstrip("/") + "/api/token/refresh/", json={"refresh": refresh_token}
+        )
+    except (httpx.TimeoutException, httpx.NetworkError) as exc:
+        raise ImageError(f"cannot reach {base_url}: {type(exc).__name__}", transient=True) from None
+    if response.status_code != 200 or "access" not in response.json():
+        raise ImageError(
+            f"Label Studio refused the personal access token ({response.status_code}); "
+            "check label_studio.token"
+        )
+    access: str = response.json()["access"]
+    return access
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise ImageError(f"image file {path} does not exist") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read image file {path}: {exc.strerror}") from None
+    if len(data) > MAX_BYTES:
+        raise ImageError(f"image file {path} is larger than {MAX_BYTES} bytes")
+    return data
+
+
+def _get(
+    client: httpx.Client, url: str, headers: dict[str, str], *, sni_hostname: str | None = None
+) -> bytes:
+    extensions = {"sni_hostname": sni_hostname} if sni_hostname else None
+    try:
+        response = client.get(url, headers=headers, extensions=extensions)
+    except (httpx.TimeoutException, httpx.NetworkError) as exc:
+        raise ImageError(f"cannot fetch {url}: {type(exc).__name__}", transient=True) from None
+    except httpx.HTTPError as exc:
+        raise ImageError(f"cannot fetch {url}: {type(exc).__name__}") from None
+    if response.is_redirect:
+        raise ImageError(f"{url} redirects to {response.headers.get('location')}; refused")
+    if response.status_code == 401:
+        raise _UnauthorisedError(url)
+    if response.status_code in TRANSIENT_STATUS:
+        raise ImageError(f"fetching {url} answered {response.status_code}", transient=True)
+    if response.status_code != 200:
+        raise ImageError(f"fetching {url} answered {response.status_code}")
+    if len(response.content) > MAX_BYTES:
+        raise ImageError(f"{url} is larger than {MAX_BYTES} bytes")
+    return response.content
+
+
+def decode(data: bytes, size: int) -> npt.NDArray[np.uint8]:
+    """``(3, size, size)`` uint8 RGB, or ``ImageError`` for a corrupt image.
+
+    Bytes, not floats: a quarter of the memory crosses from the DataLoader workers, and the
+    scaling to [0, 1] runs on the model's device.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"corrupt or unreadable image: {type(exc).__name__}") from None
+    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))

@@ -1,0 +1,237 @@
+"""Batched scoring: decode in DataLoader workers, forward under ``inference_mode``.
+
+On a GPU the forward pass runs in bf16 (fp16 where bf16 is missing) autocast with
+channels_last; on the CPU in float32. An image that cannot be read or decoded becomes an
+``unscorable`` entry with its reason; the rest of the chunk is scored. ``iter_scores`` yields
+one batch at a time, so a caller can store each before the next is computed.
+
+MC dropout: with ``mc_passes`` T, every dropout layer (``nn.Dropout``, ``Dropout1d/2d/3d``,
+``AlphaDropout``, ``FeatureAlphaDropout``, or their TorchScript counterparts) is switched to
+training for T extra passes, and BALD (``planner.core.acquisition.bald``) is computed from the
+``(T, n, C)`` samples here, so only one number per item leaves the worker. A ``torch.export``
+program was traced in eval mode and has no dropout left to switch on; such a model, or one
+without dropout layers, gets no BALD and a warning saying why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from planner.core.acquisition import bald
+from workers.images import ImageError, ImageSource, decode
+from workers.models import ModelKind
+from workers.outputs import logits_of, read_output
+
+DROPOUT_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+_DROPOUT_NAMES = frozenset(t.__name__ for t in DROPOUT_TYPES)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Rows for the scored ``task_ids``; ``mc``: ``(T, n, c)`` and ``bald: (n,)`` when
+    MC-dropout passes ran; ``detection``: ``probs`` are per-class presence from boxes."""
+
+    task_ids: list[int]
+    probs: npt.NDArray[np.float32]
+    embeddings: npt.NDArray[np.float32] | None
+    unscorable: dict[int, str] = field(default_factory=dict)
+    mc: npt.NDArray[np.float32] | None = None
+    deferred: dict[int, str] = field(default_factory=dict)
+    """Tasks whose image could not be fetched for now (timeout, 5xx): neither scored nor
+    recorded as unscorable, so a retry or the next cycle tries them again."""
+    bald: npt.NDArray[np.float64] | None = None
+    warnings: tuple[str, ...] = ()
+    detection: bool = False
+
+
+_Row = tuple[int, torch.Tensor | None, str, bool]
+
+
+class _Images(Dataset[_Row]):
+    def __init__(self, items: Sequence[tuple[int, str]], source: ImageSource, size: int) -> None:
+        self.items = list(items)
+        self.source = source
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> _Row:
+        task_id, reference = self.items[index]
+        try:
+            array = decode(self.source.read(reference), self.size)
+        except ImageError as exc:
+            return task_id, None, str(exc), exc.transient
+        return task_id, torch.from_numpy(array), "", False
+
+
+def _collate(
+    rows: list[_Row],
+) -> tuple[list[int], torch.Tensor | None, dict[int, str], dict[int, str]]:
+    good = [(task_id, tensor) for task_id, tensor, _, _ in rows if tensor is not None]
+    bad = {
+        task_id: reason for task_id, tensor, reason, later in rows if tensor is None and not later
+    }
+    retry = {task_id: reason for task_id, tensor, reason, later in rows if tensor is None and later}
+    batch = torch.stack([tensor for _, tensor in good]) if good else None
+    return [task_id for task_id, _ in good], batch, bad, retry
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def dropout_layers(module: nn.Module) -> list[nn.Module]:
+    """The dropout layers of ``module``, eager or TorchScript (by their original class)."""
+    return [
+        m
+        for m in module.modules()
+        if isinstance(m, DROPOUT_TYPES) or getattr(m, "original_name", None) in _DROPOUT_NAMES
+    ]
+
+
+def mc_problem(module: nn.Module, kind: ModelKind = "module") -> str | None:
+    """Why MC-dropout passes are impossible for ``module``, or None when they work."""
+    if kind == "export":
+        return (
+            "workers.mc_passes ignored: a torch.export (.pt2) program is traced in eval mode, "
+            "its dropout is gone, so MC-dropout passes are impossible and no BALD is stored; "
+            "ship a TorchScript file or a module:function model for BALD"
+        )
+    if not dropout_layers(module):
+        frozen = " (a frozen TorchScript file inlines them)" if kind == "torchscript" else ""
+        return (
+            f"workers.mc_passes ignored: the model has no dropout layers{frozen}, so "
+            "MC-dropout passes would all agree and no BALD is stored"
+        )
+    return None
+
+
+def score_items(
+    module: nn.Module, items: Sequence[tuple[int, str]], source: ImageSource, **options: Any
+) -> Scores:
+    """Score ``items`` (task id, image reference) with ``module``, all batches together;
+    ``options`` as for :func:`iter_scores`."""
+    return merge(list(iter_scores(module, items, source, **options)))
+
+
+def iter_scores(
+    module: nn.Module,
+    items: Sequence[tuple[int, str]],
+    source: ImageSource,
+    *,
+    kind: ModelKind = "module",
+    image_size: int = 32,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    mc_passes: int = 0,
+    device: str = "auto",
+) -> Iterator[Scores]:
+    """One ``Scores`` per batch of ``items`` (bad images of the batch included)."""
+    target = pick_device(device)
+    module = module.to(target)
+    gpu = target.type == "cuda"
+    if gpu:
+        module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    problem = mc_problem(module, kind) if mc_passes else None
+    notes = (problem,) if problem else ()
+    passes = 0 if problem else mc_passes
+    loader = DataLoader(
+        _Images(items, source, image_size),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=gpu,
+        persistent_workers=False,
+    )
+    dtype = torch.bfloat16 if gpu and torch.cuda.is_bf16_supported() else torch.float16
+    with torch.inference_mode():
+        for batch_ids, batch, bad, retry in loader:
+            if batch is None:
+                yield _empty(bad, retry, notes)
+                continue
+            x = batch.to(target, non_blocking=True).float().div_(255.0)
+            if gpu:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(target.type, dtype=dtype, enabled=gpu):
+                out = read_output(module(x), len(batch_ids))
+                samples = _mc_passes(module, x, passes) if passes and not out.detection else None
+            batch_notes = notes
+            if passes and out.detection:
+                batch_notes = (*notes, "MC-dropout passes are not run for detection outputs")
+            mc = None if samples is None else samples.cpu().numpy()
+            yield Scores(
+                task_ids=list(batch_ids),
+                probs=out.probs.numpy(),
+                embeddings=None if out.embeddings is None else out.embeddings.numpy(),
+                unscorable=bad,
+                mc=mc,
+                deferred=retry,
+                bald=None if mc is None else bald(mc),
+                warnings=batch_notes,
+                detection=out.detection,
+            )
+
+
+def _empty(bad: dict[int, str], retry: dict[int, str], notes: tuple[str, ...]) -> Scores:
+    return Scores([], np.zeros((0, 0), np.float32), None, bad, None, retry, warnings=notes)
+
+
+def merge(parts: Sequence[Scores]) -> Scores:
+    """The batches of one run as one ``Scores``."""
+    scored = [p for p in parts if p.task_ids]
+    n_classes = scored[0].probs.shape[1] if scored else 0
+
+    def joined(name: str) -> npt.NDArray[np.float32] | None:
+        arrays = [getattr(p, name) for p in scored]
+        if not arrays or any(a is None for a in arrays):
+            return None
+        out: npt.NDArray[np.float32] = np.concatenate(arrays, axis=1 if name == "mc" else 0)
+        return out
+
+    notes = dict.fromkeys(note for p in parts for note in p.warnings)
+    bald_values = joined("bald")
+    return Scores(
+        task_ids=[i for p in scored for i in p.task_ids],
+        probs=np.concatenate([p.probs for p in scored])
+        if scored
+        else np.zeros((0, n_classes), np.float32),
+        embeddings=joined("embeddings"),
+        unscorable={k: v for p in parts for k, v in p.unscorable.items()},
+        mc=joined("mc"),
+        deferred={k: v for p in parts for k, v in p.deferred.items()},
+        bald=None if bald_values is None else bald_values.astype(np.float64),
+        warnings=tuple(notes),
+        detection=any(p.detection for p in scored),
+    )
+
+
+def _mc_passes(module: nn.Module, x: torch.Tensor, passes: int) -> torch.Tensor:
+    """``(T, n, c)`` softmax outputs with only the dropout layers switched to training."""
+    dropouts = dropout_layers(module)
+    for layer in dropouts:
+        layer.train()
+    try:
+        return torch.stack(
+            [torch.softmax(logits_of(module(x)).float(), dim=1) for _ in range(passes)]
+        )
+    finally:
+        for layer in dropouts:
+            layer.eval()

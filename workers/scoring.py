@@ -1,0 +1,289 @@
+"""Scoring one chunk of the pool into the store: the plain function every task calls.
+
+Safe to run twice: items already scored for the current model version are skipped, and the
+store ignores rows it already has, so a redelivered chunk writes no duplicates. Each forward
+batch is written as soon as it is scored, so a chunk cut short (a killed worker, a soft time
+limit) leaves its finished batches stored and its next delivery scores only the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from sqlmodel import select
+
+from planner.errors import ConfigError, TransientError
+from planner.store import Store, open_store
+from planner.store.models import Task
+from planner.store.scores import unscored, write_scores
+from workers.bootstrap import (
+    Trained,
+    latest_saved,
+    load_saved,
+    needs_training,
+    save_bootstrap,
+    saved_labelled,
+    train_bootstrap,
+)
+from workers.config import WorkerConfig
+from workers.images import ImageError, ImageSource, decode
+from workers.inference import iter_scores
+from workers.models import ScoringModel, choose_model, load_model
+
+log = logging.getLogger("planner.workers")
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkResult:
+    """What one run of a chunk did.
+
+    ``scored``: rows this run computed and sent to the store; ``written``: rows the store
+    inserted (fewer only when another run wrote the same item first); ``redelivered``: the
+    broker handed this chunk out again after its worker was lost; ``retries``: earlier
+    attempts of this chunk; ``warnings``: what the run could not do (no BALD, skipped files).
+    """
+
+    model_version: str
+    scored: int
+    unscorable: int
+    skipped: int
+    deferred: int = 0
+    written: int = 0
+    redelivered: bool = False
+    retries: int = 0
+    batch_size: int = 0
+    warnings: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, object]:
+        data: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["warnings"] = list(self.warnings)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> ChunkResult:
+        values = dict(data)
+        values["warnings"] = tuple(str(w) for w in values.get("warnings") or ())  # type: ignore[attr-defined]
+        return cls(**values)  # type: ignore[arg-type]
+
+
+class ChunkDeferredError(TransientError):
+    """Some images of a chunk could not be fetched for now; the rest were written."""
+
+    def __init__(self, message: str, *, scored: int, unscorable: int) -> None:
+        super().__init__(message)
+        self.scored = scored
+        self.unscorable = unscorable
+
+
+@dataclass
+class Resources:
+    """What a worker process keeps between chunks: open stores and loaded models.
+
+    Owned by the Celery app (or by one embedded ``score_pool`` call), never a module global.
+    """
+
+    stores: dict[tuple[str, str | None], Store] = field(default_factory=dict)
+    models: dict[tuple[object, ...], ScoringModel] = field(default_factory=dict)
+    bootstraps: dict[int, Trained] = field(default_factory=dict)
+
+    def store(self, cfg: WorkerConfig) -> Store:
+        key = (cfg.store_url, cfg.store_password)
+        if key not in self.stores:
+            self.stores[key] = open_store(cfg.store_url, password=cfg.store_password)
+        return self.stores[key]
+
+    def close(self) -> None:
+        for store in self.stores.values():
+            store.engine.dispose()
+        self.stores.clear()
+
+
+def image_source(cfg: WorkerConfig) -> ImageSource:
+    return ImageSource(
+        label_studio_url=cfg.label_studio_url,
+        label_studio_token=cfg.label_studio_token,
+        image_root=cfg.image_root,
+        allowed_hosts=cfg.allowed_hosts,
+    )
+
+
+def current_model(
+    cfg: WorkerConfig, project_id: int, resources: Resources, *, now_s: float | None = None
+) -> ScoringModel:
+    """The model to score with now: the watched folder's newest settled file, the configured
+    model, or the bootstrap network (trained again once enough new labels have arrived)."""
+    choice, _ = pin_model(cfg, now_s=now_s)
+    if choice.model == "bootstrap":
+        return _bootstrap(choice, project_id, resources)
+    key: tuple[object, ...] = (choice.model, choice.weights, _mtime(choice.model))
+    key += (_mtime(choice.weights),)
+    if key not in resources.models:
+        resources.models[key] = load_model(choice.model, weights=choice.weights)
+    return resources.models[key]
+
+
+def pin_model(
+    cfg: WorkerConfig, *, now_s: float | None = None
+) -> tuple[WorkerConfig, tuple[str, ...]]:
+    """``cfg`` with the watched folder's choice made: ``model``/``weights`` name the file to
+    score with and ``model_dir`` is cleared, so every chunk of a pool uses the same one; and
+    the folder's files passed over, each with the reason."""
+    if cfg.model_dir is None:
+        return cfg, ()
+    choice = choose_model(
+        cfg.model_dir, cfg.model, cfg.weights, now_s=time.time() if now_s is None else now_s
+    )
+    notes = tuple(f"model folder {cfg.model_dir}: passed over {why}" for why in choice.skipped)
+    for note in notes:
+        log.warning("%s", note)
+    return replace(cfg, model=choice.spec, weights=choice.weights, model_dir=None), notes
+
+
+def halved(batch_size: int) -> int | None:
+    """The batch size to retry with after running out of memory or time (None: at 1)."""
+    return batch_size // 2 if batch_size > 1 else None
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """A CUDA (or MPS/XPU) allocator failure, which a smaller batch may avoid."""
+    return isinstance(exc, torch.OutOfMemoryError)
+
+
+def _bootstrap(cfg: WorkerConfig, project_id: int, resources: Resources) -> ScoringModel:
+    rows = _labelled_rows(cfg, project_id, resources)
+    known = resources.bootstraps.get(project_id)
+    saved = latest_saved(cfg.bootstrap_dir, project_id)
+    if saved is not None and (known is None or saved_labelled(saved) > known.labelled):
+        known = load_saved(saved)  # another worker trained on more labels: use its network
+    trained_on = None if known is None else known.labelled
+    if needs_training(trained_on, len(rows), cfg.retrain_min_new_labels):
+        images, labels = _decode_labelled(cfg, rows)
+        known = train_bootstrap(images, labels, len(cfg.classes), labelled=len(rows))
+        if cfg.bootstrap_dir is not None:
+            save_bootstrap(known, cfg.bootstrap_dir, project_id, len(cfg.classes))
+    if known is None:
+        raise ConfigError(
+            "the bootstrap model has no labelled images to learn from yet; label a first batch"
+        )
+    resources.bootstraps[project_id] = known
+    return known.model
+
+
+def _mtime(path: str | Path | None) -> int:
+    if path is None or not Path(path).is_file():
+        return 0
+    return Path(path).stat().st_mtime_ns
+
+
+def _labelled_rows(
+    cfg: WorkerConfig, project_id: int, resources: Resources
+) -> list[tuple[str, int]]:
+    """``(image reference, class index)`` of the labelled tasks with exactly one known class."""
+    with resources.store(cfg).session() as session:
+        tasks = session.exec(
+            select(Task).where(Task.project_id == project_id, Task.state == "labelled")
+        ).all()
+    rows = []
+    for task in sorted(tasks, key=lambda t: t.ls_task_id):
+        known = [name for name in task.labels if name in cfg.classes]
+        if len(known) == 1:
+            rows.append((task.image, cfg.classes.index(known[0])))
+    return rows
+
+
+def _decode_labelled(
+    cfg: WorkerConfig, rows: list[tuple[str, int]]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    source = image_source(cfg)
+    images, labels = [], []
+    for reference, label in rows:
+        try:
+            images.append(decode(source.read(reference), cfg.image_size))
+        except ImageError:
+            continue  # an unreadable labelled image teaches nothing; the rest still do
+        labels.append(label)
+    if not labels:
+        raise ConfigError(
+            f"none of the {len(rows)} labelled images could be read; check workers.image_root, "
+            "label_studio.url and the token"
+        )
+    return np.stack(images).astype(np.float32) / 255.0, np.asarray(labels, dtype=np.int64)
+
+
+def score_chunk(
+    cfg: WorkerConfig,
+    project_id: int,
+    items: Sequence[tuple[int, str]],
+    *,
+    resources: Resources,
+    final_attempt: bool = True,
+) -> ChunkResult:
+    """Score the items of ``items`` not yet scored by the current model; write them batch
+    by batch.
+
+    Images that could not be fetched for now (timeouts, 5xx) are left unscored; unless this is
+    the ``final_attempt`` the chunk then raises ``TransientError`` after writing the rest, so
+    the retry fetches only those.
+    """
+    model = current_model(cfg, project_id, resources)
+    store = resources.store(cfg)
+    wanted = {int(task_id): ref for task_id, ref in items}
+    with store.session() as session:
+        todo = unscored(
+            session, project_id=project_id, model_version=model.version, task_ids=list(wanted)
+        )
+    scored = unscorable = written = 0
+    deferred: dict[int, str] = {}
+    notes: dict[str, None] = {}
+    for part in iter_scores(
+        model.module,
+        [(task_id, wanted[task_id]) for task_id in todo],
+        image_source(cfg),
+        kind=model.kind,
+        image_size=cfg.image_size,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        mc_passes=cfg.mc_passes,
+        device=cfg.device,
+    ):
+        with store.session() as session:
+            written += write_scores(
+                session,
+                project_id=project_id,
+                model_version=model.version,
+                task_ids=part.task_ids,
+                probs=part.probs if part.task_ids else None,
+                embeddings=part.embeddings,
+                bald=part.bald,
+                unscorable=part.unscorable,
+            )
+        scored, unscorable = scored + len(part.task_ids), unscorable + len(part.unscorable)
+        deferred.update(part.deferred)
+        notes.update(dict.fromkeys(part.warnings))
+    for note in notes:
+        log.warning("model %s: %s", model.version, note)
+    if deferred and not final_attempt:
+        task_id, reason = next(iter(deferred.items()))
+        raise ChunkDeferredError(
+            f"{len(deferred)} images could not be fetched for now (task {task_id}: "
+            f"{reason}); the chunk is retried for them",
+            scored=scored,
+            unscorable=unscorable,
+        )
+    return ChunkResult(
+        model_version=model.version,
+        scored=scored,
+        unscorable=unscorable,
+        skipped=len(wanted) - len(todo),
+        deferred=len(deferred),
+        written=written,
+        batch_size=cfg.batch_size,
+        warnings=tuple(notes),
+    )
