@@ -9,19 +9,16 @@ waits until ``schedule.cycle_when_done`` of the active batch is labelled.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sqlmodel import Session, select
 
 from planner.connect import connect, open_settings_store
-from planner.daemon.leader import LeaderLease
-from planner.daemon.run import HEARTBEAT_S, build_daemon, make_lease
+from planner.daemon.run import build_daemon, keep_lease, make_lease
 from planner.daemon.service import CycleOutcome, ProjectDaemon
-from planner.errors import ConfigError, PlannerError
+from planner.errors import ConfigError
 from planner.settings import Settings
 from planner.store import Store
 from planner.store.batches import active_batch, completion_ratio, items_of
@@ -81,11 +78,8 @@ def run_one_cycle(settings: Settings, *, force: bool = False) -> OneCycle:
             backend.check(project_id)
             lease = make_lease(settings, store, f"project-{project_id}")
             daemon = build_daemon(settings, backend=backend, store=store, lease=lease)
-            try:
-                with _renewing(lease):
-                    return _cycle(daemon, settings.schedule.cycle_when_done, force=force)
-            finally:
-                lease.release()
+            with keep_lease(lease):
+                return _cycle(daemon, settings.schedule.cycle_when_done, force=force)
     finally:
         store.dispose()
 
@@ -104,28 +98,6 @@ def _cycle(daemon: ProjectDaemon, threshold: float, *, force: bool) -> OneCycle:
     outcome = daemon.cycle()
     batch = None if outcome.pushed is None else _batch(daemon.store, outcome.pushed)
     return OneCycle(outcome, batch)
-
-
-@contextmanager
-def _renewing(lease: LeaderLease) -> Iterator[None]:
-    """Renew ``lease`` while it is held, every ``HEARTBEAT_S``, until the block ends."""
-    done = threading.Event()
-
-    def beat() -> None:
-        while not done.wait(HEARTBEAT_S):
-            try:
-                if lease.held():
-                    lease.renew()
-            except PlannerError:  # the push itself checks the lease before it writes
-                continue
-
-    thread = threading.Thread(target=beat, name="lease-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
 
 
 def _open_batch(store: Store, ls_project_id: int) -> BatchView | None:

@@ -1,45 +1,16 @@
-"""Driving the daemon's cycles outside ``planner run``, for the live demo and the end-to-end
-test: the leader lease kept in the background, and the simulated annotator who labels through
-the Label Studio API with the true digit."""
+"""The simulated annotator of the live demo and the end-to-end test: it labels through the
+Label Studio API with the true digit (the lease those cycles need is ``planner.daemon.run.
+keep_lease``)."""
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 
 from integrations.label_studio.workbench import LabelStudioWorkbench
-from planner.daemon.leader import LeaderLease
-from planner.daemon.run import HEARTBEAT_S
-from planner.errors import PlannerError
 from planner.examples.digits import choice_result
 
 log = logging.getLogger("planner.demo")
-
-
-@contextmanager
-def keep_lease(lease: LeaderLease) -> Iterator[None]:
-    """Renew the leader lease in the background, as ``planner run``'s main thread does: a
-    cycle that scores for longer than the lease lasts would otherwise lose it before pushing.
-    """
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(HEARTBEAT_S):
-            try:
-                _ = lease.renew() if lease.held() else lease.acquire()
-            except PlannerError as exc:  # the cycle checks the lease itself before it pushes
-                log.warning("leader lease %s: %s", lease.name, exc)
-
-    thread = threading.Thread(target=beat, name="planner-demo-lease", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-        lease.release()
 
 
 def label_tasks(bench: LabelStudioWorkbench, tasks: Sequence[int], truth: Mapping[int, int]) -> int:

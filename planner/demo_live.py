@@ -26,9 +26,9 @@ from sqlmodel import select
 from integrations.label_studio import launcher
 from integrations.label_studio.workbench import LabelStudioWorkbench
 from planner.artifacts import EmitReason
-from planner.daemon.run import build_daemon, make_lease
+from planner.daemon.run import build_daemon, keep_lease, make_lease
 from planner.daemon.service import ProjectDaemon
-from planner.demo_driver import keep_lease, label_tasks
+from planner.demo_driver import label_tasks
 from planner.examples.digits import (
     LABEL_CONFIG,
     DigitImages,

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import delete, func
 from sqlmodel import Session, col, select
 
 from planner.core.labels import LabelSchema
@@ -132,10 +132,11 @@ def held_apart(session: Session, project_id: int, *, limit: int | None = None) -
 
 
 def count_held_apart(session: Session, project_id: int) -> int:
-    query = select(QuarantineEntry.id).where(
+    """How many of the project's tasks are held apart now."""
+    query = select(func.count()).where(
         QuarantineEntry.project_id == project_id, col(QuarantineEntry.released_at).is_(None)
     )
-    return len(session.exec(query).all())
+    return int(session.exec(query).one())
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -27,7 +28,7 @@ from planner.daemon.metrics import MetricsServer
 from planner.daemon.schedule import Schedule
 from planner.daemon.service import ProjectDaemon, Scorer
 from planner.daemon.stopping import stop_config
-from planner.errors import ConfigError, PlannerError, TransientError
+from planner.errors import ConfigError, PlannerError, StoreError, TransientError
 from planner.outputs import emit_options, report_options
 from planner.params import quotas_from_settings
 from planner.ports import AnnotationBackend
@@ -155,6 +156,28 @@ def _heartbeat(lease: LeaderLease) -> bool:
         return False
 
 
+@contextmanager
+def keep_lease(lease: LeaderLease) -> Iterator[None]:
+    """Renew (or take) the leader lease every ``HEARTBEAT_S`` in the background while the block
+    runs, as ``planner run``'s main thread does, then release it: a cycle that scores for longer
+    than the lease lasts (``planner cycle --once``, the demo) would otherwise lose it before
+    pushing. The push checks the lease itself, so a failed beat only logs."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            _heartbeat(lease)
+
+    thread = threading.Thread(target=beat, name="lease-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        lease.release()
+
+
 def _metrics(settings: Settings, daemon: ProjectDaemon, schedule: Schedule) -> MetricsServer | None:
     board = settings.dashboard
     if not board.metrics_port:
@@ -178,6 +201,15 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> No
     if project_id is None:
         raise ConfigError("label_studio.project_id is not set; the daemon watches one project")
     stop = stop or threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %s: finishing the running job, then stopping", signum)
+        stop.set()
+
+    # from the start: a SIGTERM while the daemon connects or migrates still stops it cleanly
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
     # every setting checked before anything is written: no half-configured daemon, no store
     # migrated for a project that cannot be read
     backend = connect(settings)
@@ -195,18 +227,11 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> No
     schedule = Schedule(name, _Jobs(daemon), settings.schedule, store.engine)
     daemon.on_cycle_due = lambda: schedule.run_soon("cycle")
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %s: finishing the running job, then stopping", signum)
-        stop.set()
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
     metrics = _metrics(settings, daemon, schedule)
     receiver: BackgroundServer | None = None
     try:
         receiver = _receiver(settings, backend, daemon, schedule)
-        while True:
+        while not stop.is_set():
             _beat(lease, daemon, schedule)
             if stop.wait(timeout=HEARTBEAT_S):
                 break
@@ -233,7 +258,11 @@ def _beat(lease: LeaderLease, daemon: ProjectDaemon, schedule: Schedule) -> None
     project_id = daemon.ls_project_id
     if leading and not schedule.running:
         log.info("leading project %s as %s", project_id, getattr(lease, "holder", "?"))
-        schedule.start()
+        try:
+            schedule.start()
+        except StoreError as exc:  # leading still: the next heartbeat starts it
+            log.warning("%s", exc)
+            return
         schedule.run_soon("sync")
     elif not leading and schedule.running:
         log.warning("lost the lease of project %s; standing by", project_id)

@@ -8,7 +8,9 @@ start within the misfire grace, an interval job keeps its next run time.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
@@ -22,10 +24,12 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
-from planner.errors import ConfigError
+from planner.errors import ConfigError, StoreError
 from planner.settings import ScheduleSettings
 
+log = logging.getLogger("planner.daemon")
 JobName = Literal["sync", "cycle", "report", "housekeeping"]
 JOBS: tuple[JobName, ...] = ("sync", "cycle", "report", "housekeeping")
 JOB_TABLE = "planner_jobs"
@@ -52,6 +56,36 @@ def run_job(daemon_key: str, job: str) -> None:
     if job not in JOBS:
         raise ConfigError(f"unknown job {job!r}; jobs are {JOBS}")
     getattr(runner, job)()
+
+
+class _Running:
+    """The jobs of one schedule running now, so a shutdown can wait for them without holding
+    the scheduler's locks (APScheduler's own ``shutdown(wait=True)`` waits while holding the
+    job-store lock, and a job that calls ``run_soon`` then waits on it forever)."""
+
+    def __init__(self, runner: JobRunner) -> None:
+        self._runner = runner
+        self._count = 0
+        self._idle = threading.Condition()
+
+    def __getattr__(self, job: str) -> Callable[[], None]:
+        run: Callable[[], None] = getattr(self._runner, job)
+
+        def counted() -> None:
+            with self._idle:
+                self._count += 1
+            try:
+                run()
+            finally:
+                with self._idle:
+                    self._count -= 1
+                    self._idle.notify_all()
+
+        return counted
+
+    def wait_idle(self) -> None:
+        with self._idle:
+            self._idle.wait_for(lambda: self._count == 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +122,8 @@ class Schedule:
 
     def __init__(self, key: str, runner: JobRunner, schedule: ScheduleSettings, engine: Engine):
         self.key = key
-        self._runner = runner
+        self._runner = _Running(runner)
+        self._closing = threading.Event()
         self._specs = job_specs(schedule)
         self._scheduler = BackgroundScheduler(
             jobstores={"default": SQLAlchemyJobStore(engine=engine, tablename=JOB_TABLE)},
@@ -104,6 +139,18 @@ class Schedule:
         """Register the runner, reconcile stored jobs with the settings, then run them (again,
         after ``pause``: a daemon that lost the lease and won it back)."""
         _RUNNERS[self.key] = self._runner
+        self._closing.clear()
+        try:
+            self._reconcile()
+        except OperationalError as exc:  # the job store is the planner's database
+            raise StoreError(
+                f"cannot start the schedule: the planner database is unavailable ({exc.orig}); "
+                "the daemon tries again at its next heartbeat"
+            ) from exc
+        self._scheduler.resume()
+
+    def _reconcile(self) -> None:
+        """Started (or paused), with the stored jobs matching the settings."""
         if self._scheduler.state == STATE_STOPPED:
             self._scheduler.start(paused=True)
         else:
@@ -121,7 +168,6 @@ class Schedule:
                 name=f"{spec.name} ({self.key})",
                 replace_existing=True,
             )
-        self._scheduler.resume()
 
     def pause(self) -> None:
         """Stop running jobs (the running one finishes); a standby's schedule stays paused, so
@@ -135,8 +181,14 @@ class Schedule:
         return bool(self._scheduler.state == STATE_RUNNING)
 
     def run_soon(self, name: JobName) -> None:
-        """Run a job now instead of at its next time (a webhook, a finished batch)."""
-        self._scheduler.modify_job(self.job_id(name), next_run_time=datetime.now(UTC))
+        """Run a job now instead of at its next time (a webhook, a finished batch); nothing
+        once the schedule is shutting down."""
+        if self._closing.is_set() or self._scheduler.state == STATE_STOPPED:
+            return
+        try:
+            self._scheduler.modify_job(self.job_id(name), next_run_time=datetime.now(UTC))
+        except OperationalError as exc:  # the job still runs at its next time
+            log.warning("could not move the %s job forward: %s", name, exc.orig)
 
     def next_runs(self) -> Mapping[str, datetime | None]:
         """Each job's next run time, for ``planner status``."""
@@ -144,8 +196,13 @@ class Schedule:
         return {name: (job.next_run_time if job else None) for name, job in jobs.items()}
 
     def shutdown(self, *, wait: bool = True) -> None:
-        """Stop scheduling; with ``wait`` the running job finishes first."""
+        """Stop scheduling; with ``wait`` the running job finishes first (outside the
+        scheduler's locks, so the job may still call ``run_soon``)."""
+        self._closing.set()
         if self._scheduler.state != STATE_STOPPED:
+            if wait:
+                self._scheduler.pause()  # no new job starts
+                self._runner.wait_idle()
             self._scheduler.shutdown(wait=wait)
         _RUNNERS.pop(self.key, None)
 

@@ -38,6 +38,7 @@ from planner.errors import AuthError, PlannerError, StoreError
 from planner.health import BackendHealth
 from planner.outputs import EmitOptions, ReportOptions, emit_pending, write_daily_report
 from planner.ports import AnnotationBackend
+from planner.quarantine import count_held_apart
 from planner.store import Store
 from planner.store.batches import active_batch, refresh_progress
 from planner.store.events import record_model_version, stop_fired
@@ -317,7 +318,6 @@ class ProjectDaemon:
         self._watch.ok()
         self.last_sync = report
         self.telemetry.synced(self.clock())
-        self.telemetry.tasks_quarantined.set(len(report.quarantined))
         try:
             done = self._after_sync(report.project_id)
         except PlannerError as exc:
@@ -346,6 +346,7 @@ class ProjectDaemon:
                 {s.class_name: s.progress for s in status.statuses},
                 {s.class_name: s.deficit for s in status.statuses},
             )
+            self.telemetry.tasks_quarantined.set(count_held_apart(session, project_id))
             used = annotations_used(session, project_id)
             snapshot_counts(session, project_id, table, annotations=used, at=now)
             batch = active_batch(session, project_id)

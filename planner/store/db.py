@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,7 +12,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event, make_url, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session, select
@@ -23,6 +25,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 _LOCK_KEY = 0x706C616E6E6572  # "planner"
 # Tables in the planner's database that other code owns (APScheduler's job store).
 FOREIGN_TABLES = frozenset({"planner_jobs"})
+_WAL_TRIES = 40  # about 40 s of tries to switch a new SQLite file to WAL
 
 
 class Store:
@@ -89,14 +92,39 @@ def make_engine(url: str, *, password: str | None = None) -> Engine:
         parsed = parsed.set(drivername="postgresql+psycopg")
     if password:
         parsed = parsed.set(password=password)
-    return create_engine(parsed, pool_pre_ping=True)
+    engine = create_engine(parsed, pool_pre_ping=True)
+    event.listen(engine, "handle_error", _failed_ping_is_disconnect)
+    return engine
+
+
+def _failed_ping_is_disconnect(context: ExceptionContext) -> None:
+    """A connection whose ping fails is not usable, whatever the error: a server that cut it
+    mid-statement leaves psycopg's connection broken, and the ping then fails with "can't change
+    'autocommit' now", which SQLAlchemy does not take for a disconnect. Taken as one, the pool
+    drops the connection and reconnects, and a server still away gives an ``OperationalError``
+    (a ``StoreError``: the job is retried)."""
+    if context.is_pre_ping:
+        context.is_disconnect = True
 
 
 def _sqlite_pragmas(connection: object, _record: object) -> None:
     cursor = connection.cursor()  # type: ignore[attr-defined]
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers (the dashboard) never block the daemon
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+    try:
+        cursor.execute("PRAGMA foreign_keys=ON")
+        # WAL (readers such as the dashboard never block the daemon) is kept in the file: set
+        # it once. Changing the mode needs the write lock and does not wait for it, so a
+        # second process opening the file while the first migrates it tries again.
+        for attempt in range(_WAL_TRIES):
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+                break
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError:
+                if attempt == _WAL_TRIES - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+    finally:
+        cursor.close()
 
 
 def open_store(url: str, *, password: str | None = None) -> Store:

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -107,11 +110,40 @@ def test_run_refuses_without_a_token(tmp_path: Path) -> None:
     assert not (tmp_path / "planner.db").exists(), "nothing was written"
 
 
-def test_run_refuses_an_unreachable_label_studio(tmp_path: Path) -> None:
+def test_run_waits_for_an_unreachable_label_studio(tmp_path: Path) -> None:
+    """A server that is down is not a bad setting: it may be starting next to the daemon, so
+    ``planner run`` says so with the address and what happens, keeps trying, and stops cleanly
+    on SIGTERM."""
     config = _config(tmp_path, '[label_studio]\nurl = "http://127.0.0.1:9"\nproject_id = 1\n')
-    done = _run(["run", "-c", str(config)], {"PLANNER_LABEL_STUDIO__TOKEN": "t0ken"}, tmp_path)
-    _refused(done, "http://127.0.0.1:9", "label_studio.url")
-    assert not (tmp_path / "planner.db").exists(), "nothing was written"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PLANNER_")}
+    daemon = subprocess.Popen(
+        [PLANNER, "run", "-c", str(config)],
+        env={**base, "PLANNER_LABEL_STUDIO__TOKEN": "t0ken"},
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(daemon.stderr or ()), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any("not answering" in x for x in lines):
+            assert daemon.poll() is None, "".join(lines)
+            time.sleep(0.2)
+        warning = next((x for x in lines if "not answering" in x), "")
+        assert "127.0.0.1:9" in warning, "".join(lines)
+        assert "retries" in warning
+        assert daemon.poll() is None, "it keeps running"
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        code = daemon.wait(timeout=90)
+        reader.join(10)
+        if daemon.stderr is not None:
+            daemon.stderr.close()
+    assert code == 0, "".join(lines)
+    assert "Traceback" not in "".join(lines)
 
 
 def test_run_refuses_a_bad_key_and_names_it(tmp_path: Path) -> None:

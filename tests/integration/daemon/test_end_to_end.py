@@ -22,9 +22,9 @@ from integrations.label_studio.launcher import ServerState
 from integrations.label_studio.workbench import LabelStudioWorkbench
 from planner.artifacts.layout import versions
 from planner.core.quotas import deficits
-from planner.daemon.run import build_daemon, make_lease
+from planner.daemon.run import build_daemon, keep_lease, make_lease
 from planner.daemon.service import ProjectDaemon
-from planner.demo_driver import keep_lease, label_stream
+from planner.demo_driver import label_stream
 from planner.demo_live import LiveDemoOptions, write_config
 from planner.examples.digits import LABEL_CONFIG, write_digit_images
 from planner.outputs import project_row

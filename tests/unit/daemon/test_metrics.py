@@ -15,7 +15,7 @@ from planner.errors import ConfigError
 from planner.store import Store
 from planner.store.models import Project
 from planner.store.tasks import count_table
-from tests.unit.daemon.helpers import TableScorer, by_task_id, digits_project, make_daemon
+from tests.unit.daemon.helpers import TableScorer, by_task_id, choice, digits_project, make_daemon
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -78,3 +78,23 @@ def test_metrics_beyond_loopback_need_a_token_and_a_taken_port_is_clear(
             MetricsServer(daemon.telemetry, host="127.0.0.1", port=first.port)
     finally:
         first.stop()
+
+
+def test_the_quarantine_gauge_counts_every_task_held_apart_not_only_this_syncs(
+    store: Store, digit_files: tuple[Path, list[int]]
+) -> None:
+    project = digits_project(digit_files[1], labelled=20)
+    for task in project.ids[20:23]:
+        project.fake.annotate(task, choice("not-a-digit"))
+    daemon = make_daemon(project, store, [], TableScorer(store, by_task_id))
+
+    def held() -> float | None:
+        return daemon.telemetry.registry.get_sample_value("planner_tasks_quarantined")
+
+    assert daemon.sync() is not None
+    assert held() == 3
+    assert daemon.sync() is not None  # incremental: reads none of the three again
+    assert held() == 3, "still held apart"
+    project.fake.annotate(project.ids[23], choice("not-a-digit"))
+    assert daemon.sync() is not None
+    assert held() == 4

@@ -176,3 +176,30 @@ def test_a_paused_schedule_runs_nothing_until_started_again(engine: Engine) -> N
     finally:
         schedule.shutdown()
     assert not schedule.running
+
+
+def test_a_job_that_nudges_another_does_not_hang_the_shutdown(engine: Engine) -> None:
+    """A sync that finds the batch done calls ``run_soon("cycle")``; when that happens while
+    the daemon shuts down, the shutdown still ends (APScheduler alone deadlocks here)."""
+    started = threading.Event()
+    holder: list[Schedule] = []
+
+    class Nudging(Runner):
+        def sync(self) -> None:
+            started.set()
+            time.sleep(0.5)  # the shutdown begins while this job runs
+            holder[0].run_soon("cycle")
+            super().sync()
+
+    runner = Nudging()
+    schedule = Schedule("p6", runner, ScheduleSettings(), engine)
+    holder.append(schedule)
+    schedule.start()
+    schedule.run_soon("sync")
+    assert started.wait(5)
+    done = threading.Thread(target=schedule.shutdown, daemon=True)
+    done.start()
+    done.join(10)
+    assert not done.is_alive(), "the shutdown hung on a job that called run_soon"
+    assert runner.calls["sync"] == 1
+    assert not schedule.running
