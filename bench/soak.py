@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import socket
 import sys
 import tempfile
@@ -38,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from sqlmodel import select
+from sqlmodel import col, select
 
 from integrations.label_studio import launcher
 from integrations.label_studio.client import LabelStudioBackend
@@ -293,7 +294,7 @@ def _double_ranked(store: Store, ls_project_id: int) -> int:
         project = session.exec(select(Project).where(Project.ls_project_id == ls_project_id)).one()
         rows = session.exec(
             select(BatchItem.ls_task_id)
-            .join(Batch, Batch.id == BatchItem.batch_id)
+            .join(Batch, col(Batch.id) == col(BatchItem.batch_id))
             .where(Batch.project_id == project.id, Batch.state.in_(("pushed", "active")))  # type: ignore[attr-defined]
         ).all()
     return sum(n - 1 for n in Counter(rows).values() if n > 1)
@@ -347,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", type=Path, help="Markdown file for the soak section")
     parser.add_argument("--json", type=Path, help="also write every sample as JSON")
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the Label Studio this run started is stopped too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with tempfile.TemporaryDirectory(prefix="planner-soak-") as tmp:
         work_dir = Path(tmp)
         state = None

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import httpx
 from label_studio_sdk import PredictionRequest
@@ -95,7 +95,7 @@ class LabelStudioBackend:
         """Close the connection pool."""
         self._http.close()
 
-    def __enter__(self) -> LabelStudioBackend:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:
