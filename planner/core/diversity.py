@@ -180,6 +180,8 @@ class NearDuplicateGuard:
 
 ISOLATION_SAMPLE = 4_096
 """Rows sampled as candidates and as reference when scoring isolation."""
+KNOWN_SAMPLE = 16_384
+"""Labelled rows, at most, that novelty is measured against."""
 
 
 def isolation(
@@ -213,24 +215,74 @@ def isolation(
     return out
 
 
-def novelty_keys(
+def nearest_distance(
     embeddings: npt.NDArray[np.floating[Any]],
-    open_rows: npt.NDArray[np.intp],
+    rows: npt.NDArray[np.intp],
+    reference: npt.NDArray[np.intp],
     *,
-    rng: np.random.Generator,
     metric: Metric = "cosine",
-    sample: int = ISOLATION_SAMPLE,
 ) -> npt.NDArray[np.float64]:
-    """``(n,)`` isolation of up to ``sample`` random ``open_rows`` (``-inf`` elsewhere).
+    """Distance from each of ``rows`` to its nearest ``reference`` row; ``(rows,)``
+    (``inf`` without reference rows). Computed in ``1024 x 1024`` blocks."""
+    out = np.full(rows.size, np.inf)
+    for r0 in range(0, reference.size, 1024):
+        ref = _prepare(embeddings[reference[r0 : r0 + 1024]], metric)
+        for start in range(0, rows.size, 1024):
+            q = _prepare(embeddings[rows[start : start + 1024]], metric)
+            if metric == "cosine":
+                dist = np.maximum(1.0 - q @ ref.T, 0.0)
+            else:
+                sq = (q**2).sum(1)[:, None] + (ref**2).sum(1)[None, :] - 2.0 * q @ ref.T
+                dist = np.sqrt(np.maximum(sq, 0.0))
+            part = out[start : start + q.shape[0]]
+            np.minimum(part, dist.min(axis=1), out=part)
+    return out
 
-    The reference is another random sample of the open rows, so the cost stays
-    ``sample^2`` distances however large the pool.
+
+class NoveltySearch:
+    """Discovery keys: isolation in the pool times the distance to the nearest *known* row.
+
+    ``known`` rows (labelled or in flight) and every row picked through :meth:`add` count as
+    known, so a batch's discovery picks spread over regions nothing labelled covers yet,
+    instead of returning to the near-duplicates of isolated items already labelled. Scores
+    up to ``sample`` random open rows against another random sample (``sample^2`` distances)
+    and at most ``KNOWN_SAMPLE`` known rows.
     """
-    keys = np.full(embeddings.shape[0], -np.inf)
-    if open_rows.size < 2:
-        keys[open_rows] = 0.0
-        return keys
-    rows = rng.choice(open_rows, min(sample, open_rows.size), replace=False)
-    reference = rng.choice(open_rows, min(sample, open_rows.size), replace=False)
-    keys[rows] = isolation(embeddings, rows, reference, metric=metric)
-    return keys
+
+    __slots__ = ("_emb", "_iso", "_metric", "_n", "_near", "rows")
+
+    def __init__(
+        self,
+        embeddings: npt.NDArray[np.floating[Any]],
+        open_rows: npt.NDArray[np.intp],
+        known: npt.NDArray[np.intp],
+        *,
+        rng: np.random.Generator,
+        metric: Metric = "cosine",
+        sample: int = ISOLATION_SAMPLE,
+    ) -> None:
+        self._emb, self._metric, self._n = embeddings, metric, embeddings.shape[0]
+        self.rows = rng.choice(open_rows, min(sample, open_rows.size), replace=False)
+        self._iso: npt.NDArray[np.float64]
+        if open_rows.size < 2:
+            self._iso = np.ones(self.rows.size)
+        else:
+            reference = rng.choice(open_rows, min(sample, open_rows.size), replace=False)
+            self._iso = isolation(embeddings, self.rows, reference, metric=metric)
+        if known.size > KNOWN_SAMPLE:
+            known = rng.choice(known, KNOWN_SAMPLE, replace=False)
+        self._near = nearest_distance(embeddings, self.rows, known, metric=metric)
+
+    def keys(self) -> npt.NDArray[np.float64]:
+        """``(n,)`` isolation x nearest-known distance of the scored rows (``-inf`` elsewhere);
+        plain isolation while nothing is known."""
+        out = np.full(self._n, -np.inf)
+        near = self._near
+        out[self.rows] = self._iso if np.isinf(near).all() else self._iso * near
+        return out
+
+    def add(self, row: int) -> None:
+        """Count ``row`` (just picked) as known."""
+        one = np.asarray([row], np.intp)
+        dist = nearest_distance(self._emb, self.rows, one, metric=self._metric)
+        np.minimum(self._near, dist, out=self._near)

@@ -48,7 +48,7 @@ class PlanOptions:
     exploration_share: float = 0.10
     hard_negative_share: float = 0.05
     discovery_share: float = 0.5
-    """Batch share for novelty picks while a short class is blind (see selection)."""
+    """Batch share for novelty picks while a quota class is short (see selection)."""
     diversity: bool = True
     balance_lambda: float = 3.0
     """Weight of the quota term against uncertainty; 3 met the quotas with fewer labels than
@@ -191,7 +191,8 @@ def plan_batch(
     ``mc_probs: (t, n, c)`` stochastic passes (for ``bald``); ``bald_scores: (n,)`` BALD in
     [0, 1] already computed from such passes (the workers store it per item; when given it is
     the uncertainty, whatever ``options.uncertainty`` says); ``embeddings: (n, d)``
-    for the diversity guard; ``exclude``: ids in flight or otherwise not to pick.
+    for the diversity guard; ``exclude``: ids in flight or otherwise not to pick (with
+    embeddings, labelled ones too: discovery prefers items far from them).
     """
     names = tuple(classes) if classes is not None else table.classes
     if len(set(names)) != len(names):

@@ -235,15 +235,15 @@ class Phases:
                 if k == 0:
                     return
 
-    def blind(self, *, mass: float = 1.0) -> bool:
-        """Whether a short class has less than ``mass`` expected items in the open pool:
-        the model cannot point at it (typically a class never labelled yet)."""
-        short = np.flatnonzero(self._need > 0)
-        if short.size == 0:
-            return False
-        open_rows = np.flatnonzero(self.open_rows())
-        total = np.asarray(self._p[open_rows][:, short], dtype=np.float64).sum(axis=0)
-        return bool((total < mass).any())
+    def short(self) -> bool:
+        """Whether some class with a quota still lacks items (weighted shortfall > 0)."""
+        return bool((self._need > 0).any())
+
+    @property
+    def known(self) -> npt.NDArray[np.intp]:
+        """Rows not eligible (labelled or in flight): what novelty is measured against."""
+        out: npt.NDArray[np.intp] = np.flatnonzero(~self._elig)
+        return out
 
     def explore(self, k: int, *, rng: np.random.Generator, keys: FloatArray | None = None) -> None:
         """Add up to ``k`` picks from the eligible rest: by descending ``keys: (n,)`` when

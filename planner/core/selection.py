@@ -20,10 +20,12 @@ checks (eligible, not yet picked, and, with diversity on, no picked row within t
    take turns in descending weighted shortfall; within a class the highest runner-up
    probability goes first. Slots nobody qualifies for go back to the greedy.
 4. **Exploration** (``exploration_share``): uniform random picks from the eligible rest.
-   While a short class is *blind* (the model expects under one item of it in the whole
-   pool, as for a class never labelled), ``discovery_share`` of the batch goes first to the
-   most isolated items of a random subsample (:func:`planner.core.diversity.novelty_keys`,
-   needs embeddings; else uniform): a class with few members has few close neighbours.
+   While a class with a quota is short, ``discovery_share`` of the batch goes first to
+   *novel* items (:class:`planner.core.diversity.NoveltySearch`, needs embeddings; else
+   uniform): isolated in the pool (a class with few members has few close neighbours) and
+   far from everything labelled, in flight or discovered earlier in the batch. Not only
+   while the class is unseen: a rare class is often several separate modes (digit styles,
+   viewpoints), and a model shown one of them gives the others almost no probability.
 
 Shares are rounded half up: ``round(0.10 * 45) = 5``. Each pick states a reason: ``rare_class``
 when its best class term ``lambda w_X (|r_X| - |r_X - p_iX|)`` exceeds its uncertainty (X is
@@ -51,9 +53,9 @@ from planner.core.diversity import (
     RADIUS_FRACTION,
     Metric,
     NearDuplicateGuard,
+    NoveltySearch,
     check_embeddings,
     estimate_radius,
-    novelty_keys,
 )
 from planner.core.select_greedy import objective
 from planner.core.select_phases import Phases
@@ -88,7 +90,7 @@ class SelectionOptions:
     swap_passes: int = 2
     """Passes of 1-swap local search after the greedy (0: plain greedy)."""
     discovery_share: float = 0.0
-    """Share of the batch for novelty picks while a short class is blind (0: off;
+    """Share of the batch for novelty picks while a quota class is short (0: off;
     :class:`planner.core.plan.PlanOptions` turns it on)."""
 
     def __post_init__(self) -> None:
@@ -201,13 +203,23 @@ def _explore(
     opts: SelectionOptions,
     gen: np.random.Generator,
 ) -> None:
-    """Discovery picks (most isolated rows) first when asked and possible, then uniform."""
+    """Discovery picks first when asked and possible, then uniform.
+
+    Discovery picks one row at a time by :class:`planner.core.diversity.NoveltySearch`
+    (isolation in the pool x distance to the nearest labelled, in-flight or already
+    discovered row); slots it cannot fill go to the uniform picks.
+    """
     if n_discover and embeddings is not None:
         emb = check_embeddings(embeddings, phases.taken.size, metric=opts.metric)
         open_rows = np.flatnonzero(phases.open_rows())
-        keys = novelty_keys(emb, open_rows, rng=gen, metric=opts.metric)
-        phases.explore(n_discover, rng=gen, keys=keys)
-        n_explore -= n_discover
+        search = NoveltySearch(emb, open_rows, phases.known, rng=gen, metric=opts.metric)
+        for _ in range(n_discover):
+            before = len(phases.rows)
+            phases.explore(1, rng=gen, keys=search.keys())
+            if len(phases.rows) == before:
+                break
+            search.add(phases.rows[-1])
+            n_explore -= 1
     phases.explore(n_explore, rng=gen)
 
 
@@ -273,7 +285,7 @@ def select_batch(
     phases = Phases(
         u, p, s, eligible, weights=weights, guard=guard, balance_lambda=opts.balance_lambda
     )
-    n_discover = _share(opts.discovery_share, b) if phases.blind() else 0
+    n_discover = _share(opts.discovery_share, b) if phases.short() else 0
     n_explore = max(_share(opts.exploration_share, b), n_discover)
     n_hard = min(_share(opts.hard_negative_share, b), b - n_explore)
     n_greedy = b - n_explore - n_hard

@@ -107,16 +107,19 @@ class Pusher:
         keep = np.array([int(i) in open_ids for i in scores.task_ids], dtype=bool)
         if not keep.any():
             return None
+        # Scored tasks that are not open (labelled stop-set items, tasks in flight) go in
+        # excluded: never picked, but discovery measures novelty against them.
         plan = plan_batch(
             count_table(session, project_id, classes, self.splits),
             self.quotas,
-            scores.task_ids[keep],
-            scores.probs[keep],
+            scores.task_ids,
+            scores.probs,
             options=self.plan_options,
             rng=np.random.default_rng(self.seed),
             classes=classes,
-            embeddings=None if scores.embeddings is None else scores.embeddings[keep],
-            bald_scores=None if scores.bald is None else scores.bald[keep],
+            embeddings=scores.embeddings,
+            bald_scores=scores.bald,
+            exclude=scores.task_ids[~keep],
         )
         picks = plan.batch.picks
         items = [PlannedItem(int(p.id), p.rank, p.reason, p.class_name, p.gain) for p in picks]

@@ -5,15 +5,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from sklearn.metrics.pairwise import cosine_distances, euclidean_distances
 
 from planner.core.diversity import (
     NearDuplicateGuard,
+    NoveltySearch,
     check_embeddings,
     estimate_radius,
     isolation,
-    novelty_keys,
+    nearest_distance,
     pair_distances,
 )
 from planner.errors import InputError
@@ -135,11 +137,54 @@ def test_isolation_ranks_sparse_points_above_a_dense_cluster() -> None:
     assert (score >= 0).all()
 
 
-def test_novelty_keys_score_only_open_rows_and_repeat_with_the_seed() -> None:
-    emb = np.random.default_rng(1).standard_normal((30, 4))
-    open_rows = np.arange(10, 30)
-    keys = novelty_keys(emb, open_rows, rng=np.random.default_rng(2), sample=8)
-    assert np.isinf(keys[:10]).all()
-    assert np.isfinite(keys).sum() == 8
-    again = novelty_keys(emb, open_rows, rng=np.random.default_rng(2), sample=8)
-    np.testing.assert_array_equal(keys, again)
+def test_nearest_distance_matches_sklearn() -> None:
+    rng = np.random.default_rng(3)
+    emb = rng.standard_normal((40, 5))
+    rows, ref = np.arange(10), np.arange(10, 40)
+    want = euclidean_distances(emb[rows], emb[ref]).min(axis=1)
+    got = nearest_distance(emb, rows, ref, metric="euclidean")
+    np.testing.assert_allclose(got, want, atol=1e-9)
+    assert np.isinf(nearest_distance(emb, rows, ref[:0], metric="euclidean")).all()
+
+
+def _isolated_twins() -> npt.NDArray[np.float64]:
+    """A dense cluster (rows 0-49), two far twins (50, 51) and a single (52) between."""
+    rng = np.random.default_rng(0)
+    dense = rng.normal(0, 0.01, (50, 3)) + np.array([5.0, 0, 0])
+    twins = np.array([[0.0, 5.0, 0.0], [0.0, 5.0, 0.01]])
+    single = np.array([[0.0, 0.0, 2.0]])  # nearer the cluster than the twins
+    return np.concatenate([dense, twins, single])
+
+
+def test_novelty_search_prefers_rows_far_from_known_ones() -> None:
+    emb = _isolated_twins()
+    open_rows = np.arange(52)  # 52 is labelled
+    none_known = NoveltySearch(
+        emb, open_rows, open_rows[:0], rng=np.random.default_rng(1), metric="euclidean"
+    )
+    keys = none_known.keys()
+    assert keys[52] == -np.inf  # not open: never a candidate
+    assert keys[50:52].min() > keys[:50].max()
+    # with 50 labelled, its twin 51 is no longer novel: far from nothing known
+    known = NoveltySearch(
+        emb,
+        np.delete(open_rows, 50),
+        np.array([50, 52]),
+        rng=np.random.default_rng(1),
+        metric="euclidean",
+    )
+    keys = known.keys()
+    assert keys[51] < keys[:50].max()
+
+
+def test_novelty_search_counts_added_rows_as_known() -> None:
+    emb = _isolated_twins()
+    search = NoveltySearch(
+        emb, np.arange(53), np.array([], np.intp), rng=np.random.default_rng(1), metric="euclidean"
+    )
+    first = int(np.argmax(search.keys()))
+    assert first in (50, 51, 52)
+    search.add(50)
+    keys = search.keys()
+    assert int(np.argmax(keys)) == 52  # the twin of a pick is not novel any more
+    assert keys[51] < keys[52]

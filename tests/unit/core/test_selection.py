@@ -715,7 +715,7 @@ def test_bench_quick_prints_sane_figures() -> None:
     assert "## Batch selection" in result.stdout  # the section it would write
 
 
-def test_discovery_share_goes_to_isolated_rows_only_while_a_short_class_is_blind() -> None:
+def test_discovery_share_goes_to_novel_rows_only_while_a_quota_class_is_short() -> None:
     rng = np.random.default_rng(0)
     dense = rng.normal(0, 0.05, (100, 3)) + np.array([1.0, 0, 0])
     emb = np.concatenate([dense, np.eye(3)[1:] * 4])
@@ -730,8 +730,43 @@ def test_discovery_share_goes_to_isolated_rows_only_while_a_short_class_is_blind
     assert {100, 101} <= set(blind.ids)
     assert blind.count("exploration") == 2
     seen = probs.copy()
-    seen[:10] = [0.2, 0.2, 0.6]  # the model now expects six items of class 2
+    seen[:10] = [0.2, 0.2, 0.6]  # the model now expects six items of class 2: still short
     found = select_batch(
         ids, np.zeros(102), seen, [0, 0, 2], batch_size=4, rng=1, embeddings=emb, options=opts
     )
-    assert found.count("exploration") == 0
+    assert found.count("exploration") == 2
+    met = select_batch(
+        ids, np.zeros(102), seen, [0, 0, 0], batch_size=4, rng=1, embeddings=emb, options=opts
+    )
+    assert met.count("exploration") == 0
+
+
+def test_discovery_skips_rows_near_labelled_ones() -> None:
+    rng = np.random.default_rng(0)
+    dense = rng.normal(0, 0.05, (100, 3)) + np.array([1.0, 0, 0])
+    # 100 labelled, 101 its near twin (the most isolated open row), 102 less isolated but
+    # far from everything labelled
+    far = np.array([[0.0, 4.0, 0.0], [0.0, 4.0, 0.04], [0.0, 0.0, 2.0]])
+    emb = np.concatenate([dense, far])
+    probs = np.tile([0.7, 0.3, 0.0], (103, 1))
+    opts = SelectionOptions(
+        exploration_share=0.0,
+        hard_negative_share=0.0,
+        diversity=False,
+        discovery_share=0.5,
+        metric="euclidean",
+    )
+    batch = select_batch(
+        np.arange(103),
+        np.zeros(103),
+        probs,
+        [0, 0, 2],
+        batch_size=2,
+        rng=1,
+        embeddings=emb,
+        exclude=[100],
+        options=opts,
+    )
+    picked = [p.id for p in batch.picks if p.reason == "exploration"]
+    assert picked[0] == 102
+    assert 101 not in picked
