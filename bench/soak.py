@@ -32,6 +32,7 @@ import socket
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -205,7 +206,14 @@ class Result:
 
 
 def soak(
-    url: str, token: str, work_dir: Path, cycles: int, *, batch: int = 10, seed: int = 0
+    url: str,
+    token: str,
+    work_dir: Path,
+    cycles: int,
+    *,
+    batch: int = 10,
+    seed: int = 0,
+    trace_memory: int = 0,
 ) -> Result:
     """Run the soak against the Label Studio at ``url``; see the module docstring."""
     rng = np.random.default_rng(seed)
@@ -240,6 +248,7 @@ def soak(
         cycle_s = 0.0
         outcomes: Counter[str] = Counter()
         samples = [sample(0)]
+        baseline: tracemalloc.Snapshot | None = None
         started = time.perf_counter()
         for cycle in range(1, cycles + 1):
             tick = time.perf_counter()
@@ -254,6 +263,9 @@ def soak(
             if cycle % 24 == 0:
                 daemon.report()
             clock.tick()
+            if trace_memory and cycle == max(1, cycles // 10):
+                tracemalloc.start(trace_memory)
+                baseline = tracemalloc.take_snapshot()
             if cycle % 10 == 0 or cycle == cycles:
                 samples.append(sample(cycle))
                 last = samples[-1]
@@ -263,13 +275,11 @@ def soak(
                     flush=True,
                 )
         seconds = time.perf_counter() - started
+        if baseline is not None:
+            _print_growth(baseline, tracemalloc.take_snapshot())
+            tracemalloc.stop()
         clock.now += timedelta(days=1)  # the final sync reconciles everything
-        daemon.sync(reconcile=True)
-        with store.session() as session:
-            labelled = len(session.exec(select(Task).where(Task.state == "labelled")).all())
-        per_version = Counter((t, v) for t, v, _ in work.list_predictions(pid))
-        duplicates = sum(n - 1 for n in per_version.values() if n > 1)
-        double = _double_ranked(store, pid)
+        labelled, duplicates, double = _final_counts(daemon, store, work, pid)
         backend.close()
         store.dispose()
     return Result(
@@ -286,6 +296,29 @@ def soak(
         samples=samples,
         outcomes=dict(outcomes),
     )
+
+
+def _final_counts(
+    daemon: ProjectDaemon, store: Store, work: LabelStudioWorkbench, ls_project_id: int
+) -> tuple[int, int, int]:
+    """After a full reconciling sync: (tasks labelled, duplicate predictions, double-ranked)."""
+    daemon.sync(reconcile=True)
+    with store.session() as session:
+        labelled = len(session.exec(select(Task).where(Task.state == "labelled")).all())
+    per_version = Counter((t, v) for t, v, _ in work.list_predictions(ls_project_id))
+    duplicates = sum(n - 1 for n in per_version.values() if n > 1)
+    return labelled, duplicates, _double_ranked(store, ls_project_id)
+
+
+def _print_growth(before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> None:
+    """The Python allocations that grew most between the two snapshots, with their callers."""
+    noise = [tracemalloc.Filter(False, tracemalloc.__file__)]
+    diff = after.filter_traces(noise).compare_to(before.filter_traces(noise), "traceback")
+    print(f"python heap growth after warm-up: {sum(d.size_diff for d in diff) / 2**20:+.2f} MB")
+    for stat in diff[:15]:
+        print(f"{stat.size_diff / 1024:+9.1f} KiB in {stat.count_diff:+d} blocks")
+        for line in stat.traceback.format():
+            print("    " + line)
 
 
 def _double_ranked(store: Store, ls_project_id: int) -> int:
@@ -347,6 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token", help="its API token (with --url)")
     parser.add_argument("--write", type=Path, help="Markdown file for the soak section")
     parser.add_argument("--json", type=Path, help="also write every sample as JSON")
+    parser.add_argument(
+        "--trace-memory",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="trace Python allocations after the warm-up; print what grew (slows the run)",
+    )
     args = parser.parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the Label Studio this run started is stopped too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -361,7 +401,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             url, token = args.url, args.token or os.environ.get("PLANNER_LABEL_STUDIO__TOKEN", "")
         try:
-            result = soak(url, token, work_dir, args.cycles, batch=args.batch)
+            result = soak(
+                url,
+                token,
+                work_dir,
+                args.cycles,
+                batch=args.batch,
+                trace_memory=args.trace_memory,
+            )
         finally:
             if state is not None:
                 launcher.stop(work_dir / "ls")

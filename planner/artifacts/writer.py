@@ -10,6 +10,7 @@ temporary directory. An exclusive ``flock`` on ``.lock`` serialises writers (dae
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import io
 import json
@@ -63,11 +64,22 @@ def write_artifact(folder: str | os.PathLike[str], artifact: Artifact) -> Writte
         except OSError as exc:
             raise ArtifactError(
                 f"writing an artifact into {root} failed ({exc.strerror or exc}); the previous "
-                "version stays the latest. Free disk space or fix permissions and emit again"
+                f"version stays the latest. {_fix_for(exc)} and emit again"
             ) from exc
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return WrittenArtifact(version=name, path=root / name, checksum=checksum)
+
+
+def _fix_for(exc: OSError) -> str:
+    """What the person running the daemon does about a failed write."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "Free disk space (or raise the disk quota) in the artifact folder"
+    if exc.errno == errno.EFBIG:
+        return "Raise the file size limit of the daemon's process (ulimit -f, LimitFSIZE=)"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "Make the artifact folder writable (permissions, or remount it read-write)"
+    return "Free disk space or fix permissions"
 
 
 def _prepare(root: Path) -> None:
@@ -82,7 +94,7 @@ def _prepare(root: Path) -> None:
     if not os.access(root, os.W_OK | os.X_OK):
         raise ArtifactError(
             f"the artifact folder {root} is not writable by this user; "
-            "fix its permissions or choose another folder"
+            "fix its permissions (or remount it read-write) or choose another folder"
         )
 
 

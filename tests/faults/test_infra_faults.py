@@ -5,6 +5,7 @@ proxy), the artifact folder full or read-only (real filesystems, mounted for the
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import sqlite3
@@ -254,10 +255,60 @@ def test_a_read_only_artifact_folder_is_refused_with_the_fix(
     with tally.fault("artifacts.read_only"):
         subprocess.run([MOUNT, "-o", "remount,ro", str(small_filesystem)], check=True)
         try:
-            with pytest.raises(ArtifactError, match="fix"):
+            with pytest.raises(ArtifactError, match="remount it read-write"):
                 write_artifact(small_filesystem, small_artifact())
             assert latest_version(small_filesystem) == first.version
             assert read_artifact(small_filesystem).version == first.version
         finally:
             subprocess.run([MOUNT, "-o", "remount,rw", str(small_filesystem)], check=True)
         assert write_artifact(small_filesystem, small_artifact()).version != first.version
+
+
+_WRITE_UNDER_A_SIZE_LIMIT = """
+import json, resource, signal, sys
+from planner.artifacts import write_artifact
+from planner.artifacts.layout import ArtifactError
+from tests.unit.artifacts.helpers import small_artifact
+
+artifact = small_artifact(scale=50)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of a kill
+limit = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+try:
+    write_artifact(sys.argv[1], artifact)
+except ArtifactError as exc:
+    print(json.dumps({"error": str(exc)}))
+else:
+    print(json.dumps({"error": None}))
+"""
+
+
+def test_a_write_stopped_by_a_file_size_limit_never_shows_a_partial_version(
+    tally: Tally, tmp_path: Path
+) -> None:
+    """Where no filesystem can be filled (not root), the kernel still refuses the write for
+    real: a process file-size limit (``ulimit -f``) ends it with EFBIG part-way through."""
+    folder = tmp_path / "artifacts"
+    first = write_artifact(folder, small_artifact())
+    limit = max(p.stat().st_size for p in (folder / first.version).iterdir()) + 1024
+    with tally.fault("artifacts.file_size_limit"):
+        child = subprocess.run(
+            [sys.executable, "-c", _WRITE_UNDER_A_SIZE_LIMIT, str(folder), str(limit)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            check=False,
+            timeout=120,
+        )
+        assert child.returncode == 0, child.stderr
+        error = json.loads(child.stdout.strip().splitlines()[-1])["error"]
+        assert error is not None, "the limit did not stop the write"
+        assert "File too large" in error
+        assert "ulimit -f" in error
+        assert latest_version(folder) == first.version
+        assert list_versions(folder) == [first.version]
+        assert read_artifact(folder).version == first.version
+        leftovers = sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+        assert leftovers == [".lock"], "no temporary version left behind"
+    second = write_artifact(folder, small_artifact(scale=50))
+    assert latest_version(folder) == second.version
