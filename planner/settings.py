@@ -211,7 +211,8 @@ class ScheduleSettings(_Section):
         default=0.8, gt=0, le=1, description="Start a cycle once this share of the batch is done."
     )
     housekeeping_interval: timedelta = Field(
-        default=timedelta(hours=6), description="Reconcile deletions, expire stale batches."
+        default=timedelta(hours=6),
+        description="Reconcile deletions, expire stale batches, drop superseded models' scores.",
     )
     misfire_grace: timedelta = Field(
         default=timedelta(hours=1), description="How late a missed job may still run."

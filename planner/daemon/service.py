@@ -39,7 +39,7 @@ from planner.health import BackendHealth
 from planner.outputs import EmitOptions, ReportOptions, emit_pending, write_daily_report
 from planner.ports import AnnotationBackend
 from planner.quarantine import count_held_apart
-from planner.store import Store
+from planner.store import Store, prune_scores
 from planner.store.batches import active_batch, refresh_progress
 from planner.store.events import record_model_version, stop_fired
 from planner.store.models import Project
@@ -181,12 +181,31 @@ class ProjectDaemon:
         return self._score_and_push(report)
 
     def housekeeping(self) -> None:
-        """Reconcile deleted tasks, expire stale batches."""
+        """Reconcile deleted tasks, expire stale batches, drop superseded models' scores."""
         with self._busy, self._surviving_store("housekeeping"):
             if self._lead() and self._watch.ready():
                 self._recover()
                 if self._watch.ready():
-                    self._sync(reconcile=True)
+                    report = self._sync(reconcile=True)
+                    if report is not None:
+                        self._prune_scores(report.project_id)
+
+    @property
+    def score_versions_kept(self) -> int:
+        """Model versions whose scores housekeeping keeps: the stop rule's kappa compares the
+        newest ``kappa_window + 1`` on the stop set; one more is spare."""
+        return self.stop.kappa_window + 2
+
+    def _prune_scores(self, project_id: int) -> None:
+        with self.store.session() as session:
+            deleted = prune_scores(session, project_id=project_id, keep=self.score_versions_kept)
+        if deleted:
+            log.info(
+                "project %s: dropped %d score rows of %d superseded model versions",
+                self.ls_project_id,
+                sum(deleted.values()),
+                len(deleted),
+            )
 
     def report(self) -> Path | None:
         """Sync, then write the daily report (HTML, Markdown, JSON); the folder written."""

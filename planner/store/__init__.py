@@ -7,7 +7,7 @@ scores, events, the leader lease) over a ``Store.session()``.
 
 from planner.store.db import Store, ensure_project, open_store
 from planner.store.lease import DatabaseLease
-from planner.store.scores import ScoreSet, load_scores, unscored, write_scores
+from planner.store.scores import ScoreSet, load_scores, prune_scores, unscored, write_scores
 
 __all__ = [
     "DatabaseLease",
@@ -16,6 +16,7 @@ __all__ = [
     "ensure_project",
     "load_scores",
     "open_store",
+    "prune_scores",
     "unscored",
     "write_scores",
 ]

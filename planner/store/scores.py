@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from sqlalchemy import delete
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, select
 
 from planner.errors import InputError
-from planner.store.models import ScoreRecord, now
+from planner.store.models import ModelVersionRecord, ScoreRecord, now
 
 _CHUNK = 2000
 
@@ -168,3 +169,43 @@ def load_scores(
     if good and all(r[6] is not None for r in good):
         bald = np.fromiter((r[6] for r in good), dtype=np.float64, count=len(good))
     return ScoreSet(ids, probs.copy(), emb, bad, bald)
+
+
+def prune_scores(
+    session: Session, *, project_id: int, keep: int, protect: Collection[str] = ()
+) -> dict[str, int]:
+    """Delete the score rows of every model version but the newest ``keep`` (by when the
+    version was recorded) and those in ``protect``; the rows deleted per version.
+
+    A new model version scores the whole pool again, so without this the store grows by a
+    pool's worth of probabilities and embeddings per model. Versions with scores but no
+    record yet (a worker still scoring a model the daemon has not recorded) are the newest
+    and stay."""
+    if keep < 1:
+        raise InputError(f"prune_scores keeps at least one model version, got keep={keep}")
+    scored = set(
+        session.exec(
+            select(ScoreRecord.model_version).where(ScoreRecord.project_id == project_id).distinct()
+        ).all()
+    )
+    recorded = session.exec(
+        select(ModelVersionRecord.version)
+        .where(ModelVersionRecord.project_id == project_id)
+        .order_by(col(ModelVersionRecord.created_at).desc(), col(ModelVersionRecord.id).desc())
+    ).all()
+    known = set(recorded)
+    newest_first = sorted(v for v in scored if v not in known)
+    newest_first += [v for v in recorded if v in scored]
+    kept = set(newest_first[:keep]) | set(protect)
+    deleted: dict[str, int] = {}
+    for version in newest_first:
+        if version in kept:
+            continue
+        result = session.execute(
+            delete(ScoreRecord).where(
+                col(ScoreRecord.project_id) == project_id,
+                col(ScoreRecord.model_version) == version,
+            )
+        )
+        deleted[version] = int(getattr(result, "rowcount", 0) or 0)
+    return deleted

@@ -18,7 +18,7 @@ from planner.daemon.service import ProjectDaemon
 from planner.errors import TransientError
 from planner.ports import PushBatch, PushResult
 from planner.store import DatabaseLease, Store
-from planner.store.models import Batch, BatchItem
+from planner.store.models import Batch, BatchItem, ScoreRecord
 from tests.unit.daemon.helpers import (
     CLASSES,
     Project150,
@@ -290,3 +290,24 @@ def test_a_lease_that_lapsed_during_scoring_pushes_only_if_nobody_took_it(
     else:
         assert outcome.why == "pushed", "nobody took the lapsed lease: it is ours again"
         assert len(project.fake.view_task_ids(project.pid, 1)) == 10
+
+
+def test_housekeeping_drops_the_scores_of_superseded_models(
+    store: Store, digit_files: tuple[Path, list[int]]
+) -> None:
+    project = digits_project(digit_files[1])
+    now = [datetime.now(UTC)]
+    scorer = TableScorer(store, by_task_id)
+    daemon = make_daemon(project, store, [Quota("7", target=40)], scorer, clock=lambda: now[0])
+    keep = daemon.score_versions_kept
+    assert keep == daemon.stop.kappa_window + 2
+    for _ in range(keep + 2):
+        assert daemon.cycle().why != "the planner database is unavailable; retried next time"
+        now[0] += timedelta(minutes=5)
+    assert scorer.calls == keep + 2
+    daemon.housekeeping()
+    with store.session() as session:
+        left = set(session.exec(select(ScoreRecord.model_version).distinct()).all())
+    assert left == {f"m{i}" for i in range(3, keep + 3)}, "the newest versions stay"
+    daemon.cycle()  # the stop rules still see the versions they compare
+    assert daemon.last_decision is not None

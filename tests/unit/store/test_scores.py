@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
 from sqlmodel import func, select
 
 from planner.errors import InputError
-from planner.store import Store, load_scores, unscored, write_scores
+from planner.store import Store, load_scores, prune_scores, unscored, write_scores
+from planner.store.events import record_model_version
 from planner.store.models import ScoreRecord
 
 
@@ -185,3 +187,55 @@ def test_a_hundred_thousand_rows_load_vectorised(store: Store, project_id: int) 
     assert scores.embeddings is not None
     np.testing.assert_array_equal(scores.embeddings, embeddings)
     assert elapsed < 5.0, f"loading {n} score rows took {elapsed:.1f}s"
+
+
+def _score_versions(store: Store, project_id: int) -> dict[str, int]:
+    with store.session() as session:
+        rows = session.exec(
+            select(ScoreRecord.model_version, func.count())
+            .where(ScoreRecord.project_id == project_id)
+            .group_by(ScoreRecord.model_version)
+        ).all()
+    return {str(v): int(n) for v, n in rows}
+
+
+def test_pruning_keeps_the_newest_recorded_versions_and_the_protected_ones(
+    store: Store, project_id: int
+) -> None:
+    base = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
+    probs = np.full((3, 2), 0.5, dtype=np.float32)
+    with store.session() as session:
+        for i, version in enumerate(["m1", "m2", "m3", "m4", "m5"]):
+            write_scores(
+                session,
+                project_id=project_id,
+                model_version=version,
+                task_ids=[1, 2, 3],
+                probs=probs,
+                unscorable={9: "image 404"},
+            )
+            record_model_version(
+                session,
+                project_id=project_id,
+                version=version,
+                source="test",
+                at=base + timedelta(hours=i),
+            )
+        # a worker already scoring a model the daemon has not recorded yet
+        write_scores(
+            session, project_id=project_id, model_version="m6", task_ids=[1], probs=probs[:1]
+        )
+    with store.session() as session:
+        deleted = prune_scores(session, project_id=project_id, keep=3, protect={"m1"})
+    assert deleted == {"m2": 4, "m3": 4}, "m6 (not recorded yet), m5, m4 are the newest; m1 kept"
+    assert _score_versions(store, project_id) == {"m1": 4, "m4": 4, "m5": 4, "m6": 1}
+    with store.session() as session:
+        assert prune_scores(session, project_id=project_id, keep=3, protect={"m1"}) == {}
+        again = load_scores(session, project_id=project_id, model_version="m5")
+    assert again.task_ids.tolist() == [1, 2, 3], "kept versions read back whole"
+    assert again.unscorable == {9: "image 404"}
+
+
+def test_pruning_keeps_at_least_one_version(store: Store, project_id: int) -> None:
+    with store.session() as session, pytest.raises(InputError, match="at least one"):
+        prune_scores(session, project_id=project_id, keep=0)
