@@ -76,6 +76,14 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
+SQLITE_CACHED_STATEMENTS = 16
+"""Prepared statements each SQLite connection keeps (Python's default is 128). The planner's
+statements that vary most, multi-row INSERTs and ``IN`` lists of up to 2,000 ids, are a new SQL
+text for every row count, and each prepared one holds about half a megabyte: at 128 per pooled
+connection the daemon's memory grew by that much a cycle until the caches filled (the soak,
+docs/reliability.md)."""
+
+
 def make_engine(url: str, *, password: str | None = None) -> Engine:
     """An engine for ``url``; a SQLite file's folder is created, PostgreSQL gets ``password``."""
     try:
@@ -85,7 +93,8 @@ def make_engine(url: str, *, password: str | None = None) -> Engine:
     if parsed.drivername.startswith("sqlite"):
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(parsed, connect_args={"timeout": 30})
+        args = {"timeout": 30, "cached_statements": SQLITE_CACHED_STATEMENTS}
+        engine = create_engine(parsed, connect_args=args)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if parsed.drivername == "postgresql":

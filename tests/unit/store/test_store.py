@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from sqlmodel import SQLModel, select
 
 from planner.errors import ConfigError, TransientError
 from planner.store import Store, ensure_project, open_store
-from planner.store.db import alembic_config, include_object
+from planner.store.db import SQLITE_CACHED_STATEMENTS, alembic_config, include_object
 from planner.store.models import Project, StopEventRecord
 
 
@@ -108,3 +111,37 @@ def test_an_unreachable_database_is_a_transient_error() -> None:
 def test_a_malformed_url_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="not a database URL"):
         open_store("not a url")
+
+
+def _sqlite_heap_growth(connection: sqlite3.Connection) -> float:
+    """MB of SQLite's heap (``sqlite3_memory_used``) that 64 multi-row INSERTs of distinct row
+    counts leave behind on ``connection``: what its prepared-statement cache holds."""
+    library = ctypes.CDLL(ctypes.util.find_library("sqlite3") or "libsqlite3.so.0")
+    library.sqlite3_memory_used.restype = ctypes.c_int64
+    connection.execute("CREATE TEMP TABLE wide (a INTEGER, b INTEGER, c BLOB, d TEXT, e REAL)")
+    before = library.sqlite3_memory_used()
+    for rows in range(900, 964):
+        values = ",".join(["(?, ?, ?, ?, ?)"] * rows)
+        connection.execute(
+            f"INSERT INTO wide VALUES {values}",  # noqa: S608 (placeholders only)
+            [v for i in range(rows) for v in (i, i, b"x", "y", 0.5)],
+        )
+        connection.execute("DELETE FROM wide")
+    return float(library.sqlite3_memory_used() - before) / 2**20
+
+
+def test_sqlite_connections_keep_few_prepared_statements(tmp_path: Path) -> None:
+    """Each prepared multi-row INSERT holds about half a megabyte; Python's default cache of
+    128 per connection made the daemon grow by that much a cycle (the soak found it)."""
+    with open_store(f"sqlite:///{tmp_path / 'planner.db'}") as store:
+        raw = store.engine.raw_connection()
+        try:
+            connection = raw.driver_connection
+            assert isinstance(connection, sqlite3.Connection)
+            ours = _sqlite_heap_growth(connection)
+        finally:
+            raw.close()
+    default = _sqlite_heap_growth(sqlite3.connect(tmp_path / "default.db"))
+    assert default > 25, "the measure sees what Python's default cache keeps"
+    assert ours < 15, f"{ours:.1f} MB held by {SQLITE_CACHED_STATEMENTS} cached statements"
+    assert ours < default / 2
