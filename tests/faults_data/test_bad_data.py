@@ -13,7 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from planner.settings import load_settings
 from planner.store import DatabaseLease
 from planner.store.models import BatchItem, QuarantineEntry, ScoreRecord, Task
 from planner.store.tasks import count_table
+from tests.faults.tally import Tally
 
 pytestmark = [pytest.mark.integration, pytest.mark.fault, pytest.mark.slow]
 PLANNER = str(Path(sys.executable).parent / "planner")
@@ -165,6 +166,39 @@ def live(
     return Live(backend, label_studio, images, tmp_path)
 
 
+BAD_TASKS = (
+    "unknown_label",
+    "result_of_an_unknown_control",
+    "result_without_a_value",
+    "malformed_result",
+    "huge_brush_rle",
+    "brush_rle_without_a_size",
+    "duplicate_annotation",
+    "deleted_task",
+    "corrupt_image",
+    "missing_image",
+    "forbidden_image_host",
+)
+
+
+@contextmanager
+def bad_inputs(tally: Tally, names: tuple[str, ...]) -> Iterator[None]:
+    """Counts each bad input as injected, and survived when the block passes; an exception
+    other than a failed check (the planner raising on the bad data) counts as a crash."""
+    with ExitStack() as faults:
+        for name in names:
+            faults.enter_context(tally.fault(f"bad_data.{name}"))
+        try:
+            yield
+        except AssertionError:
+            tally.bad_data_crash(0)
+            raise
+        except Exception:
+            tally.bad_data_crash(1)
+            raise
+        tally.bad_data_crash(0)
+
+
 def _held(daemon: ProjectDaemon, project_id: int) -> dict[int, QuarantineEntry]:
     with daemon.store.session() as session:
         rows = session.exec(
@@ -182,7 +216,7 @@ def _released(daemon: ProjectDaemon, project_id: int) -> dict[int, str]:
 
 
 def test_bad_tasks_are_held_apart_and_the_rest_is_counted_scored_and_pushed(
-    live: Live, backend: LabelStudioWorkbench
+    live: Live, backend: LabelStudioWorkbench, tally: Tally
 ) -> None:
     ids, truth = live.ids, live.truth
     for k in range(24):
@@ -204,7 +238,7 @@ def test_bad_tasks_are_held_apart_and_the_rest_is_counted_scored_and_pushed(
     data_bad = {unknown, ghost, no_value, wrong_type, huge_sized, huge_unsized}
     image_bad = {live.corrupt, live.missing, live.forbidden}
 
-    with live.daemon() as daemon:
+    with bad_inputs(tally, BAD_TASKS), live.daemon() as daemon:
         first = daemon.cycle()
         assert first.pushed is not None, first.why
         assert first.sync is not None
@@ -297,13 +331,13 @@ def test_bad_tasks_are_held_apart_and_the_rest_is_counted_scored_and_pushed(
 
 
 def test_a_label_config_changed_under_the_planner_holds_the_stale_tasks_apart(
-    live: Live, backend: LabelStudioWorkbench
+    live: Live, backend: LabelStudioWorkbench, tally: Tally
 ) -> None:
     """Label Studio lets a class be removed or renamed while annotations still use it."""
     labels = ["1", "8", "9", "1", "8", "2"]
     annotations = [backend.annotate(live.ids[k], [choice([lab])]) for k, lab in enumerate(labels)]
     renamed = CONFIG.replace('<Choice value="9"/>', "").replace('"8"', '"eight"')
-    with live.daemon() as daemon:
+    with bad_inputs(tally, ("label_config_changed",)), live.daemon() as daemon:
         first = daemon.sync()
         assert first is not None
         assert first.quarantined == ()
