@@ -114,7 +114,11 @@ def test_run_waits_for_an_unreachable_label_studio(tmp_path: Path) -> None:
     """A server that is down is not a bad setting: it may be starting next to the daemon, so
     ``planner run`` says so with the address and what happens, keeps trying, and stops cleanly
     on SIGTERM."""
-    config = _config(tmp_path, '[label_studio]\nurl = "http://127.0.0.1:9"\nproject_id = 1\n')
+    config = _config(
+        tmp_path,
+        '[label_studio]\nurl = "http://127.0.0.1:9"\nproject_id = 1\n'
+        "[dashboard]\nmetrics_port = 0\n",  # tests beside it may hold the default port
+    )
     base = {k: v for k, v in os.environ.items() if not k.startswith("PLANNER_")}
     daemon = subprocess.Popen(
         [PLANNER, "run", "-c", str(config)],
