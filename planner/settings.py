@@ -158,10 +158,10 @@ class PlanningSettings(_Section):
     diversity: bool = Field(default=True, description="Avoid near-duplicates in a batch.")
     balance_lambda: float = Field(default=3.0, ge=0, description="Deficit vs uncertainty.")
     discovery_share: float = Field(
-        default=0.5,
+        default=0.7,
         ge=0,
         le=1,
-        description="Batch share of novel images (far from all labelled) while a quota is short.",
+        description="Novelty picks while a short class has under 8 labelled images.",
     )
     split_ratios: dict[str, Positive] = Field(
         default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1},

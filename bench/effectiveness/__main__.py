@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.effectiveness --seeds 5 --write docs/effectiveness.md
     .venv/bin/python -m bench.effectiveness --quick          # one set, one seed (seconds)
+    .venv/bin/python -m bench.effectiveness --sets digits-10 --strategies planner random
 
 Runs (data set, seed) jobs on ``--workers`` processes, prints the tables, and with ``--write``
 replaces the results section of that Markdown file and writes the curves to ``docs/img/``.
@@ -79,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", nargs="*", default=list(SETS), choices=list(SETS))
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--retrain-every", type=int, default=1)
+    parser.add_argument(
+        "--strategies",
+        nargs="*",
+        default=list(STRATEGIES),
+        choices=list(STRATEGIES),
+        help="run only these strategies (default: all)",
+    )
     parser.add_argument("--write", type=Path, help="Markdown file whose results to replace")
     parser.add_argument("--json", type=Path, help="also write the summary as JSON")
     args = parser.parse_args(argv)
@@ -87,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         settings, sets, seeds, strategies = QUICK, ["digits-10"], 1, QUICK_STRATEGIES
     else:
         settings = Settings(retrain_every=args.retrain_every)
-        sets, seeds, strategies = args.sets, args.seeds, tuple(STRATEGIES)
+        sets, seeds, strategies = args.sets, args.seeds, tuple(args.strategies)
     start = time.perf_counter()
     runs = benchmark(sets, seeds, strategies, settings, args.workers)
     img = None if args.write is None else args.write.parent / "img"

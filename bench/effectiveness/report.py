@@ -40,8 +40,11 @@ def summarise(runs: list[Run], *, cap: int, budgets: tuple[int, ...]) -> dict[st
     return out
 
 
-def targets(summary: dict[str, Summary], budgets: tuple[int, ...]) -> dict[str, Any]:
-    """The issue's three targets for the planner (with diversity) against the others."""
+def targets(summary: dict[str, Summary], budgets: tuple[int, ...]) -> dict[str, Any] | None:
+    """The issue's three targets for the planner (with diversity) against the others;
+    ``None`` when the run lacks the planner or random (``--strategies`` picked others)."""
+    if "planner" not in summary or "random" not in summary:
+        return None
     mine = summary["planner"]
     others = {k: v for k, v in summary.items() if k not in PLANNER}
     rivals = {k: v for k, v in others.items() if k != "random"}
@@ -83,6 +86,8 @@ def table(name: str, summary: dict[str, Summary], budgets: tuple[int, ...], cap:
         cells.append(_fmt(s["select_ms"], 1))
         lines.append("| " + " | ".join(cells) + " |")
     check = targets(summary, budgets)
+    if check is None:
+        return "\n".join([*lines, ""])
     lines += [
         "",
         f"Planner vs random: {check['vs_random']:.2f}x the labels (target <= 0.10: "

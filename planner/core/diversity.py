@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from planner.core.whitening import fit_whitening
 from planner.errors import InputError
 
 Metric = Literal["cosine", "euclidean"]
@@ -70,7 +71,9 @@ def check_embeddings(
 def _prepare(rows: npt.NDArray[np.floating[Any]], metric: Metric) -> npt.NDArray[np.float64]:
     out = np.asarray(rows, dtype=np.float64)
     if metric == "cosine":
-        out = out / np.linalg.norm(out, axis=-1, keepdims=True)
+        # a zero row (only after whitening: inputs are checked) stays zero, at distance 1
+        norm = np.linalg.norm(out, axis=-1, keepdims=True)
+        out = out / np.where(norm > 0, norm, 1.0)
     return out
 
 
@@ -246,10 +249,13 @@ class NoveltySearch:
     known, so a batch's discovery picks spread over regions nothing labelled covers yet,
     instead of returning to the near-duplicates of isolated items already labelled. Scores
     up to ``sample`` random open rows against another random sample (``sample^2`` distances)
-    and at most ``KNOWN_SAMPLE`` known rows.
+    and at most ``KNOWN_SAMPLE`` known rows. With ``whiten`` distances are measured
+    after partial PCA whitening fitted on the reference sample
+    (:func:`planner.core.whitening.fit_whitening`); only the sampled rows are transformed,
+    ``(2 sample + KNOWN_SAMPLE, k)`` at most.
     """
 
-    __slots__ = ("_emb", "_iso", "_metric", "_n", "_near", "rows")
+    __slots__ = ("_emb", "_iso", "_metric", "_n", "_near", "_white", "_z", "rows")
 
     def __init__(
         self,
@@ -260,18 +266,32 @@ class NoveltySearch:
         rng: np.random.Generator,
         metric: Metric = "cosine",
         sample: int = ISOLATION_SAMPLE,
+        whiten: bool = False,
     ) -> None:
         self._emb, self._metric, self._n = embeddings, metric, embeddings.shape[0]
         self.rows = rng.choice(open_rows, min(sample, open_rows.size), replace=False)
+        reference = rng.choice(open_rows, min(sample, open_rows.size), replace=False)
+        if known.size > KNOWN_SAMPLE:
+            known = rng.choice(known, KNOWN_SAMPLE, replace=False)
+        self._white = None
+        if whiten and reference.size >= 2:
+            self._white = fit_whitening(embeddings[reference])
+        # the sampled rows, in the space distances are measured in, and their positions there
+        union = np.union1d(np.union1d(self.rows, reference), known)
+        self._z = self._space(embeddings[union])
+        rows, ref, kn = (np.searchsorted(union, a) for a in (self.rows, reference, known))
         self._iso: npt.NDArray[np.float64]
         if open_rows.size < 2:
             self._iso = np.ones(self.rows.size)
         else:
-            reference = rng.choice(open_rows, min(sample, open_rows.size), replace=False)
-            self._iso = isolation(embeddings, self.rows, reference, metric=metric)
-        if known.size > KNOWN_SAMPLE:
-            known = rng.choice(known, KNOWN_SAMPLE, replace=False)
-        self._near = nearest_distance(embeddings, self.rows, known, metric=metric)
+            self._iso = isolation(self._z, rows, ref, metric=metric)
+        self._near = nearest_distance(self._z, rows, kn, metric=metric)
+        self._z = self._z[rows]  # only the scored rows are needed from here on
+
+    def _space(self, rows: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
+        if self._white is None:
+            return np.asarray(rows, np.float64)
+        return self._white.apply(rows)
 
     def keys(self) -> npt.NDArray[np.float64]:
         """``(n,)`` isolation x nearest-known distance of the scored rows (``-inf`` elsewhere);
@@ -283,6 +303,10 @@ class NoveltySearch:
 
     def add(self, row: int) -> None:
         """Count ``row`` (just picked) as known."""
-        one = np.asarray([row], np.intp)
-        dist = nearest_distance(self._emb, self.rows, one, metric=self._metric)
+        v = _prepare(self._space(self._emb[row]), self._metric)
+        z = _prepare(self._z, self._metric)
+        if self._metric == "cosine":
+            dist = np.maximum(1.0 - z @ v, 0.0)
+        else:
+            dist = np.sqrt(((z - v) ** 2).sum(axis=1))
         np.minimum(self._near, dist, out=self._near)

@@ -23,7 +23,8 @@ checks (eligible, not yet picked, and, with diversity on, no picked row within t
    While a class with a quota is short, ``discovery_share`` of the batch goes first to
    *novel* items (:class:`planner.core.diversity.NoveltySearch`, needs embeddings; else
    uniform): isolated in the pool (a class with few members has few close neighbours) and
-   far from everything labelled, in flight or discovered earlier in the batch. Not only
+   far from everything labelled, in flight or discovered earlier in the batch (distances in
+   the embedding space, or with ``discovery_whiten`` after partial PCA whitening). Not only
    while the class is unseen: a rare class is often several separate modes (digit styles,
    viewpoints), and a model shown one of them gives the others almost no probability.
 
@@ -92,6 +93,9 @@ class SelectionOptions:
     discovery_share: float = 0.0
     """Share of the batch for novelty picks while a quota class is short (0: off;
     :class:`planner.core.plan.PlanOptions` turns it on)."""
+    discovery_whiten: bool = False
+    """Measure novelty after partial PCA whitening (:mod:`planner.core.whitening`), in
+    ``metric`` around the pool's mean; False: in the raw embedding space."""
 
     def __post_init__(self) -> None:
         for name in ("exploration_share", "hard_negative_share", "discovery_share"):
@@ -212,7 +216,14 @@ def _explore(
     if n_discover and embeddings is not None:
         emb = check_embeddings(embeddings, phases.taken.size, metric=opts.metric)
         open_rows = np.flatnonzero(phases.open_rows())
-        search = NoveltySearch(emb, open_rows, phases.known, rng=gen, metric=opts.metric)
+        search = NoveltySearch(
+            emb,
+            open_rows,
+            phases.known,
+            rng=gen,
+            metric=opts.metric,
+            whiten=opts.discovery_whiten,
+        )
         for _ in range(n_discover):
             before = len(phases.rows)
             phases.explore(1, rng=gen, keys=search.keys())

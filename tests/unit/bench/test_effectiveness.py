@@ -8,7 +8,7 @@ pytest.importorskip("sklearn")
 
 from bench.effectiveness.__main__ import results
 from bench.effectiveness.datasets import shapes
-from bench.effectiveness.simulate import Settings, run
+from bench.effectiveness.simulate import Run, Settings, run
 
 TINY = Settings(batch_size=10, initial=10, cap=200, budgets=(60,), curve_every=30)
 
@@ -32,3 +32,28 @@ def test_planner_meets_quotas_on_a_small_detection_set() -> None:
     assert "| random |" in text
     assert summary["shapes"]["summary"]["planner"]["runs"] == 1
     assert set(summary["shapes"]["targets"]) >= {"vs_random", "vs_best", "f1_ok"}
+
+
+def test_a_planner_only_run_has_a_table_but_no_target_line() -> None:
+    at = {"macro_f1": 0.5, "recall": [0.5, 0.5], "rare_pr_auc": 0.4}
+    planner = Run("planner", 0, 80, f1_curve=[(60, 0.5)], at_budget={60: at})
+    planner.yields, planner.select_seconds = [0.5], [0.01]
+    text, summary = results({"digits-10": [planner]}, TINY, img=None)
+    assert "| **planner** | 80 ± 0 |" in text
+    assert "Planner vs random" not in text
+    assert summary["digits-10"]["targets"] is None
+
+
+def test_strategies_option_limits_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.effectiveness import __main__ as cli
+
+    seen: list[tuple[str, ...]] = []
+
+    def fake(sets: list[str], seeds: int, strategies: tuple[str, ...], *_: object) -> dict:
+        seen.append(strategies)
+        return {name: [] for name in sets}
+
+    monkeypatch.setattr(cli, "benchmark", fake)
+    monkeypatch.setattr(cli, "results", lambda *_: ("", {}))
+    assert cli.main(["--sets", "digits-10", "--strategies", "planner", "random"]) == 0
+    assert seen == [("planner", "random")]

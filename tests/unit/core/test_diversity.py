@@ -18,6 +18,7 @@ from planner.core.diversity import (
     nearest_distance,
     pair_distances,
 )
+from planner.core.whitening import fit_whitening
 from planner.errors import InputError
 
 
@@ -188,3 +189,34 @@ def test_novelty_search_counts_added_rows_as_known() -> None:
     keys = search.keys()
     assert int(np.argmax(keys)) == 52  # the twin of a pick is not novel any more
     assert keys[51] < keys[52]
+
+
+def test_novelty_search_measures_distances_in_the_whitened_space() -> None:
+    rng = np.random.default_rng(4)
+    emb = rng.standard_normal((300, 6)) * np.array([8.0, 4.0, 2.0, 1.0, 0.5, 0.25]) + 1.0
+    rows, known = np.arange(280), np.arange(280, 300)
+    white = fit_whitening(emb[rows])
+    by_hand = NoveltySearch(
+        white.apply(emb), rows, known, rng=np.random.default_rng(1), whiten=False
+    )
+    search = NoveltySearch(emb, rows, known, rng=np.random.default_rng(1), whiten=True)
+    np.testing.assert_allclose(search.keys(), by_hand.keys(), rtol=1e-9, atol=1e-12)
+    search.add(7)
+    by_hand.add(7)
+    np.testing.assert_allclose(search.keys(), by_hand.keys(), rtol=1e-9, atol=1e-12)
+
+
+def test_whitened_novelty_ignores_how_much_a_direction_is_stretched() -> None:
+    # A direction of large variance (brightness, pose) dominates raw distances; after
+    # whitening, stretching it further changes nothing, while the raw keys change.
+    rng = np.random.default_rng(2)
+    emb = rng.standard_normal((400, 5)) + 3.0
+    stretched = emb * np.array([5.0, 1.0, 1.0, 1.0, 1.0])
+    rows, known = np.arange(380), np.arange(380, 400)
+
+    def top(e: npt.NDArray[np.float64], whiten: bool) -> list[int]:
+        keys = NoveltySearch(e, rows, known, rng=np.random.default_rng(1), whiten=whiten).keys()
+        return [int(r) for r in np.argsort(-keys)[:10]]
+
+    assert top(emb, True) == top(stretched, True)
+    assert top(emb, False) != top(stretched, False)

@@ -139,9 +139,39 @@ def test_discovery_goes_to_isolated_items_when_a_short_class_is_unseen() -> None
     assert plan.batch.count("exploration") >= 3
 
 
+def test_discovery_share_drops_once_every_short_class_has_enough_labels() -> None:
+    ids, probs, emb = pool(200)
+    quotas = [Quota("wheelchair", target=30), Quota("person", target=30)]
+    options = PlanOptions(batch_size=20, exploration_share=0.0, hard_negative_share=0.0)
+
+    def exploration(counts: list[int]) -> int:
+        plan = plan_batch(table(counts), quotas, ids, probs, options=options, rng=0, embeddings=emb)
+        return plan.batch.count("exploration")
+
+    assert exploration([0, 20, 3]) == 14  # wheelchair short with 3 labelled: 70%
+    assert exploration([0, 20, 8]) == 4  # every short class has 8: 20%
+    assert exploration([0, 5, 8]) == 14  # person is short with 5 labelled
+    assert exploration([0, 30, 7]) == 14  # person met: only wheelchair counts
+
+
+def test_short_classes_known_counts_labelled_images_of_short_classes_only() -> None:
+    from planner.core.plan import short_classes_known
+    from planner.core.quotas import deficits
+
+    quotas = [Quota("wheelchair", target=10), Quota("bus", target=5)]
+    counts = table([0, 0, 9])
+    status = deficits(quotas, counts)
+    # bus is not a column of the model's probabilities: it cannot be selected for
+    assert short_classes_known(status, counts, CLASSES, after=9)
+    assert not short_classes_known(status, counts, CLASSES, after=10)
+    assert not short_classes_known(status, counts, (*CLASSES, "bus"), after=1)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
+        ({"batch_size": 5, "discovery_known_after": -1}, "discovery_known_after"),
+        ({"batch_size": 5, "discovery_known_share": 1.5}, "discovery_known_share"),
         ({"batch_size": 0}, "batch_size"),
         ({"batch_size": 5, "uncertainty": "variance"}, "uncertainty"),
         ({"batch_size": 5, "exploration_share": 1.5}, "exploration_share"),

@@ -741,6 +741,18 @@ def test_discovery_share_goes_to_novel_rows_only_while_a_quota_class_is_short() 
     assert met.count("exploration") == 0
 
 
+def _discovery_only(*, whiten: bool = False) -> SelectionOptions:
+    """Options whose only picks besides the greedy are discovery (Euclidean, no guard)."""
+    return SelectionOptions(
+        exploration_share=0.0,
+        hard_negative_share=0.0,
+        diversity=False,
+        discovery_share=0.5,
+        discovery_whiten=whiten,
+        metric="euclidean",
+    )
+
+
 def test_discovery_skips_rows_near_labelled_ones() -> None:
     rng = np.random.default_rng(0)
     dense = rng.normal(0, 0.05, (100, 3)) + np.array([1.0, 0, 0])
@@ -749,13 +761,7 @@ def test_discovery_skips_rows_near_labelled_ones() -> None:
     far = np.array([[0.0, 4.0, 0.0], [0.0, 4.0, 0.04], [0.0, 0.0, 2.0]])
     emb = np.concatenate([dense, far])
     probs = np.tile([0.7, 0.3, 0.0], (103, 1))
-    opts = SelectionOptions(
-        exploration_share=0.0,
-        hard_negative_share=0.0,
-        diversity=False,
-        discovery_share=0.5,
-        metric="euclidean",
-    )
+    opts = _discovery_only()
     batch = select_batch(
         np.arange(103),
         np.zeros(103),
@@ -770,3 +776,23 @@ def test_discovery_skips_rows_near_labelled_ones() -> None:
     picked = [p.id for p in batch.picks if p.reason == "exploration"]
     assert picked[0] == 102
     assert 101 not in picked
+
+
+def test_discovery_whiten_measures_novelty_in_the_whitened_space() -> None:
+    # One stretched direction (brightness, say) makes its extremes the most novel in the raw
+    # space; whitened, the row off in a direction of small variance is the most novel.
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((200, 4)) * np.array([4.0, 0.3, 0.3, 0.3]) + 20.0
+    emb[199, 2] += 1.8  # six standard deviations off in a quiet direction
+    probs = np.tile([0.7, 0.3, 0.0], (200, 1))
+
+    def first(whiten: bool) -> int:
+        ids, zeros = np.arange(200), np.zeros(200)
+        options = _discovery_only(whiten=whiten)
+        batch = select_batch(
+            ids, zeros, probs, [0, 0, 2], batch_size=2, rng=1, embeddings=emb, options=options
+        )
+        return next(p.id for p in batch.picks if p.reason == "exploration")
+
+    assert first(True) == 199
+    assert first(False) != 199
