@@ -163,6 +163,10 @@ class PlanningSettings(_Section):
         le=1,
         description="Novelty picks while a short class has under 8 labelled images.",
     )
+    discovery_whiten: bool = Field(
+        default=False,
+        description="Measure novelty after PCA whitening (embeddings not dominated by noise).",
+    )
     split_ratios: dict[str, Positive] = Field(
         default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1},
         description="Target split proportions, summing to 1.",

@@ -116,6 +116,7 @@ def build_daemon(
             exploration_share=planning.exploration_share,
             hard_negative_share=planning.hard_negative_share,
             discovery_share=planning.discovery_share,
+            discovery_whiten=planning.discovery_whiten,
             balance_lambda=planning.balance_lambda,
             diversity=planning.diversity,
         ),

@@ -13,11 +13,14 @@ from sqlalchemy import update
 from sqlmodel import SQLModel, select
 
 from integrations.label_studio.fake import FakeLabelStudio
+from planner.core.plan import PlanOptions
 from planner.core.quotas import Quota
+from planner.daemon.run import build_daemon
 from planner.daemon.service import ProjectDaemon
 from planner.errors import TransientError
 from planner.ports import PushBatch, PushResult
-from planner.store import DatabaseLease, Store
+from planner.settings import Settings
+from planner.store import DatabaseLease, Store, open_store
 from planner.store.models import Batch, BatchItem, ScoreRecord
 from tests.unit.daemon.helpers import (
     CLASSES,
@@ -311,3 +314,31 @@ def test_housekeeping_drops_the_scores_of_superseded_models(
     assert left == {f"m{i}" for i in range(3, keep + 3)}, "the newest versions stay"
     daemon.cycle()  # the stop rules still see the versions they compare
     assert daemon.last_decision is not None
+
+
+def test_the_daemon_plans_with_every_planning_setting(tmp_path: Path) -> None:
+    settings = Settings(
+        label_studio={"project_id": 3},
+        store={"url": f"sqlite:///{tmp_path / 'planner.db'}"},
+        planning={
+            "batch_size": 17,
+            "exploration_share": 0.2,
+            "hard_negative_share": 0.1,
+            "discovery_share": 0.4,
+            "discovery_whiten": True,
+            "balance_lambda": 2.5,
+            "diversity": False,
+        },
+    )
+    with open_store(settings.store.url) as store:
+        lease = DatabaseLease(store.engine, "p", holder="only")
+        daemon = build_daemon(settings, backend=FakeLabelStudio(), store=store, lease=lease)
+    assert daemon.plan_options == PlanOptions(
+        batch_size=17,
+        exploration_share=0.2,
+        hard_negative_share=0.1,
+        discovery_share=0.4,
+        discovery_whiten=True,
+        balance_lambda=2.5,
+        diversity=False,
+    )
