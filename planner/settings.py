@@ -16,7 +16,7 @@ import re
 import tomllib
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -163,9 +163,9 @@ class PlanningSettings(_Section):
         le=1,
         description="Novelty picks while a short class has under 8 labelled images.",
     )
-    discovery_whiten: bool = Field(
-        default=False,
-        description="Measure novelty after PCA whitening (embeddings not dominated by noise).",
+    discovery_whiten: Literal["auto"] | bool = Field(
+        default="auto",
+        description="Novelty after PCA whitening: auto = unless the embeddings are mostly noise.",
     )
     split_ratios: dict[str, Positive] = Field(
         default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1},
@@ -181,6 +181,16 @@ class PlanningSettings(_Section):
     weight_scheme: WeightScheme = Field(default="balanced", description="Emitted weights.")
     max_oversample: float = Field(default=5.0, ge=1, description="Oversampling cap.")
     seed: int = Field(default=0, ge=0, description="Seed of every random choice.")
+
+    @field_validator("discovery_whiten", mode="before")
+    @classmethod
+    def _whiten_mode(cls, value: object) -> object:
+        # one message for the union (else pydantic reports one line per member)
+        if value == "auto" or isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            return value.strip().lower() == "true"
+        raise ValueError(f"write auto, true or false (got {value!r})")
 
     @field_validator("split_ratios")
     @classmethod

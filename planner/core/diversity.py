@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from planner.core.whitening import fit_whitening
+from planner.core.whitening import Whitening, WhitenMode, fit_whitening
 from planner.errors import InputError
 
 Metric = Literal["cosine", "euclidean"]
@@ -251,11 +251,12 @@ class NoveltySearch:
     up to ``sample`` random open rows against another random sample (``sample^2`` distances)
     and at most ``KNOWN_SAMPLE`` known rows. With ``whiten`` distances are measured
     after partial PCA whitening fitted on the reference sample
-    (:func:`planner.core.whitening.fit_whitening`); only the sampled rows are transformed,
-    ``(2 sample + KNOWN_SAMPLE, k)`` at most.
+    (:func:`planner.core.whitening.fit_whitening`); ``"auto"`` whitens unless the sample's
+    spectrum says the kept directions are mostly noise (:attr:`Whitening.noise_dominated`).
+    Only the sampled rows are transformed, ``(2 sample + KNOWN_SAMPLE, k)`` at most.
     """
 
-    __slots__ = ("_emb", "_iso", "_metric", "_n", "_near", "_white", "_z", "rows")
+    __slots__ = ("_emb", "_iso", "_metric", "_n", "_near", "_white", "_z", "fitted", "rows")
 
     def __init__(
         self,
@@ -266,16 +267,20 @@ class NoveltySearch:
         rng: np.random.Generator,
         metric: Metric = "cosine",
         sample: int = ISOLATION_SAMPLE,
-        whiten: bool = False,
+        whiten: WhitenMode = False,
     ) -> None:
         self._emb, self._metric, self._n = embeddings, metric, embeddings.shape[0]
         self.rows = rng.choice(open_rows, min(sample, open_rows.size), replace=False)
         reference = rng.choice(open_rows, min(sample, open_rows.size), replace=False)
         if known.size > KNOWN_SAMPLE:
             known = rng.choice(known, KNOWN_SAMPLE, replace=False)
-        self._white = None
-        if whiten and reference.size >= 2:
-            self._white = fit_whitening(embeddings[reference])
+        self.fitted: Whitening | None = None
+        """The whitening fitted for ``whiten`` (also when ``auto`` then left it out)."""
+        if whiten is not False and reference.size >= 2:
+            self.fitted = fit_whitening(embeddings[reference])
+        self._white = self.fitted
+        if whiten == "auto" and self.fitted is not None and self.fitted.noise_dominated:
+            self._white = None
         # the sampled rows, in the space distances are measured in, and their positions there
         union = np.union1d(np.union1d(self.rows, reference), known)
         self._z = self._space(embeddings[union])
@@ -287,6 +292,11 @@ class NoveltySearch:
             self._iso = isolation(self._z, rows, ref, metric=metric)
         self._near = nearest_distance(self._z, rows, kn, metric=metric)
         self._z = self._z[rows]  # only the scored rows are needed from here on
+
+    @property
+    def whitened(self) -> bool:
+        """Whether distances are measured in the whitened space."""
+        return self._white is not None
 
     def _space(self, rows: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.float64]:
         if self._white is None:

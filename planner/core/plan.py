@@ -35,6 +35,7 @@ from planner.core.quotas import Quota, QuotaStatus, deficits
 from planner.core.select_result import Batch
 from planner.core.selection import SelectionOptions, select_batch
 from planner.core.table import CountTable
+from planner.core.whitening import WhitenMode
 from planner.errors import InputError
 
 UncertaintyName = Literal["entropy", "margin", "least_confidence", "bald"]
@@ -60,10 +61,12 @@ class PlanOptions:
     images: the quota term then finds more of each (about 55% of its picks on digits 10:1)
     than novelty does (about 20%)."""
     discovery_known_after: int = 8
-    discovery_whiten: bool = False
-    """Novelty in a partially whitened space (see selection). Off: on the digits sets of
-    ``bench/effectiveness`` it cut labels and raised macro-F1, on the shapes set it cost
-    60% more labels (docs/effectiveness.md)."""
+    discovery_whiten: WhitenMode = "auto"
+    """Novelty in a partially whitened space (see selection); ``"auto"``: unless the pool's
+    spectrum is mostly noise (:mod:`planner.core.whitening`). On the digits sets of
+    ``bench/effectiveness`` whitening cut labels and raised macro-F1; on the shapes set,
+    whose embeddings are mostly pixel noise, it cost 60% more labels, and ``auto`` leaves
+    it out there (docs/effectiveness.md)."""
     diversity: bool = True
     balance_lambda: float = 3.0
     """Weight of the quota term against uncertainty; 3 met the quotas with fewer labels than

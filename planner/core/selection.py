@@ -24,7 +24,9 @@ checks (eligible, not yet picked, and, with diversity on, no picked row within t
    *novel* items (:class:`planner.core.diversity.NoveltySearch`, needs embeddings; else
    uniform): isolated in the pool (a class with few members has few close neighbours) and
    far from everything labelled, in flight or discovered earlier in the batch (distances in
-   the embedding space, or with ``discovery_whiten`` after partial PCA whitening). Not only
+   the embedding space, or after partial PCA whitening: ``discovery_whiten`` ``True``, or
+   ``"auto"`` unless the pool's spectrum is dominated by noise, see
+   :mod:`planner.core.whitening`; the batch's notes say which space was used). Not only
    while the class is unseen: a rare class is often several separate modes (digit styles,
    viewpoints), and a model shown one of them gives the others almost no probability.
 
@@ -61,6 +63,7 @@ from planner.core.diversity import (
 from planner.core.select_greedy import objective
 from planner.core.select_phases import Phases
 from planner.core.select_result import REASONS, Batch, Pick, PickReason
+from planner.core.whitening import WHITEN_MODES, WhitenMode
 from planner.errors import InputError
 
 __all__ = [
@@ -93,15 +96,20 @@ class SelectionOptions:
     discovery_share: float = 0.0
     """Share of the batch for novelty picks while a quota class is short (0: off;
     :class:`planner.core.plan.PlanOptions` turns it on)."""
-    discovery_whiten: bool = False
+    discovery_whiten: WhitenMode = False
     """Measure novelty after partial PCA whitening (:mod:`planner.core.whitening`), in
-    ``metric`` around the pool's mean; False: in the raw embedding space."""
+    ``metric`` around the pool's mean; False: in the raw embedding space; ``"auto"``:
+    whitened unless the pool's spectrum is mostly noise."""
 
     def __post_init__(self) -> None:
         for name in ("exploration_share", "hard_negative_share", "discovery_share"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise InputError(f"{name} must lie in [0, 1], got {value}")
+        if not (isinstance(self.discovery_whiten, bool) or self.discovery_whiten == "auto"):
+            raise InputError(
+                f"discovery_whiten must be one of {WHITEN_MODES}, got {self.discovery_whiten!r}"
+            )
         if self.exploration_share + self.hard_negative_share > 1.0:
             raise InputError("exploration_share + hard_negative_share must not exceed 1")
         if not (math.isfinite(self.balance_lambda) and self.balance_lambda >= 0):
@@ -206,13 +214,15 @@ def _explore(
     embeddings: npt.ArrayLike | None,
     opts: SelectionOptions,
     gen: np.random.Generator,
-) -> None:
-    """Discovery picks first when asked and possible, then uniform.
+) -> str | None:
+    """Discovery picks first when asked and possible, then uniform; returns a note on the
+    space novelty was measured in when ``discovery_whiten`` is ``"auto"``.
 
     Discovery picks one row at a time by :class:`planner.core.diversity.NoveltySearch`
     (isolation in the pool x distance to the nearest labelled, in-flight or already
     discovered row); slots it cannot fill go to the uniform picks.
     """
+    note = None
     if n_discover and embeddings is not None:
         emb = check_embeddings(embeddings, phases.taken.size, metric=opts.metric)
         open_rows = np.flatnonzero(phases.open_rows())
@@ -224,6 +234,7 @@ def _explore(
             metric=opts.metric,
             whiten=opts.discovery_whiten,
         )
+        note = _whitening_note(search) if opts.discovery_whiten == "auto" else None
         for _ in range(n_discover):
             before = len(phases.rows)
             phases.explore(1, rng=gen, keys=search.keys())
@@ -232,6 +243,17 @@ def _explore(
             search.add(phases.rows[-1])
             n_explore -= 1
     phases.explore(n_explore, rng=gen)
+    return note
+
+
+def _whitening_note(search: NoveltySearch) -> str | None:
+    white = search.fitted
+    if white is None:
+        return None
+    counts = f"{white.signal} of {white.kept} principal directions above the noise floor"
+    if search.whitened:
+        return f"discovery measured novelty after whitening ({counts})"
+    return f"discovery measured novelty in the raw embedding space (only {counts})"
 
 
 def select_batch(
@@ -306,7 +328,9 @@ def select_batch(
     phases.hard_negatives(n_hard, confidence=opts.hard_negative_confidence)
     # hard-negative slots nobody qualified for go back to the greedy
     phases.greedy(b - n_explore - len(phases.rows), block=block, swap_passes=opts.swap_passes)
-    _explore(phases, n_explore, n_discover, embeddings=embeddings, opts=opts, gen=gen)
+    note = _explore(phases, n_explore, n_discover, embeddings=embeddings, opts=opts, gen=gen)
+    if note is not None:
+        notes.append(note)
     if len(phases.rows) < b:
         notes.append(
             f"{b - len(phases.rows)} slot(s) left empty: the rest of the eligible pool lies "

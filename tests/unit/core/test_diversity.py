@@ -18,7 +18,7 @@ from planner.core.diversity import (
     nearest_distance,
     pair_distances,
 )
-from planner.core.whitening import fit_whitening
+from planner.core.whitening import WhitenMode, fit_whitening
 from planner.errors import InputError
 
 
@@ -220,3 +220,43 @@ def test_whitened_novelty_ignores_how_much_a_direction_is_stretched() -> None:
 
     assert top(emb, True) == top(stretched, True)
     assert top(emb, False) != top(stretched, False)
+
+
+def _noise_dominated(n: int = 600, d: int = 40, seed: int = 3) -> npt.NDArray[np.float64]:
+    """Two strong directions over isotropic noise: whitening would mostly stretch noise."""
+    rng = np.random.default_rng(seed)
+    emb = rng.standard_normal((n, d))
+    emb[:, :2] *= 12.0
+    return emb + 5.0
+
+
+def _structured(n: int = 600, d: int = 40, seed: int = 3) -> npt.NDArray[np.float64]:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, d)) * np.exp(-np.arange(d) / 12.0) + 5.0
+
+
+def test_auto_whitening_leaves_a_noise_dominated_space_raw() -> None:
+    emb = _noise_dominated()
+    rows, known = np.arange(580), np.arange(580, 600)
+
+    def search(whiten: WhitenMode) -> NoveltySearch:
+        return NoveltySearch(emb, rows, known, rng=np.random.default_rng(1), whiten=whiten)
+
+    auto = search("auto")
+    assert auto.fitted is not None
+    assert auto.fitted.noise_dominated
+    assert not auto.whitened
+    np.testing.assert_array_equal(auto.keys(), search(False).keys())
+    assert not np.array_equal(auto.keys(), search(True).keys())
+
+
+def test_auto_whitening_whitens_a_structured_space() -> None:
+    emb = _structured()
+    rows, known = np.arange(580), np.arange(580, 600)
+    auto = NoveltySearch(emb, rows, known, rng=np.random.default_rng(1), whiten="auto")
+    white = NoveltySearch(emb, rows, known, rng=np.random.default_rng(1), whiten=True)
+    assert auto.fitted is not None
+    assert not auto.fitted.noise_dominated
+    assert auto.whitened
+    np.testing.assert_array_equal(auto.keys(), white.keys())
+    assert NoveltySearch(emb, rows, known, rng=np.random.default_rng(1)).fitted is None

@@ -154,6 +154,16 @@ def test_discovery_share_drops_once_every_short_class_has_enough_labels() -> Non
     assert exploration([0, 30, 7]) == 14  # person met: only wheelchair counts
 
 
+def test_discovery_whitens_automatically_by_default() -> None:
+    options = PlanOptions(batch_size=20)
+    assert options.discovery_whiten == "auto"
+    assert options.selection().discovery_whiten == "auto"
+    ids, probs, emb = pool(200)
+    quotas = [Quota("wheelchair", target=30)]
+    plan = plan_batch(table([0, 20, 3]), quotas, ids, probs, options=options, rng=0, embeddings=emb)
+    assert any(n.startswith("discovery measured novelty") for n in plan.batch.notes)
+
+
 def test_short_classes_known_counts_labelled_images_of_short_classes_only() -> None:
     from planner.core.plan import short_classes_known
     from planner.core.quotas import deficits
@@ -175,6 +185,7 @@ def test_short_classes_known_counts_labelled_images_of_short_classes_only() -> N
         ({"batch_size": 0}, "batch_size"),
         ({"batch_size": 5, "uncertainty": "variance"}, "uncertainty"),
         ({"batch_size": 5, "exploration_share": 1.5}, "exploration_share"),
+        ({"batch_size": 5, "discovery_whiten": "yes"}, "discovery_whiten"),
     ],
 )
 def test_bad_options_say_what(kwargs: dict[str, object], match: str) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,6 +18,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from planner.core.select_greedy import LazyGreedy, objective, ranked, starting_gains, top_k
 from planner.core.selection import REASONS, Batch, SelectionOptions, select_batch
+from planner.core.whitening import WhitenMode
 from planner.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -741,7 +743,7 @@ def test_discovery_share_goes_to_novel_rows_only_while_a_quota_class_is_short() 
     assert met.count("exploration") == 0
 
 
-def _discovery_only(*, whiten: bool = False) -> SelectionOptions:
+def _discovery_only(*, whiten: WhitenMode = False) -> SelectionOptions:
     """Options whose only picks besides the greedy are discovery (Euclidean, no guard)."""
     return SelectionOptions(
         exploration_share=0.0,
@@ -750,6 +752,27 @@ def _discovery_only(*, whiten: bool = False) -> SelectionOptions:
         discovery_share=0.5,
         discovery_whiten=whiten,
         metric="euclidean",
+    )
+
+
+def _discover(
+    emb: npt.NDArray[np.float64],
+    probs: npt.NDArray[np.float64],
+    whiten: WhitenMode,
+    batch_size: int,
+) -> Batch:
+    """A discovery-only batch over every row of ``emb``, nothing labelled, class 2 short."""
+    n = len(emb)
+    options = _discovery_only(whiten=whiten)
+    return select_batch(
+        np.arange(n),
+        np.zeros(n),
+        probs,
+        [0, 0, 2],
+        batch_size=batch_size,
+        rng=1,
+        embeddings=emb,
+        options=options,
     )
 
 
@@ -787,12 +810,37 @@ def test_discovery_whiten_measures_novelty_in_the_whitened_space() -> None:
     probs = np.tile([0.7, 0.3, 0.0], (200, 1))
 
     def first(whiten: bool) -> int:
-        ids, zeros = np.arange(200), np.zeros(200)
-        options = _discovery_only(whiten=whiten)
-        batch = select_batch(
-            ids, zeros, probs, [0, 0, 2], batch_size=2, rng=1, embeddings=emb, options=options
-        )
+        batch = _discover(emb, probs, whiten, batch_size=2)
         return next(p.id for p in batch.picks if p.reason == "exploration")
 
     assert first(True) == 199
     assert first(False) != 199
+
+
+@pytest.mark.parametrize(
+    ("scale", "whitened"), [(np.array([4.0, 0.3, 0.3, 0.3]), True), (None, False)]
+)
+def test_auto_whitening_says_in_the_notes_which_space_discovery_used(
+    scale: npt.NDArray[np.float64] | None, whitened: bool
+) -> None:
+    rng = np.random.default_rng(0)
+    if scale is None:  # two strong directions over 30 of noise
+        emb = rng.standard_normal((400, 32))
+        emb[:, :2] *= 12.0
+    else:
+        emb = rng.standard_normal((400, 4)) * scale
+    emb += 20.0
+    probs = np.tile([0.7, 0.3, 0.0], (400, 1))
+    batch = _discover(emb, probs, "auto", batch_size=4)
+    (note,) = [n for n in batch.notes if n.startswith("discovery measured novelty")]
+    assert ("after whitening" in note) is whitened
+    assert ("raw embedding space" in note) is not whitened
+    assert "principal directions above the noise floor" in note
+    plain = _discover(emb, probs, whitened, batch_size=4)
+    assert [p.id for p in plain.picks] == [p.id for p in batch.picks]
+    assert not [n for n in plain.notes if n.startswith("discovery measured novelty")]
+
+
+def test_discovery_whiten_refuses_other_values() -> None:
+    with pytest.raises(InputError, match="discovery_whiten must be one of"):
+        SelectionOptions(discovery_whiten="sometimes")  # type: ignore[arg-type]

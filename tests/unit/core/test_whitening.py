@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from planner.core.whitening import fit_whitening
+from planner.core.whitening import WHITEN_MIN_SIGNAL, fit_whitening, signal_rank
 from planner.errors import InputError
 
 
@@ -51,3 +51,40 @@ def test_bad_arguments_say_what(kwargs: dict[str, float], match: str) -> None:
 def test_an_empty_sample_is_refused() -> None:
     with pytest.raises(InputError, match="sample"):
         fit_whitening(np.zeros((0, 3)))
+
+
+def _planted(rank: int, *, d: int = 60, n: int = 2_000, seed: int = 0) -> np.ndarray:
+    """``rank`` strong directions over isotropic noise of unit variance in ``d`` dimensions."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((d, d)))[0][:, :rank]
+    signal = rng.standard_normal((n, rank)) * np.linspace(10.0, 3.0, rank) @ basis.T
+    return signal + rng.standard_normal((n, d))
+
+
+def _decaying(*, d: int = 60, n: int = 2_000, seed: int = 0) -> np.ndarray:
+    """A spectrum decaying steadily (variance exp(-i / 10), like the digits' pixels, whose
+    eigenvalues fall by 1/70 over 40 directions): no flat floor of noise."""
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, d)) * np.exp(-np.arange(d) / 20.0)
+
+
+@pytest.mark.parametrize("rank", [0, 1, 3, 8])
+def test_signal_rank_counts_the_directions_above_a_noise_floor(rank: int) -> None:
+    x = _planted(rank)
+    eigval = np.linalg.eigvalsh(np.cov(x.T, bias=True))
+    assert signal_rank(eigval, *x.shape) == rank
+
+
+def test_signal_rank_of_nothing_is_zero() -> None:
+    assert signal_rank(np.zeros(4), 10, 4) == 0
+
+
+def test_a_few_directions_over_noise_are_noise_dominated_a_decaying_spectrum_is_not() -> None:
+    low_rank = fit_whitening(_planted(3))
+    assert low_rank.signal == 3
+    assert low_rank.kept > 40  # 99% of the variance needs most noise directions
+    assert low_rank.signal_share < WHITEN_MIN_SIGNAL
+    assert low_rank.noise_dominated
+    smooth = fit_whitening(_decaying())
+    assert smooth.signal_share >= WHITEN_MIN_SIGNAL
+    assert not smooth.noise_dominated
