@@ -156,6 +156,14 @@ def count_table(data: Dataset, labelled: npt.NDArray[np.bool_]) -> CountTable:
     )
 
 
+def _labels(data: Dataset, labelled: npt.NDArray[np.bool_]) -> dict[int, list[str]]:
+    """The labelled images' classes, as the daemon passes them from its task table."""
+    return {
+        int(row): [data.classes[j] for j in np.flatnonzero(data.y_pool[row])]
+        for row in np.flatnonzero(labelled)
+    }
+
+
 def _planner(ctx: Context, *, diversity: bool) -> Rows:
     assert ctx.fitted is not None
     data = ctx.data
@@ -172,7 +180,7 @@ def _planner(ctx: Context, *, diversity: bool) -> Rows:
         options=options,
         rng=ctx.rng,
         embeddings=data.embeddings,
-        exclude=np.flatnonzero(ctx.labelled),
+        labels=_labels(data, ctx.labelled),
     )
     return np.asarray(plan.batch.ids, np.intp)
 

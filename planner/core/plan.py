@@ -5,15 +5,22 @@
 1. quota status from the count table (:func:`planner.core.quotas.deficits`) and the cycle's
    minimum slots (:func:`planner.core.quota_cycle.cycle_plan`);
 2. the per-class **shortfall** ``s`` (the objective's target, in items) for the columns of
-   ``probs``: the quota deficit, capped at the batch size (one batch cannot bring more
-   items; the cap also makes instance or pixel deficits usable as item counts), 0 for classes
-   without a quota or with their quota met;
+   ``probs``: ``shortfall_factor`` times the quota deficit, capped at the batch size (one
+   batch cannot bring more items; the cap also makes instance or pixel deficits usable as
+   item counts), 0 for classes without a quota or with their quota met. The factor (2)
+   allows for the model's overconfidence on a class it has seen a few times: the greedy
+   stops adding a class's items once their probabilities add up to ``s``, and a handful of
+   confident wrong picks would otherwise close it;
 3. per-item **uncertainty** (entropy, margin, least confidence, or BALD from MC passes;
    BALD the workers computed, ``bald_scores``, is the uncertainty whenever it is given);
-4. the **discovery share**: ``discovery_share`` while some class short of its quota has fewer
-   than ``discovery_known_after`` labelled images, ``discovery_known_share`` once each has
-   (:func:`short_classes_known`);
-5. :func:`planner.core.selection.select_batch` with the quotas' criticality as class weights.
+4. the **discovery share**: from ``discovery_known_share`` when every class short of its
+   quota has ``discovery_known_after`` labelled images to ``discovery_share`` when none has,
+   in proportion to the short classes still under it (:func:`unknown_short_share`);
+5. with ``labels`` (the classes of the labelled items among ``ids``) and embeddings whose
+   spectrum is not mostly noise, the **labelled neighbours' vote**
+   (:mod:`planner.core.vote`, ``vote_neighbours`` nearest labelled images) for the classes
+   still short, which the quota term reads as ``max(model, vote)``;
+6. :func:`planner.core.selection.select_batch` with the quotas' criticality as class weights.
 
 It returns the :class:`~planner.core.select_result.Batch` (each pick with its reason) and the
 numbers behind it, so a report can show why the batch looks as it does.
@@ -21,8 +28,9 @@ numbers behind it, so a report can show why the batch looks as it does.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,11 +38,13 @@ import numpy as np
 import numpy.typing as npt
 
 from planner.core.acquisition import bald, check_probs, uncertainty
+from planner.core.diversity import check_embeddings
 from planner.core.quota_cycle import CyclePlan, cycle_plan
 from planner.core.quotas import Quota, QuotaStatus, deficits
 from planner.core.select_result import Batch
 from planner.core.selection import SelectionOptions, select_batch
 from planner.core.table import CountTable
+from planner.core.vote import neighbour_vote, vote_space_ok
 from planner.core.whitening import WhitenMode
 from planner.errors import InputError
 
@@ -52,15 +62,25 @@ class PlanOptions:
     exploration_share: float = 0.10
     hard_negative_share: float = 0.05
     discovery_share: float = 0.7
-    """Batch share for novelty picks while a quota class is short and has fewer than
-    ``discovery_known_after`` labelled images (see selection). Until then the model's
-    probabilities for it are unreliable (on digits 50:1 the greedy's picks for a class with
-    one to four labels held none of it), so most of the batch searches."""
+    """Batch share for novelty picks while every quota class that is short has fewer than
+    ``discovery_known_after`` labelled images (see selection; graded down to
+    ``discovery_known_share`` as they pass it). Until then the model's probabilities for a
+    class are unreliable (on digits 50:1 the greedy's picks for a class with one to four
+    labels held none of it), so most of the batch searches."""
     discovery_known_share: float = 0.2
     """The discovery share once every short class has ``discovery_known_after`` labelled
     images: the quota term then finds more of each (about 55% of its picks on digits 10:1)
     than novelty does (about 20%)."""
     discovery_known_after: int = 8
+    shortfall_factor: float = 2.0
+    """The objective's shortfall is this times the quota deficit (capped at the batch size):
+    on digits 10:1 and 100:1 of ``bench/effectiveness`` 2 met the quotas with fewer labels
+    than 1 (docs/effectiveness.md)."""
+    vote_neighbours: int = 3
+    """Labelled neighbours in the vote the quota term reads (0: no vote; see
+    :mod:`planner.core.vote`). On digits 10:1 / 100:1 of ``bench/effectiveness`` 1, 2, 3
+    and 5 needed 256 / 160, 268 / 156, 260 / 180 and 272 / 192 labels (5 seeds); 3 had the
+    best macro-F1 on digits 10:1."""
     discovery_whiten: WhitenMode = "auto"
     """Novelty in a partially whitened space (see selection); ``"auto"``: unless the pool's
     spectrum is mostly noise (:mod:`planner.core.whitening`). On the digits sets of
@@ -85,19 +105,27 @@ class PlanOptions:
             raise InputError(
                 f"discovery_known_share must lie in [0, 1], got {self.discovery_known_share}"
             )
+        if not (math.isfinite(self.shortfall_factor) and self.shortfall_factor >= 1.0):
+            raise InputError(f"shortfall_factor must be >= 1, got {self.shortfall_factor}")
+        votes = self.vote_neighbours
+        if isinstance(votes, bool) or not isinstance(votes, int) or votes < 0:
+            raise InputError(f"vote_neighbours must be an int >= 0, got {votes!r}")
         if self.uncertainty not in UNCERTAINTY_NAMES:
             raise InputError(
                 f"uncertainty must be one of {UNCERTAINTY_NAMES}, got {self.uncertainty!r}"
             )
         self.selection()  # validates the shares and lambda with the selector's own messages
 
-    def selection(self, *, known: bool = False) -> SelectionOptions:
-        """The selector's options for these settings; ``known``: every short class has
-        ``discovery_known_after`` labelled items (see :func:`short_classes_known`)."""
+    def selection(self, *, unknown: float = 1.0) -> SelectionOptions:
+        """The selector's options for these settings; ``unknown``: the share of short
+        classes with fewer than ``discovery_known_after`` labelled items (see
+        :func:`unknown_short_share`), which sets the discovery share between
+        ``discovery_known_share`` (0) and ``discovery_share`` (1)."""
+        low, high = self.discovery_known_share, self.discovery_share
         return SelectionOptions(
             exploration_share=self.exploration_share,
             hard_negative_share=self.hard_negative_share,
-            discovery_share=self.discovery_known_share if known else self.discovery_share,
+            discovery_share=min(1.0, max(0.0, low + (high - low) * unknown)),
             discovery_whiten=self.discovery_whiten,
             balance_lambda=self.balance_lambda,
             diversity=self.diversity,
@@ -114,7 +142,7 @@ class Plan:
     classes: tuple[str, ...]
     """The columns of ``probs``."""
     shortfall: FloatArray
-    """Items still wanted per class this batch: ``min(deficit, batch_size)``."""
+    """The objective's target per class: ``min(shortfall_factor * deficit, batch_size)``."""
     need: FloatArray
     """``criticality * deficit / target`` per class (0 without a quota)."""
     min_slots: npt.NDArray[np.int64]
@@ -142,7 +170,7 @@ class Plan:
 
 
 def _columns(
-    status: QuotaStatus, cycle: CyclePlan, classes: tuple[str, ...], batch_size: int
+    status: QuotaStatus, cycle: CyclePlan, classes: tuple[str, ...], options: PlanOptions
 ) -> tuple[FloatArray, FloatArray, npt.NDArray[np.int64], FloatArray]:
     """Shortfall, need, min slots and weights for the ``classes`` columns of ``probs``."""
     c = len(classes)
@@ -152,7 +180,7 @@ def _columns(
         if s.class_name not in classes:
             continue
         i = classes.index(s.class_name)
-        shortfall[i] = min(s.deficit, batch_size)
+        shortfall[i] = min(options.shortfall_factor * s.deficit, options.batch_size)
         need[i] = s.need
         weights[i] = s.quota.criticality
         if s.in_table:
@@ -160,22 +188,24 @@ def _columns(
     return shortfall, need, slots, weights
 
 
-def short_classes_known(
+def unknown_short_share(
     status: QuotaStatus, table: CountTable, classes: tuple[str, ...], *, after: int
-) -> bool:
-    """Whether every class of ``classes`` short of its quota has ``after`` labelled images.
+) -> float:
+    """The share of the classes of ``classes`` short of their quota that have fewer than
+    ``after`` labelled images (0 when no class is short).
 
-    Then the model has seen each short class often enough for the quota term to find it, and
-    :class:`PlanOptions` lowers the discovery share. ``True`` when no class is short.
+    Below ``after`` the model's probabilities for a class are unreliable and discovery finds
+    it sooner than the quota term; :class:`PlanOptions` grades the discovery share by this.
     """
     labelled = table.totals("images")
+    short = unknown = 0
     for s in status.statuses:
         if s.class_name not in classes or s.deficit <= 0:
             continue
+        short += 1
         count = int(labelled[table.classes.index(s.class_name)]) if s.in_table else 0
-        if count < after:
-            return False
-    return True
+        unknown += count < after
+    return unknown / short if short else 0.0
 
 
 def _bald_scores(values: npt.ArrayLike, n: int) -> FloatArray:
@@ -215,6 +245,56 @@ def _scores(
     return uncertainty(probs, method=method)
 
 
+def _labelled(
+    ids: npt.NDArray[Any], labels: Mapping[Any, Sequence[str]] | None, classes: tuple[str, ...]
+) -> tuple[npt.NDArray[np.intp], FloatArray]:
+    """Rows of ``ids`` that ``labels`` names and their ``(m, c)`` 0/1 class marks."""
+    empty = np.zeros(0, np.intp), np.zeros((0, len(classes)))
+    if labels is None:
+        return empty
+    if not isinstance(labels, Mapping):
+        raise InputError("labels must map labelled ids to their class names")
+    position = {v: i for i, v in enumerate(ids.tolist())}
+    column = {name: j for j, name in enumerate(classes)}
+    rows, marks = [], []
+    for item, names in labels.items():
+        if isinstance(names, str):
+            raise InputError(f"labels[{item!r}] must be a list of class names, got a string")
+        row = position.get(item.item() if isinstance(item, np.generic) else item)
+        if row is None:
+            continue
+        mark = np.zeros(len(classes))
+        mark[[column[name] for name in names if name in column]] = 1.0
+        rows.append(row)
+        marks.append(mark)
+    if not rows:
+        return empty
+    return np.asarray(rows, np.intp), np.asarray(marks)
+
+
+def _vote(
+    embeddings: npt.ArrayLike | None,
+    *,
+    n: int,
+    rows: npt.NDArray[np.intp],
+    marks: FloatArray,
+    shortfall: FloatArray,
+    k: int,
+) -> tuple[FloatArray | None, str | None]:
+    """The neighbours' vote for the short classes (0 elsewhere) and a note; ``None`` when
+    there is nothing to vote with or the embeddings' spectrum is mostly noise."""
+    short = shortfall > 0
+    if embeddings is None or k == 0 or rows.size == 0 or not short.any():
+        return None, None
+    emb = check_embeddings(embeddings, n)
+    if not vote_space_ok(emb, np.arange(n)):
+        return None, "no neighbour vote: the embeddings' spectrum is mostly noise"
+    vote = neighbour_vote(emb, rows, marks, k=k)
+    vote[:, ~short] = 0.0
+    note = f"the quota term read the vote of the {k} nearest of {rows.size} labelled images"
+    return vote, note
+
+
 def plan_batch(
     table: CountTable,
     quotas: Sequence[Quota],
@@ -228,6 +308,7 @@ def plan_batch(
     bald_scores: npt.ArrayLike | None = None,
     embeddings: npt.ArrayLike | None = None,
     exclude: npt.ArrayLike | None = None,
+    labels: Mapping[Any, Sequence[str]] | None = None,
 ) -> Plan:
     """Choose the next batch; see the module docstring.
 
@@ -237,7 +318,10 @@ def plan_batch(
     [0, 1] already computed from such passes (the workers store it per item; when given it is
     the uncertainty, whatever ``options.uncertainty`` says); ``embeddings: (n, d)``
     for the diversity guard; ``exclude``: ids in flight or otherwise not to pick (with
-    embeddings, labelled ones too: discovery prefers items far from them).
+    embeddings, labelled ones too: discovery prefers items far from them); ``labels``: the
+    class names of labelled items among ``ids`` (never picked; with embeddings they vote,
+    see the module docstring; names outside ``classes`` and ids outside ``ids`` are left
+    out, an image labelled with none of the classes votes for none).
     """
     names = tuple(classes) if classes is not None else table.classes
     if len(set(names)) != len(names):
@@ -250,10 +334,23 @@ def plan_batch(
         )
     status = deficits(quotas, table)
     cycle = cycle_plan(status, batch_size=options.batch_size)
-    shortfall, need, slots, weights = _columns(status, cycle, names, options.batch_size)
+    shortfall, need, slots, weights = _columns(status, cycle, names, options)
     u = _scores(p, mc_probs, options.uncertainty, options.multilabel, bald_scores)
+    id_array = np.asarray(ids)
+    labelled_rows, marks = _labelled(id_array, labels, names)
+    if labelled_rows.size:
+        extra = id_array[labelled_rows]
+        exclude = extra if exclude is None else np.concatenate([np.ravel(exclude), extra])
+    vote, vote_note = _vote(
+        embeddings,
+        n=id_array.size,
+        rows=labelled_rows,
+        marks=marks,
+        shortfall=shortfall,
+        k=options.vote_neighbours,
+    )
     batch = select_batch(
-        ids,
+        id_array,
         u,
         p,
         shortfall,
@@ -261,14 +358,17 @@ def plan_batch(
         rng=rng,
         exclude=exclude,
         embeddings=embeddings,
+        vote=vote,
         min_slots=slots,
         class_weights=weights,
         classes=names,
         multilabel=options.multilabel,
         options=options.selection(
-            known=short_classes_known(status, table, names, after=options.discovery_known_after)
+            unknown=unknown_short_share(status, table, names, after=options.discovery_known_after)
         ),
     )
+    if vote_note is not None:
+        batch = dataclasses.replace(batch, notes=(*batch.notes, vote_note))
     return Plan(
         batch=batch,
         status=status,

@@ -9,7 +9,8 @@ checks (eligible, not yet picked, and, with diversity on, no picked row within t
    (``p_ic > 0``). Capped at the greedy share of the batch; what cannot be met is reported.
 2. **Greedy** on the class-balanced objective of Bengar et al. (WACV 2022), see
    :mod:`planner.core.select_greedy`: each pick maximises
-   ``u_i + lambda * sum_c w_c (|r_c| - |r_c - p_ic|)`` with ``r`` the shortfall still open.
+   ``u_i + lambda * sum_c w_c (|r_c| - |r_c - p_ic|)`` with ``r`` the shortfall still open
+   (with a ``vote``, ``p`` is ``max(probs, vote)`` here and in phases 1 and 3).
    The pool is read in ``np.argpartition`` blocks of ``block_factor * b`` rows by starting
    gain, a bound on all later gains, so the lazy greedy equals a greedy over the whole pool
    while scoring a few ``b`` rows. Then ``swap_passes`` of 1-swap local search replace a pick
@@ -180,6 +181,19 @@ def _share(share: float, b: int) -> int:
     return min(b, math.floor(share * b + 0.5))
 
 
+def _with_vote(
+    probs: npt.NDArray[np.floating[Any]], vote: npt.ArrayLike | None
+) -> npt.NDArray[np.floating[Any]]:
+    """``max(probs, vote)``, the probabilities the quota term reads; ``probs`` without a vote."""
+    if vote is None:
+        return probs
+    v = check_probs(vote, name="vote", multilabel=True)
+    if v.shape != probs.shape:
+        raise InputError(f"vote must have the shape of probs {probs.shape}, got {v.shape}")
+    lifted: npt.NDArray[np.floating[Any]] = np.maximum(probs, v)
+    return lifted
+
+
 def _check_weights(weights: npt.ArrayLike | None, c: int) -> npt.NDArray[np.float64]:
     if weights is None:
         return np.ones(c, np.float64)
@@ -271,6 +285,7 @@ def select_batch(
     classes: Sequence[str] | None = None,
     multilabel: bool = False,
     options: SelectionOptions | None = None,
+    vote: npt.ArrayLike | None = None,
 ) -> Batch:
     """Select up to ``batch_size`` items of the pool; see the module docstring.
 
@@ -282,8 +297,10 @@ def select_batch(
     ``exclude``: ids never to return (labelled, in flight); ``embeddings: (n, d)`` for
     diversity; ``min_slots: (c,)`` ints (cycle targets); ``class_weights: (c,)`` weights of
     the per-class L1 terms (e.g. criticality; default 1); ``classes``: ``c`` names for the
-    reasons. With fewer than ``batch_size`` eligible items all are returned, ranked, and
-    ``notes`` says so.
+    reasons; ``vote: (n, c)`` in [0, 1], the labelled neighbours' vote
+    (:func:`planner.core.vote.neighbour_vote`): minimum slots, the quota term and hard
+    negatives then read ``max(probs, vote)``, uncertainty stays as given. With fewer than
+    ``batch_size`` eligible items all are returned, ranked, and ``notes`` says so.
     """
     opts = options or SelectionOptions()
     if isinstance(rng, bool) or not isinstance(rng, np.random.Generator | int):
@@ -293,6 +310,7 @@ def select_batch(
         raise InputError(f"batch_size must be a positive int, got {batch_size!r}")
     p = check_probs(probs, multilabel=multilabel)
     n, c = p.shape
+    p = _with_vote(p, vote)
     id_array, eligible = _check_ids(ids, exclude)
     if id_array.size != n:
         raise InputError(f"ids has {id_array.size} items but probs has {n} rows")

@@ -26,6 +26,10 @@ from planner.store.stop_set import ensure_stop_set, stop_set
 from planner.store.tasks import count_table, tasks_in_state, unlabelled_ids
 
 log = logging.getLogger("planner.daemon")
+LABELLED_TO_SCORE = 20_000
+"""At most this many labelled tasks (the latest labelled) are scored with the pool each
+model version: their embeddings are what the labelled neighbours' vote and discovery's
+novelty are measured against (:func:`planner.core.plan.plan_batch`)."""
 
 
 def stop_set_items(
@@ -51,12 +55,21 @@ def stop_set_items(
 def items_to_score(
     session: Session, project_id: int, *, stop_set_size: int, seed: int, at: datetime
 ) -> list[tuple[int, str]]:
-    """The unlabelled pool plus the stop set (every model version scores the stop set, so
-    successive models can be compared on it); empty when no task is left to label."""
+    """The unlabelled pool, the stop set (every model version scores the stop set, so
+    successive models can be compared on it) and up to ``LABELLED_TO_SCORE`` labelled tasks
+    (the latest; the planner measures neighbours and novelty against them); empty when no
+    task is left to label."""
     pool = {t.ls_task_id: t.image for t in tasks_in_state(session, project_id, "unlabelled")}
     if not pool:
         return []
     pool |= dict(stop_set_items(session, project_id, size=stop_set_size, seed=seed, at=at))
+    latest = session.exec(
+        select(Task.ls_task_id, Task.image)
+        .where(Task.project_id == project_id, Task.state == "labelled")
+        .order_by(col(Task.labelled_at).desc(), col(Task.ls_task_id).desc())
+        .limit(LABELLED_TO_SCORE)
+    ).all()
+    pool |= {int(i): image for i, image in latest}
     return sorted(pool.items())
 
 
@@ -107,8 +120,15 @@ class Pusher:
         keep = np.array([int(i) in open_ids for i in scores.task_ids], dtype=bool)
         if not keep.any():
             return None
-        # Scored tasks that are not open (labelled stop-set items, tasks in flight) go in
-        # excluded: never picked, but discovery measures novelty against them.
+        labelled = dict(
+            session.exec(
+                select(Task.ls_task_id, Task.labels).where(
+                    Task.project_id == project_id, Task.state == "labelled"
+                )
+            ).all()
+        )
+        # Scored tasks that are not open (labelled ones, tasks in flight) are never picked;
+        # discovery measures novelty against them, and the labelled ones vote.
         plan = plan_batch(
             count_table(session, project_id, classes, self.splits),
             self.quotas,
@@ -120,6 +140,7 @@ class Pusher:
             embeddings=scores.embeddings,
             bald_scores=scores.bald,
             exclude=scores.task_ids[~keep],
+            labels={int(i): labelled[int(i)] for i in scores.task_ids if int(i) in labelled},
         )
         picks = plan.batch.picks
         items = [PlannedItem(int(p.id), p.rank, p.reason, p.class_name, p.gain) for p in picks]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -66,7 +68,7 @@ def test_classes_name_the_columns_in_any_order() -> None:
         options=PlanOptions(batch_size=5, diversity=False),
         rng=1,
     )
-    np.testing.assert_array_equal(plan.shortfall, [3.0, 0.0, 0.0])
+    np.testing.assert_array_equal(plan.shortfall, [5.0, 0.0, 0.0])  # 2 x 3, at most 5
     assert plan.batch.classes == ("wheelchair", "car", "person")
 
 
@@ -148,9 +150,10 @@ def test_discovery_share_drops_once_every_short_class_has_enough_labels() -> Non
         plan = plan_batch(table(counts), quotas, ids, probs, options=options, rng=0, embeddings=emb)
         return plan.batch.count("exploration")
 
-    assert exploration([0, 20, 3]) == 14  # wheelchair short with 3 labelled: 70%
+    assert exploration([0, 5, 3]) == 14  # both short classes under 8 labelled: 70%
+    assert exploration([0, 20, 3]) == 9  # one of the two: 20% + 50% / 2 = 45%
+    assert exploration([0, 5, 8]) == 9  # person is short with 5 labelled
     assert exploration([0, 20, 8]) == 4  # every short class has 8: 20%
-    assert exploration([0, 5, 8]) == 14  # person is short with 5 labelled
     assert exploration([0, 30, 7]) == 14  # person met: only wheelchair counts
 
 
@@ -164,17 +167,34 @@ def test_discovery_whitens_automatically_by_default() -> None:
     assert any(n.startswith("discovery measured novelty") for n in plan.batch.notes)
 
 
-def test_short_classes_known_counts_labelled_images_of_short_classes_only() -> None:
-    from planner.core.plan import short_classes_known
+def test_unknown_short_share_counts_labelled_images_of_short_classes_only() -> None:
+    from planner.core.plan import unknown_short_share
     from planner.core.quotas import deficits
 
-    quotas = [Quota("wheelchair", target=10), Quota("bus", target=5)]
-    counts = table([0, 0, 9])
+    quotas = [Quota("wheelchair", target=10), Quota("bus", target=5), Quota("car", target=1)]
+    counts = table([3, 0, 9])  # car met
     status = deficits(quotas, counts)
     # bus is not a column of the model's probabilities: it cannot be selected for
-    assert short_classes_known(status, counts, CLASSES, after=9)
-    assert not short_classes_known(status, counts, CLASSES, after=10)
-    assert not short_classes_known(status, counts, (*CLASSES, "bus"), after=1)
+    assert unknown_short_share(status, counts, CLASSES, after=9) == 0.0
+    assert unknown_short_share(status, counts, CLASSES, after=10) == 1.0
+    assert unknown_short_share(status, counts, (*CLASSES, "bus"), after=1) == 0.5
+    met = deficits([Quota("car", target=1)], counts)
+    assert unknown_short_share(met, counts, CLASSES, after=100) == 0.0
+
+
+def test_shortfall_is_the_factor_times_the_deficit_capped_at_the_batch() -> None:
+    ids, probs, emb = pool(100)
+    quotas = [Quota("wheelchair", target=10), Quota("person", target=30)]
+    counts = table([0, 24, 7])  # wheelchair lacks 3, person 6
+
+    def shortfall(**kwargs: float) -> list[float]:
+        options = PlanOptions(batch_size=10, **kwargs)  # type: ignore[arg-type]
+        plan = plan_batch(counts, quotas, ids, probs, options=options, rng=0, embeddings=emb)
+        return plan.shortfall.tolist()
+
+    assert shortfall() == [0.0, 10.0, 6.0]  # 2 x 6 capped at 10, 2 x 3
+    assert shortfall(shortfall_factor=1.0) == [0.0, 6.0, 3.0]
+    assert shortfall(shortfall_factor=3.0) == [0.0, 10.0, 9.0]
 
 
 @pytest.mark.parametrize(
@@ -186,6 +206,10 @@ def test_short_classes_known_counts_labelled_images_of_short_classes_only() -> N
         ({"batch_size": 5, "uncertainty": "variance"}, "uncertainty"),
         ({"batch_size": 5, "exploration_share": 1.5}, "exploration_share"),
         ({"batch_size": 5, "discovery_whiten": "yes"}, "discovery_whiten"),
+        ({"batch_size": 5, "shortfall_factor": 0.5}, "shortfall_factor"),
+        ({"batch_size": 5, "shortfall_factor": float("nan")}, "shortfall_factor"),
+        ({"batch_size": 5, "vote_neighbours": -1}, "vote_neighbours"),
+        ({"batch_size": 5, "vote_neighbours": True}, "vote_neighbours"),
     ],
 )
 def test_bad_options_say_what(kwargs: dict[str, object], match: str) -> None:
@@ -232,3 +256,118 @@ def test_invariants(seed: int, n: int, b: int, counts: list[int], diversity: boo
     assert len(set(first)) == len(first)
     assert len(first) <= min(b, n - exclude.size)
     assert first == once()
+
+
+def _clusters(seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict[int, list[str]]]:
+    """Five tight clusters in 8-d; the last (rows 160-165) is wheelchairs. Labelled: rows
+    160-162 and four rows of every other cluster. The model knows nothing of wheelchairs."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((5, 8)) * 4
+    sizes = [40, 40, 40, 40, 6]
+    emb = np.concatenate(
+        [c + 0.2 * rng.standard_normal((s, 8)) for c, s in zip(centres, sizes, strict=True)]
+    )
+    probs = np.tile([0.6, 0.38, 0.02], (emb.shape[0], 1))
+    labels = {160 + i: ["wheelchair"] for i in range(3)}
+    for start, name in zip((0, 40, 80, 120), ("car", "person", "car", "person"), strict=True):
+        labels |= {start + j: [name] for j in range(4)}
+    return emb.astype(np.float32), probs, labels
+
+
+def _greedy_only() -> PlanOptions:
+    return PlanOptions(
+        batch_size=3,
+        exploration_share=0.0,
+        hard_negative_share=0.0,
+        discovery_share=0.0,
+        discovery_known_share=0.0,
+        diversity=False,
+    )
+
+
+def test_labelled_neighbours_lead_the_quota_term_to_a_rare_class_the_model_misses() -> None:
+    emb, probs, labels = _clusters()
+    ids = np.arange(emb.shape[0])
+    counts = table([8, 8, 3])
+    quotas = [Quota("wheelchair", target=10)]
+    options = _greedy_only()
+    plan = plan_batch(
+        counts, quotas, ids, probs, options=options, rng=0, embeddings=emb, labels=labels
+    )
+    # the three open wheelchairs' nearest labelled images are the three labelled ones
+    assert sorted(plan.batch.ids) == [163, 164, 165]
+    assert all(p.reason == "rare_class" and p.class_name == "wheelchair" for p in plan.batch.picks)
+    assert any("vote of the 3 nearest of 19 labelled images" in n for n in plan.batch.notes)
+    # without the vote the same labelled rows are only excluded: the model's flat
+    # probabilities give no reason to go to cluster 0
+    plain = plan_batch(
+        counts,
+        quotas,
+        ids,
+        probs,
+        options=dataclasses.replace(options, vote_neighbours=0),
+        rng=0,
+        embeddings=emb,
+        labels=labels,
+    )
+    assert not set(plain.batch.ids) & {163, 164, 165}
+    assert not set(plain.batch.ids) & set(labels)
+    assert not any("vote" in n for n in plain.batch.notes)
+
+
+def test_labelled_items_are_never_picked_and_unknown_names_vote_for_nothing() -> None:
+    emb, probs, labels = _clusters(1)
+    ids = np.arange(emb.shape[0]) + 500
+    # the wheelchairs were labelled with a name the model has no column for
+    relabelled = {i + 500: (["bus"] if i >= 160 else names) for i, names in labels.items()}
+    plan = plan_batch(
+        table([8, 8, 0]),
+        [Quota("wheelchair", target=10)],
+        ids,
+        probs,
+        options=_greedy_only(),
+        rng=0,
+        embeddings=emb,
+        labels=relabelled | {99_999: ["car"]},  # an id outside the pool is left out
+    )
+    assert not set(plan.batch.ids) & set(relabelled)
+    assert not set(plan.batch.ids) & {663, 664, 665}
+    assert any("of 19 labelled images" in n for n in plan.batch.notes)
+
+
+def test_no_vote_on_embeddings_that_are_mostly_noise() -> None:
+    rng = np.random.default_rng(2)
+    emb = rng.standard_normal((300, 32)).astype(np.float32)
+    probs = np.tile([0.6, 0.38, 0.02], (300, 1))
+    labels = {i: ["wheelchair"] for i in range(5)}
+    plan = plan_batch(
+        table([0, 0, 5]),
+        [Quota("wheelchair", target=10)],
+        np.arange(300),
+        probs,
+        options=_greedy_only(),
+        rng=0,
+        embeddings=emb,
+        labels=labels,
+    )
+    assert "no neighbour vote: the embeddings' spectrum is mostly noise" in plan.batch.notes
+    assert not set(plan.batch.ids) & set(labels)
+
+
+@pytest.mark.parametrize(
+    ("labels", "match"),
+    [([(1, ["car"])], "labels must map"), ({1: "car"}, "list of class names")],
+)
+def test_bad_labels_say_what(labels: object, match: str) -> None:
+    ids, probs, emb = pool(20)
+    with pytest.raises(InputError, match=match):
+        plan_batch(
+            table([0, 0, 0]),
+            [],
+            ids,
+            probs,
+            options=PlanOptions(batch_size=2),
+            rng=0,
+            embeddings=emb,
+            labels=labels,  # type: ignore[arg-type]
+        )

@@ -844,3 +844,35 @@ def test_auto_whitening_says_in_the_notes_which_space_discovery_used(
 def test_discovery_whiten_refuses_other_values() -> None:
     with pytest.raises(InputError, match="discovery_whiten must be one of"):
         SelectionOptions(discovery_whiten="sometimes")  # type: ignore[arg-type]
+
+
+def test_a_vote_lifts_the_quota_term_but_not_uncertainty() -> None:
+    probs = np.tile([0.7, 0.3, 0.0], (6, 1))
+    unc = np.array([0.5, 0.5, 0.5, 0.5, 0.5, 0.9])
+    vote = np.zeros((6, 3))
+    vote[4, 2] = 0.8  # row 4's labelled neighbours hold the short class
+    opts = SelectionOptions(exploration_share=0.0, hard_negative_share=0.0, diversity=False)
+
+    def picks(v: npt.NDArray[np.float64] | None) -> list[tuple[int, str]]:
+        batch = select_batch(
+            np.arange(6), unc, probs, [0, 0, 2], batch_size=1, rng=0, options=opts, vote=v
+        )
+        return [(int(p.id), p.reason) for p in batch.picks]
+
+    assert picks(None) == [(5, "uncertain")]
+    assert picks(vote) == [(4, "rare_class")]
+    batch = select_batch(
+        np.arange(6), unc, probs, [0, 0, 2], batch_size=1, rng=0, options=opts, vote=vote
+    )
+    assert batch.picks[0].probability == pytest.approx(0.8)
+    assert batch.picks[0].uncertainty == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("vote", "match"),
+    [(np.zeros((6, 2)), "vote must have the shape"), (np.full((6, 3), 1.5), "vote has values")],
+)
+def test_a_bad_vote_says_what(vote: npt.NDArray[np.float64], match: str) -> None:
+    probs = np.tile([0.7, 0.3, 0.0], (6, 1))
+    with pytest.raises(InputError, match=match):
+        select_batch(np.arange(6), np.zeros(6), probs, [0, 0, 2], batch_size=1, rng=0, vote=vote)

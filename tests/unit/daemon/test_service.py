@@ -84,6 +84,22 @@ def test_a_cycle_pushes_a_ranked_batch_once_and_only_the_leader_does(
     assert daemon.telemetry.registry.get_sample_value("planner_leader") == 1
 
 
+def test_labelled_tasks_are_scored_and_vote_in_the_plan(
+    digit_files: tuple[Path, list[int]], store: Store
+) -> None:
+    root, targets = digit_files
+    project = digits_project(targets)
+    daemon = make_daemon(project, store, [Quota("7", target=40)], _embedded(store, root))  # type: ignore[arg-type]
+    assert daemon.cycle().why == "pushed"
+    with store.session() as session:
+        scored = {r.ls_task_id for r in session.exec(select(ScoreRecord)).all()}
+    assert set(project.ids) <= scored, "the 100 labelled tasks are scored with the pool"
+    (row,) = _batches(store)
+    notes = row.summary["notes"]
+    assert any("nearest of 100 labelled images" in n for n in notes), notes
+    assert not set(project.fake.view_task_ids(project.pid, 1)) & set(project.ids[:100])
+
+
 class _Killed(BaseException):
     """The process dies here (SIGKILL): nothing after this line of the push runs."""
 
@@ -326,6 +342,8 @@ def test_the_daemon_plans_with_every_planning_setting(tmp_path: Path) -> None:
             "hard_negative_share": 0.1,
             "discovery_share": 0.4,
             "discovery_whiten": True,
+            "shortfall_factor": 1.5,
+            "vote_neighbours": 7,
             "balance_lambda": 2.5,
             "diversity": False,
         },
@@ -339,6 +357,8 @@ def test_the_daemon_plans_with_every_planning_setting(tmp_path: Path) -> None:
         hard_negative_share=0.1,
         discovery_share=0.4,
         discovery_whiten=True,
+        shortfall_factor=1.5,
+        vote_neighbours=7,
         balance_lambda=2.5,
         diversity=False,
     )

@@ -1,0 +1,81 @@
+"""The labelled neighbours' vote against a brute-force k-nearest-neighbour count."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from planner.core import vote as vote_module
+from planner.core.vote import neighbour_vote, vote_space_ok
+from planner.errors import InputError
+
+
+def brute_force(
+    emb: npt.NDArray[np.float64], rows: npt.NDArray[np.intp], marks: npt.NDArray[np.float64], k: int
+) -> npt.NDArray[np.float64]:
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    out = np.zeros((emb.shape[0], marks.shape[1]))
+    for i in range(emb.shape[0]):
+        if i in rows:
+            continue
+        dist = 1.0 - unit[rows] @ unit[i]
+        nearest = np.argsort(dist, kind="stable")[:k]
+        out[i] = marks[nearest].sum(axis=0) / k
+    return out
+
+
+@pytest.mark.parametrize("block", [7, 4096])
+def test_vote_is_the_share_of_the_k_nearest_labelled_rows(
+    block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(vote_module, "BLOCK", block)  # several blocks, and one
+    rng = np.random.default_rng(3)
+    emb = rng.standard_normal((60, 5))
+    rows = rng.choice(60, 15, replace=False)
+    marks = np.eye(3)[rng.integers(0, 3, 15)]
+    got = neighbour_vote(emb, rows, marks, k=4)
+    np.testing.assert_allclose(got, brute_force(emb, rows, marks, 4), atol=1e-6)
+    assert (got[rows] == 0).all()
+    open_rows = np.setdiff1d(np.arange(60), rows)
+    np.testing.assert_allclose(got[open_rows].sum(axis=1), 1.0)  # single-label: one mark each
+
+
+def test_fewer_labelled_rows_than_k_still_divide_by_k() -> None:
+    emb = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    got = neighbour_vote(emb, np.array([0]), np.array([[0.0, 1.0]]), k=5)
+    np.testing.assert_allclose(got, [[0, 0], [0, 0.2], [0, 0.2], [0, 0.2]])
+
+
+def test_presence_marks_vote_per_class() -> None:
+    # two labelled images, one holding both classes: a neighbour of both gets 1 and 1/2
+    emb = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    marks = np.array([[1.0, 1.0], [1.0, 0.0]])
+    got = neighbour_vote(emb, np.array([0, 1]), marks, k=2)
+    np.testing.assert_allclose(got[2], [1.0, 0.5])
+
+
+def test_no_labelled_rows_vote_nothing() -> None:
+    got = neighbour_vote(np.ones((4, 3)), np.zeros(0, np.intp), np.zeros((0, 2)))
+    assert got.shape == (4, 2)
+    assert not got.any()
+
+
+@pytest.mark.parametrize(
+    ("k", "marks", "match"),
+    [(0, np.eye(2), "k must be"), (True, np.eye(2), "k must be"), (2, np.eye(3), "one row per")],
+)
+def test_bad_arguments_say_what(k: int, marks: npt.NDArray[np.float64], match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        neighbour_vote(np.ones((4, 3)), np.array([0, 1]), marks, k=k)
+
+
+def test_vote_space_needs_a_spectrum_above_the_noise_floor() -> None:
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((600, 32))
+    structured = rng.standard_normal((600, 12)) @ rng.standard_normal((12, 32)) * 3
+    structured += 0.1 * rng.standard_normal((600, 32))
+    rows = np.arange(600)
+    assert not vote_space_ok(noise, rows)
+    assert vote_space_ok(structured, rows)
+    assert not vote_space_ok(structured, rows[:1])
