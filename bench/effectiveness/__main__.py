@@ -3,6 +3,8 @@
     .venv/bin/python -m bench.effectiveness --seeds 5 --write docs/effectiveness.md
     .venv/bin/python -m bench.effectiveness --quick          # one set, one seed (seconds)
     .venv/bin/python -m bench.effectiveness --sets digits-10 --strategies planner random
+    .venv/bin/python -m bench.effectiveness --strategies planner \
+        --planner-options '{"vote_neighbours": 5}'     # a variant of the planner's options
 
 Runs (data set, seed) jobs on ``--workers`` processes, prints the tables, and with ``--write``
 replaces the results section of that Markdown file and writes the curves to ``docs/img/``.
@@ -22,6 +24,8 @@ from typing import Any
 from bench.effectiveness import datasets, report
 from bench.effectiveness.simulate import Run, Settings, run
 from bench.effectiveness.strategies import STRATEGIES
+from planner.core.plan import PlanOptions
+from planner.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[2]
 MARK = "<!-- results -->"
@@ -73,6 +77,26 @@ def results(
     return "\n".join(parts), data
 
 
+def planner_options(text: str) -> tuple[tuple[str, Any], ...]:
+    """``--planner-options``: a JSON object of ``PlanOptions`` fields, checked here."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError('write a JSON object, e.g. {"vote_neighbours": 5}')
+    fixed = {"batch_size", "diversity", "multilabel"}  # the benchmark sets these
+    if fixed & value.keys():
+        raise argparse.ArgumentTypeError(f"{sorted(fixed & value.keys())} are set by the run")
+    try:
+        PlanOptions(batch_size=1, **value)
+    except TypeError as exc:
+        raise argparse.ArgumentTypeError(f"not a PlanOptions field: {exc}") from exc
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return tuple(sorted(value.items()))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.effectiveness")
     parser.add_argument("--seeds", type=int, default=5)
@@ -87,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=list(STRATEGIES),
         help="run only these strategies (default: all)",
     )
+    parser.add_argument(
+        "--planner-options",
+        type=planner_options,
+        default=(),
+        help="JSON object of PlanOptions fields for the planner strategies",
+    )
     parser.add_argument("--write", type=Path, help="Markdown file whose results to replace")
     parser.add_argument("--json", type=Path, help="also write the summary as JSON")
     args = parser.parse_args(argv)
@@ -94,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         settings, sets, seeds, strategies = QUICK, ["digits-10"], 1, QUICK_STRATEGIES
     else:
-        settings = Settings(retrain_every=args.retrain_every)
+        settings = Settings(retrain_every=args.retrain_every, planner_options=args.planner_options)
         sets, seeds, strategies = args.sets, args.seeds, tuple(args.strategies)
     start = time.perf_counter()
     runs = benchmark(sets, seeds, strategies, settings, args.workers)

@@ -32,6 +32,8 @@ class Settings:
     retrain_every: int = 1
     curve_every: int = 20
     """Labels between two points of the macro-F1 learning curve."""
+    planner_options: tuple[tuple[str, Any], ...] = ()
+    """``PlanOptions`` fields the planner strategies override (``--planner-options``)."""
 
 
 @dataclass
@@ -112,7 +114,14 @@ def run(data: Dataset, strategy: str, *, seed: int, settings: Settings) -> Run:
         limit = n if not uses_model else settings.cap
         if (met and count >= last_budget) or count >= limit or labelled.all():
             return result
-        ctx = Context(data, fitted, labelled.copy(), settings.batch_size, rng)
+        ctx = Context(
+            data,
+            fitted,
+            labelled.copy(),
+            settings.batch_size,
+            rng,
+            planner_options=dict(settings.planner_options),
+        )
         start = time.perf_counter()
         rows = select(ctx)
         result.select_seconds.append(time.perf_counter() - start)

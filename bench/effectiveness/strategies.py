@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -34,6 +35,8 @@ class Context:
     labelled: npt.NDArray[np.bool_]
     batch_size: int
     rng: np.random.Generator
+    planner_options: dict[str, Any] = field(default_factory=dict)
+    """``PlanOptions`` fields overriding the defaults for the planner strategies."""
 
 
 def _top(ctx: Context, score: Array) -> Rows:
@@ -170,7 +173,10 @@ def _planner(ctx: Context, *, diversity: bool) -> Rows:
     quotas = [Quota(name, target=t) for name, t in data.quotas.items()]
     n = data.y_pool.shape[0]
     options = PlanOptions(
-        batch_size=ctx.batch_size, diversity=diversity, multilabel=data.multilabel
+        batch_size=ctx.batch_size,
+        diversity=diversity,
+        multilabel=data.multilabel,
+        **ctx.planner_options,
     )
     plan = plan_batch(
         count_table(data, ctx.labelled),

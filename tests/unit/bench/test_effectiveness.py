@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 pytest.importorskip("sklearn")
 
 from bench.effectiveness.__main__ import results
-from bench.effectiveness.datasets import shapes
+from bench.effectiveness.datasets import digits, shapes
+from bench.effectiveness.models import fit
 from bench.effectiveness.simulate import Run, Settings, run
+from bench.effectiveness.strategies import Context, planner
 
 TINY = Settings(batch_size=10, initial=10, cap=200, budgets=(60,), curve_every=30)
 
@@ -57,3 +60,35 @@ def test_strategies_option_limits_the_run(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(cli, "results", lambda *_: ("", {}))
     assert cli.main(["--sets", "digits-10", "--strategies", "planner", "random"]) == 0
     assert seen == [("planner", "random")]
+
+
+def test_planner_options_reach_the_planner_and_bad_ones_are_refused(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bench.effectiveness import __main__ as cli
+
+    assert cli.planner_options('{"vote_neighbours": 0, "shortfall_factor": 1}') == (
+        ("shortfall_factor", 1),
+        ("vote_neighbours", 0),
+    )
+    for bad, why in [
+        ("[1]", "JSON object"),
+        ('{"no_such": 1}', "not a PlanOptions field"),
+        ('{"batch_size": 5}', "set by the run"),
+        ('{"shortfall_factor": 0.5}', "shortfall_factor must be >= 1"),
+        ("{", "not JSON"),
+    ]:
+        with pytest.raises(SystemExit):
+            cli.main(["--planner-options", bad])
+        assert why in capsys.readouterr().err
+    # the options change the planner's picks: discovery as by default, or none
+    data = digits(10, seed=0)
+    labelled = np.zeros(data.y_pool.shape[0], bool)
+    labelled[:40] = True
+    fitted = fit(data, np.flatnonzero(labelled), seed=0)
+
+    def batch(options: dict[str, object]) -> set[int]:
+        ctx = Context(data, fitted, labelled, 20, np.random.default_rng(0), options)
+        return set(planner(ctx).tolist())
+
+    assert batch({"discovery_share": 0.0, "discovery_known_share": 0.0}) != batch({})
