@@ -44,13 +44,18 @@ from planner.core.quotas import Quota, QuotaStatus, deficits
 from planner.core.select_result import Batch
 from planner.core.selection import SelectionOptions, select_batch
 from planner.core.table import CountTable
-from planner.core.vote import neighbour_vote, vote_space_ok
+from planner.core.vote import neighbour_vote, vote_candidates, vote_space_ok
 from planner.core.whitening import WhitenMode
 from planner.errors import InputError
 
 UncertaintyName = Literal["entropy", "margin", "least_confidence", "bald"]
 UNCERTAINTY_NAMES: tuple[UncertaintyName, ...] = ("entropy", "margin", "least_confidence", "bald")
 FloatArray = npt.NDArray[np.float64]
+VOTE_ROWS_PER_SLOT = 50
+VOTE_MIN_ROWS = 5_000
+"""On a pool larger than ``max(VOTE_ROWS_PER_SLOT * batch_size, VOTE_MIN_ROWS)`` rows the vote
+is taken on that many rows nearest the short classes' labelled images
+(:func:`planner.core.vote.vote_candidates`); the rest get none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +285,7 @@ def _vote(
     marks: FloatArray,
     shortfall: FloatArray,
     k: int,
+    batch_size: int,
 ) -> tuple[FloatArray | None, str | None]:
     """The neighbours' vote for the short classes (0 elsewhere) and a note; ``None`` when
     there is nothing to vote with or the embeddings' spectrum is mostly noise."""
@@ -289,7 +295,12 @@ def _vote(
     emb = check_embeddings(embeddings, n)
     if not vote_space_ok(emb, np.arange(n)):
         return None, "no neighbour vote: the embeddings' spectrum is mostly noise"
-    vote = neighbour_vote(emb, rows, marks, k=k)
+    anchors = rows[marks[:, short].any(axis=1)]
+    if anchors.size == 0:  # no labelled image of a short class: nothing to vote for
+        return None, None
+    limit = max(VOTE_ROWS_PER_SLOT * batch_size, VOTE_MIN_ROWS)
+    candidates = vote_candidates(emb, anchors, limit=limit)
+    vote = neighbour_vote(emb, rows, marks, k=k, candidates=candidates)
     vote[:, ~short] = 0.0
     note = f"the quota term read the vote of the {k} nearest of {rows.size} labelled images"
     return vote, note
@@ -348,6 +359,7 @@ def plan_batch(
         marks=marks,
         shortfall=shortfall,
         k=options.vote_neighbours,
+        batch_size=options.batch_size,
     )
     batch = select_batch(
         id_array,

@@ -79,3 +79,29 @@ def test_vote_space_needs_a_spectrum_above_the_noise_floor() -> None:
     assert not vote_space_ok(noise, rows)
     assert vote_space_ok(structured, rows)
     assert not vote_space_ok(structured, rows[:1])
+
+
+def test_candidates_are_the_rows_nearest_the_anchors_and_only_they_vote(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from planner.core.vote import vote_candidates
+
+    rng = np.random.default_rng(4)
+    emb = rng.standard_normal((300, 6))
+    anchors = np.array([3, 50, 120])
+    picked = vote_candidates(emb, anchors, limit=40)
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    best = (unit @ unit[anchors].T).max(axis=1)
+    best[anchors] = -np.inf
+    np.testing.assert_array_equal(picked, np.sort(np.argsort(-best)[:40]))
+    assert vote_candidates(emb, anchors, limit=300).size == 300
+    monkeypatch.setattr(vote_module, "ANCHOR_SAMPLE", 2)  # a sample of the anchors
+    assert vote_candidates(emb, np.arange(10), limit=40).size == 40
+
+    rows = rng.choice(300, 30, replace=False)
+    marks = np.eye(2)[rng.integers(0, 2, 30)]
+    full = neighbour_vote(emb, rows, marks, k=3)
+    some = neighbour_vote(emb, rows, marks, k=3, candidates=picked)
+    np.testing.assert_allclose(some[picked], full[picked], atol=1e-6)
+    rest = np.setdiff1d(np.arange(300), picked)
+    assert not some[rest].any()
