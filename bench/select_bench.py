@@ -59,13 +59,14 @@ PEER_SIZES = [10_000, 30_000, 100_000, 300_000, 500_000, 1_000_000]
 DEFAULTS = {"n": 1_000_000, "b": 1_000, "peer_limit": 300.0, "mem_limit_gb": 6.0}
 
 
-def make_pool(n: int, b: int, seed: int = 0) -> dict[str, Any]:
+def make_pool(n: int, b: int, seed: int = 0, noise: float = 1.0) -> dict[str, Any]:
     """A long-tailed pool built in blocks, so building it peaks near the inputs' size.
 
     Each item has a latent class drawn from a Zipf-like prior (class k ∝ 1 / (k + 1)^1.3);
     its probabilities are a softmax of Gaussian logits plus the log prior plus a bump on the
     latent class (so the model is right about two times in three); its embedding is its
-    class centroid plus noise, and 1% of the rows are near-duplicates of earlier rows.
+    class centroid plus ``noise`` times standard normal noise, and 1% of the rows are
+    near-duplicates of earlier rows.
     Shortfalls are random in ``[0, 0.12 b]`` for all but the three head classes (met), so
     together they are about the batch size and the balance term binds.
     """
@@ -83,8 +84,8 @@ def make_pool(n: int, b: int, seed: int = 0) -> dict[str, Any]:
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         probs[start : start + m] = p / p.sum(axis=1, keepdims=True)
-        noise = rng.standard_normal((m, DIM), dtype=np.float32)
-        emb[start : start + m] = centroids[latent] * 0.8 + noise
+        jitter = rng.standard_normal((m, DIM), dtype=np.float32)
+        emb[start : start + m] = centroids[latent] * 0.8 + noise * jitter
     dupes = rng.choice(n, size=n // 100, replace=False)
     emb[dupes] = emb[rng.integers(0, n, size=dupes.size)] + 1e-3
     shortfall = rng.integers(0, int(0.12 * b) + 1, size=N_CLASSES).astype(np.float64)
@@ -418,18 +419,22 @@ def render(result: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the text between our markers, or append the marked section; nothing else moves.
+def write_section(
+    path: Path, section: str, markers: tuple[str, str, str] = (START, END, NOTES)
+) -> None:
+    """Replace the text between the ``(start, end, notes)`` markers, or append the marked
+    section; nothing else moves.
 
-    Hand-written notes between ``NOTES`` and the end marker are kept, below the new figures.
+    Hand-written notes between the notes and the end marker are kept, below the new figures.
     """
+    first, last, notes = markers
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    start, end = text.find(START), text.find(END)
-    notes_at = text.find(NOTES, start, end) if 0 <= start < end else -1
+    start, end = text.find(first), text.find(last)
+    notes_at = text.find(notes, start, end) if 0 <= start < end else -1
     kept = "" if notes_at < 0 else "\n" + text[notes_at:end].rstrip() + "\n"
-    block = f"{START}\n{section.rstrip()}\n{kept}{END}"
+    block = f"{first}\n{section.rstrip()}\n{kept}{last}"
     if start >= 0 and end > start:
-        text = text[:start] + block + text[end + len(END) :]
+        text = text[:start] + block + text[end + len(last) :]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,7 @@ from planner.errors import InputError
 UncertaintyName = Literal["entropy", "margin", "least_confidence", "bald"]
 UNCERTAINTY_NAMES: tuple[UncertaintyName, ...] = ("entropy", "margin", "least_confidence", "bald")
 FloatArray = npt.NDArray[np.float64]
-VOTE_ROWS_PER_SLOT = 50
+VOTE_ROWS_PER_SLOT = 20
 VOTE_MIN_ROWS = 5_000
 """On a pool larger than ``max(VOTE_ROWS_PER_SLOT * batch_size, VOTE_MIN_ROWS)`` rows the vote
 is taken on that many rows nearest the short classes' labelled images
@@ -286,7 +286,7 @@ def _vote(
     shortfall: FloatArray,
     k: int,
     batch_size: int,
-) -> tuple[FloatArray | None, str | None]:
+) -> tuple[npt.NDArray[np.float32] | None, str | None]:
     """The neighbours' vote for the short classes (0 elsewhere) and a note; ``None`` when
     there is nothing to vote with or the embeddings' spectrum is mostly noise."""
     short = shortfall > 0

@@ -25,11 +25,12 @@ def brute_force(
     return out
 
 
-@pytest.mark.parametrize("block", [7, 4096])
+@pytest.mark.parametrize(("block", "elements"), [(7, 10**6), (4096, 10**6), (4096, 40)])
 def test_vote_is_the_share_of_the_k_nearest_labelled_rows(
-    block: int, monkeypatch: pytest.MonkeyPatch
+    block: int, elements: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(vote_module, "BLOCK", block)  # several blocks, and one
+    monkeypatch.setattr(vote_module, "BLOCK_ELEMENTS", elements)  # 40 / 15 labelled: 2 rows
     rng = np.random.default_rng(3)
     emb = rng.standard_normal((60, 5))
     rows = rng.choice(60, 15, replace=False)
