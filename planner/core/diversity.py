@@ -68,13 +68,20 @@ def check_embeddings(
     return array
 
 
+def unit_rows(rows: npt.NDArray[np.floating[Any]], dtype: npt.DTypeLike) -> npt.NDArray[Any]:
+    """``rows`` (or one row) scaled to unit length as ``dtype``; a zero row stays zero."""
+    out = np.asarray(rows, dtype=dtype)
+    norm = np.linalg.norm(out, axis=-1, keepdims=True)
+    unit: npt.NDArray[Any] = out / np.where(norm > 0, norm, 1.0)
+    return unit
+
+
 def _prepare(rows: npt.NDArray[np.floating[Any]], metric: Metric) -> npt.NDArray[np.float64]:
-    out = np.asarray(rows, dtype=np.float64)
     if metric == "cosine":
         # a zero row (only after whitening: inputs are checked) stays zero, at distance 1
-        norm = np.linalg.norm(out, axis=-1, keepdims=True)
-        out = out / np.where(norm > 0, norm, 1.0)
-    return out
+        unit: npt.NDArray[np.float64] = unit_rows(rows, np.float64)
+        return unit
+    return np.asarray(rows, dtype=np.float64)
 
 
 def pair_distances(

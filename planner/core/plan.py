@@ -292,12 +292,12 @@ def _vote(
     short = shortfall > 0
     if embeddings is None or k == 0 or rows.size == 0 or not short.any():
         return None, None
-    emb = check_embeddings(embeddings, n)
-    if not vote_space_ok(emb, np.arange(n)):
-        return None, "no neighbour vote: the embeddings' spectrum is mostly noise"
     anchors = rows[marks[:, short].any(axis=1)]
     if anchors.size == 0:  # no labelled image of a short class: nothing to vote for
         return None, None
+    emb = check_embeddings(embeddings, n)
+    if not vote_space_ok(emb, np.arange(n)):
+        return None, "no neighbour vote: the embeddings' spectrum is mostly noise"
     limit = max(VOTE_ROWS_PER_SLOT * batch_size, VOTE_MIN_ROWS)
     candidates = vote_candidates(emb, anchors, limit=limit)
     vote = neighbour_vote(emb, rows, marks, k=k, candidates=candidates)

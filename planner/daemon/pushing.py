@@ -140,7 +140,7 @@ class Pusher:
             embeddings=scores.embeddings,
             bald_scores=scores.bald,
             exclude=scores.task_ids[~keep],
-            labels={int(i): labelled[int(i)] for i in scores.task_ids if int(i) in labelled},
+            labels=labelled,  # plan_batch leaves out the ones it has no scores for
         )
         picks = plan.batch.picks
         items = [PlannedItem(int(p.id), p.rank, p.reason, p.class_name, p.gain) for p in picks]
