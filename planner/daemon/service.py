@@ -117,6 +117,9 @@ class ProjectDaemon:
     _busy: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     """One job at a time: the scheduler's threads would otherwise sync beside a push, and a
     sync's recovery would push a batch this daemon is pushing (duplicate predictions)."""
+    _sync_wanted: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    """A sync was asked for (a webhook) while another job ran; that job syncs when it ends,
+    since its own sync may have read Label Studio before the new annotation."""
     _watch: BackendWatch = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -142,24 +145,47 @@ class ProjectDaemon:
     def sync(self, *, reconcile: bool = False) -> SyncReport | None:
         """Sync, update metrics and snapshots, evaluate the stop rules; ask for a cycle when
         the active batch is mostly done. Only the leader syncs; None when this daemon does
-        not lead, another job is running (it syncs itself) or the sync failed."""
-        if not self._busy.acquire(blocking=False):
-            log.debug("project %s: a job is running; this sync is left to it", self.ls_project_id)
-            return None
-        try:
-            with self._surviving_store("sync"):
-                if not self._lead() or not self._watch.ready():
+        not lead, another job is running (it syncs again when it ends) or the sync failed."""
+        while True:
+            if not self._busy.acquire(blocking=False):
+                self._sync_wanted.set()  # before the second try: the running job sees it
+                if not self._busy.acquire(blocking=False):
+                    log.debug(
+                        "project %s: a job is running; it syncs again when it ends",
+                        self.ls_project_id,
+                    )
                     return None
-                self._recover()
-                return self._sync(reconcile=reconcile) if self._watch.ready() else None
-            return None
+            self._sync_wanted.clear()  # this sync serves every request made until now
+            try:
+                report = self._locked_sync(reconcile=reconcile)
+            finally:
+                self._busy.release()
+            if not self._sync_wanted.is_set():
+                return report
+
+    def _locked_sync(self, *, reconcile: bool) -> SyncReport | None:
+        with self._surviving_store("sync"):
+            if not self._lead() or not self._watch.ready():
+                return None
+            self._recover()
+            return self._sync(reconcile=reconcile) if self._watch.ready() else None
+        return None
+
+    @contextmanager
+    def _job(self, name: str) -> Iterator[None]:
+        """Hold the one-job lock and survive a lost database; afterwards sync once more if a
+        sync was asked for meanwhile (the request is not lost until the next poll)."""
+        try:
+            with self._busy, self._surviving_store(name):
+                yield
         finally:
-            self._busy.release()
+            if self._sync_wanted.is_set():
+                self.sync()
 
     def cycle(self) -> CycleOutcome:
         """One cycle (``planner cycle --once`` too): finish a half-pushed batch, or sync,
         re-check the stop rules, score the pool with the current model and push the batch."""
-        with self._busy, self._surviving_store("cycle"):
+        with self._job("cycle"):
             return self._cycle()
         return CycleOutcome(None, "the planner database is unavailable; retried next time")
 
@@ -172,7 +198,7 @@ class ProjectDaemon:
             return CycleOutcome(recovered, "finished a half-pushed batch", recovered=True)
         if not self._watch.ready():
             return CycleOutcome(None, self._watch.waiting())
-        report = self._sync()
+        report = self._sync(cycling=True)
         if report is None:
             return CycleOutcome(None, "the sync failed; see the log", stop=self.last_decision)
         if self.stopped:
@@ -182,7 +208,7 @@ class ProjectDaemon:
 
     def housekeeping(self) -> None:
         """Reconcile deleted tasks, expire stale batches, drop superseded models' scores."""
-        with self._busy, self._surviving_store("housekeeping"):
+        with self._job("housekeeping"):
             if self._lead() and self._watch.ready():
                 self._recover()
                 if self._watch.ready():
@@ -209,7 +235,7 @@ class ProjectDaemon:
 
     def report(self) -> Path | None:
         """Sync, then write the daily report (HTML, Markdown, JSON); the folder written."""
-        with self._busy, self._surviving_store("report"):
+        with self._job("report"):
             if not self._lead():
                 return None
             if self._watch.ready():  # a report is written even while Label Studio is down
@@ -318,7 +344,8 @@ class ProjectDaemon:
             self.telemetry.batches_pushed.inc()
         return tag
 
-    def _sync(self, *, reconcile: bool = False) -> SyncReport | None:
+    def _sync(self, *, reconcile: bool = False, cycling: bool = False) -> SyncReport | None:
+        """Sync and evaluate; ask for a cycle when one is due, unless this is a cycle's sync."""
         try:
             report = sync_project(
                 self.backend,
@@ -331,7 +358,7 @@ class ProjectDaemon:
         except PlannerError as exc:
             if isinstance(exc, AuthError) and self.refresh_token():
                 log.info("Label Studio rejected the token; syncing again with the one re-read")
-                return self._sync(reconcile=reconcile)
+                return self._sync(reconcile=reconcile, cycling=cycling)
             self._watch.failed(exc)
             return None
         self._watch.ok()
@@ -344,7 +371,7 @@ class ProjectDaemon:
             self._record_error(str(exc))
             log.warning("after the sync of project %s: %s", self.ls_project_id, exc)
             return report
-        if done is None or done >= self.cycle_when_done:
+        if not cycling and (done is None or done >= self.cycle_when_done):
             self.on_cycle_due()
         return report
 

@@ -21,12 +21,13 @@ from planner.errors import TransientError
 from planner.ports import PushBatch, PushResult
 from planner.settings import Settings
 from planner.store import DatabaseLease, Store, open_store
-from planner.store.models import Batch, BatchItem, ScoreRecord
+from planner.store.models import Batch, BatchItem, ScoreRecord, Task
 from tests.unit.daemon.helpers import (
     CLASSES,
     Project150,
     TableScorer,
     by_task_id,
+    choice,
     digits_project,
     make_daemon,
 )
@@ -82,6 +83,21 @@ def test_a_cycle_pushes_a_ranked_batch_once_and_only_the_leader_does(
     assert len(_batches(store)) == 1, "a second daemon must not push while the first leads"
     assert standby.telemetry.registry.get_sample_value("planner_leader") == 0
     assert daemon.telemetry.registry.get_sample_value("planner_leader") == 1
+
+
+def test_a_sync_asks_for_a_cycle_when_no_batch_is_open_but_a_cycle_does_not_ask_again(
+    digit_files: tuple[Path, list[int]], store: Store
+) -> None:
+    project = digits_project(digit_files[1])
+    asked: list[str] = []
+    daemon = make_daemon(project, store, [Quota("7", target=40)], TableScorer(store, by_task_id))
+    daemon.on_cycle_due = lambda: asked.append("cycle")
+    assert daemon.sync() is not None
+    assert asked == ["cycle"], "no batch is open: the sync asks for one"
+    assert daemon.cycle().pushed is not None
+    assert asked == ["cycle"], "the cycle's own sync does not ask for the cycle running now"
+    assert daemon.sync() is not None
+    assert asked == ["cycle"], "the batch just pushed is not done"
 
 
 def test_labelled_tasks_are_scored_and_vote_in_the_plan(
@@ -249,17 +265,20 @@ def test_an_unreachable_label_studio_is_recorded_and_survived(
 
 
 class _SyncsMidPush(FakeLabelStudio):
-    """While a batch is being pushed, the scheduler's other thread runs a sync job."""
+    """While a batch is being pushed, an annotator labels a task and a webhook makes the
+    scheduler's other thread run a sync job."""
 
-    def __init__(self, inner: FakeLabelStudio) -> None:
+    def __init__(self, inner: FakeLabelStudio, annotate: int) -> None:
         self.__dict__ = inner.__dict__
         self.pushes: list[str] = []
         self.daemon: ProjectDaemon | None = None
         self.sync_result: object = "not run"
+        self.annotate_mid_push = annotate
 
     def push_batch(self, project_id: int, batch: PushBatch) -> PushResult:
         self.pushes.append(batch.tag)
         if self.daemon is not None and len(self.pushes) == 1:
+            self.annotate(self.annotate_mid_push, choice("7"))
             other = threading.Thread(
                 target=lambda: setattr(self, "sync_result", self.daemon.sync())
             )
@@ -272,7 +291,8 @@ def test_a_sync_during_a_push_does_not_push_the_same_batch_again(
     store: Store, digit_files: tuple[Path, list[int]]
 ) -> None:
     project = digits_project(digit_files[1])
-    backend = _SyncsMidPush(project.fake)
+    late = project.ids[-1]
+    backend = _SyncsMidPush(project.fake, annotate=late)
     daemon = make_daemon(
         project, store, [Quota("7", target=40)], TableScorer(store, by_task_id), backend=backend
     )
@@ -281,7 +301,11 @@ def test_a_sync_during_a_push_does_not_push_the_same_batch_again(
     assert outcome.pushed is not None
     assert backend.sync_result is None, "the sync left the work to the running job"
     assert backend.pushes == [outcome.pushed], "the batch was pushed once"
-    _one_prediction_per_batch_task(project, store)
+    _one_prediction_per_batch_task(project, store, state="active")  # the second sync saw it
+    with store.session() as session:
+        row = session.exec(select(Task).where(Task.ls_task_id == late)).one()
+        assert row.state == "labelled", "the cycle synced again for the webhook's sync"
+        assert row.labels == ["7"]
 
 
 @pytest.mark.parametrize("taken", [False, True])
