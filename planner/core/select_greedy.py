@@ -11,6 +11,13 @@ the paper). Adding item ``i`` when ``r = s - P^T z`` is still to cover lowers ``
            = u_i + lambda * sum_c w_c (2 min(p_ic, max(r_c, 0)) - p_ic),
 
 so overshooting a class that is already covered costs as much as covering a short one earns.
+That suits class distributions (single-label rows): a row's mass on a covered class is mass
+not on a short one. Presence probabilities (detection: several classes in one image) call
+for the **one-sided** norm instead, ``2 * sum_c w_c max(s_c - (P^T z)_c, 0)``: there the
+L1 overshoot would charge an image for every other object it holds, and once the quotas are
+met it would prefer the images with the fewest objects over the most uncertain ones. Since
+``|r| = 2 max(r, 0) - r``, the one-sided gain is the L1 gain plus ``lambda * sum_c w_c p_ic``:
+the same short class pulls as hard, and a covered class costs nothing.
 ``r`` only shrinks as picks are added and each term is non-decreasing in ``r_c``, so gains
 only shrink (the objective is submodular): an item's gain at the start is an upper bound on
 all its later gains. The greedy below is therefore *lazy*: a heap of stale bounds, re-scored
@@ -47,6 +54,15 @@ class Objective:
     """``(c,)`` expected picks per class, ``P^T z``."""
 
 
+def open_deficit(residual: FloatArray, *, one_sided: bool) -> FloatArray:
+    """Per class, how far ``residual = s - P^T z`` (any shape) is from covered: ``|r|``, or
+    ``2 max(r, 0)`` when ``one_sided`` (see the module docstring)."""
+    if one_sided:
+        out: FloatArray = 2.0 * np.maximum(residual, 0.0)
+        return out
+    return np.abs(residual)
+
+
 def objective(
     picked: npt.ArrayLike,
     uncertainty: npt.ArrayLike,
@@ -55,8 +71,10 @@ def objective(
     *,
     balance_lambda: float,
     weights: npt.ArrayLike | None = None,
+    one_sided: bool = False,
 ) -> Objective:
-    """``f(z)`` for the rows ``picked: (k,)`` of ``uncertainty: (n,)`` and ``probs: (n, c)``."""
+    """``f(z)`` for the rows ``picked: (k,)`` of ``uncertainty: (n,)`` and ``probs: (n, c)``;
+    ``one_sided``: overshoot costs nothing (presence probabilities)."""
     idx = np.asarray(picked, dtype=np.intp)
     u = np.asarray(uncertainty, dtype=np.float64)
     p = np.asarray(probs)
@@ -64,7 +82,7 @@ def objective(
     w = np.ones_like(s) if weights is None else np.asarray(weights, dtype=np.float64)
     expected: FloatArray = np.asarray(p[idx], dtype=np.float64).sum(axis=0)
     u_total = float(u[idx].sum())
-    penalty = float(w @ np.abs(expected - s))
+    penalty = float(w @ open_deficit(s - expected, one_sided=one_sided))
     return Objective(
         value=-u_total + balance_lambda * penalty,
         uncertainty_total=u_total,
@@ -74,14 +92,20 @@ def objective(
 
 
 def class_terms(
-    rows: npt.NDArray[np.floating[Any]], residual: FloatArray, weights: FloatArray
+    rows: npt.NDArray[np.floating[Any]],
+    residual: FloatArray,
+    weights: FloatArray,
+    *,
+    one_sided: bool = False,
 ) -> FloatArray:
-    """Per-class decrease of the weighted ``||r||_1`` from adding ``rows: (k, c)`` (or ``(c,)``).
+    """Per-class decrease of the weighted ``||r||_1`` (or its one-sided form) from adding
+    ``rows: (k, c)`` (or ``(c,)``).
 
     ``w * (|r| - |r - p|)``, same shape as ``rows``.
     """
     rows64 = np.asarray(rows, dtype=np.float64)
-    out: FloatArray = weights * (np.abs(residual) - np.abs(residual - rows64))
+    before = open_deficit(residual, one_sided=one_sided)
+    out: FloatArray = weights * (before - open_deficit(residual - rows64, one_sided=one_sided))
     return out
 
 
@@ -93,6 +117,7 @@ def starting_gains(
     *,
     balance_lambda: float,
     weights: FloatArray,
+    one_sided: bool = False,
 ) -> FloatArray:
     """``gain_i`` of every row at ``residual: (c,)``; ``-inf`` where not ``available``. ``(n,)``.
 
@@ -100,10 +125,10 @@ def starting_gains(
     """
     n = uncertainty.shape[0]
     gains = np.full(n, -np.inf)
-    total = float(weights @ np.abs(residual))
+    total = float(weights @ open_deficit(residual, one_sided=one_sided))
     for start in range(0, n, _CHUNK):
         block = np.asarray(probs[start : start + _CHUNK], dtype=np.float64)
-        after = np.abs(residual - block) @ weights
+        after = open_deficit(residual - block, one_sided=one_sided) @ weights
         end = start + block.shape[0]
         gains[start:end] = uncertainty[start:end] + balance_lambda * (total - after)
     gains[~available] = -np.inf
@@ -163,6 +188,7 @@ class LazyGreedy:
         "_heap",
         "_lam",
         "_next",
+        "_one_sided",
         "_probs",
         "_stamp",
         "_u",
@@ -183,8 +209,10 @@ class LazyGreedy:
         balance_lambda: float,
         weights: FloatArray,
         block: int,
+        one_sided: bool = False,
     ) -> None:
         self._w = weights
+        self._one_sided = one_sided
         self._u = uncertainty
         self._probs = probs
         self._lam = balance_lambda
@@ -205,9 +233,10 @@ class LazyGreedy:
         """Current gains of ``rows``, by the same arithmetic as :func:`starting_gains`."""
         self.scored += rows.size
         block = np.asarray(self._probs[rows], dtype=np.float64)
-        total = float(self._w @ np.abs(self.residual))
+        one = self._one_sided
+        total = float(self._w @ open_deficit(self.residual, one_sided=one))
         out: FloatArray = self._u[rows] + self._lam * (
-            total - np.abs(self.residual - block) @ self._w
+            total - open_deficit(self.residual - block, one_sided=one) @ self._w
         )
         return out
 
@@ -251,5 +280,7 @@ class LazyGreedy:
             if not admit(row):
                 continue  # dropped for good: picks only accumulate
             self._version += 1  # the caller now takes the row off the residual
-            terms = self._lam * class_terms(self._probs[row], self.residual, self._w)
+            terms = self._lam * class_terms(
+                self._probs[row], self.residual, self._w, one_sided=self._one_sided
+            )
             return GreedyPick(row=row, uncertainty=float(self._u[row]), terms=terms)

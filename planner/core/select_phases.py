@@ -14,7 +14,14 @@ import numpy as np
 import numpy.typing as npt
 
 from planner.core.acquisition import top_two
-from planner.core.select_greedy import LazyGreedy, class_terms, ranked, starting_gains, top_k
+from planner.core.select_greedy import (
+    LazyGreedy,
+    class_terms,
+    open_deficit,
+    ranked,
+    starting_gains,
+    top_k,
+)
 
 if TYPE_CHECKING:
     from planner.core.diversity import NearDuplicateGuard
@@ -42,6 +49,7 @@ class Phases:
         "_guard",
         "_lam",
         "_need",
+        "_one_sided",
         "_p",
         "_u",
         "_w",
@@ -63,8 +71,11 @@ class Phases:
         weights: FloatArray,
         guard: NearDuplicateGuard | None,
         balance_lambda: float,
+        one_sided: bool = False,
     ) -> None:
         self._w = weights
+        self._one_sided = one_sided
+        """Overshoot costs nothing (presence probabilities; see :mod:`select_greedy`)."""
         self._u = uncertainty
         self._p = probs
         self._need = weights * shortfall  # the order in which short classes take turns
@@ -87,7 +98,12 @@ class Phases:
         return True
 
     def _terms(self, row: int) -> FloatArray:
-        return self._lam * class_terms(self._p[row], self.residual, self._w)
+        return self._lam * class_terms(
+            self._p[row], self.residual, self._w, one_sided=self._one_sided
+        )
+
+    def _deficit(self, residual: FloatArray) -> FloatArray:
+        return open_deficit(residual, one_sided=self._one_sided)
 
     def _add(self, row: int, reason: Reason, class_index: int, terms: FloatArray) -> None:
         self.taken[row] = True
@@ -134,6 +150,7 @@ class Phases:
             self.open_rows(),
             balance_lambda=self._lam,
             weights=self._w,
+            one_sided=self._one_sided,
         )
         solver = LazyGreedy(
             self._u,
@@ -143,6 +160,7 @@ class Phases:
             balance_lambda=self._lam,
             weights=self._w,
             block=block,
+            one_sided=self._one_sided,
         )
         first = len(self.rows)
         for _ in range(k):
@@ -177,7 +195,7 @@ class Phases:
         cand_u = self._u[pool]
         if pool.size > limit:
             # Keep the rows the greedy would have taken next: best gain at the final residual.
-            gain = cand_u - self._lam * (np.abs(self.residual - cand_p) @ self._w)
+            gain = cand_u - self._lam * (self._deficit(self.residual - cand_p) @ self._w)
             gain[self.taken[pool]] = -np.inf  # picked rows always stay in (their gain is moot)
             keep = np.sort(np.argsort(-gain, kind="stable")[:limit])
             keep = np.union1d(keep, np.flatnonzero(self.taken[pool]))
@@ -187,8 +205,8 @@ class Phases:
             for pos in positions:
                 old = self.rows[pos]
                 without = self.residual + np.asarray(self._p[old], dtype=np.float64)
-                now = -self._u[old] + self._lam * float(self._w @ np.abs(self.residual))
-                delta = -cand_u + self._lam * (np.abs(without - cand_p) @ self._w) - now
+                now = -self._u[old] + self._lam * float(self._w @ self._deficit(self.residual))
+                delta = -cand_u + self._lam * (self._deficit(without - cand_p) @ self._w) - now
                 delta[self.taken[pool]] = np.inf
                 better = np.flatnonzero(delta < -1e-9 * (1.0 + abs(now)))
                 for i in better[np.lexsort((better, delta[better]))]:
@@ -204,7 +222,7 @@ class Phases:
         self.taken[self.rows[pos]] = False
         self.taken[row] = True
         self.rows[pos] = row
-        terms = self._lam * class_terms(self._p[row], without, self._w)
+        terms = self._lam * class_terms(self._p[row], without, self._w, one_sided=self._one_sided)
         self.infos[pos] = PickInfo(*self._why(row, terms), float(terms.sum()))
         self.residual[:] = without - np.asarray(self._p[row], dtype=np.float64)
         if self._guard is not None:

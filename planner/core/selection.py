@@ -10,7 +10,10 @@ checks (eligible, not yet picked, and, with diversity on, no picked row within t
 2. **Greedy** on the class-balanced objective of Bengar et al. (WACV 2022), see
    :mod:`planner.core.select_greedy`: each pick maximises
    ``u_i + lambda * sum_c w_c (|r_c| - |r_c - p_ic|)`` with ``r`` the shortfall still open
-   (with a ``vote``, ``p`` is ``max(probs, vote)`` here and in phases 1 and 3).
+   (with a ``vote``, ``p`` is ``max(probs, vote)`` here and in phases 1 and 3). With
+   ``multilabel=True`` (presence probabilities) the norm is one-sided, ``2 max(r_c, 0)``:
+   overshooting a covered class costs nothing, so an image is not marked down for holding
+   other objects, nor, once the quotas are met, preferred for holding few.
    The pool is read in ``np.argpartition`` blocks of ``block_factor * b`` rows by starting
    gain, a bound on all later gains, so the lazy greedy equals a greedy over the whole pool
    while scoring a few ``b`` rows. Then ``swap_passes`` of 1-swap local search replace a pick
@@ -334,7 +337,14 @@ def select_batch(
     elif opts.diversity and embeddings is not None and b > 0:
         guard = _guard(embeddings, eligible, b, opts, gen)
     phases = Phases(
-        u, p, s, eligible, weights=weights, guard=guard, balance_lambda=opts.balance_lambda
+        u,
+        p,
+        s,
+        eligible,
+        weights=weights,
+        guard=guard,
+        balance_lambda=opts.balance_lambda,
+        one_sided=multilabel,
     )
     n_discover = _share(opts.discovery_share, b) if phases.short() else 0
     n_explore = max(_share(opts.exploration_share, b), n_discover)
@@ -356,7 +366,15 @@ def select_batch(
         )
     if unmet.any():
         notes.append("min_slots not met for " + ", ".join(names[i] for i in np.flatnonzero(unmet)))
-    value = objective(phases.rows, u, p, s, balance_lambda=opts.balance_lambda, weights=weights)
+    value = objective(
+        phases.rows,
+        u,
+        p,
+        s,
+        balance_lambda=opts.balance_lambda,
+        weights=weights,
+        one_sided=multilabel,
+    )
     picks = tuple(
         Pick(
             id=id_array[row].item(),

@@ -71,23 +71,33 @@ def test_batch_reports_the_objective_of_its_picks() -> None:
     np.testing.assert_allclose(batch.expected, again.expected)
 
 
-def test_lazy_greedy_equals_the_eager_greedy() -> None:
+@pytest.mark.parametrize("one_sided", [False, True])
+def test_lazy_greedy_equals_the_eager_greedy(one_sided: bool) -> None:
     rng = np.random.default_rng(4)
     n, c, k, lam = 300, 5, 25, 1.5
-    probs = rng.dirichlet(np.full(c, 0.5), size=n)
+    # class distributions for the two-sided norm, presence probabilities for the one-sided
+    probs = rng.random((n, c)) ** 3 if one_sided else rng.dirichlet(np.full(c, 0.5), size=n)
     u = rng.random(n)
     s = np.array([0.0, 2.0, 5.0, 1.0, 8.0])
-    w = np.ones(c)
+    w = np.array([1.0, 2.0, 1.0, 1.0, 1.0]) if one_sided else np.ones(c)
+
+    def deficit(r: np.ndarray) -> np.ndarray:
+        return 2 * np.maximum(r, 0) if one_sided else np.abs(r)
+
     # eager: score every row at every step
     residual, eager = s.copy(), []
     for _ in range(k):
-        gains = u + lam * (np.abs(residual) - np.abs(residual - probs)).sum(axis=1)
+        gains = u + lam * ((deficit(residual) - deficit(residual - probs)) @ w)
         gains[eager] = -np.inf
         eager.append(int(np.argmax(gains)))
         residual -= probs[eager[-1]]
     residual = s.copy()
-    start = starting_gains(u, probs, residual, np.ones(n, bool), balance_lambda=lam, weights=w)
-    solver = LazyGreedy(u, probs, residual, start, balance_lambda=lam, weights=w, block=10)
+    start = starting_gains(
+        u, probs, residual, np.ones(n, bool), balance_lambda=lam, weights=w, one_sided=one_sided
+    )
+    solver = LazyGreedy(
+        u, probs, residual, start, balance_lambda=lam, weights=w, block=10, one_sided=one_sided
+    )
     taken: set[int] = set()
     lazy = []
     for _ in range(k):
@@ -100,17 +110,32 @@ def test_lazy_greedy_equals_the_eager_greedy() -> None:
     assert solver.scored < n * k / 4  # bounds spared most of the work
 
 
-def test_greedy_is_near_exact_against_brute_force() -> None:
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_greedy_is_near_exact_against_brute_force(multilabel: bool) -> None:
     # Documented in docs/benchmarks.md: with swaps the result is optimal on almost every
-    # small instance and never more than 0.02 (1 + lambda) per pick above the optimum.
+    # small instance and never more than 0.02 (1 + lambda) per pick above the optimum; with
+    # presence probabilities (the one-sided norm) as well.
     exact_hits, cases = 0, 120
     for seed in range(cases):
         rng = np.random.default_rng(seed)
         n, c = int(rng.integers(6, 12)), int(rng.integers(2, 5))
         u, probs, s, b, lam = random_instance(seed, n, c, min(5, n))
-        batch = select_batch(np.arange(n), u, probs, s, batch_size=b, rng=0, options=plain(lam))
+        if multilabel:
+            probs = rng.random((n, c))
+        batch = select_batch(
+            np.arange(n),
+            u,
+            probs,
+            s,
+            batch_size=b,
+            rng=0,
+            multilabel=multilabel,
+            options=plain(lam),
+        )
+        kwargs = {"balance_lambda": lam, "one_sided": multilabel}
+        assert batch.objective == pytest.approx(objective(batch.ids, u, probs, s, **kwargs).value)
         best = min(
-            objective(list(z), u, probs, s, balance_lambda=lam).value
+            objective(list(z), u, probs, s, **kwargs).value
             for z in itertools.combinations(range(n), b)
         )
         gap = batch.objective - best
@@ -456,6 +481,47 @@ def test_multilabel_presence_from_detection() -> None:
     assert batch.ids == [11]
     with pytest.raises(InputError, match="sum to 1"):
         select_batch([10, 11, 12], np.zeros(3), presence, [0, 1], batch_size=1, rng=0)
+
+
+def test_presence_is_not_marked_down_for_other_objects() -> None:
+    # columns: car (no quota), wheelchair (short by 2). Image 0 holds a likely wheelchair
+    # beside a car and is the more uncertain; image 1 holds the same wheelchair alone.
+    presence = np.array([[0.95, 0.6], [0.0, 0.6]])
+    u = np.array([0.5, 0.4])
+    short = np.array([0.0, 2.0])
+    detection = select_batch(
+        [0, 1], u, presence, short, batch_size=1, rng=0, multilabel=True, options=plain(3.0)
+    )
+    assert detection.ids == [0], "the car beside the wheelchair costs nothing"
+    # the two-sided (L1) norm would have charged image 0 for the car: 3 * 0.95 > 0.1
+    l1 = [objective([i], u, presence, short, balance_lambda=3.0).value for i in (0, 1)]
+    assert l1[1] < l1[0]
+    one_sided = [
+        objective([i], u, presence, short, balance_lambda=3.0, one_sided=True) for i in (0, 1)
+    ]
+    assert one_sided[0].value < one_sided[1].value
+    # hand value: -0.5 + 3 * 2 * max(2 - 0.6, 0) * 1
+    assert one_sided[0].balance_penalty == pytest.approx(2 * 1.4)
+    assert one_sided[0].value == pytest.approx(-0.5 + 3.0 * 2.8)
+
+
+def test_with_quotas_met_presence_picks_by_uncertainty_alone() -> None:
+    rng = np.random.default_rng(7)
+    n = 40
+    presence = rng.random((n, 4))
+    presence[: n // 2] *= 0.1  # half the images hold (almost) nothing
+    u = rng.random(n)
+    batch = select_batch(
+        np.arange(n),
+        u,
+        presence,
+        np.zeros(4),
+        batch_size=8,
+        rng=0,
+        multilabel=True,
+        options=plain(3.0),
+    )
+    assert sorted(batch.ids) == sorted(np.argsort(-u)[:8].tolist())
 
 
 def test_class_weights_favour_the_critical_class() -> None:
