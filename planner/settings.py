@@ -167,6 +167,12 @@ class PlanningSettings(_Section):
         default="auto",
         description="Novelty after PCA whitening: auto = unless the embeddings are mostly noise.",
     )
+    discovery_short_weight: float = Field(
+        default=1.0,
+        ge=0,
+        le=100,
+        description="Novelty x (1 + this x the chance an image holds a short class).",
+    )
     shortfall_factor: float = Field(
         default=2.0, ge=1, le=10, description="The objective's target: this x the deficit."
     )

@@ -77,6 +77,9 @@ class PlanOptions:
     images: the quota term then finds more of each (about 55% of its picks on digits 10:1)
     than novelty does (about 20%)."""
     discovery_known_after: int = 8
+    discovery_short_weight: float = 1.0
+    """Discovery's novelty is multiplied by ``1 + this * P(short class)`` (see
+    :class:`planner.core.selection.SelectionOptions`)."""
     shortfall_factor: float = 2.0
     """The objective's shortfall is this times the quota deficit (capped at the batch size):
     on digits 10:1 and 100:1 of ``bench/effectiveness`` 2 met the quotas with fewer labels
@@ -132,6 +135,7 @@ class PlanOptions:
             hard_negative_share=self.hard_negative_share,
             discovery_share=min(1.0, max(0.0, low + (high - low) * unknown)),
             discovery_whiten=self.discovery_whiten,
+            discovery_short_weight=self.discovery_short_weight,
             balance_lambda=self.balance_lambda,
             diversity=self.diversity,
         )

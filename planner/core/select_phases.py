@@ -253,6 +253,17 @@ class Phases:
                 if k == 0:
                     return
 
+    def short_probability(self) -> FloatArray:
+        """``(n,)`` how likely each row holds a class still short of its quota, by the
+        probabilities the quota term reads (the model's, or the labelled neighbours' vote):
+        their sum for a class distribution, ``1 - prod(1 - p)`` for presence."""
+        p = np.asarray(self._p[:, self._need > 0], dtype=np.float64)
+        if self._one_sided:
+            out: FloatArray = 1.0 - np.prod(1.0 - p, axis=1)
+            return out
+        total: FloatArray = np.minimum(p.sum(axis=1), 1.0)
+        return total
+
     def short(self) -> bool:
         """Whether some class with a quota still lacks items (weighted shortfall > 0)."""
         return bool((self._need > 0).any())

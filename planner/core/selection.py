@@ -33,6 +33,8 @@ checks (eligible, not yet picked, and, with diversity on, no picked row within t
    :mod:`planner.core.whitening`; the batch's notes say which space was used). Not only
    while the class is unseen: a rare class is often several separate modes (digit styles,
    viewpoints), and a model shown one of them gives the others almost no probability.
+   Novelty is weighted by ``1 + discovery_short_weight * P(short class)`` (the quota term's
+   probabilities): among novel items, those the evidence leans to a short class first.
 
 Shares are rounded half up: ``round(0.10 * 45) = 5``. Each pick states a reason: ``rare_class``
 when its best class term ``lambda w_X (|r_X| - |r_X - p_iX|)`` exceeds its uncertainty (X is
@@ -104,6 +106,11 @@ class SelectionOptions:
     """Measure novelty after partial PCA whitening (:mod:`planner.core.whitening`), in
     ``metric`` around the pool's mean; False: in the raw embedding space; ``"auto"``:
     whitened unless the pool's spectrum is mostly noise."""
+    discovery_short_weight: float = 0.0
+    """Novelty is multiplied by ``1 + discovery_short_weight * P(short class)``, the
+    probability (model or vote) that the row holds a class still short of its quota: of two
+    equally novel rows the one the evidence leans to a short class goes first. While no
+    short class has been seen that probability is 0 everywhere and novelty alone decides."""
 
     def __post_init__(self) -> None:
         for name in ("exploration_share", "hard_negative_share", "discovery_share"):
@@ -114,10 +121,21 @@ class SelectionOptions:
             raise InputError(
                 f"discovery_whiten must be one of {WHITEN_MODES}, got {self.discovery_whiten!r}"
             )
+        for name in ("balance_lambda", "discovery_short_weight"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise InputError(f"{name} must be finite and >= 0, got {value}")
         if self.exploration_share + self.hard_negative_share > 1.0:
             raise InputError("exploration_share + hard_negative_share must not exceed 1")
-        if not (math.isfinite(self.balance_lambda) and self.balance_lambda >= 0):
-            raise InputError(f"balance_lambda must be finite and >= 0, got {self.balance_lambda}")
+        self._check_diversity()
+        if not 0.0 <= self.hard_negative_confidence <= 1.0:
+            raise InputError("hard_negative_confidence must lie in [0, 1]")
+        if self.swap_passes < 0:
+            raise InputError(f"swap_passes must be >= 0, got {self.swap_passes}")
+        if self.block_factor < 1:
+            raise InputError(f"block_factor must be >= 1, got {self.block_factor}")
+
+    def _check_diversity(self) -> None:
         if self.diversity_radius is not None and not (
             math.isfinite(self.diversity_radius) and self.diversity_radius >= 0
         ):
@@ -128,12 +146,6 @@ class SelectionOptions:
             raise InputError(f"radius_fraction must lie in [0, 2], got {self.radius_fraction}")
         if self.metric not in METRICS:
             raise InputError(f"metric must be one of {METRICS}, got {self.metric!r}")
-        if not 0.0 <= self.hard_negative_confidence <= 1.0:
-            raise InputError("hard_negative_confidence must lie in [0, 1]")
-        if self.swap_passes < 0:
-            raise InputError(f"swap_passes must be >= 0, got {self.swap_passes}")
-        if self.block_factor < 1:
-            raise InputError(f"block_factor must be >= 1, got {self.block_factor}")
 
 
 def _check_ids(ids: npt.ArrayLike, exclude: npt.ArrayLike | None) -> tuple[Any, Any]:
@@ -237,7 +249,8 @@ def _explore(
 
     Discovery picks one row at a time by :class:`planner.core.diversity.NoveltySearch`
     (isolation in the pool x distance to the nearest labelled, in-flight or already
-    discovered row); slots it cannot fill go to the uniform picks.
+    discovered row) times ``1 + discovery_short_weight * P(short class)``; slots it cannot
+    fill go to the uniform picks.
     """
     note = None
     if n_discover and embeddings is not None:
@@ -252,9 +265,10 @@ def _explore(
             whiten=opts.discovery_whiten,
         )
         note = _whitening_note(search) if opts.discovery_whiten == "auto" else None
+        lean = 1.0 + opts.discovery_short_weight * phases.short_probability()
         for _ in range(n_discover):
             before = len(phases.rows)
-            phases.explore(1, rng=gen, keys=search.keys())
+            phases.explore(1, rng=gen, keys=search.keys() * lean)
             if len(phases.rows) == before:
                 break
             search.add(phases.rows[-1])

@@ -117,6 +117,7 @@ def build_daemon(
             hard_negative_share=planning.hard_negative_share,
             discovery_share=planning.discovery_share,
             discovery_whiten=planning.discovery_whiten,
+            discovery_short_weight=planning.discovery_short_weight,
             shortfall_factor=planning.shortfall_factor,
             vote_neighbours=planning.vote_neighbours,
             balance_lambda=planning.balance_lambda,

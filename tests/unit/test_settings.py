@@ -206,3 +206,19 @@ def test_dashboard_secrets_come_from_env_or_file_only(tmp_path: Path) -> None:
     assert settings.dashboard.token is not None
     assert settings.dashboard.token.get_secret_value() == "from-a-file"
     assert "from-a-file" not in json.dumps(settings.public_dict())
+
+
+def test_the_readme_documents_every_setting() -> None:
+    from pydantic import BaseModel
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    keys = []
+    for name, field in Settings.model_fields.items():
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            keys += [f"{name}.{sub}" for sub in section.model_fields]
+        else:
+            keys.append(name)
+    assert len(keys) > 50
+    missing = [key for key in keys if f"`{key}`" not in readme]
+    assert not missing, f"add these to the README's configuration reference: {missing}"

@@ -210,6 +210,7 @@ def test_shortfall_is_the_factor_times_the_deficit_capped_at_the_batch() -> None
         ({"batch_size": 5, "shortfall_factor": float("nan")}, "shortfall_factor"),
         ({"batch_size": 5, "vote_neighbours": -1}, "vote_neighbours"),
         ({"batch_size": 5, "vote_neighbours": True}, "vote_neighbours"),
+        ({"batch_size": 5, "discovery_short_weight": -1.0}, "discovery_short_weight"),
     ],
 )
 def test_bad_options_say_what(kwargs: dict[str, object], match: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import subprocess
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from planner.core.select_greedy import LazyGreedy, objective, ranked, starting_gains, top_k
+from planner.core.select_phases import Phases
 from planner.core.selection import REASONS, Batch, SelectionOptions, select_batch
 from planner.core.whitening import WhitenMode
 from planner.errors import InputError
@@ -826,10 +828,12 @@ def _discover(
     probs: npt.NDArray[np.float64],
     whiten: WhitenMode,
     batch_size: int,
+    *,
+    options: SelectionOptions | None = None,
+    exclude: list[int] | None = None,
 ) -> Batch:
-    """A discovery-only batch over every row of ``emb``, nothing labelled, class 2 short."""
+    """A discovery-only batch over every row of ``emb`` (``exclude`` labelled), class 2 short."""
     n = len(emb)
-    options = _discovery_only(whiten=whiten)
     return select_batch(
         np.arange(n),
         np.zeros(n),
@@ -838,7 +842,8 @@ def _discover(
         batch_size=batch_size,
         rng=1,
         embeddings=emb,
-        options=options,
+        exclude=exclude,
+        options=options or _discovery_only(whiten=whiten),
     )
 
 
@@ -850,21 +855,54 @@ def test_discovery_skips_rows_near_labelled_ones() -> None:
     far = np.array([[0.0, 4.0, 0.0], [0.0, 4.0, 0.04], [0.0, 0.0, 2.0]])
     emb = np.concatenate([dense, far])
     probs = np.tile([0.7, 0.3, 0.0], (103, 1))
-    opts = _discovery_only()
-    batch = select_batch(
-        np.arange(103),
-        np.zeros(103),
-        probs,
-        [0, 0, 2],
-        batch_size=2,
-        rng=1,
-        embeddings=emb,
-        exclude=[100],
-        options=opts,
-    )
+    batch = _discover(emb, probs, False, 2, exclude=[100])
     picked = [p.id for p in batch.picks if p.reason == "exploration"]
     assert picked[0] == 102
     assert 101 not in picked
+
+
+@pytest.mark.parametrize(("weight", "first"), [(0.0, 101), (1.0, 100)])
+def test_discovery_leans_to_novel_rows_the_evidence_gives_a_short_class(
+    weight: float, first: int
+) -> None:
+    rng = np.random.default_rng(0)
+    dense = rng.normal(0, 0.05, (100, 3)) + np.array([1.0, 0, 0])
+    # 101 is a little more novel than 100, but the model gives 100 a fair chance of class 2
+    far = np.array([[0.0, 4.0, 0.0], [0.0, 0.0, 4.2]])
+    emb = np.concatenate([dense, far, [[1.0, 0.0, 0.0]]])
+    probs = np.tile([0.7, 0.3, 0.0], (103, 1))
+    probs[100] = [0.2, 0.2, 0.6]
+    probs[102] = [0.05, 0.05, 0.9]  # the greedy's pick
+    opts = dataclasses.replace(_discovery_only(), discovery_short_weight=weight)
+    batch = _discover(emb, probs, False, 2, options=opts)
+    assert [p.id for p in batch.picks if p.reason != "exploration"] == [102]
+    assert [p.id for p in batch.picks if p.reason == "exploration"] == [first]
+
+
+@pytest.mark.parametrize(("one_sided", "expected"), [(False, [0.9, 1.0]), (True, [0.7, 0.88])])
+def test_short_probability_is_the_chance_of_any_short_class(
+    one_sided: bool, expected: list[float]
+) -> None:
+    # classes 0 and 2 short; a distribution sums them (capped at 1: the vote may lift one),
+    # presence takes 1 - (1 - p0)(1 - p2)
+    probs = np.array([[0.4, 0.1, 0.5], [0.6, 0.0, 0.7]])
+    phases = Phases(
+        np.zeros(2),
+        probs,
+        np.array([1.0, 0.0, 3.0]),
+        np.ones(2, bool),
+        weights=np.ones(3),
+        guard=None,
+        balance_lambda=1.0,
+        one_sided=one_sided,
+    )
+    np.testing.assert_allclose(phases.short_probability(), expected)
+
+
+def test_discovery_short_weight_must_be_finite_and_not_negative() -> None:
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(InputError, match="discovery_short_weight"):
+            SelectionOptions(discovery_short_weight=bad)
 
 
 def test_discovery_whiten_measures_novelty_in_the_whitened_space() -> None:
