@@ -74,7 +74,7 @@ def child(n: int, b: int, labelled: int, vote: bool) -> dict[str, Any]:
         for j, s in enumerate(pool["shortfall"])
         if s > 0
     ]
-    options = PlanOptions(batch_size=b, vote_neighbours=3 if vote else 0)
+    options = PlanOptions(batch_size=b) if vote else PlanOptions(batch_size=b, vote_neighbours=0)
     before = rss_bytes()
     start = time.perf_counter()
     plan = plan_batch(
@@ -135,7 +135,8 @@ def render(result: dict[str, Any], command: str) -> str:
             f"`bench/select_bench.py`'s pool (embeddings: class centroids, {STYLES} "
             f"directions of within-class variation, noise {NOISE}), "
             f"{result['labelled']:,} of them labelled, without the vote (baseline) and with the "
-            f"vote of the 3 nearest labelled images; medians of {result['rounds']} rounds, each "
+            f"vote of the {PlanOptions(batch_size=1).vote_neighbours} nearest labelled images "
+            f"(the default); medians of {result['rounds']} rounds, each "
             "call in a fresh child process.",
             "",
             "| measure | value | ratio to the baseline of this run |",

@@ -177,7 +177,7 @@ class PlanningSettings(_Section):
         default=2.0, ge=1, le=10, description="The objective's target: this x the deficit."
     )
     vote_neighbours: int = Field(
-        default=3, ge=0, le=100, description="Labelled neighbours that vote (0: no vote)."
+        default=2, ge=0, le=100, description="Labelled neighbours that vote (0: no vote)."
     )
     split_ratios: dict[str, Positive] = Field(
         default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1},

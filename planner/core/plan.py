@@ -84,11 +84,11 @@ class PlanOptions:
     """The objective's shortfall is this times the quota deficit (capped at the batch size):
     on digits 10:1 and 100:1 of ``bench/effectiveness`` 2 met the quotas with fewer labels
     than 1 (docs/effectiveness.md)."""
-    vote_neighbours: int = 3
+    vote_neighbours: int = 2
     """Labelled neighbours in the vote the quota term reads (0: no vote; see
-    :mod:`planner.core.vote`). On digits 10:1 / 100:1 of ``bench/effectiveness`` 1, 2, 3
-    and 5 needed 256 / 160, 268 / 156, 260 / 180 and 272 / 192 labels (5 seeds); 3 had the
-    best macro-F1 on digits 10:1."""
+    :mod:`planner.core.vote`). With discovery's lean to short classes, on the digits sets of
+    ``bench/effectiveness`` (15 seeds) 2 met the quotas with 235 / 164 / 161 labels at 10:1 /
+    50:1 / 100:1 against 248 / 185 / 153 for 3, at about equal macro-F1."""
     discovery_whiten: WhitenMode = "auto"
     """Novelty in a partially whitened space (see selection); ``"auto"``: unless the pool's
     spectrum is mostly noise (:mod:`planner.core.whitening`). On the digits sets of
