@@ -174,13 +174,12 @@ class ProjectDaemon:
     @contextmanager
     def _job(self, name: str) -> Iterator[None]:
         """Hold the one-job lock and survive a lost database; afterwards sync once more if a
-        sync was asked for meanwhile (the request is not lost until the next poll)."""
-        try:
-            with self._busy, self._surviving_store(name):
-                yield
-        finally:
-            if self._sync_wanted.is_set():
-                self.sync()
+        sync was asked for meanwhile (the request is not lost until the next poll). A job
+        that raised (a shutdown, a bug) does not: the exception goes up first."""
+        with self._busy, self._surviving_store(name):
+            yield
+        if self._sync_wanted.is_set():
+            self.sync()
 
     def cycle(self) -> CycleOutcome:
         """One cycle (``planner cycle --once`` too): finish a half-pushed batch, or sync,

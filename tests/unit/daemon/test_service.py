@@ -126,8 +126,14 @@ class _DiesMidPush(FakeLabelStudio):
     def __init__(self, inner: FakeLabelStudio, *, before_predictions: bool = False) -> None:
         self.__dict__ = inner.__dict__  # the same projects and tasks: one server, two clients
         self.before_predictions = before_predictions
+        self.daemon: ProjectDaemon | None = None
+        """When set, a webhook asks this daemon for a sync just before it dies."""
+        self.pushes = 0
 
     def push_batch(self, project_id: int, batch: PushBatch) -> PushResult:
+        self.pushes += 1
+        if self.daemon is not None:
+            assert self.daemon.sync() is None  # the cycle holds the lock: asked for later
         if self.before_predictions:
             raise _Killed
         state = self._project(project_id)
@@ -151,17 +157,22 @@ def _one_prediction_per_batch_task(
     assert batch.state == state  # pushed; active once a sync sees the project serve it
 
 
-@pytest.mark.parametrize("before_predictions", [False, True])
+@pytest.mark.parametrize(
+    ("before_predictions", "webhook"), [(False, False), (True, False), (False, True)]
+)
 def test_a_batch_half_pushed_when_the_daemon_died_is_finished_on_restart(
-    store: Store, digit_files: tuple[Path, list[int]], before_predictions: bool
+    store: Store, digit_files: tuple[Path, list[int]], before_predictions: bool, webhook: bool
 ) -> None:
     project = digits_project(digit_files[1])
     scorer = TableScorer(store, by_task_id)
     quotas = [Quota("7", target=40)]
     dying = _DiesMidPush(project.fake, before_predictions=before_predictions)
     first = make_daemon(project, store, quotas, scorer, backend=dying)
+    if webhook:  # the sync asked for during the job must not run in a dying process
+        dying.daemon = first
     with pytest.raises(_Killed):
         first.cycle()
+    assert dying.pushes == 1, "a dying job runs no sync (nor its recovery) on the way out"
     (planned,) = _batches(store)
     assert planned.state == "planned"
     first.lease.release()  # the dead process's lease ran out
