@@ -10,6 +10,7 @@ no annotation nor push a batch twice (checked against the store and the server a
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -63,19 +64,25 @@ def _metric_state(daemon: ProjectDaemon, state: str) -> None:
 
 
 def test_label_studio_stopped_mid_sync_loses_no_annotation(tally: Tally, rig: Rig) -> None:
-    daemon = rig.daemon()
+    # The daemon's clock, frozen while the backoff is checked: on a loaded machine the checks
+    # between two syncs may take longer than the 0.3 s backoff itself.
+    frozen: list[datetime | None] = [None]
+    daemon = rig.daemon(clock=lambda: frozen[0] or datetime.now(UTC))
     assert daemon.sync() is not None
     with tally.fault("label_studio.stopped_mid_sync"):
         for task in rig.live.ids[20:25]:  # annotators go on; the daemon will not see them
             rig.annotate(task)
         rig.proxy.down_after(TASKS, 1)  # the project is read, the task listing is cut
         assert daemon.sync() is None
+        frozen[0] = daemon.health.since  # the moment of the failure
         assert (daemon.health.state, daemon.health.failures) == ("unreachable", 1)
         _shown(rig, "unreachable")
         _metric_state(daemon, "unreachable")
         asked = rig.proxy.seen(b"HTTP/1.1")
         assert daemon.sync() is None
         assert rig.proxy.seen(b"HTTP/1.1") == asked, "backing off: no call before the next try"
+        assert daemon.health.failures == 1
+        frozen[0] = None
         _wait_retry(daemon)
         assert daemon.sync() is None, "still down"
         assert daemon.health.failures == 2
