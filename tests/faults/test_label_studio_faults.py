@@ -34,6 +34,18 @@ pytestmark = [pytest.mark.fault, pytest.mark.integration]
 TASKS = b"GET /api/tasks"
 
 
+class _Clock:
+    """The daemon's clock: real time, or frozen at ``frozen`` while a test checks that the
+    daemon backs off (on a loaded machine the checks between two calls may take longer than
+    the suite's 0.3 s backoff itself)."""
+
+    def __init__(self) -> None:
+        self.frozen: datetime | None = None
+
+    def __call__(self) -> datetime:
+        return self.frozen or datetime.now(UTC)
+
+
 def _wait_retry(daemon: ProjectDaemon) -> None:
     """Until the backed-off next try is due (the schedule would run the sync then)."""
     deadline = time.monotonic() + 10
@@ -64,17 +76,15 @@ def _metric_state(daemon: ProjectDaemon, state: str) -> None:
 
 
 def test_label_studio_stopped_mid_sync_loses_no_annotation(tally: Tally, rig: Rig) -> None:
-    # The daemon's clock, frozen while the backoff is checked: on a loaded machine the checks
-    # between two syncs may take longer than the 0.3 s backoff itself.
-    frozen: list[datetime | None] = [None]
-    daemon = rig.daemon(clock=lambda: frozen[0] or datetime.now(UTC))
+    clock = _Clock()
+    daemon = rig.daemon(clock=clock)
     assert daemon.sync() is not None
     with tally.fault("label_studio.stopped_mid_sync"):
         for task in rig.live.ids[20:25]:  # annotators go on; the daemon will not see them
             rig.annotate(task)
         rig.proxy.down_after(TASKS, 1)  # the project is read, the task listing is cut
         assert daemon.sync() is None
-        frozen[0] = daemon.health.since  # the moment of the failure
+        clock.frozen = daemon.health.since  # the moment of the failure
         assert (daemon.health.state, daemon.health.failures) == ("unreachable", 1)
         _shown(rig, "unreachable")
         _metric_state(daemon, "unreachable")
@@ -82,7 +92,7 @@ def test_label_studio_stopped_mid_sync_loses_no_annotation(tally: Tally, rig: Ri
         assert daemon.sync() is None
         assert rig.proxy.seen(b"HTTP/1.1") == asked, "backing off: no call before the next try"
         assert daemon.health.failures == 1
-        frozen[0] = None
+        clock.frozen = None
         _wait_retry(daemon)
         assert daemon.sync() is None, "still down"
         assert daemon.health.failures == 2
@@ -215,7 +225,8 @@ def test_a_rotated_token_is_reread_from_the_token_file(
 
 
 def test_a_deleted_project_is_reported_and_the_store_kept(tally: Tally, rig: Rig) -> None:
-    daemon = rig.daemon()
+    clock = _Clock()
+    daemon = rig.daemon(clock=clock)
     report = daemon.sync()
     assert report is not None
     before = compare(rig.backend, rig.store, rig.live.pid)
@@ -223,11 +234,13 @@ def test_a_deleted_project_is_reported_and_the_store_kept(tally: Tally, rig: Rig
     with tally.fault("label_studio.project_deleted"):
         rig.backend.sdk.projects.delete(id=rig.live.pid)
         assert daemon.sync() is None
+        clock.frozen = daemon.health.since
         assert daemon.health.state == "gone"
         assert "does not exist" in (daemon.health.last_error or "")
         _shown(rig, "gone")
         _metric_state(daemon, "gone")
         assert daemon.cycle().why.startswith("Label Studio gone since"), "no push, backing off"
+        clock.frozen = None
         _wait_retry(daemon)
         assert daemon.sync() is None
         assert daemon.health.failures == 2, "still tried, with backoff: it may be restored"
