@@ -310,12 +310,14 @@ class NoveltySearch:
             return np.asarray(rows, np.float64)
         return self._white.apply(rows)
 
-    def keys(self) -> npt.NDArray[np.float64]:
+    def keys(self, weight: npt.NDArray[np.float64] | None = None) -> npt.NDArray[np.float64]:
         """``(n,)`` isolation x nearest-known distance of the scored rows (``-inf`` elsewhere);
-        plain isolation while nothing is known."""
+        plain isolation while nothing is known; times ``weight: (n,)`` when given (read
+        only at the scored rows)."""
         out = np.full(self._n, -np.inf)
         near = self._near
-        out[self.rows] = self._iso if np.isinf(near).all() else self._iso * near
+        key = self._iso if np.isinf(near).all() else self._iso * near
+        out[self.rows] = key if weight is None else key * weight[self.rows]
         return out
 
     def add(self, row: int) -> None:

@@ -268,7 +268,7 @@ def _explore(
         lean = 1.0 + opts.discovery_short_weight * phases.short_probability()
         for _ in range(n_discover):
             before = len(phases.rows)
-            phases.explore(1, rng=gen, keys=search.keys() * lean)
+            phases.explore(1, rng=gen, keys=search.keys(lean))
             if len(phases.rows) == before:
                 break
             search.add(phases.rows[-1])

@@ -191,6 +191,20 @@ def test_novelty_search_counts_added_rows_as_known() -> None:
     assert keys[51] < keys[52]
 
 
+def test_novelty_keys_are_weighted_at_the_scored_rows_only() -> None:
+    emb = _isolated_twins()
+    search = NoveltySearch(
+        emb, np.arange(52), np.array([52]), rng=np.random.default_rng(1), metric="euclidean"
+    )
+    plain = search.keys()
+    weight = np.linspace(1.0, 2.0, 53)
+    weighted = search.keys(weight)
+    scored = np.isfinite(plain)
+    np.testing.assert_allclose(weighted[scored], plain[scored] * weight[scored])
+    assert np.isneginf(weighted[~scored]).all()
+    assert weighted[52] == -np.inf  # labelled: no weight makes it a candidate
+
+
 def test_novelty_search_measures_distances_in_the_whitened_space() -> None:
     rng = np.random.default_rng(4)
     emb = rng.standard_normal((300, 6)) * np.array([8.0, 4.0, 2.0, 1.0, 0.5, 0.25]) + 1.0
