@@ -50,8 +50,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from planner.settings import PRECISIONS
 from workers.images import ImageSource, decode
-from workers.inference import pick_device, score_items
+from workers.inference import autocast_dtype, pick_device, score_items
 
 SECTION = "## Scoring throughput"
 SECTION_START = "<!-- score_bench:start -->"
@@ -111,25 +112,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _predict(model: nn.Module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """What ``score_items`` does to a decoded uint8 batch: scale, forward, softmax, to CPU."""
-    gpu = device.type == "cuda"
+def _predict(
+    model: nn.Module, x: torch.Tensor, device: torch.device, precision: str
+) -> torch.Tensor:
+    """What ``score_items`` does to a decoded uint8 batch: scale, channels_last, forward under
+    the same autocast dtype, softmax, to CPU."""
     x = x.to(device, non_blocking=True).float().div_(255.0)
-    if gpu:
-        x = x.contiguous(memory_format=torch.channels_last)
-    dtype = torch.bfloat16 if gpu else torch.float32
-    with torch.autocast(device.type, dtype=dtype, enabled=gpu):
+    x = x.contiguous(memory_format=torch.channels_last)
+    dtype = autocast_dtype(device, precision)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         return torch.softmax(model(x).float(), dim=1).cpu()
 
 
+def prepared(name: str, device: torch.device) -> nn.Module:
+    """The bench's model as ``score_items`` runs it: eval, on ``device``, channels_last."""
+    torch.manual_seed(0)
+    model = build_model(name, 10).eval().to(device)
+    return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload,no-any-return]
+
+
 def forward_only(
-    model: nn.Module, batch: torch.Tensor, device: torch.device, batch_size: int
+    model: nn.Module, batch: torch.Tensor, device: torch.device, batch_size: int, precision: str
 ) -> float:
     """Images/s of the forward pass alone, on tensors already decoded."""
     with torch.inference_mode():
         started = time.perf_counter()
         for start in range(0, len(batch), batch_size):
-            _predict(model, batch[start : start + batch_size], device)
+            _predict(model, batch[start : start + batch_size], device, precision)
         _sync(device)
         return len(batch) / (time.perf_counter() - started)
 
@@ -170,12 +179,12 @@ def _label_studio_handler(folder: Path) -> type[_Server]:
 
 
 def _ml_backend_handler(
-    model: nn.Module, label_studio: str, size: int, device: torch.device
+    model: nn.Module, label_studio: str, size: int, device: torch.device, precision: str
 ) -> type[_Server]:
     """A Label Studio ML backend: ``POST /predict`` with ``{"tasks": [task]}``; fetches the
     task's image from Label Studio with the token, decodes it, predicts at batch 1 and
     answers with Label Studio's prediction JSON."""
-    # a fresh connection per image, as the ML backend SDK's requests.get and our workers do
+    # a fresh connection per image, as the ML backend SDK's requests.get does
     client = httpx.Client(timeout=30, limits=httpx.Limits(max_keepalive_connections=0))
     lock = threading.Lock()  # one model, one forward at a time, as a backend worker runs it
 
@@ -191,7 +200,7 @@ def _ml_backend_handler(
                 response.raise_for_status()
                 x = torch.from_numpy(decode(response.content, size))[None]
                 with lock, torch.inference_mode():
-                    probs = _predict(model, x, device)[0]
+                    probs = _predict(model, x, device, precision)[0]
                 label = int(probs.argmax())
                 results.append(
                     {
@@ -219,11 +228,10 @@ def _serve_forever(kind: str, params: dict[str, Any], ports: Any) -> None:
     else:
         torch.set_num_threads(params["threads"])
         device = torch.device(params["device"])
-        torch.manual_seed(0)
-        model = build_model(params["model"], 10).eval().to(device)
-        if device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        handler = _ml_backend_handler(model, params["label_studio"], params["size"], device)
+        model = prepared(params["model"], device)
+        handler = _ml_backend_handler(
+            model, params["label_studio"], params["size"], device, params["precision"]
+        )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     ports.put(server.server_address[1])
     server.serve_forever()
@@ -270,10 +278,8 @@ def interleaved(runs: dict[str, Callable[[], float]], rounds: int) -> dict[str, 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = pick_device(args.device)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    model = build_model(args.model, 10).eval().to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = prepared(args.model, device)
+    dtype = autocast_dtype(device, args.precision)
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         items = make_images(Path(tmp), args.n, args.size)
         label_studio = stack.enter_context(stand_in("label_studio", folder=tmp))
@@ -290,6 +296,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 size=args.size,
                 device=str(device),
                 threads=args.threads,
+                precision=args.precision,
             )
         )
         decoded = torch.from_numpy(np.stack([decode(source.read(p), args.size) for _, p in tasks]))
@@ -300,6 +307,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "batch_size": args.batch,
             "num_workers": args.workers,
             "device": args.device,
+            "precision": args.precision,
         }
 
         def full() -> float:
@@ -311,7 +319,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         measured = interleaved(
             {
-                "forward": lambda: forward_only(model, decoded, device, args.batch),
+                "forward": lambda: forward_only(model, decoded, device, args.batch, args.precision),
                 "full": full,
                 "single": lambda: one_at_a_time(backend, web_tasks[: args.single]),
             },
@@ -331,6 +339,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpus": os.cpu_count() or 0,
         "load": os.getloadavg()[0],
         "torch": torch.__version__,
+        "dtype": "float32" if dtype is None else str(dtype).removeprefix("torch."),
         **{name: statistics.median(values) for name, values in measured.items()},
         **{f"{name}_all": values for name, values in measured.items()},
         # ratios within each round (the machine's load drifts less within one round than
@@ -360,7 +369,8 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
     lines = [
         f"**{r['device']}**, {r['model']} at {r['size']}x{r['size']}, batch {r['batch']}, "
         f"{r['n']:,} JPEG images {_WHERE[str(r['source'])]}, {r['workers']} DataLoader workers, "
-        f"{r['threads']} torch threads, {r['cpus']} CPUs (load average {r['load']:.1f} at the "
+        f"{r['threads']} torch threads, forward in {r.get('dtype', 'float32')} with "
+        f"channels_last, {r['cpus']} CPUs (load average {r['load']:.1f} at the "
         f"end), torch {r['torch']}; medians of {r['rounds']} interleaved rounds after a warm-up "
         f"(range: {spread} images/s), ratios the median of each round's ratio. "
         f"Command: `{command}`",
@@ -427,6 +437,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--single", type=int, default=256, help="tasks for the one-at-a-time loop")
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--precision", default="auto", choices=PRECISIONS, help="as workers.precision, all runs"
+    )
     parser.add_argument(
         "--threads", type=int, default=torch.get_num_threads(), help="torch threads, all runs"
     )

@@ -86,6 +86,7 @@ def worker_config(settings: Settings, classes: tuple[str, ...]) -> WorkerConfig:
         num_workers=section.num_workers,
         mc_passes=section.mc_passes,
         device=section.device,
+        precision=section.precision,
         bootstrap_dir=section.bootstrap_dir or settings.artifacts.dir / "bootstrap",
         retrain_min_new_labels=section.retrain_min_new_labels,
         max_retries=section.max_retries,

@@ -327,6 +327,10 @@ class DashboardSettings(_Section):
         return self
 
 
+Precision = Literal["auto", "float32", "bfloat16", "float16"]
+PRECISIONS: tuple[Precision, ...] = ("auto", "float32", "bfloat16", "float16")
+
+
 class WorkerLimitError(ValueError):
     """Contradicting time limits; ``key`` is the setting to change, ``detail`` says why."""
 
@@ -398,6 +402,11 @@ class WorkerSettings(_Section):
     num_workers: int = Field(default=2, ge=0, description="DataLoader decode processes.")
     mc_passes: int = Field(default=0, ge=0, description="MC-dropout passes (BALD); 0 = off.")
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
+    precision: Precision = Field(
+        default="auto",
+        description="Forward-pass dtype: auto (bf16 on a GPU or an AMX CPU), float32, bfloat16, "
+        "float16.",
+    )
     max_retries: int = Field(default=5, ge=0, description="Retries of a failing chunk.")
     retry_backoff_s: float = Field(default=2.0, gt=0, description="First retry delay, doubled.")
     retry_backoff_max_s: float = Field(default=300.0, gt=0, description="Longest retry delay.")

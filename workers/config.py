@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from planner.errors import ConfigError
-from planner.settings import WorkerLimitError, worker_time_limits
+from planner.settings import PRECISIONS, WorkerLimitError, worker_time_limits
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 SECRET_FIELDS = ("store_password", "label_studio_token")
@@ -43,6 +43,7 @@ class WorkerConfig:
     num_workers: int = 0
     mc_passes: int = 0
     device: str = "auto"
+    precision: str = "auto"
     queue: str = "score"
     bootstrap_dir: Path | None = None
     retrain_min_new_labels: int = 50
@@ -60,6 +61,10 @@ class WorkerConfig:
         for name in ("num_workers", "mc_passes", "retrain_min_new_labels", "max_retries"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"workers.{name} = {getattr(self, name)}: must be 0 or more")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"workers.precision = {self.precision!r}: use one of {', '.join(PRECISIONS)}"
+            )
         if self.mc_passes == 1:
             raise ConfigError("workers.mc_passes = 1 estimates nothing; use 0 (off) or 2 or more")
 

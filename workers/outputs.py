@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from planner.core.acquisition import aggregate_boxes
@@ -46,10 +47,12 @@ def logits_of(out: object) -> torch.Tensor:
     return torch.as_tensor(out)
 
 
-def read_output(out: object, batch: int) -> Output:
-    """``out`` of a forward pass over ``batch`` images, by the contract of the module."""
+def read_output(out: object, batch: int, *, reduced: bool = False) -> Output:
+    """``out`` of a forward pass over ``batch`` images, by the contract of the module;
+    ``reduced``: the pass ran under a bf16/fp16 autocast."""
     if isinstance(out, Mapping) and "box_probs" in out:
-        return Output(_presence(out, batch), _embeddings(out.get("embeddings")), detection=True)
+        presence = _presence(out, batch, reduced=reduced)
+        return Output(presence, _embeddings(out.get("embeddings")), detection=True)
     embeddings = None
     if isinstance(out, Mapping):
         embeddings = out.get("embeddings")
@@ -63,7 +66,20 @@ def _embeddings(value: object) -> torch.Tensor | None:
     return None if value is None else torch.as_tensor(value).float().cpu()
 
 
-def _presence(out: Mapping[str, object], batch: int) -> torch.Tensor:
+_REDUCED_SLACK = 0.02
+"""How far from 1 a bf16 softmax row may sum (8 bits of mantissa: a few parts in a
+thousand per term) and still be taken for a distribution and rescaled."""
+
+
+def _renormalised(probs: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Box distributions a bf16/fp16 forward pass computed, rescaled to sum to 1; rows further
+    off than rounding explains are left for ``aggregate_boxes`` to refuse (logits, say)."""
+    sums = probs.sum(axis=1, keepdims=True)
+    rounding = np.abs(sums - 1.0) <= _REDUCED_SLACK
+    return np.where(rounding, probs / np.where(rounding, sums, 1.0), probs)
+
+
+def _presence(out: Mapping[str, object], batch: int, *, reduced: bool) -> torch.Tensor:
     boxes = out["box_probs"]
     if isinstance(boxes, torch.Tensor):
         if boxes.ndim != 3 or boxes.shape[0] != batch:
@@ -88,6 +104,8 @@ def _presence(out: Mapping[str, object], batch: int) -> torch.Tensor:
     if len(widths) != 1 or any(b.ndim != 2 for b in per_image):
         raise InputError("every image's box_probs must be (k_i, C) with one C for the batch")
     probs = torch.cat([b.float().cpu() for b in per_image]).numpy().astype(np.float64)
+    if reduced:
+        probs = _renormalised(probs)
     image = np.repeat(np.arange(batch), [int(b.shape[0]) for b in per_image])
     scores = aggregate_boxes(probs, image, n_images=batch)
     return torch.from_numpy(scores.presence.astype(np.float32))

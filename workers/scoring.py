@@ -203,12 +203,15 @@ def _decode_labelled(
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
     source = image_source(cfg)
     images, labels = [], []
-    for reference, label in rows:
-        try:
-            images.append(decode(source.read(reference), cfg.image_size))
-        except ImageError:
-            continue  # an unreadable labelled image teaches nothing; the rest still do
-        labels.append(label)
+    try:
+        for reference, label in rows:
+            try:
+                images.append(decode(source.read(reference), cfg.image_size))
+            except ImageError:
+                continue  # an unreadable labelled image teaches nothing; the rest still do
+            labels.append(label)
+    finally:
+        source.close()
     if not labels:
         raise ConfigError(
             f"none of the {len(rows)} labelled images could be read; check workers.image_root, "
@@ -252,6 +255,7 @@ def score_chunk(
         num_workers=cfg.num_workers,
         mc_passes=cfg.mc_passes,
         device=cfg.device,
+        precision=cfg.precision,
     ):
         with store.session() as session:
             written += write_scores(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 from workers.images import ImageError, ImageSource, decode
 
@@ -126,3 +127,87 @@ def test_a_missing_file_is_not_transient(png: Path) -> None:
     with pytest.raises(ImageError) as failed:
         ImageSource().read(str(png.parent / "gone.png"))
     assert not failed.value.transient
+
+
+def test_label_studio_images_share_one_kept_alive_connection_until_close(png: Path) -> None:
+    body = png.read_bytes()
+    connections: list[tuple[str, int]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keeps the connection open, as Label Studio's server does
+
+        def setup(self) -> None:
+            super().setup()
+            connections.append(self.client_address)
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    source = ImageSource(label_studio_url=f"http://127.0.0.1:{httpd.server_address[1]}")
+    try:
+        for i in range(5):
+            assert source.read(f"/data/upload/1/{i}.png") == body
+        assert len(connections) == 1, "five images, one TCP connection"
+        source.close()
+        assert source.read("/data/upload/1/again.png") == body
+        assert len(connections) == 2, "after close a read opens a new connection"
+    finally:
+        source.close()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _photo(width: int, height: int) -> bytes:
+    """A smooth JPEG photo-alike (gradients), as a camera's frame is at a small scale."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    pixels = np.stack(
+        [255 * x / width, 255 * y / height, 128 + 100 * np.sin((x + y) / 40)], axis=-1
+    )
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def _full_decode(data: bytes, size: int) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1)
+
+
+def test_a_large_jpeg_is_decoded_at_reduced_scale_and_looks_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    drafts: list[tuple[int, int]] = []
+    real_draft = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(
+        self: JpegImagePlugin.JpegImageFile, mode: str | None, size: tuple[int, int] | None
+    ) -> object:
+        result = real_draft(self, mode, size)
+        drafts.append(self.size)
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    photo = _photo(640, 480)
+    array = decode(photo, 64)
+    assert array.shape == (3, 64, 64)
+    # 1/8 would give 80x60, under 64 in height: 1/4 is the smallest scale that keeps 64x64
+    assert drafts == [(160, 120)], "640x480 for 64x64: decoded at 1/4 scale"
+    assert np.abs(array.astype(np.float32) - _full_decode(photo, 64)).mean() < 3.0
+    decode(_photo(100, 100), 64)
+    assert len(drafts) == 1, "less than twice the size: decoded whole"
+
+
+def test_an_image_of_the_model_size_is_not_resampled(png: Path) -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    assert np.array_equal(decode(buffer.getvalue(), 16), pixels.transpose(2, 0, 1))

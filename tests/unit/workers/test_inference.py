@@ -13,12 +13,15 @@ import torch
 from torch import nn
 
 from planner.core.acquisition import aggregate_boxes, bald
+from planner.errors import ConfigError, InputError
 from planner.store import Store
 from planner.store.scores import load_scores
 from tests.unit.workers.conftest import CLASSES, worker_config
+from workers import inference
+from workers.config import WorkerConfig
 from workers.dispatch import score_pool
 from workers.images import ImageSource, decode
-from workers.inference import score_items
+from workers.inference import autocast_dtype, score_items
 from workers.models import load_model
 
 ITEMS = [(i, f"/data/local-files/?d=digits/{i - 1:04d}.png") for i in range(201, 225)]
@@ -170,8 +173,8 @@ def test_detection_boxes_are_aggregated_per_image(
     expected = aggregate_boxes(
         torch.cat(per_image).numpy(), np.repeat(np.arange(len(ITEMS)), counts), n_images=len(ITEMS)
     )
-    listed = score_items(BoxNet(), ITEMS, source, batch_size=7)
-    padded = score_items(BoxNet(padded=True), ITEMS, source, batch_size=7)
+    listed = score_items(BoxNet(), ITEMS, source, batch_size=7, precision="float32")
+    padded = score_items(BoxNet(padded=True), ITEMS, source, batch_size=7, precision="float32")
     assert listed.detection
     assert padded.detection
     np.testing.assert_allclose(listed.probs, expected.presence, rtol=1e-5, atol=1e-6)
@@ -181,8 +184,70 @@ def test_detection_boxes_are_aggregated_per_image(
     assert listed.embeddings is not None
     assert listed.embeddings.shape == (24, 3)
 
-    cfg = replace(worker_config(store, root), model=f"{entry_points}:detector")
+    cfg = replace(worker_config(store, root), model=f"{entry_points}:detector", precision="float32")
     result = score_pool(cfg, pid, ITEMS)
     with store.session() as session:
         stored = load_scores(session, project_id=pid, model_version=result.model_version)
     np.testing.assert_allclose(stored.probs, expected.presence, rtol=1e-5, atol=1e-6)
+
+
+def test_detection_boxes_from_a_bf16_pass_are_rescaled_not_refused(
+    digit_files: tuple[Path, list[int]],
+) -> None:
+    """A bf16 softmax row sums to 1 only within a few parts in a thousand; the core's check
+    (1e-4) would refuse it as logits. Rounding is rescaled away, logits are still refused."""
+    root, _ = digit_files
+    source = ImageSource(image_root=root)
+    exact = score_items(BoxNet(padded=True), ITEMS, source, batch_size=7, precision="float32")
+    rounded = score_items(BoxNet(padded=True), ITEMS, source, batch_size=7, precision="bfloat16")
+    assert rounded.detection
+    np.testing.assert_allclose(rounded.probs, exact.probs, atol=1e-2)
+    assert not np.array_equal(rounded.probs, exact.probs), "the pass did run in bf16"
+
+    class LogitBoxes(BoxNet):
+        def forward(self, x: torch.Tensor) -> dict[str, object]:
+            return {"box_probs": [self.head(x.mean(dim=(2, 3))[i][None]) for i in range(len(x))]}
+
+    with pytest.raises(InputError, match=r"not logits|must sum to 1"):
+        score_items(LogitBoxes(), ITEMS, source, batch_size=7, precision="bfloat16")
+
+
+def test_precision_auto_is_bf16_on_an_amx_cpu_and_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(inference, "cpu_has_amx", lambda: True)
+    assert autocast_dtype(cpu) is torch.bfloat16
+    monkeypatch.setattr(inference, "cpu_has_amx", lambda: False)
+    assert autocast_dtype(cpu) is None, "bf16 without AMX is emulated: float32 is faster"
+    assert autocast_dtype(cpu, "bfloat16") is torch.bfloat16, "asked for, it is given"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert autocast_dtype(cuda) is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert autocast_dtype(cuda) is torch.float16
+    assert autocast_dtype(cuda, "float32") is None
+    with pytest.raises(ValueError, match="one of auto, float32"):
+        autocast_dtype(cpu, "int8")
+
+
+def test_bf16_scores_rank_like_float32(digit_files: tuple[Path, list[int]]) -> None:
+    """bf16 moves a probability by a few thousandths and keeps the uncertainty order."""
+    root, _ = digit_files
+    source = ImageSource(image_root=root)
+    model = _net(SpatialDropoutNet)
+    exact = score_items(model, ITEMS, source, batch_size=10, precision="float32")
+    rounded = score_items(model, ITEMS, source, batch_size=10, precision="bfloat16")
+    assert rounded.probs.dtype == np.float32
+    np.testing.assert_allclose(rounded.probs, exact.probs, atol=2e-2)
+    assert not np.array_equal(rounded.probs, exact.probs), "the pass did run in bf16"
+
+    def entropy(p: np.ndarray) -> np.ndarray:
+        return -(p * np.log(np.clip(p, 1e-12, 1))).sum(axis=1)
+
+    order = np.corrcoef(
+        np.argsort(np.argsort(entropy(exact.probs))), np.argsort(np.argsort(entropy(rounded.probs)))
+    )[0, 1]
+    assert order > 0.9, f"rank correlation of the entropies {order:.3f}"
+
+
+def test_a_bad_precision_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"workers\.precision = 'fp8'"):
+        WorkerConfig(store_url=f"sqlite:///{tmp_path}/x.db", classes=CLASSES, precision="fp8")
