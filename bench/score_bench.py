@@ -1,11 +1,15 @@
 """Scoring throughput: the workers' full pipeline against forward-only and one-at-a-time.
 
-Same model, same batch size, same thread count, one run:
-  * forward-only: the forward passes of ``workers.inference`` (scaling, forward, softmax) on
-    tensors decoded beforehand -- the ceiling of the pipeline;
-  * full pipeline: ``workers.inference.score_items`` -- each image fetched over HTTP from a
-    Label Studio stand-in on 127.0.0.1 with the API token (``--source files``: read from
-    disk), decoded in DataLoader workers, batched, forward, softmax;
+Same model, same batch size, same precision (``--precision``, as ``workers.precision``), one
+run:
+  * forward-only: the forward passes of ``workers.inference`` (scaling, channels_last,
+    forward, softmax) on tensors decoded beforehand, on ``--threads`` torch threads (all the
+    CPUs by default) -- the ceiling of the pipeline;
+  * full pipeline: ``workers.inference.score_items`` as the workers run it -- each image
+    fetched over HTTP from a Label Studio stand-in on 127.0.0.1 with the API token
+    (``--source files``: read from disk), decoded in DataLoader workers, batched, forward,
+    softmax, on the torch threads ``workers.threads`` gives it (``--pipeline-threads``; 0 =
+    the CPUs less the decode workers);
   * one at a time, the way a Label Studio ML backend scores: for each task an HTTP ``/predict``
     request carrying the task JSON goes to a backend stand-in on 127.0.0.1 (its own process,
     the same model and thread count), which fetches the image from the same Label Studio
@@ -18,6 +22,7 @@ The three are run ``--rounds`` times, interleaved (so a machine that gets busier
 mid-run shifts all three alike), after one warm-up each; the median round of each is reported.
 
     python bench/score_bench.py --write docs/benchmarks.md                 # CPU, small CNN
+    python bench/score_bench.py --model bootstrap --size 32 --write ...    # the cold-start net
     python3 bench/score_bench.py --model resnet50 --size 224 --n 8192 \\
         --batch 256 --workers 14 --device cuda                            # on a GPU machine
 """
@@ -51,8 +56,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from planner.settings import PRECISIONS
+from workers.bootstrap import BootstrapNet
 from workers.images import ImageSource, decode
-from workers.inference import autocast_dtype, pick_device, score_items
+from workers.inference import autocast_dtype, forward_threads, pick_device, score_items
 
 SECTION = "## Scoring throughput"
 SECTION_START = "<!-- score_bench:start -->"
@@ -88,7 +94,21 @@ def build_model(name: str, n_classes: int) -> nn.Module:
         from torchvision.models import resnet50
 
         return resnet50(weights=None, num_classes=n_classes)
+    if name == "bootstrap":  # the workers' own cold-start network (logits, embeddings)
+        return _Logits(BootstrapNet(n_classes))
     return small_cnn(n_classes)
+
+
+class _Logits(nn.Module):
+    """A network's logits alone, as the bench's forward and the ML backend stand-in read."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.inner(x)[0]
+        return logits
 
 
 def make_images(folder: Path, n: int, size: int, seed: int = 0) -> list[tuple[int, str]]:
@@ -308,23 +328,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "num_workers": args.workers,
             "device": args.device,
             "precision": args.precision,
+            "threads": args.pipeline_threads,
         }
 
-        def full() -> float:
+        def full(**change: Any) -> float:
             started = time.perf_counter()
-            scores = score_items(model, tasks, source, **kwargs)
+            scores = score_items(model, tasks, source, **{**kwargs, **change})
             rate = len(scores.task_ids) / (time.perf_counter() - started)
             assert len(scores.task_ids) == len(tasks), scores.unscorable
             return rate
 
-        measured = interleaved(
-            {
-                "forward": lambda: forward_only(model, decoded, device, args.batch, args.precision),
-                "full": full,
-                "single": lambda: one_at_a_time(backend, web_tasks[: args.single]),
-            },
-            args.rounds,
-        )
+        runs = {
+            "forward": lambda: forward_only(model, decoded, device, args.batch, args.precision),
+            "full": full,
+            "single": lambda: one_at_a_time(backend, web_tasks[: args.single]),
+        }
+        if dtype is not None:  # what the reduced precision gives the pipeline, same run
+            runs["full_float32"] = lambda: full(precision="float32")
+        measured = interleaved(runs, args.rounds)
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
         "model": args.model,
@@ -334,6 +355,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "single_n": args.single,
         "workers": args.workers,
         "threads": args.threads,
+        "pipeline_threads": forward_threads(args.pipeline_threads, args.workers)
+        if device.type == "cpu"
+        else args.threads,
         "rounds": args.rounds,
         "source": args.source,
         "cpus": os.cpu_count() or 0,
@@ -350,6 +374,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "full_vs_single": statistics.median(
             f / b for f, b in zip(measured["full"], measured["single"], strict=True)
         ),
+        "full_vs_float32": statistics.median(
+            f / b for f, b in zip(measured["full"], measured.get("full_float32", []), strict=True)
+        )
+        if "full_float32" in measured
+        else None,
     }
 
 
@@ -364,16 +393,18 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
     vs_forward, vs_single = float(r["full_vs_forward"]), float(r["full_vs_single"])
     spread = ", ".join(
         f"{name} {min(r[name + '_all']):,.0f}-{max(r[name + '_all']):,.0f}"
-        for name in ("forward", "full", "single")
+        for name in ("forward", "full", "single", "full_float32")
+        if name in r
     )
     lines = [
         f"**{r['device']}**, {r['model']} at {r['size']}x{r['size']}, batch {r['batch']}, "
         f"{r['n']:,} JPEG images {_WHERE[str(r['source'])]}, {r['workers']} DataLoader workers, "
-        f"{r['threads']} torch threads, forward in {r.get('dtype', 'float32')} with "
-        f"channels_last, {r['cpus']} CPUs (load average {r['load']:.1f} at the "
-        f"end), torch {r['torch']}; medians of {r['rounds']} interleaved rounds after a warm-up "
-        f"(range: {spread} images/s), ratios the median of each round's ratio. "
-        f"Command: `{command}`",
+        f"forward-only and the ML backend on {r['threads']} torch threads, the full pipeline on "
+        f"{r.get('pipeline_threads', r['threads'])} (`workers.threads`), forward in "
+        f"{r.get('dtype', 'float32')} with channels_last, {r['cpus']} CPUs (load average "
+        f"{r['load']:.1f} at the end), torch {r['torch']}; medians of {r['rounds']} interleaved "
+        f"rounds after a warm-up (range: {spread} images/s), ratios the median of each "
+        f"round's ratio. Command: `{command}`",
         "",
         "| pipeline | images/s | ratio | target |",
         "|---|---|---|---|",
@@ -383,6 +414,11 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
         f"| one image at a time: ML-backend /predict per task ({r['single_n']} tasks) | "
         f"{single:,.0f} | full is {vs_single:.1f}x this | >= 10x |",
     ]
+    if r.get("full_vs_float32") is not None:
+        lines.append(
+            f'| full pipeline in float32 (`workers.precision = "float32"`) | '
+            f"{float(r['full_float32']):,.0f} | full is {float(r['full_vs_float32']):.2f}x this | |"
+        )
     if r["model"] == "resnet50" and str(r["device"]) != "CPU":
         lines.append(
             f"| MLPerf Inference v4.0, ResNet-50, one H100 (offline) | {MLPERF_RESNET50_H100:,} | "
@@ -430,7 +466,7 @@ def write_section(existing: str, key: str, block: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=["small", "resnet50"], default="small")
+    parser.add_argument("--model", choices=["small", "bootstrap", "resnet50"], default="small")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--n", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=64)
@@ -442,6 +478,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--threads", type=int, default=torch.get_num_threads(), help="torch threads, all runs"
+    )
+    parser.add_argument(
+        "--pipeline-threads",
+        type=int,
+        default=0,
+        help="workers.threads of the full pipeline (0: the CPUs less the DataLoader workers)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measured rounds")
     parser.add_argument(

@@ -87,6 +87,7 @@ def worker_config(settings: Settings, classes: tuple[str, ...]) -> WorkerConfig:
         mc_passes=section.mc_passes,
         device=section.device,
         precision=section.precision,
+        threads=section.threads,
         bootstrap_dir=section.bootstrap_dir or settings.artifacts.dir / "bootstrap",
         retrain_min_new_labels=section.retrain_min_new_labels,
         max_retries=section.max_retries,

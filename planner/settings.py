@@ -407,6 +407,11 @@ class WorkerSettings(_Section):
         description="Forward-pass dtype: auto (bf16 on a GPU or an AMX CPU), float32, bfloat16, "
         "float16.",
     )
+    threads: int = Field(
+        default=0,
+        ge=0,
+        description="torch threads of a CPU forward pass; 0 = the CPUs less num_workers.",
+    )
     max_retries: int = Field(default=5, ge=0, description="Retries of a failing chunk.")
     retry_backoff_s: float = Field(default=2.0, gt=0, description="First retry delay, doubled.")
     retry_backoff_max_s: float = Field(default=300.0, gt=0, description="Longest retry delay.")

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from planner.errors import ConfigError
+from workers.inference import torch_threads
 from workers.models import ScoringModel, read_state_dict
 
 _SAVED = re.compile(
@@ -88,11 +89,9 @@ def train_bootstrap(
     loss_fn = nn.CrossEntropyLoss(weight=weight)
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(seed)
-    threads = torch.get_num_threads()
-    # tensors this small train several times faster on one thread than on contended cores
-    torch.set_num_threads(1)
     model.train()
-    try:
+    # tensors this small train several times faster on one thread than on contended cores
+    with torch_threads(1):
         for _ in range(epochs):
             order = torch.randperm(len(x), generator=generator)
             for start in range(0, len(x), 64):
@@ -101,8 +100,6 @@ def train_bootstrap(
                 logits, _ = model(x[batch])
                 loss_fn(logits, y[batch]).backward()
                 optimiser.step()
-    finally:
-        torch.set_num_threads(threads)
     model.eval()
     digest = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()[:12]
     count = len(labels) if labelled is None else labelled

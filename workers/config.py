@@ -44,6 +44,7 @@ class WorkerConfig:
     mc_passes: int = 0
     device: str = "auto"
     precision: str = "auto"
+    threads: int = 0
     queue: str = "score"
     bootstrap_dir: Path | None = None
     retrain_min_new_labels: int = 50
@@ -58,7 +59,13 @@ class WorkerConfig:
         for name in ("image_size", "batch_size", "chunk_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"workers.{name} = {getattr(self, name)}: must be positive")
-        for name in ("num_workers", "mc_passes", "retrain_min_new_labels", "max_retries"):
+        for name in (
+            "num_workers",
+            "mc_passes",
+            "retrain_min_new_labels",
+            "max_retries",
+            "threads",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"workers.{name} = {getattr(self, name)}: must be 0 or more")
         if self.precision not in PRECISIONS:

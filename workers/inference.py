@@ -3,8 +3,11 @@
 The forward pass runs with channels_last (the layout cuDNN's and oneDNN's convolutions prefer)
 under the autocast dtype of ``precision``: with ``"auto"``, bf16 on a GPU (fp16 where bf16 is
 missing) and on a CPU with Intel AMX (bf16 matrix tiles, several times float32's speed), float32
-on other CPUs. An image that cannot be read or decoded becomes an
-``unscorable`` entry with its reason; the rest of the chunk is scored. ``iter_scores`` yields
+on other CPUs. On the CPU the pass's threads leave a core to each decoding DataLoader worker
+(``threads`` 0): oversubscribed, torch's threads wait on each other at every operator.
+
+An image that cannot be read or decoded becomes an ``unscorable`` entry with its reason; the
+rest of the chunk is scored. ``iter_scores`` yields
 one batch at a time, so a caller can store each before the next is computed.
 
 MC dropout: with ``mc_passes`` T, every dropout layer (``nn.Dropout``, ``Dropout1d/2d/3d``,
@@ -17,7 +20,9 @@ without dropout layers, gets no BALD and a warning saying why.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +106,31 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which a container's limit narrows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def forward_threads(threads: int, num_workers: int) -> int:
+    """torch's intra-op threads for a CPU pass: ``threads``, or with 0 the usable CPUs less
+    one for each decoding worker (at least 1)."""
+    return threads if threads > 0 else max(1, usable_cpus() - num_workers)
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``count`` inside the block, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def cpu_has_amx() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware tiles (Intel AMX)."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
@@ -170,6 +200,7 @@ def iter_scores(
     mc_passes: int = 0,
     device: str = "auto",
     precision: str = "auto",
+    threads: int = 0,
 ) -> Iterator[Scores]:
     """One ``Scores`` per batch of ``items`` (bad images of the batch included). The
     source's kept-alive connections of this process are closed when the last batch is out."""
@@ -188,8 +219,12 @@ def iter_scores(
         pin_memory=gpu,
         persistent_workers=False,
     )
+    count = forward_threads(threads, num_workers) if target.type == "cpu" else None
     try:
-        yield from _batches(module, loader, target=target, dtype=dtype, passes=passes, notes=notes)
+        with torch_threads(count or torch.get_num_threads()):
+            yield from _batches(
+                module, loader, target=target, dtype=dtype, passes=passes, notes=notes
+            )
     finally:
         source.close()
 

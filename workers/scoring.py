@@ -256,6 +256,7 @@ def score_chunk(
         mc_passes=cfg.mc_passes,
         device=cfg.device,
         precision=cfg.precision,
+        threads=cfg.threads,
     ):
         with store.session() as session:
             written += write_scores(

@@ -251,3 +251,34 @@ def test_bf16_scores_rank_like_float32(digit_files: tuple[Path, list[int]]) -> N
 def test_a_bad_precision_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"workers\.precision = 'fp8'"):
         WorkerConfig(store_url=f"sqlite:///{tmp_path}/x.db", classes=CLASSES, precision="fp8")
+
+
+class ThreadSpy(NoDropout):
+    """Notes torch's thread count at each forward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(torch.get_num_threads())
+        return super().forward(x)
+
+
+def test_a_cpu_pass_leaves_a_core_to_each_decoder_and_restores_the_threads(
+    digit_files: tuple[Path, list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, _ = digit_files
+    source = ImageSource(image_root=root)
+    before = torch.get_num_threads()
+    monkeypatch.setattr(inference, "usable_cpus", lambda: 6)
+    assert inference.forward_threads(0, 2) == 4
+    assert inference.forward_threads(0, 9) == 1, "never below one"
+    assert inference.forward_threads(3, 2) == 3, "set by hand, kept"
+    spy = ThreadSpy()
+    score_items(spy, ITEMS, source, batch_size=12, num_workers=0, device="cpu")
+    assert spy.seen == [6, 6], "no decoder process: every usable CPU"
+    spy = ThreadSpy()
+    score_items(spy, ITEMS, source, batch_size=12, num_workers=0, device="cpu", threads=1)
+    assert spy.seen == [1, 1]
+    assert torch.get_num_threads() == before, "the process's own setting is back"
