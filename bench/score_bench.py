@@ -382,6 +382,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+_STEPS = {"files": "read", "http": "fetch"}
 _WHERE = {
     "files": "read from local files",
     "http": "fetched over HTTP with the API token from a Label Studio stand-in on 127.0.0.1",
@@ -409,7 +410,7 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
         "| pipeline | images/s | ratio | target |",
         "|---|---|---|---|",
         f"| forward-only on pre-decoded tensors | {forward:,.0f} | 1.00 (baseline) | |",
-        f"| full pipeline (fetch, decode, forward, scores) | {full:,.0f} | "
+        f"| full pipeline ({_STEPS[str(r['source'])]}, decode, forward, scores) | {full:,.0f} | "
         f"{vs_forward:.2f}x forward-only | >= 0.9x |",
         f"| one image at a time: ML-backend /predict per task ({r['single_n']} tasks) | "
         f"{single:,.0f} | full is {vs_single:.1f}x this | >= 10x |",
