@@ -21,7 +21,7 @@ without dropout layers, gets no BALD and a warning saying why.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -201,7 +201,7 @@ def iter_scores(
     device: str = "auto",
     precision: str = "auto",
     threads: int = 0,
-) -> Iterator[Scores]:
+) -> Generator[Scores, None, None]:
     """One ``Scores`` per batch of ``items`` (bad images of the batch included). The
     source's kept-alive connections of this process are closed when the last batch is out."""
     target = pick_device(device)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -245,7 +246,7 @@ def score_chunk(
     scored = unscorable = written = 0
     deferred: dict[int, str] = {}
     notes: dict[str, None] = {}
-    for part in iter_scores(
+    parts = iter_scores(
         model.module,
         [(task_id, wanted[task_id]) for task_id in todo],
         image_source(cfg),
@@ -257,21 +258,25 @@ def score_chunk(
         device=cfg.device,
         precision=cfg.precision,
         threads=cfg.threads,
-    ):
-        with store.session() as session:
-            written += write_scores(
-                session,
-                project_id=project_id,
-                model_version=model.version,
-                task_ids=part.task_ids,
-                probs=part.probs if part.task_ids else None,
-                embeddings=part.embeddings,
-                bald=part.bald,
-                unscorable=part.unscorable,
-            )
-        scored, unscorable = scored + len(part.task_ids), unscorable + len(part.unscorable)
-        deferred.update(part.deferred)
-        notes.update(dict.fromkeys(part.warnings))
+    )
+    # closed at once should a write fail, not when the collector gets to it: its finally
+    # closes the image connections and gives torch its threads back
+    with closing(parts):
+        for part in parts:
+            with store.session() as session:
+                written += write_scores(
+                    session,
+                    project_id=project_id,
+                    model_version=model.version,
+                    task_ids=part.task_ids,
+                    probs=part.probs if part.task_ids else None,
+                    embeddings=part.embeddings,
+                    bald=part.bald,
+                    unscorable=part.unscorable,
+                )
+            scored, unscorable = scored + len(part.task_ids), unscorable + len(part.unscorable)
+            deferred.update(part.deferred)
+            notes.update(dict.fromkeys(part.warnings))
     for note in notes:
         log.warning("model %s: %s", model.version, note)
     if deferred and not final_attempt:
