@@ -15,6 +15,7 @@ import io
 import ipaddress
 import os
 import socket
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -49,7 +50,7 @@ def _image_error(message: str, transient: bool) -> ImageError:
     return ImageError(message, transient=transient)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class ImageSource:
     """Where images may come from."""
 
@@ -73,11 +74,15 @@ class ImageSource:
     def _client(self) -> httpx.Client:
         pid = os.getpid()
         if pid not in self._clients:
-            self._clients[pid] = httpx.Client(
+            client = httpx.Client(
                 timeout=self.timeout_s,
                 follow_redirects=False,
                 limits=httpx.Limits(max_keepalive_connections=KEEP_ALIVE_CONNECTIONS),
             )
+            self._clients[pid] = client
+            # a source dropped without ``close`` (an error held in a traceback, say) closes its
+            # connections when it goes, before the collector could finalise a socket unclosed
+            weakref.finalize(self, _close_in, pid, client)
         return self._clients[pid]
 
     def close(self) -> None:
@@ -154,6 +159,12 @@ class ImageSource:
         netloc = (f"[{address}]" if ":" in address else address) + port
         pinned = parts._replace(netloc=netloc).geturl()
         return _get(self._client(), pinned, {"Host": host + port}, sni_hostname=host)
+
+
+def _close_in(pid: int, client: httpx.Client) -> None:
+    """Close ``client`` in the process that opened it (a forked child holds copies only)."""
+    if os.getpid() == pid:
+        client.close()
 
 
 def _public_address(host: str, allowed: set[str]) -> str:

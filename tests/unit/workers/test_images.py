@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -129,40 +131,86 @@ def test_a_missing_file_is_not_transient(png: Path) -> None:
     assert not failed.value.transient
 
 
-def test_label_studio_images_share_one_kept_alive_connection_until_close(png: Path) -> None:
+class _KeptAlive:
+    """A Label Studio stand-in that keeps connections open (HTTP/1.1) and counts them."""
+
+    def __init__(self, body: bytes) -> None:
+        self.opened = 0
+        self.closed = 0
+        counts = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                counts.opened += 1
+
+            def finish(self) -> None:
+                super().finish()
+                counts.closed += 1
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                return
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def open_now(self, settle_s: float = 5.0) -> int:
+        """Connections still open, once those being closed have had time to go."""
+        deadline = time.monotonic() + settle_s
+        while self.opened != self.closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.opened - self.closed
+
+
+@pytest.fixture
+def kept_alive(png: Path) -> Iterator[_KeptAlive]:
+    server = _KeptAlive(png.read_bytes())
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+
+
+def test_label_studio_images_share_one_kept_alive_connection_until_close(
+    png: Path, kept_alive: _KeptAlive
+) -> None:
     body = png.read_bytes()
-    connections: list[tuple[str, int]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # keeps the connection open, as Label Studio's server does
-
-        def setup(self) -> None:
-            super().setup()
-            connections.append(self.client_address)
-
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            return
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    source = ImageSource(label_studio_url=f"http://127.0.0.1:{httpd.server_address[1]}")
+    source = ImageSource(label_studio_url=kept_alive.url)
     try:
         for i in range(5):
             assert source.read(f"/data/upload/1/{i}.png") == body
-        assert len(connections) == 1, "five images, one TCP connection"
+        assert kept_alive.opened == 1, "five images, one TCP connection"
         source.close()
+        assert kept_alive.open_now() == 0
         assert source.read("/data/upload/1/again.png") == body
-        assert len(connections) == 2, "after close a read opens a new connection"
+        assert kept_alive.opened == 2, "after close a read opens a new connection"
     finally:
         source.close()
-        httpd.shutdown()
-        httpd.server_close()
+
+
+def test_a_source_dropped_unclosed_closes_its_connection_as_it_goes(
+    kept_alive: _KeptAlive,
+) -> None:
+    """Even inside a reference cycle (an error held with its traceback): the collector must
+    not find a socket unclosed, which is a ResourceWarning and here a failure."""
+    source = ImageSource(label_studio_url=kept_alive.url)
+    source.read("/data/upload/1/one.png")
+    del source
+    assert kept_alive.open_now() == 0, "dropped, the source closed its connection"
+    cycle: list[object] = [ImageSource(label_studio_url=kept_alive.url)]
+    cycle.append(cycle)
+    cycle[0].read("/data/upload/1/one.png")  # type: ignore[attr-defined]
+    del cycle
+    gc.collect()
+    assert kept_alive.open_now() == 0, "collected, the source closed its connection"
 
 
 def _photo(width: int, height: int) -> bytes:
