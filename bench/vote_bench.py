@@ -9,7 +9,7 @@ float32 embeddings, random shortfalls) with the embeddings of ``STYLES``; ``--la
 its excluded rows (default 20,000, the daemon's ``LABELLED_TO_SCORE``) are labelled with
 their likeliest class. Each round runs
 two fresh child processes, one after the other: ``plan_batch`` without the vote
-(``vote_neighbours=0``, the baseline) and with it (the default 3), same pool, same batch.
+(``vote_neighbours=0``, the baseline) and with it (the default), same pool, same batch.
 Wall time is ``time.perf_counter`` around the call; memory is the child's peak resident set
 (``getrusage(RUSAGE_SELF).ru_maxrss``) minus its resident set just before the call. Figures
 are medians over ``--rounds``; ratios are taken within each round, then their median.

@@ -177,7 +177,20 @@ class PlanningSettings(_Section):
         default=2.0, ge=1, le=10, description="The objective's target: this x the deficit."
     )
     vote_neighbours: int = Field(
-        default=2, ge=0, le=100, description="Labelled neighbours that vote (0: no vote)."
+        default=5, ge=0, le=100, description="Labelled neighbours that vote (0: no vote)."
+    )
+    vote_distance_power: float = Field(
+        default=3.0, ge=0, le=10, description="A neighbour's vote weighs distance ** -this."
+    )
+    met_uncertainty: bool = Field(
+        default=True,
+        description="Once every quota is met, rank by the most uncertain one-vs-rest decision.",
+    )
+    met_rarity_power: float = Field(
+        default=1.0,
+        ge=0,
+        le=10,
+        description="Then, for presence, weigh classes by (most labelled / theirs) ** this.",
     )
     split_ratios: dict[str, Positive] = Field(
         default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1},

@@ -6,6 +6,8 @@ normalised ones lie in [0, 1] so that one ``balance_lambda`` means the same for 
 * least confidence ``1 - max_c p_c``;
 * margin, reported as uncertainty ``1 - (p_(1) - p_(2))`` (top two probabilities);
 * entropy ``-sum_c p_c log p_c / log C`` (``0 log 0 = 0``; a single class scores 0);
+* one-vs-rest: the largest (optionally class-weighted) binary entropy ``H(p_c)`` over the
+  classes, in bits, for class distributions and presence probabilities alike;
 * BALD from ``T`` Monte-Carlo passes ``H[mean_t p_t] - mean_t H[p_t]`` (divided by ``log C``
   unless ``normalise=False``);
 * predicted-minority probability ``sum_c p_c * need_c`` with ``need`` the quota deficits.
@@ -157,6 +159,32 @@ def entropy(probs: npt.ArrayLike, *, normalise: bool = True) -> FloatArray:
         return np.zeros_like(nats) if c == 1 else nats
     out: FloatArray = np.clip(nats / math.log(c), 0.0, 1.0)
     return out
+
+
+def one_vs_rest(
+    probs: npt.ArrayLike, *, class_weights: npt.ArrayLike | None = None, multilabel: bool = False
+) -> FloatArray:
+    """The most uncertain yes/no class decision per row of ``probs: (n, c)``; ``(n,)`` in
+    [0, 1].
+
+    ``max_c w_c H(p_c) / max_c w_c`` with ``H`` the binary entropy in bits, so a row scores
+    1 when some class of the largest weight has ``p = 0.5``; ``class_weights: (c,)``
+    non-negative (default 1). Rows may be class distributions or, with ``multilabel``,
+    per-class presence probabilities. Rows in blocks.
+    """
+    array = check_probs(probs, multilabel=multilabel)
+    c = array.shape[1]
+    w = np.ones(c) if class_weights is None else check_need(class_weights, c, name="class_weights")
+    top = float(w.max())
+    out = np.zeros(array.shape[0], np.float64)
+    if top <= 0:
+        return out
+    for start in range(0, array.shape[0], _CHUNK):
+        p = np.clip(np.asarray(array[start : start + _CHUNK], dtype=np.float64), 1e-12, 1 - 1e-12)
+        h = -(p * np.log(p) + (1 - p) * np.log(1 - p)) / math.log(2)
+        out[start : start + p.shape[0]] = (h * (w / top)).max(axis=1)
+    clipped: FloatArray = np.clip(out, 0.0, 1.0)
+    return clipped
 
 
 def bald(mc_probs: npt.ArrayLike, *, normalise: bool = True) -> FloatArray:

@@ -9,9 +9,13 @@ AAAI 2022), which restricts candidates to the labelled set's neighbours.
 
 :func:`neighbour_vote` returns, for every row, the share of its ``k`` nearest labelled rows
 (cosine distance) that hold each class, ``0`` for labelled rows themselves; fewer than ``k``
-labelled rows still divide by ``k``, so a vote from one or two images stays modest. The
-planner's quota term reads ``max(model, vote)`` (:func:`planner.core.plan.plan_batch`);
-uncertainty stays the model's.
+labelled rows still divide by ``k``, so a vote from one or two images stays modest. With
+``power > 0`` the share is weighted by inverse distance (``d ** -power``, Shepard's
+interpolation): a near-duplicate of a labelled image takes that image's classes, while a
+plain count of two neighbours gave it 0.5 whenever its second neighbour held another
+class, as it gave an image with only a distant labelled look-alike. The planner's quota
+term reads ``max(model, vote)`` (:func:`planner.core.plan.plan_batch`); uncertainty stays
+the model's.
 
 The vote needs embeddings in which neighbours mean something: on embeddings whose spectrum
 is mostly noise (:attr:`planner.core.whitening.Whitening.noise_dominated`) the nearest
@@ -28,6 +32,7 @@ vote for those classes anyway, unless no labelled image at all lies near them.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -44,6 +49,9 @@ BLOCK_ELEMENTS = 4_000_000
 """Row x labelled-row similarities per block, at most (16 MB of float32, 32 MB of indices)."""
 SPECTRUM_SAMPLE = 2_048
 """Rows sampled to decide from the spectrum whether neighbours mean something."""
+MIN_DISTANCE = 1e-6
+"""Cosine distances below this count as this in a distance-weighted vote (a duplicate's
+weight stays finite)."""
 ANCHOR_SAMPLE = 512
 """At most this many labelled rows (evenly spaced) choose the candidates of a large pool."""
 
@@ -60,6 +68,7 @@ def neighbour_vote(
     *,
     k: int = 3,
     candidates: npt.NDArray[np.intp] | None = None,
+    power: float = 0.0,
 ) -> npt.NDArray[np.float32]:
     """``(n, c)``: per row, the share of its ``k`` nearest labelled rows holding each class.
 
@@ -67,9 +76,14 @@ def neighbour_vote(
     it; ``labelled_classes: (m, c)`` 0/1 presence of each class in each labelled row (one 1
     per row for single-label data); ``candidates``: the rows to vote on (default all; the
     rest get 0, see :func:`vote_candidates`). Labelled rows get 0 (they are not candidates).
+    ``power``: each neighbour's vote weighs ``d ** -power``, ``d`` its cosine distance (at
+    least ``MIN_DISTANCE``), the weights of a row's ``k`` neighbours summing to 1 (to
+    ``m / k`` with ``m < k`` labelled rows); 0 (the default) is a plain count.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise InputError(f"k must be a positive int, got {k!r}")
+    if not (math.isfinite(power) and power >= 0):
+        raise InputError(f"power must be finite and >= 0, got {power}")
     rows = np.asarray(labelled_rows, dtype=np.intp)
     marks = np.asarray(labelled_classes, dtype=np.float64)
     if marks.ndim != 2 or marks.shape[0] != rows.size:
@@ -92,7 +106,13 @@ def neighbour_vote(
             nearest = np.argpartition(sim, -take, axis=1)[:, -take:]
         else:
             nearest = np.broadcast_to(np.arange(rows.size), (block.size, rows.size))
-        out[block] = marks[nearest].sum(axis=1) / k
+        if power == 0:
+            out[block] = marks[nearest].sum(axis=1) / k
+            continue
+        near = np.take_along_axis(sim, nearest, axis=1).astype(np.float64)
+        weight = np.maximum(1.0 - near, MIN_DISTANCE) ** -power
+        weight *= (take / k) / weight.sum(axis=1, keepdims=True)
+        out[block] = np.einsum("rk,rkc->rc", weight, marks[nearest])
     out[rows] = 0.0
     return out
 

@@ -24,4 +24,4 @@ def test_a_quick_run_measures_both_calls_and_writes_its_section_only(tmp_path: P
     assert "by hand" in text
     assert "| `plan_batch` without the vote, baseline |" in text
     assert "| `plan_batch` with the vote |" in text
-    assert "the quota term read the vote of the 2 nearest of 500 labelled images" in text
+    assert "the quota term read the vote of the 5 nearest of 500 labelled images" in text

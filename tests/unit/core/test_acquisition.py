@@ -18,6 +18,7 @@ from planner.core.acquisition import (
     least_confidence,
     margin,
     minority_probability,
+    one_vs_rest,
     top_two,
     uncertainty,
 )
@@ -239,3 +240,28 @@ def test_bad_box_options_are_refused() -> None:
         aggregate_boxes(*args, n_images=1, reduce="sum")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="empty_uncertainty"):
         aggregate_boxes(*args, n_images=1, empty_uncertainty=math.nan)
+
+
+def test_one_vs_rest_is_the_largest_binary_entropy_in_bits() -> None:
+    probs = np.array([[0.5, 0.5, 0.0], [0.34, 0.33, 0.33], [1.0, 0.0, 0.0], [0.8, 0.2, 0.0]])
+    got = one_vs_rest(probs)
+    h = lambda p: -(p * math.log2(p) + (1 - p) * math.log2(1 - p))  # noqa: E731
+    np.testing.assert_allclose(got, [1.0, h(0.34), 0.0, h(0.2)], atol=1e-9)
+    # entropy ranks the flat row first; the one-vs-rest decision the even split
+    assert entropy(probs)[1] > entropy(probs)[0]
+    assert got[0] > got[1]
+
+
+def test_one_vs_rest_weighs_classes_and_takes_presence_rows() -> None:
+    presence = np.array([[0.5, 0.0], [0.0, 0.5], [0.9, 0.9]])  # rows need not sum to 1
+    unweighted = one_vs_rest(presence, multilabel=True)
+    assert unweighted[0] == pytest.approx(unweighted[1])
+    weighted = one_vs_rest(presence, class_weights=[1.0, 4.0], multilabel=True)
+    assert weighted[1] == pytest.approx(1.0)  # the heaviest class at 0.5 scores 1
+    assert weighted[0] == pytest.approx(0.25)  # the lighter class's 1 bit, weighed 1/4
+    assert ((weighted >= 0) & (weighted <= 1)).all()
+    assert not one_vs_rest(presence, class_weights=[0.0, 0.0], multilabel=True).any()
+    with pytest.raises(InputError, match="class_weights"):
+        one_vs_rest(presence, class_weights=[1.0], multilabel=True)
+    with pytest.raises(InputError, match="sum to 1"):
+        one_vs_rest(presence)

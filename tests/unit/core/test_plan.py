@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from planner.core.plan import PlanOptions, plan_batch
+from planner.core.acquisition import entropy, one_vs_rest
+from planner.core.plan import Plan, PlanOptions, plan_batch, rarity_weights
 from planner.core.quotas import Quota
 from planner.core.table import CountTable
 from planner.errors import InputError
@@ -211,6 +212,8 @@ def test_shortfall_is_the_factor_times_the_deficit_capped_at_the_batch() -> None
         ({"batch_size": 5, "vote_neighbours": -1}, "vote_neighbours"),
         ({"batch_size": 5, "vote_neighbours": True}, "vote_neighbours"),
         ({"batch_size": 5, "discovery_short_weight": -1.0}, "discovery_short_weight"),
+        ({"batch_size": 5, "vote_distance_power": -1.0}, "vote_distance_power"),
+        ({"batch_size": 5, "met_rarity_power": float("nan")}, "met_rarity_power"),
     ],
 )
 def test_bad_options_say_what(kwargs: dict[str, object], match: str) -> None:
@@ -305,7 +308,8 @@ def test_labelled_neighbours_lead_the_quota_term_to_a_rare_class_the_model_misse
     # the three open wheelchairs' nearest labelled images are the three labelled ones
     assert sorted(plan.batch.ids) == [163, 164, 165]
     assert all(p.reason == "rare_class" and p.class_name == "wheelchair" for p in plan.batch.picks)
-    assert any("vote of the 2 nearest of 19 labelled images" in n for n in plan.batch.notes)
+    note = "vote of the 5 nearest of 19 labelled images (weighted by distance ** -3)"
+    assert any(note in n for n in plan.batch.notes)
     # without the vote the same labelled rows are only excluded: the model's flat
     # probabilities give no reason to go to cluster 0
     plain = plan_batch(
@@ -380,3 +384,64 @@ def test_bad_labels_say_what(labels: object, match: str) -> None:
             embeddings=emb,
             labels=labels,  # type: ignore[arg-type]
         )
+
+
+# an even split between two classes, a flat row, a confident row: entropy ranks the flat
+# row first, the most uncertain one-vs-rest decision the even split
+EVEN_FLAT_SURE = np.array([[0.5, 0.5, 0.0], [0.34, 0.33, 0.33], [0.9, 0.05, 0.05]])
+
+
+def _wheelchair_plan(counts: list[int], target: int, probs: np.ndarray, **changes: object) -> Plan:
+    options = dataclasses.replace(_greedy_only(), batch_size=1, **changes)  # type: ignore[arg-type]
+    quotas = [Quota("wheelchair", target=target)]
+    return plan_batch(table(counts), quotas, np.arange(len(probs)), probs, options=options, rng=0)
+
+
+def test_once_every_quota_is_met_the_batch_takes_the_most_uncertain_class_decision() -> None:
+    met = _wheelchair_plan([9, 9, 3], 3, EVEN_FLAT_SURE)
+    np.testing.assert_allclose(met.uncertainty, one_vs_rest(EVEN_FLAT_SURE))
+    assert met.batch.ids == [0]
+    assert any("every quota is met" in n for n in met.batch.notes)
+    kept = _wheelchair_plan([9, 9, 3], 3, EVEN_FLAT_SURE, met_uncertainty=False)
+    np.testing.assert_allclose(kept.uncertainty, entropy(EVEN_FLAT_SURE))
+    assert kept.batch.ids == [1]
+    assert not any("every quota is met" in n for n in kept.batch.notes)
+
+
+def test_while_a_quota_is_short_the_uncertainty_is_the_configured_one() -> None:
+    short = _wheelchair_plan([9, 9, 2], 3, EVEN_FLAT_SURE)
+    np.testing.assert_allclose(short.uncertainty, entropy(EVEN_FLAT_SURE))
+    assert not any("every quota is met" in n for n in short.batch.notes)
+
+
+def test_with_presence_the_met_decision_weighs_classes_with_few_labelled_images_more() -> None:
+    # an even chance of a car, an even chance of a wheelchair; cars have 10x the labels
+    presence = np.array([[0.5, 0.0, 0.0], [0.0, 0.0, 0.5]])
+    counts, quotas = table([50, 20, 5]), [Quota("wheelchair", target=5)]
+    options = PlanOptions(
+        batch_size=1,
+        multilabel=True,
+        exploration_share=0.0,
+        hard_negative_share=0.0,
+        diversity=False,
+    )
+    plan = plan_batch(counts, quotas, np.arange(2), presence, options=options, rng=0)
+    np.testing.assert_allclose(plan.uncertainty, [0.1, 1.0])
+    assert plan.batch.ids == [1]
+    assert any("fewer labelled images weighing more" in n for n in plan.batch.notes)
+    flat = dataclasses.replace(options, met_rarity_power=0.0)
+    even = plan_batch(counts, quotas, np.arange(2), presence, options=flat, rng=0)
+    np.testing.assert_allclose(even.uncertainty, [1.0, 1.0])
+
+
+def test_class_distributions_are_not_weighted_by_rarity() -> None:
+    plan = _wheelchair_plan([50, 20, 5], 5, np.array([[0.5, 0.5, 0.0], [0.0, 0.5, 0.5]]))
+    np.testing.assert_allclose(plan.uncertainty, [1.0, 1.0])
+
+
+def test_rarity_weights_hand_values() -> None:
+    counts = table([40, 10, 0])
+    np.testing.assert_allclose(rarity_weights(counts, CLASSES, power=1.0), [1.0, 4.0, 40.0])
+    np.testing.assert_allclose(rarity_weights(counts, CLASSES, power=0.5), [1.0, 2.0, 40**0.5])
+    # a column the table does not hold counts as no labelled image
+    np.testing.assert_allclose(rarity_weights(counts, ("car", "bus"), power=1.0), [1.0, 40.0])

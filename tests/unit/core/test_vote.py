@@ -12,8 +12,13 @@ from planner.errors import InputError
 
 
 def brute_force(
-    emb: npt.NDArray[np.float64], rows: npt.NDArray[np.intp], marks: npt.NDArray[np.float64], k: int
+    emb: npt.NDArray[np.float64],
+    rows: npt.NDArray[np.intp],
+    marks: npt.NDArray[np.float64],
+    k: int,
+    power: float = 0.0,
 ) -> npt.NDArray[np.float64]:
+    """The vote row by row: a count of the k nearest, or weighted by distance ** -power."""
     unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     out = np.zeros((emb.shape[0], marks.shape[1]))
     for i in range(emb.shape[0]):
@@ -21,8 +26,9 @@ def brute_force(
             continue
         dist = 1.0 - unit[rows] @ unit[i]
         nearest = np.argsort(dist, kind="stable")[:k]
-        out[i] = marks[nearest].sum(axis=0) / k
-    return out
+        weight = np.maximum(dist[nearest], vote_module.MIN_DISTANCE) ** -power
+        out[i] = (weight[:, None] * marks[nearest]).sum(axis=0) / weight.sum()
+    return out * min(k, rows.size) / k
 
 
 @pytest.mark.parametrize(("block", "elements"), [(7, 10**6), (4096, 10**6), (4096, 40)])
@@ -106,3 +112,49 @@ def test_candidates_are_the_rows_nearest_the_anchors_and_only_they_vote(
     np.testing.assert_allclose(some[picked], full[picked], atol=1e-6)
     rest = np.setdiff1d(np.arange(300), picked)
     assert not some[rest].any()
+
+
+@pytest.mark.parametrize(("k", "power"), [(4, 2.0), (5, 3.0), (20, 1.0)])
+def test_a_distance_weighted_vote_weighs_each_neighbour_by_distance_to_minus_power(
+    k: int, power: float
+) -> None:
+    rng = np.random.default_rng(5)
+    emb = rng.standard_normal((60, 5))
+    rows = rng.choice(60, 15, replace=False)  # k = 20: fewer labelled rows than k
+    marks = np.eye(3)[rng.integers(0, 3, 15)]
+    got = neighbour_vote(emb, rows, marks, k=k, power=power)
+    want = brute_force(emb, rows, marks, k, power)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    assert (got[rows] == 0).all()
+    np.testing.assert_allclose(
+        neighbour_vote(emb, rows, marks, k=k, power=0.0),
+        brute_force(emb, rows, marks, k),
+        atol=1e-6,
+    )  # power 0: a plain count
+
+
+def test_a_near_duplicate_takes_its_labelled_originals_class_under_a_weighted_vote() -> None:
+    # row 2 is a near-duplicate of labelled row 0 (class 1); its second-nearest labelled
+    # image, row 1, holds class 0. A plain count of two gives it 0.5 for class 1, as it
+    # gives row 3, which only lies between them; weighted by distance ** -3, row 2 is class 1
+    emb = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.02], [1.0, 0.8]])
+    rows, marks = np.array([0, 1]), np.array([[0.0, 1.0], [1.0, 0.0]])
+    plain = neighbour_vote(emb, rows, marks, k=2)
+    np.testing.assert_allclose(plain[[2, 3], 1], [0.5, 0.5])
+    weighted = neighbour_vote(emb, rows, marks, k=2, power=3.0)
+    assert weighted[2, 1] > 0.99
+    assert 0.5 < weighted[3, 1] < 0.99  # nearer the class-1 image, but not a duplicate of it
+    np.testing.assert_allclose(weighted[[2, 3]].sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_an_exact_duplicate_has_a_finite_weight() -> None:
+    emb = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]])  # row 2: row 0 scaled, distance 0
+    got = neighbour_vote(emb, np.array([0, 1]), np.array([[1.0], [0.0]]), k=2, power=3.0)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got[2, 0], 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("power", [-1.0, float("nan"), float("inf")])
+def test_bad_power_says_what(power: float) -> None:
+    with pytest.raises(InputError, match="power must be"):
+        neighbour_vote(np.ones((4, 3)), np.array([0, 1]), np.eye(2), k=2, power=power)
