@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -228,6 +229,11 @@ def test_bad_tasks_are_held_apart_and_the_rest_is_counted_scored_and_pushed(
     no_value = backend.import_tasks(
         live.pid, [{"data": {"image": live.good_ref}, "annotations": [{"result": [choice(None)]}]}]
     )[0]
+    # under load the import's answer can come before its annotation is readable (a retried,
+    # timed-out import lists the first one's task mid-flight): wait for it, briefly
+    deadline = time.monotonic() + 30
+    while not live.annotation_ids(no_value) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert live.annotation_ids(no_value), "imported with its annotation"
     backend.annotate(wrong_type, [choice("3")])  # a string, not a list of labels
     backend.annotate(huge_sized, [brush(huge_rle(400_000), sized=True)])
