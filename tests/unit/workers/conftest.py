@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import sys
+import threading
+import time
 import types
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +78,49 @@ def entry_point(monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
         return name
 
     return register
+
+
+class KeptAliveServer:
+    """A Label Studio stand-in on 127.0.0.1 that keeps connections open (HTTP/1.1), as the
+    real server does, answers a GET with ``body_for(path)`` and counts its connections."""
+
+    def __init__(self, body_for: Callable[[str], bytes]) -> None:
+        self.opened = 0
+        self.closed = 0
+        counts = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                counts.opened += 1
+
+            def finish(self) -> None:
+                super().finish()
+                counts.closed += 1
+
+            def do_GET(self) -> None:
+                body = body_for(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                return
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def open_now(self, settle_s: float = 5.0) -> int:
+        """Connections still open, once those being closed have had time to go."""
+        deadline = time.monotonic() + settle_s
+        while self.opened != self.closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.opened - self.closed
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

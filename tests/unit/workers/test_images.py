@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import io
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
+from tests.unit.workers.conftest import KeptAliveServer
 from workers.images import ImageError, ImageSource, decode
 
 
@@ -131,56 +131,16 @@ def test_a_missing_file_is_not_transient(png: Path) -> None:
     assert not failed.value.transient
 
 
-class _KeptAlive:
-    """A Label Studio stand-in that keeps connections open (HTTP/1.1) and counts them."""
-
-    def __init__(self, body: bytes) -> None:
-        self.opened = 0
-        self.closed = 0
-        counts = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def setup(self) -> None:
-                super().setup()
-                counts.opened += 1
-
-            def finish(self) -> None:
-                super().finish()
-                counts.closed += 1
-
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                return
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def open_now(self, settle_s: float = 5.0) -> int:
-        """Connections still open, once those being closed have had time to go."""
-        deadline = time.monotonic() + settle_s
-        while self.opened != self.closed and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return self.opened - self.closed
-
-
 @pytest.fixture
-def kept_alive(png: Path) -> Iterator[_KeptAlive]:
-    server = _KeptAlive(png.read_bytes())
+def kept_alive(png: Path) -> Iterator[KeptAliveServer]:
+    body = png.read_bytes()
+    server = KeptAliveServer(lambda path: body)
     yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+    server.stop()
 
 
 def test_label_studio_images_share_one_kept_alive_connection_until_close(
-    png: Path, kept_alive: _KeptAlive
+    png: Path, kept_alive: KeptAliveServer
 ) -> None:
     body = png.read_bytes()
     source = ImageSource(label_studio_url=kept_alive.url)
@@ -197,7 +157,7 @@ def test_label_studio_images_share_one_kept_alive_connection_until_close(
 
 
 def test_a_source_dropped_unclosed_closes_its_connection_as_it_goes(
-    kept_alive: _KeptAlive,
+    kept_alive: KeptAliveServer,
 ) -> None:
     """Even inside a reference cycle (an error held with its traceback): the collector must
     not find a socket unclosed, which is a ResourceWarning and here a failure."""
