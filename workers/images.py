@@ -18,6 +18,7 @@ import socket
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -50,6 +51,11 @@ def _image_error(message: str, transient: bool) -> ImageError:
     return ImageError(message, transient=transient)
 
 
+if TYPE_CHECKING:  # finalize is generic for the type checker only
+    _Closer = weakref.finalize[[int, httpx.Client], "ImageSource"]
+    """Closes a source's client in its process: called by ``close``, or when it goes."""
+
+
 @dataclass(frozen=True, slots=True, weakref_slot=True)
 class ImageSource:
     """Where images may come from."""
@@ -64,7 +70,9 @@ class ImageSource:
     # one HTTP client per process (DataLoader workers get their own): building one per image
     # costs 50-100 ms, mostly its SSL context; its connections are kept alive between images
     # (a TCP and TLS handshake per image would cost more than decoding it) until ``close``
-    _clients: dict[int, httpx.Client] = field(default_factory=dict, compare=False, repr=False)
+    _clients: dict[int, tuple[httpx.Client, _Closer]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def __reduce__(self) -> tuple[object, ...]:
         # what crosses to a DataLoader worker: the settings, not the caches or clients
@@ -79,17 +87,16 @@ class ImageSource:
                 follow_redirects=False,
                 limits=httpx.Limits(max_keepalive_connections=KEEP_ALIVE_CONNECTIONS),
             )
-            self._clients[pid] = client
             # a source dropped without ``close`` (an error held in a traceback, say) closes its
             # connections when it goes, before the collector could finalise a socket unclosed
-            weakref.finalize(self, _close_in, pid, client)
-        return self._clients[pid]
+            self._clients[pid] = (client, weakref.finalize(self, _close_in, pid, client))
+        return self._clients[pid][0]
 
     def close(self) -> None:
         """Close this process's kept-alive connections; a later ``read`` opens new ones."""
-        client = self._clients.pop(os.getpid(), None)
-        if client is not None:
-            client.close()
+        entry = self._clients.pop(os.getpid(), None)
+        if entry is not None:
+            entry[1]()  # a finalizer runs once: the source's going will not close it again
 
     def read(self, reference: str) -> bytes:
         """The image's bytes, or ``ImageError`` with the reason."""

@@ -148,7 +148,9 @@ def test_label_studio_images_share_one_kept_alive_connection_until_close(
         for i in range(5):
             assert source.read(f"/data/upload/1/{i}.png") == body
         assert kept_alive.opened == 1, "five images, one TCP connection"
+        ((_, closer),) = source._clients.values()
         source.close()
+        assert not closer.alive, "closed once: the source's going has nothing left to close"
         assert kept_alive.open_now() == 0
         assert source.read("/data/upload/1/again.png") == body
         assert kept_alive.opened == 2, "after close a read opens a new connection"
