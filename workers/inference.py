@@ -7,8 +7,8 @@ on other CPUs. On the CPU the pass's threads leave a core to each decoding DataL
 (``threads`` 0): oversubscribed, torch's threads wait on each other at every operator.
 
 An image that cannot be read or decoded becomes an ``unscorable`` entry with its reason; the
-rest of the chunk is scored. ``iter_scores`` yields
-one batch at a time, so a caller can store each before the next is computed.
+rest of the chunk is scored. ``iter_scores`` yields one batch at a time, so a caller can store
+each before the next is computed.
 
 MC dropout: with ``mc_passes`` T, every dropout layer (``nn.Dropout``, ``Dropout1d/2d/3d``,
 ``AlphaDropout``, ``FeatureAlphaDropout``, or their TorchScript counterparts) is switched to
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,9 +219,10 @@ def iter_scores(
         pin_memory=gpu,
         persistent_workers=False,
     )
-    count = forward_threads(threads, num_workers) if target.type == "cpu" else None
+    cpu = target.type == "cpu"
+    budget = torch_threads(forward_threads(threads, num_workers)) if cpu else nullcontext()
     try:
-        with torch_threads(count or torch.get_num_threads()):
+        with budget:
             yield from _batches(
                 module, loader, target=target, dtype=dtype, passes=passes, notes=notes
             )
