@@ -59,6 +59,7 @@ from planner.settings import PRECISIONS
 from workers.bootstrap import BootstrapNet
 from workers.images import ImageSource, decode
 from workers.inference import autocast_dtype, forward_threads, pick_device, score_items
+from workers.outputs import logits_of
 
 SECTION = "## Scoring throughput"
 SECTION_START = "<!-- score_bench:start -->"
@@ -95,20 +96,8 @@ def build_model(name: str, n_classes: int) -> nn.Module:
 
         return resnet50(weights=None, num_classes=n_classes)
     if name == "bootstrap":  # the workers' own cold-start network (logits, embeddings)
-        return _Logits(BootstrapNet(n_classes))
+        return BootstrapNet(n_classes)
     return small_cnn(n_classes)
-
-
-class _Logits(nn.Module):
-    """A network's logits alone, as the bench's forward and the ML backend stand-in read."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.inner(x)[0]
-        return logits
 
 
 def make_images(folder: Path, n: int, size: int, seed: int = 0) -> list[tuple[int, str]]:
@@ -141,7 +130,7 @@ def _predict(
     x = x.contiguous(memory_format=torch.channels_last)
     dtype = autocast_dtype(device, precision)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        return torch.softmax(model(x).float(), dim=1).cpu()
+        return torch.softmax(logits_of(model(x)).float(), dim=1).cpu()
 
 
 def prepared(name: str, device: torch.device) -> nn.Module:
