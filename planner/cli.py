@@ -662,13 +662,13 @@ def worker(
         # the worker's own limits and secrets: task messages carry neither
         from dataclasses import replace  # noqa: PLC0415 - kept beside its one use
 
-        from planner.connect import broker_config, worker_secrets  # noqa: PLC0415
+        from planner.connect import broker_config, worker_own  # noqa: PLC0415
 
         limits = replace(broker_config(settings), concurrency=concurrency)
-        secrets = worker_secrets(settings)
+        own = worker_own(settings)
     from workers.celery_app import run_worker  # noqa: PLC0415 - torch only in workers
 
-    run_worker(limits, queues.split(","), secrets=secrets)
+    run_worker(limits, queues.split(","), own=own)
 
 
 @app.command()

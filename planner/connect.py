@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from planner.errors import ConfigError
@@ -11,7 +12,7 @@ from planner.sync import SyncOptions
 
 if TYPE_CHECKING:
     from integrations.label_studio.client import LabelStudioBackend
-    from workers.config import BrokerConfig, WorkerConfig, WorkerSecrets
+    from workers.config import BrokerConfig, WorkerConfig, WorkerOwn
 
 
 def connect(settings: Settings) -> LabelStudioBackend:
@@ -83,12 +84,14 @@ def worker_config(settings: Settings, classes: tuple[str, ...]) -> WorkerConfig:
         image_size=section.image_size,
         batch_size=section.batch_size,
         chunk_size=section.chunk_size,
-        num_workers=section.num_workers,
+        num_workers=None if section.num_workers == "auto" else section.num_workers,
         mc_passes=section.mc_passes,
         device=section.device,
         precision=section.precision,
         threads=section.threads,
         bootstrap_dir=section.bootstrap_dir or settings.artifacts.dir / "bootstrap",
+        pixel_cache_dir=pixel_cache_dir(settings),
+        pixel_cache_mb=section.pixel_cache_mb,
         retrain_min_new_labels=section.retrain_min_new_labels,
         max_retries=section.max_retries,
         retry_backoff_s=section.retry_backoff_s,
@@ -112,12 +115,19 @@ def broker_config(settings: Settings, *, default_url: str | None = None) -> Brok
     )
 
 
-def worker_secrets(settings: Settings) -> WorkerSecrets:
-    """The store password and Label Studio token of this worker's own settings."""
-    from workers.config import WorkerSecrets  # noqa: PLC0415
+def worker_own(settings: Settings) -> WorkerOwn:
+    """What a worker takes from its own settings: the store password, the Label Studio token
+    and its pixel cache."""
+    from workers.config import WorkerOwn  # noqa: PLC0415
 
     password, token = settings.store.password, settings.label_studio.token
-    return WorkerSecrets(
+    return WorkerOwn(
         store_password=None if password is None else password.get_secret_value(),
         label_studio_token=None if token is None else token.get_secret_value(),
+        pixel_cache_dir=pixel_cache_dir(settings),
+        pixel_cache_mb=settings.workers.pixel_cache_mb,
     )
+
+
+def pixel_cache_dir(settings: Settings) -> Path:
+    return settings.workers.pixel_cache_dir or settings.artifacts.dir / "pixel-cache"

@@ -25,6 +25,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -412,18 +413,29 @@ class WorkerSettings(_Section):
     image_size: int = Field(default=32, gt=0, le=4096, description="Model input size.")
     batch_size: int = Field(default=64, gt=0, description="Images per forward pass.")
     chunk_size: int = Field(default=256, gt=0, description="Tasks per Celery job.")
-    num_workers: int = Field(default=2, ge=0, description="DataLoader decode processes.")
+    num_workers: NonNegativeInt | Literal["auto"] = Field(
+        default="auto",
+        description="DataLoader decode processes; auto = none on a CPU (threads decode between "
+        "forward passes), a CPU each but one on a GPU.",
+    )
     mc_passes: int = Field(default=0, ge=0, description="MC-dropout passes (BALD); 0 = off.")
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
     precision: Precision = Field(
         default="auto",
-        description="Forward-pass dtype: auto (bf16 on a GPU or an AMX CPU), float32, bfloat16, "
+        description="Forward-pass dtype: auto (bf16 on a GPU or a bf16 CPU), float32, bfloat16, "
         "float16.",
     )
     threads: int = Field(
         default=0,
         ge=0,
-        description="torch threads of a CPU forward pass; 0 = the CPUs less num_workers.",
+        description="torch threads of a CPU forward pass; 0 = the CPUs less the decode processes.",
+    )
+    pixel_cache_dir: Path | None = Field(
+        default=None,
+        description="This worker's decoded-pixel cache; unset = <artifacts.dir>/pixel-cache.",
+    )
+    pixel_cache_mb: int = Field(
+        default=2048, ge=0, description="Largest size of the pixel cache in MB; 0 = off."
     )
     max_retries: int = Field(default=5, ge=0, description="Retries of a failing chunk.")
     retry_backoff_s: float = Field(default=2.0, gt=0, description="First retry delay, doubled.")

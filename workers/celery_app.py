@@ -34,7 +34,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 
 from planner.errors import TransientError
-from workers.config import SECRET_FIELDS, BrokerConfig, WorkerConfig, WorkerSecrets
+from workers.config import OWN_FIELDS, BrokerConfig, WorkerConfig, WorkerOwn
 from workers.scoring import Resources, halved, out_of_memory, score_chunk
 
 SCORE_TASK = "workers.score_chunk"
@@ -45,9 +45,9 @@ _TUPLES = ("classes", "allowed_hosts")
 log = logging.getLogger("planner.workers")
 
 
-def make_app(config: BrokerConfig, *, secrets: WorkerSecrets | None = None) -> Celery:
-    """A Celery app on ``config.broker_url`` with the scoring task registered; ``secrets``
-    are the worker's own (the sending side needs none)."""
+def make_app(config: BrokerConfig, *, own: WorkerOwn | None = None) -> Celery:
+    """A Celery app on ``config.broker_url`` with the scoring task registered; ``own``: the
+    worker's secrets and pixel cache (the sending side needs neither)."""
     celery = Celery("planner-workers", broker=config.broker_url, backend=config.broker_url)
     transport = {"visibility_timeout": config.visibility_s}
     celery.conf.update(
@@ -68,7 +68,7 @@ def make_app(config: BrokerConfig, *, secrets: WorkerSecrets | None = None) -> C
         worker_hijack_root_logger=False,
     )
     resources = Resources()  # one per app: the worker process keeps its models between chunks
-    own = secrets or WorkerSecrets()
+    own = own or WorkerOwn()
 
     def score(
         task: Task,
@@ -78,7 +78,7 @@ def make_app(config: BrokerConfig, *, secrets: WorkerSecrets | None = None) -> C
         batch_size: int | None = None,
     ) -> object:
         pairs = [(int(task_id), str(reference)) for task_id, reference in items]
-        job = config_from_dict(cfg).with_secrets(own)
+        job = config_from_dict(cfg).with_own(own)
         if batch_size is not None:
             job = replace(job, batch_size=batch_size)
         retries = int(task.request.retries or 0)
@@ -120,11 +120,11 @@ def make_app(config: BrokerConfig, *, secrets: WorkerSecrets | None = None) -> C
 
 
 def run_worker(
-    config: BrokerConfig, queues: Sequence[str], *, secrets: WorkerSecrets | None = None
+    config: BrokerConfig, queues: Sequence[str], *, own: WorkerOwn | None = None
 ) -> None:
     """Consume ``queues`` in this process until stopped (``planner worker --queues score``)."""
     names = ",".join(q.strip() for q in queues if q.strip()) or SCORE_QUEUE
-    make_app(config, secrets=secrets).worker_main(
+    make_app(config, own=own).worker_main(
         [
             "worker",
             "-Q",
@@ -141,7 +141,7 @@ def run_worker(
 
 def config_to_dict(cfg: WorkerConfig) -> dict[str, Any]:
     """``cfg`` as JSON-able primitives, the form a task message carries: no secrets."""
-    data = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in SECRET_FIELDS}
+    data = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in OWN_FIELDS}
     for key in _PATHS:
         if data[key] is not None:
             data[key] = str(data[key])
@@ -151,7 +151,7 @@ def config_to_dict(cfg: WorkerConfig) -> dict[str, Any]:
 
 
 def config_from_dict(data: dict[str, Any]) -> WorkerConfig:
-    values = {key: value for key, value in data.items() if key not in SECRET_FIELDS}
+    values = {key: value for key, value in data.items() if key not in OWN_FIELDS}
     for key in _PATHS:
         if values.get(key) is not None:
             values[key] = Path(values[key])
@@ -163,13 +163,13 @@ def config_from_dict(data: dict[str, Any]) -> WorkerConfig:
 @cache
 def _app_from_env() -> Celery:
     # imported here: building the app for the sending side needs no settings
-    from planner.connect import broker_config, worker_secrets  # noqa: PLC0415
+    from planner.connect import broker_config, worker_own  # noqa: PLC0415
     from planner.settings import CONFIG_ENV, load_settings  # noqa: PLC0415
 
     path = os.environ.get(CONFIG_ENV)
     settings = load_settings(Path(path) if path else None)
     config = broker_config(settings, default_url=os.environ.get("REDIS_URL"))
-    return make_app(config, secrets=worker_secrets(settings))
+    return make_app(config, own=worker_own(settings))
 
 
 def __getattr__(name: str) -> Celery:

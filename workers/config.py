@@ -10,7 +10,8 @@ from planner.settings import PRECISIONS, WorkerLimitError, worker_time_limits
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 SECRET_FIELDS = ("store_password", "label_studio_token")
-"""``WorkerConfig`` fields a task message never carries."""
+OWN_FIELDS = (*SECRET_FIELDS, "pixel_cache_dir", "pixel_cache_mb")
+"""``WorkerConfig`` fields a task message never carries: each worker has its own."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,13 +41,15 @@ class WorkerConfig:
     image_size: int = 32
     batch_size: int = 64
     chunk_size: int = 256
-    num_workers: int = 0
+    num_workers: int | None = None
     mc_passes: int = 0
     device: str = "auto"
     precision: str = "auto"
     threads: int = 0
     queue: str = "score"
     bootstrap_dir: Path | None = None
+    pixel_cache_dir: Path | None = None
+    pixel_cache_mb: int = 0
     retrain_min_new_labels: int = 50
     max_retries: int = 5
     retry_backoff_s: float = 2.0
@@ -59,12 +62,14 @@ class WorkerConfig:
         for name in ("image_size", "batch_size", "chunk_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"workers.{name} = {getattr(self, name)}: must be positive")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ConfigError(f"workers.num_workers = {self.num_workers}: must be 0 or more")
         for name in (
-            "num_workers",
             "mc_passes",
             "retrain_min_new_labels",
             "max_retries",
             "threads",
+            "pixel_cache_mb",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"workers.{name} = {getattr(self, name)}: must be 0 or more")
@@ -75,22 +80,28 @@ class WorkerConfig:
         if self.mc_passes == 1:
             raise ConfigError("workers.mc_passes = 1 estimates nothing; use 0 (off) or 2 or more")
 
-    def with_secrets(self, secrets: WorkerSecrets) -> WorkerConfig:
-        """This job with the worker's own secrets (a task message carries none)."""
+    def with_own(self, own: WorkerOwn) -> WorkerConfig:
+        """This job with the worker's own secrets and pixel cache (a task message carries
+        neither)."""
         return replace(
             self,
-            store_password=secrets.store_password,
-            label_studio_token=secrets.label_studio_token,
+            store_password=own.store_password,
+            label_studio_token=own.label_studio_token,
+            pixel_cache_dir=own.pixel_cache_dir,
+            pixel_cache_mb=own.pixel_cache_mb,
         )
 
 
 @dataclass(frozen=True, slots=True)
-class WorkerSecrets:
-    """The secrets a worker reads from its own settings or environment, never from a task
-    message: task messages sit in Redis, readable by anyone who can read the broker."""
+class WorkerOwn:
+    """What a worker reads from its own settings or environment, never from a task message:
+    the secrets (task messages sit in Redis, readable by anyone who can read the broker), and
+    its pixel cache (a folder on its own disk; 0 MB = off)."""
 
     store_password: str | None = field(default=None, repr=False)
     label_studio_token: str | None = field(default=None, repr=False)
+    pixel_cache_dir: Path | None = None
+    pixel_cache_mb: int = 0
 
 
 @dataclass(frozen=True, slots=True)

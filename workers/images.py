@@ -15,6 +15,7 @@ import io
 import ipaddress
 import os
 import socket
+import threading
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,8 @@ import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
 MAX_BYTES = 64 * 1024 * 1024
-KEEP_ALIVE_CONNECTIONS = 4
+KEEP_ALIVE_CONNECTIONS = 16
+"""At least the images a process reads at once (``workers.inference.decode_threads``)."""
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
@@ -73,6 +75,8 @@ class ImageSource:
     _clients: dict[int, tuple[httpx.Client, _Closer]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    # decoding threads share the client: the first reads of a run must not each build one
+    _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     def __reduce__(self) -> tuple[object, ...]:
         # what crosses to a DataLoader worker: the settings, not the caches or clients
@@ -81,6 +85,10 @@ class ImageSource:
 
     def _client(self) -> httpx.Client:
         pid = os.getpid()
+        with self._lock:
+            return self._client_in(pid)
+
+    def _client_in(self, pid: int) -> httpx.Client:
         if pid not in self._clients:
             client = httpx.Client(
                 timeout=self.timeout_s,

@@ -1,10 +1,18 @@
-"""Batched scoring: decode in DataLoader workers, forward under ``inference_mode``.
+"""Batched scoring: read and decode images, forward under ``inference_mode``.
 
 The forward pass runs with channels_last (the layout cuDNN's and oneDNN's convolutions prefer)
 under the autocast dtype of ``precision``: with ``"auto"``, bf16 on a GPU (fp16 where bf16 is
-missing) and on a CPU with Intel AMX (bf16 matrix tiles, several times float32's speed), float32
-on other CPUs. On the CPU the pass's threads leave a core to each decoding DataLoader worker
-(``threads`` 0): oversubscribed, torch's threads wait on each other at every operator.
+missing) and on a CPU that multiplies bf16 natively (Intel AMX tiles, or AVX-512 BF16 as on AMD
+Zen 4: 2-4 times float32's speed), float32 on other CPUs.
+
+Where images are decoded (``num_workers``): on a GPU, in DataLoader processes, while the GPU
+runs the forward pass; on a CPU (``num_workers`` None), in threads of this process between
+forward passes, each phase on every core. On a CPU the two would otherwise compete for the same
+cores: a decode process takes a core from the forward pass for the whole run, however little it
+has to do, and torch's threads oversubscribed wait on each other at every operator. The
+threads also keep several images in flight, so a Label Studio on another machine answers them
+at once rather than one round trip after another. ``num_workers`` set to N > 0 on a CPU gives
+N decode processes and the forward pass the CPUs left (``threads`` 0).
 
 An image that cannot be read or decoded becomes an ``unscorable`` entry with its reason; the
 rest of the chunk is scored. ``iter_scores`` yields one batch at a time, so a caller can store
@@ -21,9 +29,11 @@ without dropout layers, gets no BALD and a warning saying why.
 from __future__ import annotations
 
 import os
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -37,6 +47,7 @@ from planner.settings import PRECISIONS
 from workers.images import ImageError, ImageSource, decode
 from workers.models import ModelKind
 from workers.outputs import logits_of, read_output
+from workers.pixels import PixelCache, pixel_key
 
 DROPOUT_TYPES: tuple[type[nn.Module], ...] = (
     nn.Dropout,
@@ -47,6 +58,8 @@ DROPOUT_TYPES: tuple[type[nn.Module], ...] = (
     nn.FeatureAlphaDropout,
 )
 _DROPOUT_NAMES = frozenset(t.__name__ for t in DROPOUT_TYPES)
+MAX_DECODE_WORKERS = 16
+MIN_DECODE_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -68,29 +81,93 @@ class Scores:
 
 
 _Row = tuple[int, torch.Tensor | None, str, bool]
+_Batch = tuple[list[int], torch.Tensor | None, dict[int, str], dict[int, str]]
+"""Task ids, their ``(n, 3, h, w)`` uint8 pixels, unscorable and deferred tasks' reasons."""
 
 
 class _Images(Dataset[_Row]):
-    def __init__(self, items: Sequence[tuple[int, str]], source: ImageSource, size: int) -> None:
+    """Images read and decoded (in a DataLoader worker, or on ``pool``'s threads), their
+    pixels stored in ``cache``."""
+
+    def __init__(
+        self,
+        items: Sequence[tuple[int, str]],
+        source: ImageSource,
+        size: int,
+        cache: PixelCache | None = None,
+        pool: ThreadPoolExecutor | None = None,
+    ) -> None:
         self.items = list(items)
         self.source = source
         self.size = size
+        self.cache = cache
+        self.pool = pool
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # to a DataLoader worker: everything but the pool, which is this process's
+        return (_Images, (self.items, self.source, self.size, self.cache))
+
+    def _load(self, index: int) -> npt.NDArray[np.uint8] | ImageError:
+        try:
+            return decode(self.source.read(self.items[index][1]), self.size)
+        except ImageError as exc:
+            return exc
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> _Row:
-        task_id, reference = self.items[index]
-        try:
-            array = decode(self.source.read(reference), self.size)
-        except ImageError as exc:
-            return task_id, None, str(exc), exc.transient
-        return task_id, torch.from_numpy(array), "", False
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[_Row]:
+        # a batch at a time (the DataLoader asks so when this exists): the cache's index is
+        # written once for the batch, not once per image
+        rows: list[_Row] = []
+        fresh: list[tuple[str, npt.NDArray[np.uint8]]] = []
+        mapped = map if self.pool is None else self.pool.map
+        for index, array in zip(indices, mapped(self._load, indices), strict=True):
+            task_id, reference = self.items[index]
+            if isinstance(array, ImageError):
+                rows.append((task_id, None, str(array), array.transient))
+                continue
+            rows.append((task_id, torch.from_numpy(array), "", False))
+            key = None if self.cache is None else pixel_key(self.source, reference, self.size)
+            if key is not None:
+                fresh.append((key, array))
+        if self.cache is not None:
+            self.cache.put_many(fresh)
+        return rows
 
 
-def _collate(
-    rows: list[_Row],
-) -> tuple[list[int], torch.Tensor | None, dict[int, str], dict[int, str]]:
+def _cached(
+    items: Sequence[tuple[int, str]],
+    source: ImageSource,
+    size: int,
+    cache: PixelCache,
+    *,
+    batch_size: int,
+    misses: list[tuple[int, str]],
+) -> Iterator[_Batch]:
+    """Batches of the items whose pixels ``cache`` holds; the others are appended to
+    ``misses``, in order."""
+    ids: list[int] = []
+    arrays: list[npt.NDArray[np.uint8]] = []
+    for task_id, reference in items:
+        key = pixel_key(source, reference, size)
+        pixels = None if key is None else cache.get(key, size)
+        if pixels is None:
+            misses.append((task_id, reference))
+            continue
+        ids.append(task_id)
+        arrays.append(pixels)
+        if len(ids) == batch_size:
+            yield ids, torch.from_numpy(np.stack(arrays)), {}, {}
+            ids, arrays = [], []
+    if ids:
+        yield ids, torch.from_numpy(np.stack(arrays)), {}, {}
+
+
+def _collate(rows: list[_Row]) -> _Batch:
     good = [(task_id, tensor) for task_id, tensor, _, _ in rows if tensor is not None]
     bad = {
         task_id: reason for task_id, tensor, reason, later in rows if tensor is None and not later
@@ -114,6 +191,23 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def decode_workers(num_workers: int | None, device: torch.device) -> int:
+    """DataLoader decode processes: ``num_workers``, or with None none on a CPU (threads of
+    this process decode between forward passes) and one for each CPU but one on a GPU (at
+    most ``MAX_DECODE_WORKERS``)."""
+    if num_workers is not None:
+        return num_workers
+    if device.type == "cpu":
+        return 0
+    return max(0, min(MAX_DECODE_WORKERS, usable_cpus() - 1))
+
+
+def decode_threads() -> int:
+    """Threads reading and decoding a batch in this process: a thread a CPU, and at least
+    ``MIN_DECODE_THREADS`` images in flight for a server a round trip away."""
+    return max(usable_cpus(), MIN_DECODE_THREADS)
+
+
 def forward_threads(threads: int, num_workers: int) -> int:
     """torch's intra-op threads for a CPU pass: ``threads``, or with 0 the usable CPUs less
     one for each decoding worker (at least 1)."""
@@ -131,17 +225,18 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def cpu_has_amx() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware tiles (Intel AMX)."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(probe is not None and probe())
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively: Intel AMX tiles or AVX-512 BF16 (without
+    either, oneDNN emulates bf16, slower than float32)."""
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
 
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """The autocast dtype of the forward pass on ``device``; None runs it in float32.
 
-    ``"auto"``: bf16 on a GPU that has it, else fp16; bf16 on a CPU with AMX; float32 on any
-    other CPU (bf16 without hardware support is emulated, slower than float32).
+    ``"auto"``: bf16 on a GPU that has it, else fp16; bf16 on a CPU with AMX or AVX-512 BF16;
+    float32 on any other CPU (bf16 without hardware support is emulated, slower than float32).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
@@ -149,7 +244,7 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
         return None if precision == "float32" else getattr(torch, precision)
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_has_amx():
+    if device.type == "cpu" and cpu_has_bf16():
         return torch.bfloat16
     return None
 
@@ -196,43 +291,66 @@ def iter_scores(
     kind: ModelKind = "module",
     image_size: int = 32,
     batch_size: int = 64,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     mc_passes: int = 0,
     device: str = "auto",
     precision: str = "auto",
     threads: int = 0,
+    cache: PixelCache | None = None,
 ) -> Generator[Scores, None, None]:
     """One ``Scores`` per batch of ``items`` (bad images of the batch included). The
-    source's kept-alive connections of this process are closed when the last batch is out."""
+    source's kept-alive connections of this process are closed when the last batch is out.
+
+    With a ``cache``, the items whose pixels it holds are scored first, read in this process
+    with every CPU free for the forward pass; the rest are then fetched and decoded (see the
+    module on where), and their pixels stored for the next model version.
+    """
     target = pick_device(device)
     dtype = autocast_dtype(target, precision)
     module = module.to(target).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    gpu = target.type == "cuda"
     problem = mc_problem(module, kind) if mc_passes else None
     notes = (problem,) if problem else ()
     passes = 0 if problem else mc_passes
-    loader = DataLoader(
-        _Images(items, source, image_size),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=_collate,
-        pin_memory=gpu,
-        persistent_workers=False,
-    )
+    run = partial(_batches, module, target=target, dtype=dtype, passes=passes)
     cpu = target.type == "cpu"
-    budget = torch_threads(forward_threads(threads, num_workers)) if cpu else nullcontext()
+    workers = decode_workers(num_workers, target)
+    threaded = ThreadPoolExecutor(decode_threads(), "planner-decode") if workers == 0 else None
     try:
-        with budget:
-            yield from _batches(
-                module, loader, target=target, dtype=dtype, passes=passes, notes=notes
+        misses = list(items)
+        if cache is not None:
+            misses = []
+            hits = _cached(items, source, image_size, cache, batch_size=batch_size, misses=misses)
+            with torch_threads(threads or usable_cpus()) if cpu else nullcontext():
+                yield from run(hits, notes=notes)
+            if cache.broken is not None:
+                notes = (*notes, cache.broken)
+        if not misses:
+            return
+        images = _Images(misses, source, image_size, cache, threaded)
+        batches: Iterable[_Batch] = (
+            _collate(images.__getitems__(range(start, min(start + batch_size, len(misses)))))
+            for start in range(0, len(misses), batch_size)
+        )
+        if workers:
+            batches = DataLoader(
+                images,
+                batch_size=batch_size,
+                num_workers=workers,
+                collate_fn=_collate,
+                pin_memory=target.type == "cuda",
+                persistent_workers=False,
             )
+        with torch_threads(forward_threads(threads, workers)) if cpu else nullcontext():
+            yield from run(batches, notes=notes)
     finally:
+        if threaded is not None:
+            threaded.shutdown(cancel_futures=True)
         source.close()
 
 
 def _batches(
     module: nn.Module,
-    loader: DataLoader[_Row],
+    loader: Iterable[_Batch],
     *,
     target: torch.device,
     dtype: torch.dtype | None,

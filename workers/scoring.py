@@ -37,6 +37,7 @@ from workers.config import WorkerConfig
 from workers.images import ImageError, ImageSource, decode
 from workers.inference import iter_scores
 from workers.models import ScoringModel, choose_model, load_model
+from workers.pixels import PixelCache, pixel_key
 
 log = logging.getLogger("planner.workers")
 
@@ -93,6 +94,7 @@ class Resources:
     stores: dict[tuple[str, str | None], Store] = field(default_factory=dict)
     models: dict[tuple[object, ...], ScoringModel] = field(default_factory=dict)
     bootstraps: dict[int, Trained] = field(default_factory=dict)
+    caches: dict[tuple[Path, int], PixelCache] = field(default_factory=dict)
 
     def store(self, cfg: WorkerConfig) -> Store:
         key = (cfg.store_url, cfg.store_password)
@@ -100,10 +102,23 @@ class Resources:
             self.stores[key] = open_store(cfg.store_url, password=cfg.store_password)
         return self.stores[key]
 
+    def pixels(self, cfg: WorkerConfig) -> PixelCache | None:
+        """The worker's pixel cache (None when off); one that broke is tried afresh here,
+        at the next chunk."""
+        if cfg.pixel_cache_dir is None or cfg.pixel_cache_mb == 0:
+            return None
+        key = (cfg.pixel_cache_dir, cfg.pixel_cache_mb)
+        if key not in self.caches or self.caches[key].broken is not None:
+            self.caches[key] = PixelCache(cfg.pixel_cache_dir, cfg.pixel_cache_mb * 2**20)
+        return self.caches[key]
+
     def close(self) -> None:
         for store in self.stores.values():
             store.engine.dispose()
         self.stores.clear()
+        for cache in self.caches.values():
+            cache.close()
+        self.caches.clear()
 
 
 def image_source(cfg: WorkerConfig) -> ImageSource:
@@ -165,7 +180,7 @@ def _bootstrap(cfg: WorkerConfig, project_id: int, resources: Resources) -> Scor
         known = load_saved(saved)  # another worker trained on more labels: use its network
     trained_on = None if known is None else known.labelled
     if needs_training(trained_on, len(rows), cfg.retrain_min_new_labels):
-        images, labels = _decode_labelled(cfg, rows)
+        images, labels = _decode_labelled(cfg, rows, resources.pixels(cfg))
         known = train_bootstrap(images, labels, len(cfg.classes), labelled=len(rows))
         if cfg.bootstrap_dir is not None:
             save_bootstrap(known, cfg.bootstrap_dir, project_id, len(cfg.classes))
@@ -200,19 +215,27 @@ def _labelled_rows(
 
 
 def _decode_labelled(
-    cfg: WorkerConfig, rows: list[tuple[str, int]]
+    cfg: WorkerConfig, rows: list[tuple[str, int]], cache: PixelCache | None
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
     source = image_source(cfg)
-    images, labels = [], []
+    images, labels, fresh = [], [], []
     try:
         for reference, label in rows:
-            try:
-                images.append(decode(source.read(reference), cfg.image_size))
-            except ImageError:
-                continue  # an unreadable labelled image teaches nothing; the rest still do
+            key = None if cache is None else pixel_key(source, reference, cfg.image_size)
+            pixels = None if cache is None or key is None else cache.get(key, cfg.image_size)
+            if pixels is None:
+                try:
+                    pixels = decode(source.read(reference), cfg.image_size)
+                except ImageError:
+                    continue  # an unreadable labelled image teaches nothing; the rest still do
+                if key is not None:
+                    fresh.append((key, pixels))
+            images.append(pixels)
             labels.append(label)
     finally:
         source.close()
+    if cache is not None:
+        cache.put_many(fresh)
     if not labels:
         raise ConfigError(
             f"none of the {len(rows)} labelled images could be read; check workers.image_root, "
@@ -258,6 +281,7 @@ def score_chunk(
         device=cfg.device,
         precision=cfg.precision,
         threads=cfg.threads,
+        cache=resources.pixels(cfg),
     )
     # closed at once should a write fail, not when the collector gets to it: its finally
     # closes the image connections and gives torch its threads back

@@ -55,11 +55,11 @@ def _start_worker(
     argv = [PLANNER, "worker", "-c", str(config), "--queues", queue, "--concurrency", "1"]
     if not via_cli:
         code = (
-            "from planner.connect import broker_config, worker_secrets; "
+            "from planner.connect import broker_config, worker_own; "
             "from pathlib import Path; from planner.settings import load_settings; "
             "from workers.celery_app import run_worker; "
             f"s = load_settings(Path({str(config)!r})); "
-            f"run_worker(broker_config(s), [{queue!r}], secrets=worker_secrets(s))"
+            f"run_worker(broker_config(s), [{queue!r}], own=worker_own(s))"
         )
         argv = [sys.executable, "-c", code]
     with log.open("ab") as out:

@@ -82,11 +82,13 @@ def entry_point(monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
 
 class KeptAliveServer:
     """A Label Studio stand-in on 127.0.0.1 that keeps connections open (HTTP/1.1), as the
-    real server does, answers a GET with ``body_for(path)`` and counts its connections."""
+    real server does, answers a GET with ``body_for(path)`` and counts its connections and
+    the paths it was asked for."""
 
     def __init__(self, body_for: Callable[[str], bytes]) -> None:
         self.opened = 0
         self.closed = 0
+        self.paths: list[str] = []
         counts = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -101,6 +103,7 @@ class KeptAliveServer:
                 counts.closed += 1
 
             def do_GET(self) -> None:
+                counts.paths.append(self.path)
                 body = body_for(self.path)
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from planner.connect import broker_config, worker_secrets
+from planner.connect import broker_config, worker_own
 from planner.core.backoff import backoff_s
 from planner.errors import ConfigError
 from planner.settings import load_settings
@@ -21,7 +21,7 @@ from planner.store import Store
 from planner.store.scores import load_scores, unscored
 from tests.unit.workers.conftest import worker_config
 from workers import celery_app
-from workers.config import BrokerConfig, WorkerConfig, WorkerSecrets
+from workers.config import BrokerConfig, WorkerConfig, WorkerOwn
 from workers.dispatch import score_pool, settle
 from workers.scoring import ChunkResult, Resources
 
@@ -142,7 +142,8 @@ def test_the_worker_app_takes_limits_and_secrets_from_its_settings(
     config = tmp_path / "planner.toml"
     config.write_text(
         "[workers]\nbroker_url = 'redis://127.0.0.1:6379/5'\ntime_limit_s = 600\n"
-        "max_retries = 2\nretry_backoff_s = 1.5\n"
+        "max_retries = 2\nretry_backoff_s = 1.5\npixel_cache_mb = 64\n"
+        f"[artifacts]\ndir = '{tmp_path / 'artifacts'}'\n"
     )
     monkeypatch.setenv("PLANNER_CONFIG", str(config))
     monkeypatch.setenv("PLANNER_LABEL_STUDIO__TOKEN", "worker-token")
@@ -154,16 +155,20 @@ def test_the_worker_app_takes_limits_and_secrets_from_its_settings(
     assert (task.max_retries, task.retry_backoff) == (2, 1.5)
     settings = load_settings(config)
     assert broker_config(settings).broker_url == "redis://127.0.0.1:6379/5"
-    assert worker_secrets(settings) == WorkerSecrets(None, "worker-token")
+    assert worker_own(settings) == WorkerOwn(
+        None, "worker-token", tmp_path / "artifacts" / "pixel-cache", 64
+    )
 
 
-def test_task_messages_carry_no_secrets() -> None:
+def test_task_messages_carry_neither_secrets_nor_the_senders_pixel_cache() -> None:
     cfg = WorkerConfig(
         store_url="postgresql+psycopg://planner@db/planner",
         classes=("a", "b"),
         store_password="db-secret",
         label_studio_token="ls-secret",
         image_root=Path("/images"),
+        pixel_cache_dir=Path("/sender/cache"),
+        pixel_cache_mb=100,
     )
     payload = celery_app.config_to_dict(cfg)
     text = json.dumps(payload)
@@ -171,10 +176,14 @@ def test_task_messages_carry_no_secrets() -> None:
     assert "ls-secret" not in text
     assert "store_password" not in payload
     assert "label_studio_token" not in payload
-    received = celery_app.config_from_dict({**payload, "label_studio_token": "smuggled"})
+    assert "pixel_cache_dir" not in payload, "the sender's cache folder is not the worker's"
+    smuggled = {"label_studio_token": "smuggled", "pixel_cache_dir": "/etc", "pixel_cache_mb": 9}
+    received = celery_app.config_from_dict({**payload, **smuggled})
     assert received.label_studio_token is None, "a message cannot set the worker's secrets"
-    own = received.with_secrets(WorkerSecrets("mine", "my-token"))
+    assert (received.pixel_cache_dir, received.pixel_cache_mb) == (None, 0)
+    own = received.with_own(WorkerOwn("mine", "my-token", Path("/var/cache/px"), 512))
     assert (own.store_password, own.label_studio_token) == ("mine", "my-token")
+    assert (own.pixel_cache_dir, own.pixel_cache_mb) == (Path("/var/cache/px"), 512)
     assert own.image_root == Path("/images")
     assert own.classes == ("a", "b")
 

@@ -212,12 +212,14 @@ def test_detection_boxes_from_a_bf16_pass_are_rescaled_not_refused(
         score_items(LogitBoxes(), ITEMS, source, batch_size=7, precision="bfloat16")
 
 
-def test_precision_auto_is_bf16_on_an_amx_cpu_and_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_precision_auto_is_bf16_on_a_bf16_cpu_and_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(inference, "cpu_has_amx", lambda: True)
-    assert autocast_dtype(cpu) is torch.bfloat16
-    monkeypatch.setattr(inference, "cpu_has_amx", lambda: False)
-    assert autocast_dtype(cpu) is None, "bf16 without AMX is emulated: float32 is faster"
+    for amx, avx512_bf16 in ((True, False), (False, True)):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda a=amx: a)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda b=avx512_bf16: b)
+        assert autocast_dtype(cpu) is torch.bfloat16
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert autocast_dtype(cpu) is None, "bf16 emulated is slower than float32"
     assert autocast_dtype(cpu, "bfloat16") is torch.bfloat16, "asked for, it is given"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert autocast_dtype(cuda) is torch.bfloat16

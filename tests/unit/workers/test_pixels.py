@@ -1,0 +1,190 @@
+"""The pixel cache: a rescoring reads no image, a changed file is read again, faults turn the
+cache off without losing a score, nothing is unpickled, the folder stays within its bound."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import diskcache
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.unit.workers.conftest import KeptAliveServer
+from tests.unit.workers.test_inference import ITEMS, NoDropout, ThreadSpy, _net
+from workers import inference
+from workers.images import ImageSource
+from workers.inference import score_items
+from workers.pixels import PixelCache, pixel_key
+
+MB = 2**20
+
+
+@pytest.fixture
+def label_studio(digit_files: tuple[Path, list[int]]) -> Iterator[KeptAliveServer]:
+    """Serves the digit files at their ``/data/local-files/?d=`` references, as Label Studio
+    does when the worker has no copy of the images."""
+    root, _ = digit_files
+
+    def body(path: str) -> bytes:
+        relative = parse_qs(urlsplit(path).query)["d"][0]
+        return (root / relative).read_bytes()
+
+    server = KeptAliveServer(body)
+    yield server
+    server.stop()
+
+
+def test_a_rescoring_reads_every_image_from_the_cache_and_scores_the_same(
+    tmp_path: Path, label_studio: KeptAliveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = ImageSource(label_studio_url=label_studio.url)
+    model = _net(NoDropout)
+    first = score_items(
+        model, ITEMS, source, batch_size=8, num_workers=1, cache=PixelCache(tmp_path, 64 * MB)
+    )
+    assert len(label_studio.paths) == len(ITEMS), "the first run fetches every image"
+    monkeypatch.setattr(inference, "usable_cpus", lambda: 6)
+    spy = ThreadSpy()
+    spy.load_state_dict(model.state_dict())
+    # a new cache object on the same folder: what the next chunk or worker process opens
+    again = score_items(
+        spy, ITEMS, source, batch_size=8, num_workers=1, cache=PixelCache(tmp_path, 64 * MB)
+    )
+    assert len(label_studio.paths) == len(ITEMS), "the rescoring fetched nothing"
+    assert again.task_ids == first.task_ids
+    np.testing.assert_allclose(again.probs, first.probs, rtol=0, atol=1e-6)
+    assert spy.seen == [6, 6, 6], "no decoding left: every usable CPU runs the forward pass"
+    fresh = score_items(model, ITEMS, source, batch_size=8, num_workers=0)
+    np.testing.assert_allclose(fresh.probs, first.probs, rtol=0, atol=1e-6)
+
+
+def test_only_the_missing_images_are_fetched(tmp_path: Path, label_studio: KeptAliveServer) -> None:
+    source = ImageSource(label_studio_url=label_studio.url)
+    cache = PixelCache(tmp_path, 64 * MB)
+    score_items(_net(NoDropout), ITEMS[:10], source, batch_size=4, cache=cache)
+    label_studio.paths.clear()
+    scores = score_items(_net(NoDropout), ITEMS, source, batch_size=4, cache=cache)
+    assert sorted(scores.task_ids) == [task_id for task_id, _ in ITEMS]
+    fetched = sorted(parse_qs(urlsplit(p).query)["d"][0] for p in label_studio.paths)
+    assert fetched == sorted(parse_qs(urlsplit(r).query)["d"][0] for _, r in ITEMS[10:])
+
+
+def test_a_local_file_replaced_in_place_is_decoded_again(tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    root.mkdir()
+    path = root / "one.png"
+    Image.fromarray(np.full((32, 32), 10, dtype=np.uint8)).save(path)
+    items = [(1, "/data/local-files/?d=one.png")]
+    source = ImageSource(image_root=root)
+    cache = PixelCache(tmp_path / "cache", 64 * MB)
+    model = _net(NoDropout)
+    dark = score_items(model, items, source, cache=cache).probs
+    key = pixel_key(source, items[0][1], 32)
+    assert key is not None
+    assert cache.get(key, 32) is not None
+    Image.fromarray(np.full((32, 32), 250, dtype=np.uint8)).save(path)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a later write
+    light = score_items(model, items, source, cache=cache).probs
+    uncached = score_items(model, items, source).probs
+    np.testing.assert_allclose(light, uncached, rtol=0, atol=1e-6)
+    assert not np.allclose(light, dark, atol=1e-3), "the old pixels were not served"
+
+
+def test_the_same_reference_under_another_root_or_size_has_its_own_entry(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / name / "x.png")
+    reference = "/data/local-files/?d=x.png"
+    a = pixel_key(ImageSource(image_root=tmp_path / "a"), reference, 32)
+    b = pixel_key(ImageSource(image_root=tmp_path / "b"), reference, 32)
+    assert a is not None
+    assert b is not None
+    assert a != b
+    assert pixel_key(ImageSource(image_root=tmp_path / "a"), reference, 64) != a
+    served = ImageSource(label_studio_url="http://ls-one:8080")
+    other = ImageSource(label_studio_url="http://ls-two:8080")
+    assert pixel_key(served, "/data/upload/1/x.png", 32) != pixel_key(
+        other, "/data/upload/1/x.png", 32
+    )
+    assert pixel_key(served, "gopher://x/y.png", 32) is None, "read refuses it: no key"
+    missing = pixel_key(ImageSource(image_root=tmp_path / "a"), "/data/local-files/?d=no.png", 32)
+    assert missing is None, "a file that is not there has no key; reading it says why"
+
+
+def test_a_corrupt_cache_is_turned_off_with_a_warning_and_every_image_is_scored(
+    tmp_path: Path, label_studio: KeptAliveServer
+) -> None:
+    source = ImageSource(label_studio_url=label_studio.url)
+    folder = tmp_path / "cache"
+    cache = PixelCache(folder, 64 * MB)
+    score_items(_net(NoDropout), ITEMS, source, cache=cache)
+    cache.close()
+    (folder / "cache.db").write_bytes(b"this is not a database" * 100)
+    label_studio.paths.clear()
+    broken = PixelCache(folder, 64 * MB)
+    scores = score_items(_net(NoDropout), ITEMS, source, batch_size=8, cache=broken)
+    assert sorted(scores.task_ids) == [task_id for task_id, _ in ITEMS]
+    assert not scores.unscorable
+    assert len(label_studio.paths) == len(ITEMS), "read from Label Studio instead"
+    assert broken.broken is not None
+    assert any("pixel cache" in w and "turned off" in w for w in scores.warnings)
+
+
+def test_a_pickled_entry_is_refused_never_unpickled(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    source = ImageSource(image_root=tmp_path)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "x.png")
+    key = pixel_key(source, "/data/local-files/?d=x.png", 32)
+    assert key is not None
+    with diskcache.Cache(str(tmp_path / "cache")) as tampered:
+        tampered.set(key, Payload(str(marker)))  # stored pickled: not bytes
+    pickle.loads(pickle.dumps(Payload(str(tmp_path / "probe"))))  # noqa: S301 - our own
+    assert (tmp_path / "probe").exists(), "the payload does run when unpickled"
+    cache = PixelCache(tmp_path / "cache", 64 * MB)
+    assert cache.get(key, 32) is None
+    assert not marker.exists(), "the entry was not unpickled"
+    assert cache.broken is not None
+    assert "pickled" in cache.broken
+
+
+class Payload:
+    """Creates a folder when unpickled."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (os.mkdir, (self.path,))
+
+
+def test_the_cache_keeps_within_its_bound(tmp_path: Path) -> None:
+    cache = PixelCache(tmp_path, 1 * MB)
+    rows = [(f"k{i}", np.full((3, 64, 64), i % 255, np.uint8)) for i in range(300)]
+    for start in range(0, len(rows), 16):  # 300 x 12 KB: 3.5 times the bound
+        cache.put_many(rows[start : start + 16])
+    assert cache.volume() <= 1.2 * MB
+    assert cache.get("k299", 64) is not None, "the most recent entries stay"
+    assert cache.get("k0", 64) is None, "the oldest went first"
+    assert cache.get("k299", 32) is None, "an entry of another size is a miss"
+    stored = cache.get("k299", 64)
+    assert stored is not None
+    assert int(stored[0, 0, 0]) == 299 % 255
+
+
+def test_an_unwritable_folder_turns_the_cache_off_not_the_scoring(
+    tmp_path: Path, digit_files: tuple[Path, list[int]]
+) -> None:
+    root, _ = digit_files
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache folder should be")
+    cache = PixelCache(blocked, 64 * MB)
+    scores = score_items(_net(NoDropout), ITEMS, ImageSource(image_root=root), cache=cache)
+    assert len(scores.task_ids) == len(ITEMS)
+    assert cache.broken is not None
+    assert "delete the folder" in cache.broken
