@@ -7,10 +7,11 @@ run:
     CPUs by default) -- the ceiling of the pipeline;
   * full pipeline: ``workers.inference.score_items`` as the workers run it -- each image
     fetched over HTTP from a Label Studio stand-in on 127.0.0.1 with the API token
-    (``--source files``: read from disk), decoded in DataLoader workers, batched, forward,
-    softmax, on the torch threads ``workers.threads`` gives it (``--pipeline-threads``; 0 =
-    the CPUs less the decode workers), storing each image's pixels in a pixel cache of its
-    own, empty at the start (``--pixel-cache-mb``; 0: no cache);
+    (``--source files``: read from disk), decoded as ``workers.num_workers`` says (``--workers``;
+    by default threads between forward passes on a CPU, DataLoader processes on a GPU),
+    batched, forward, softmax, on the torch threads ``workers.threads`` gives it
+    (``--pipeline-threads``; 0 = the CPUs less the decode processes), storing each image's
+    pixels in a pixel cache of its own, empty at the start (``--pixel-cache-mb``; 0: none);
   * rescoring: the full pipeline again over the same images with the pixel cache the first
     pass filled, as every later model version scores the pool (no fetch, no decode);
   * one at a time, the way a Label Studio ML backend scores: for each task an HTTP ``/predict``
@@ -62,7 +63,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from planner.settings import PRECISIONS
 from workers.bootstrap import BootstrapNet
 from workers.images import ImageSource, decode
-from workers.inference import autocast_dtype, forward_threads, pick_device, score_items
+from workers.inference import (
+    FETCHES_IN_PROCESS,
+    FETCHES_PER_PROCESS,
+    autocast_dtype,
+    decode_workers,
+    forward_threads,
+    pick_device,
+    score_items,
+)
 from workers.outputs import logits_of
 from workers.pixels import PixelCache
 
@@ -176,12 +185,15 @@ def _reply(handler: BaseHTTPRequestHandler, status: int, body: bytes, kind: str)
     handler.wfile.write(body)
 
 
-def _label_studio_handler(folder: Path) -> type[_Server]:
+def _label_studio_handler(folder: Path, latency_s: float) -> type[_Server]:
     """Answers ``/data/local-files/?d=NAME`` from ``folder`` to ``Authorization: Token ...``
-    requests, as Label Studio serves task images to a worker or an ML backend."""
+    requests, as Label Studio serves task images to a worker or an ML backend; each answer
+    ``latency_s`` late, as from a server a network round trip away."""
 
     class Handler(_Server):
         def do_GET(self) -> None:
+            if latency_s:
+                time.sleep(latency_s)
             if self.headers.get("Authorization") != f"Token {TOKEN}":
                 _reply(self, 401, b"", "text/plain")
                 return
@@ -239,7 +251,7 @@ def _ml_backend_handler(
 def _serve_forever(kind: str, params: dict[str, Any], ports: Any) -> None:
     """A stand-in server's process: Label Studio, or an ML backend with its own model."""
     if kind == "label_studio":
-        handler = _label_studio_handler(Path(params["folder"]))
+        handler = _label_studio_handler(Path(params["folder"]), params["latency_s"])
     else:
         torch.set_num_threads(params["threads"])
         device = torch.device(params["device"])
@@ -297,7 +309,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dtype = autocast_dtype(device, args.precision)
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         items = make_images(Path(tmp), args.n, args.size)
-        label_studio = stack.enter_context(stand_in("label_studio", folder=tmp))
+        label_studio = stack.enter_context(
+            stand_in("label_studio", folder=tmp, latency_s=args.latency_ms / 1000)
+        )
         web_tasks = [(i, f"/data/local-files/?d={Path(p).name}") for i, p in items]
         source = ImageSource(label_studio_url=label_studio, label_studio_token=TOKEN)
         tasks = web_tasks
@@ -360,19 +374,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         measured = interleaved(runs, args.rounds)
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
+        "latency_ms": args.latency_ms,
         "model": args.model,
         "size": args.size,
         "batch": args.batch,
         "n": args.n,
         "single_n": args.single,
-        "workers": args.workers,
+        "workers": decode_workers(args.workers, device),
         "threads": args.threads,
-        "pipeline_threads": forward_threads(args.pipeline_threads, args.workers)
+        "paced": device.type == "cpu"
+        and not args.pipeline_threads
+        and decode_workers(args.workers, device) > 0,
+        "pipeline_threads": forward_threads(
+            args.pipeline_threads, decode_workers(args.workers, device)
+        )
         if device.type == "cpu"
         else args.threads,
         "rounds": args.rounds,
         "source": args.source,
         "cpus": os.cpu_count() or 0,
+        "cpu_model": cpu_model(),
         "load": os.getloadavg()[0],
         "torch": torch.__version__,
         "dtype": "float32" if dtype is None else str(dtype).removeprefix("torch."),
@@ -410,6 +431,51 @@ _WHERE = {
 }
 
 
+def cpu_model() -> str:
+    """The CPU's name and whether it multiplies bf16 natively (what ``precision`` auto uses)."""
+    name = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    features = [
+        label
+        for label, probe in (
+            ("AMX", "_is_amx_tile_supported"),
+            ("AVX-512 BF16", "_is_avx512_bf16_supported"),
+        )
+        if getattr(torch.cpu, probe, lambda: False)()
+    ]
+    return ", ".join([name, *features] if features else [name, "no native bf16"])
+
+
+def _cpu(r: dict[str, Any]) -> str:
+    return f" ({r['cpu_model']})" if r.get("cpu_model") and r["device"] == "CPU" else ""
+
+
+def _late(r: dict[str, Any]) -> str:
+    late = float(r.get("latency_ms", 0))
+    return f" answering each request {late:g} ms late" if late and r["source"] == "http" else ""
+
+
+def _pipeline_threads(r: dict[str, Any]) -> str:
+    threads = r.get("pipeline_threads", r["threads"])
+    if r.get("paced"):
+        return f"on {r['cpus']} when its batch was ready, {threads} when it waited"
+    return f"on {threads}"
+
+
+def _decoding(r: dict[str, Any]) -> str:
+    if int(r["workers"]):
+        return (
+            f"read and decoded in {r['workers']} DataLoader processes "
+            f"({FETCHES_PER_PROCESS} images at a time each)"
+        )
+    return f"read and decoded in the scoring process ({FETCHES_IN_PROCESS} images at a time)"
+
+
 def rows(r: dict[str, Any], command: str) -> list[str]:
     full, forward, single = float(r["full"]), float(r["forward"]), float(r["single"])
     vs_forward, vs_single = float(r["full_vs_forward"]), float(r["full_vs_single"])
@@ -419,10 +485,10 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
         if name in r
     )
     lines = [
-        f"**{r['device']}**, {r['model']} at {r['size']}x{r['size']}, batch {r['batch']}, "
-        f"{r['n']:,} JPEG images {_WHERE[str(r['source'])]}, {r['workers']} DataLoader workers, "
-        f"forward-only and the ML backend on {r['threads']} torch threads, the full pipeline on "
-        f"{r.get('pipeline_threads', r['threads'])} (`workers.threads`), forward in "
+        f"**{r['device']}**{_cpu(r)}, {r['model']} at {r['size']}x{r['size']}, batch {r['batch']}, "
+        f"{r['n']:,} JPEG images {_WHERE[str(r['source'])]}{_late(r)}, {_decoding(r)}, "
+        f"forward-only and the ML backend on {r['threads']} torch threads, the full pipeline "
+        f"{_pipeline_threads(r)} (`workers.threads`), forward in "
         f"{r.get('dtype', 'float32')} with channels_last, {r['cpus']} CPUs (load average "
         f"{r['load']:.1f} at the end), torch {r['torch']}; medians of {r['rounds']} interleaved "
         f"rounds after a warm-up (range: {spread} images/s), ratios the median of each "
@@ -462,6 +528,8 @@ def block_key(r: dict[str, float | str]) -> str:
     key = f"{r['device']}|{r['model']}|{r['size']}"
     if r.get("source", "http") != "http":
         key += f"|{r['source']}"
+    elif r.get("latency_ms"):
+        key += f"|{r['latency_ms']:g}ms"
     return key.replace(" ", "_").replace("--", "-")
 
 
@@ -499,7 +567,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--n", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--workers", type=int, default=None, help="workers.num_workers (default: auto)"
+    )
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="the Label Studio stand-in answers each request this late (a server elsewhere)",
+    )
     parser.add_argument("--single", type=int, default=256, help="tasks for the one-at-a-time loop")
     parser.add_argument("--device", default="auto")
     parser.add_argument(

@@ -415,8 +415,8 @@ class WorkerSettings(_Section):
     chunk_size: int = Field(default=256, gt=0, description="Tasks per Celery job.")
     num_workers: NonNegativeInt | Literal["auto"] = Field(
         default="auto",
-        description="DataLoader decode processes; auto = none on a CPU (threads decode between "
-        "forward passes), a CPU each but one on a GPU.",
+        description="DataLoader decode processes; auto = a CPU each on a CPU, a CPU each but one "
+        "on a GPU (at most 16).",
     )
     mc_passes: int = Field(default=0, ge=0, description="MC-dropout passes (BALD); 0 = off.")
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
@@ -428,7 +428,8 @@ class WorkerSettings(_Section):
     threads: int = Field(
         default=0,
         ge=0,
-        description="torch threads of a CPU forward pass; 0 = the CPUs less the decode processes.",
+        description="torch threads of a CPU forward pass; 0 = every CPU when the batch was "
+        "ready, the CPUs less the decode processes when the pass waited for it.",
     )
     pixel_cache_dir: Path | None = Field(
         default=None,

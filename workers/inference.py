@@ -5,14 +5,14 @@ under the autocast dtype of ``precision``: with ``"auto"``, bf16 on a GPU (fp16 
 missing) and on a CPU that multiplies bf16 natively (Intel AMX tiles, or AVX-512 BF16 as on AMD
 Zen 4: 2-4 times float32's speed), float32 on other CPUs.
 
-Where images are decoded (``num_workers``): on a GPU, in DataLoader processes, while the GPU
-runs the forward pass; on a CPU (``num_workers`` None), in threads of this process between
-forward passes, each phase on every core. On a CPU the two would otherwise compete for the same
-cores: a decode process takes a core from the forward pass for the whole run, however little it
-has to do, and torch's threads oversubscribed wait on each other at every operator. The
-threads also keep several images in flight, so a Label Studio on another machine answers them
-at once rather than one round trip after another. ``num_workers`` set to N > 0 on a CPU gives
-N decode processes and the forward pass the CPUs left (``threads`` 0).
+Images are read and decoded in DataLoader processes (``num_workers``; None: a CPU each but one
+on a GPU, a CPU each on a CPU), each reading a batch's images on a few threads, so that a Label
+Studio on another machine answers several at once rather than one round trip after another.
+On a CPU the decoders and the forward pass share the cores, and which needs them depends on
+the model: a heavy network keeps the decoders ahead (its next batch is waiting when asked
+for), a light one waits for them. So with ``threads`` 0 each forward pass gets every CPU when
+its batch was ready, and the CPUs less the decode processes when it had to wait (torch's
+threads oversubscribed by busy decoders wait on each other at every operator).
 
 An image that cannot be read or decoded becomes an ``unscorable`` entry with its reason; the
 rest of the chunk is scored. ``iter_scores`` yields one batch at a time, so a caller can store
@@ -28,7 +28,9 @@ without dropout layers, gets no BALD and a warning saying why.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import time
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
@@ -59,7 +61,17 @@ DROPOUT_TYPES: tuple[type[nn.Module], ...] = (
 )
 _DROPOUT_NAMES = frozenset(t.__name__ for t in DROPOUT_TYPES)
 MAX_DECODE_WORKERS = 16
-MIN_DECODE_THREADS = 8
+FETCHES_PER_PROCESS = 4
+"""Images a decoding process reads at once (threads), for a server a round trip away."""
+FETCHES_IN_PROCESS = 8
+"""The same, with no decode processes (``num_workers`` 0)."""
+NO_DECODE_PROCESSES = (
+    "workers.num_workers = {} not used: a daemonic process (a Celery prefork child, or the "
+    "daemon's own scoring) may not start decode processes, so images were decoded on threads "
+    "of the scoring process"
+)
+READY_S = 0.001
+"""A batch handed over within this was waiting: the decoders are ahead of the forward pass."""
 
 
 @dataclass(frozen=True)
@@ -86,8 +98,8 @@ _Batch = tuple[list[int], torch.Tensor | None, dict[int, str], dict[int, str]]
 
 
 class _Images(Dataset[_Row]):
-    """Images read and decoded (in a DataLoader worker, or on ``pool``'s threads), their
-    pixels stored in ``cache``."""
+    """Images read and decoded on ``fetchers`` threads (in a DataLoader worker, or on
+    ``pool``'s threads in this process), their pixels stored in ``cache``."""
 
     def __init__(
         self,
@@ -95,17 +107,21 @@ class _Images(Dataset[_Row]):
         source: ImageSource,
         size: int,
         cache: PixelCache | None = None,
+        *,
+        fetchers: int = 1,
         pool: ThreadPoolExecutor | None = None,
     ) -> None:
         self.items = list(items)
         self.source = source
         self.size = size
         self.cache = cache
+        self.fetchers = fetchers
         self.pool = pool
 
     def __reduce__(self) -> tuple[object, ...]:
-        # to a DataLoader worker: everything but the pool, which is this process's
-        return (_Images, (self.items, self.source, self.size, self.cache))
+        # to a DataLoader worker: everything but the pool, which is this process's; the
+        # worker makes its own on first use, and it goes with the worker
+        return (_rebuilt, (self.items, self.source, self.size, self.cache, self.fetchers))
 
     def _load(self, index: int) -> npt.NDArray[np.uint8] | ImageError:
         try:
@@ -124,6 +140,8 @@ class _Images(Dataset[_Row]):
         # written once for the batch, not once per image
         rows: list[_Row] = []
         fresh: list[tuple[str, npt.NDArray[np.uint8]]] = []
+        if self.pool is None and self.fetchers > 1:
+            self.pool = ThreadPoolExecutor(self.fetchers, "planner-fetch")
         mapped = map if self.pool is None else self.pool.map
         for index, array in zip(indices, mapped(self._load, indices), strict=True):
             task_id, reference = self.items[index]
@@ -137,6 +155,29 @@ class _Images(Dataset[_Row]):
         if self.cache is not None:
             self.cache.put_many(fresh)
         return rows
+
+
+def _rebuilt(
+    items: list[tuple[int, str]],
+    source: ImageSource,
+    size: int,
+    cache: PixelCache | None,
+    fetchers: int,
+) -> _Images:
+    return _Images(items, source, size, cache, fetchers=fetchers)
+
+
+def _paced(batches: Iterable[_Batch], *, waited: int, ready: int) -> Iterator[_Batch]:
+    """``batches``, torch's threads set for each one's forward pass: ``ready`` when the batch
+    was handed over at once (the decoders are ahead and idle), ``waited`` when it was not."""
+    ahead = iter(batches)
+    while True:
+        asked = time.perf_counter()
+        batch = next(ahead, None)
+        if batch is None:
+            return
+        torch.set_num_threads(ready if time.perf_counter() - asked < READY_S else waited)
+        yield batch
 
 
 def _cached(
@@ -192,20 +233,17 @@ def usable_cpus() -> int:
 
 
 def decode_workers(num_workers: int | None, device: torch.device) -> int:
-    """DataLoader decode processes: ``num_workers``, or with None none on a CPU (threads of
-    this process decode between forward passes) and one for each CPU but one on a GPU (at
-    most ``MAX_DECODE_WORKERS``)."""
+    """DataLoader decode processes: ``num_workers``, or with None one for each CPU on a CPU
+    (the forward pass shares them, see the module) and one for each CPU but one on a GPU
+    (that one drives it); at most ``MAX_DECODE_WORKERS``. None in a daemonic process (a
+    Celery prefork child, the daemon's scoring child), which may not start any: there the
+    scoring process reads and decodes on threads."""
+    if multiprocessing.current_process().daemon:
+        return 0
     if num_workers is not None:
         return num_workers
-    if device.type == "cpu":
-        return 0
-    return max(0, min(MAX_DECODE_WORKERS, usable_cpus() - 1))
-
-
-def decode_threads() -> int:
-    """Threads reading and decoding a batch in this process: a thread a CPU, and at least
-    ``MIN_DECODE_THREADS`` images in flight for a server a round trip away."""
-    return max(usable_cpus(), MIN_DECODE_THREADS)
+    spare = usable_cpus() - (device.type != "cpu")
+    return max(0, min(MAX_DECODE_WORKERS, spare))
 
 
 def forward_threads(threads: int, num_workers: int) -> int:
@@ -314,7 +352,9 @@ def iter_scores(
     run = partial(_batches, module, target=target, dtype=dtype, passes=passes)
     cpu = target.type == "cpu"
     workers = decode_workers(num_workers, target)
-    threaded = ThreadPoolExecutor(decode_threads(), "planner-decode") if workers == 0 else None
+    if num_workers and not workers:
+        notes = (*notes, NO_DECODE_PROCESSES.format(num_workers))
+    threaded = ThreadPoolExecutor(FETCHES_IN_PROCESS, "planner-fetch") if workers == 0 else None
     try:
         misses = list(items)
         if cache is not None:
@@ -326,7 +366,9 @@ def iter_scores(
                 notes = (*notes, cache.broken)
         if not misses:
             return
-        images = _Images(misses, source, image_size, cache, threaded)
+        images = _Images(
+            misses, source, image_size, cache, fetchers=FETCHES_PER_PROCESS, pool=threaded
+        )
         batches: Iterable[_Batch] = (
             _collate(images.__getitems__(range(start, min(start + batch_size, len(misses)))))
             for start in range(0, len(misses), batch_size)
@@ -340,8 +382,15 @@ def iter_scores(
                 pin_memory=target.type == "cuda",
                 persistent_workers=False,
             )
-        with torch_threads(forward_threads(threads, workers)) if cpu else nullcontext():
+        if not cpu:
             yield from run(batches, notes=notes)
+        elif threads or not workers:
+            with torch_threads(forward_threads(threads, workers)):
+                yield from run(batches, notes=notes)
+        else:
+            with torch_threads(usable_cpus()):
+                waited = forward_threads(0, workers)
+                yield from run(_paced(batches, waited=waited, ready=usable_cpus()), notes=notes)
     finally:
         if threaded is not None:
             threaded.shutdown(cancel_futures=True)

@@ -8,6 +8,8 @@ COPY workers ./workers
 COPY integrations ./integrations
 # The base image's torch satisfies the package's range, so pip keeps it.
 RUN pip install --no-cache-dir . && rm -rf /src
+# the pixel cache's volume: a named volume takes this folder's owner when first mounted
+RUN mkdir -p /var/cache/planner && chown planner /var/cache/planner
 USER planner
 WORKDIR /home/planner
 ENV PLANNER_CONFIG=/etc/planner/planner.toml

@@ -9,13 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from email.message import Message
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -28,7 +27,7 @@ from sqlmodel import func, select
 from planner.store import Store, ensure_project, open_store
 from planner.store.models import ScoreRecord, Task
 from planner.store.scores import load_scores
-from tests.unit.workers.conftest import worker_config
+from tests.unit.workers.conftest import KeptAliveServer, worker_config
 from workers.dispatch import _through_celery, chunked, score_pool
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -142,32 +141,23 @@ def label_studio_stand_in(digit_files: tuple[Path, list[int]]) -> Iterator[str]:
     root, _ = digit_files
     seen: set[str] = set()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.headers.get("Authorization") != f"Token {TOKEN}":
-                self.send_response(401)
-                self.end_headers()
-                return
-            name = (parse_qs(urlsplit(self.path).query).get("d") or [""])[0]
-            if name.startswith("flaky/") and name not in seen:
-                seen.add(name)
-                self.send_response(503)
-                self.end_headers()
-                return
-            body = (root / "digits" / Path(name).name).read_bytes()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def name_of(path: str) -> str:
+        return (parse_qs(urlsplit(path).query).get("d") or [""])[0]
 
-        def log_message(self, *args: object) -> None:
-            return
+    def status_for(path: str, headers: Message) -> int:
+        if headers.get("Authorization") != f"Token {TOKEN}":
+            return 401
+        name = name_of(path)
+        if name.startswith("flaky/") and name not in seen:
+            seen.add(name)
+            return 503
+        return 200
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    server = KeptAliveServer(
+        lambda path: (root / "digits" / Path(name_of(path)).name).read_bytes(), status_for
+    )
+    yield server.url
+    server.stop()
 
 
 def test_secrets_stay_out_of_messages_and_failing_chunks_retry_at_half_the_batch(

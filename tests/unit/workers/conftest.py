@@ -7,6 +7,7 @@ import threading
 import time
 import types
 from collections.abc import Callable, Iterator
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -83,9 +84,14 @@ def entry_point(monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
 class KeptAliveServer:
     """A Label Studio stand-in on 127.0.0.1 that keeps connections open (HTTP/1.1), as the
     real server does, answers a GET with ``body_for(path)`` and counts its connections and
-    the paths it was asked for."""
+    the paths it was asked for. ``status_for(path, headers)``, when given, may answer
+    another status first (401 to a missing token, 503 to a server in trouble), with no body."""
 
-    def __init__(self, body_for: Callable[[str], bytes]) -> None:
+    def __init__(
+        self,
+        body_for: Callable[[str], bytes],
+        status_for: Callable[[str, Message], int] | None = None,
+    ) -> None:
         self.opened = 0
         self.closed = 0
         self.paths: list[str] = []
@@ -104,6 +110,12 @@ class KeptAliveServer:
 
             def do_GET(self) -> None:
                 counts.paths.append(self.path)
+                status = 200 if status_for is None else status_for(self.path, self.headers)
+                if status != 200:
+                    self.send_response(status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = body_for(self.path)
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))

@@ -1,4 +1,5 @@
-"""Where images are decoded: threads between forward passes on a CPU, processes on a GPU."""
+"""Where images are decoded (processes reading several images at once), and the forward
+pass's threads on a CPU: every core when its batch was ready, the rest when it waited."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -37,36 +39,57 @@ class ProcessSpy(NoDropout):
         return super().forward(x)
 
 
-def test_decode_processes_are_none_on_a_cpu_and_a_cpu_each_but_one_on_a_gpu(
+def test_decode_processes_are_a_cpu_each_on_a_cpu_and_a_cpu_each_but_one_on_a_gpu(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(inference, "usable_cpus", lambda: 12)
-    assert decode_workers(None, cpu) == 0
+    assert decode_workers(None, cpu) == 12
     assert decode_workers(None, cuda) == 11
     monkeypatch.setattr(inference, "usable_cpus", lambda: 64)
     assert decode_workers(None, cuda) == inference.MAX_DECODE_WORKERS
     monkeypatch.setattr(inference, "usable_cpus", lambda: 1)
     assert decode_workers(None, cuda) == 0, "one CPU: it decodes and drives the GPU"
+    assert decode_workers(None, cpu) == 1
     assert decode_workers(3, cpu) == 3, "set by hand, kept"
 
 
-def test_on_a_cpu_the_forward_pass_gets_every_core_and_no_process_decodes(
+def _batches(delays: list[float]) -> Iterator[inference._Batch]:
+    for i, delay in enumerate(delays):
+        time.sleep(delay)
+        yield [i], torch.zeros(1, 3, 2, 2, dtype=torch.uint8), {}, {}
+
+
+def test_a_forward_pass_gets_every_core_when_its_batch_was_ready_and_the_rest_when_not() -> None:
+    before = torch.get_num_threads()
+    seen = []
+    try:
+        for _ in inference._paced(_batches([0.05, 0, 0, 0.05, 0]), waited=1, ready=2):
+            seen.append(torch.get_num_threads())
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 2, 2, 1, 2]
+
+
+def test_decode_processes_score_what_the_scoring_process_scores(
     digit_files: tuple[Path, list[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root, _ = digit_files
     source = ImageSource(image_root=root)
     monkeypatch.setattr(inference, "usable_cpus", lambda: 6)
     spy = ProcessSpy()
-    threaded = score_items(spy, ITEMS, source, batch_size=8, device="cpu")
-    assert spy.threads == [6, 6, 6]
+    alone = score_items(spy, ITEMS, source, batch_size=8, device="cpu", num_workers=0)
+    assert spy.threads == [6, 6, 6], "no decode process: every CPU for the forward pass"
     assert spy.processes == [0, 0, 0], "no DataLoader process was started"
     spy = ProcessSpy()
     forked = score_items(spy, ITEMS, source, batch_size=8, device="cpu", num_workers=2)
-    assert spy.threads == [4, 4, 4], "two decode processes: the forward pass leaves them a core"
+    assert set(spy.threads) <= {4, 6}, "every CPU, or the CPUs less the two decoders"
     assert min(spy.processes) >= 1
-    assert forked.task_ids == threaded.task_ids
-    assert (forked.probs == threaded.probs).all()
+    spy = ProcessSpy()
+    score_items(spy, ITEMS, source, batch_size=8, device="cpu", num_workers=2, threads=3)
+    assert spy.threads == [3, 3, 3], "set by hand, kept"
+    assert forked.task_ids == alone.task_ids
+    assert (forked.probs == alone.probs).all()
 
 
 @pytest.fixture
@@ -119,3 +142,29 @@ def test_num_workers_auto_reaches_the_workers_as_none(tmp_path: Path) -> None:
     assert worker_config(auto, ("a",)).num_workers is None
     three = Settings(artifacts={"dir": tmp_path}, workers={"num_workers": 3})  # type: ignore[arg-type]
     assert worker_config(three, ("a",)).num_workers == 3
+
+
+def _score_in(root: Path, results: Any) -> None:
+    scores = score_items(
+        _net(NoDropout), ITEMS, ImageSource(image_root=root), batch_size=8, num_workers=2
+    )
+    results.put((decode_workers(3, torch.device("cpu")), len(scores.task_ids), scores.warnings))
+
+
+def test_a_daemonic_process_decodes_on_threads_and_says_why_num_workers_went_unused(
+    digit_files: tuple[Path, list[int]],
+) -> None:
+    """A Celery prefork child and the daemon's scoring child are daemonic: a DataLoader
+    process started there fails ("daemonic processes are not allowed to have children")."""
+    root, _ = digit_files
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    child = context.Process(target=_score_in, args=(root, results), daemon=True)
+    child.start()
+    try:
+        workers, scored, warnings = results.get(timeout=120)
+    finally:
+        child.join(timeout=30)
+    assert workers == 0
+    assert scored == len(ITEMS)
+    assert any("num_workers = 2 not used" in w for w in warnings)
