@@ -1,4 +1,5 @@
-"""Reading task images from a real Label Studio with a legacy or a personal access token."""
+"""Reading task images from a real Label Studio with a legacy or a personal access token, and
+once only across model versions (the pixel cache)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from torch import nn
 
 from integrations.label_studio.launcher import ServerState
 from integrations.label_studio.workbench import LabelStudioWorkbench
 from workers.images import ImageError, ImageSource
+from workers.inference import score_items
+from workers.pixels import PixelCache
 
 pytestmark = pytest.mark.integration
 CLASSIFY = """<View><Image name="image" value="$image"/>
@@ -53,3 +58,23 @@ def test_a_personal_access_token_is_exchanged_and_renewed(
     source._access["access"] = "an.expired.token"  # what an hour-old access token looks like
     assert source.read(reference) == body
     assert source._access["access"] != "an.expired.token"
+
+
+def test_a_rescoring_reads_the_pixels_label_studio_served_once(
+    label_studio: ServerState, served: tuple[str, bytes], tmp_path: Path
+) -> None:
+    """The second model version needs nothing from the server: with a token it refuses, the
+    image is still scored, from the pixel cache the first version's run filled."""
+    reference, _ = served
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 2)).eval()
+    items = [(1, reference)]
+    good = ImageSource(label_studio_url=label_studio.url, label_studio_token=label_studio.token)
+    first = score_items(model, items, good, num_workers=0, cache=PixelCache(tmp_path, 2**24))
+    assert first.task_ids == [1]
+    refused = ImageSource(label_studio_url=label_studio.url, label_studio_token="not-the-token")
+    uncached = score_items(model, items, refused, num_workers=0)
+    assert uncached.unscorable, "without the cache the refused token is felt"
+    again = score_items(model, items, refused, num_workers=0, cache=PixelCache(tmp_path, 2**24))
+    assert again.task_ids == [1]
+    np.testing.assert_allclose(again.probs, first.probs, rtol=0, atol=1e-6)
