@@ -451,6 +451,18 @@ class WorkerSettings(_Section):
         description="Redelivery delay of a chunk whose worker died; unset = hard limit + 10 %.",
     )
 
+    @field_validator("num_workers", mode="before")
+    @classmethod
+    def _workers_or_auto(cls, value: object) -> object:
+        # one message for the union (else pydantic reports one line per member)
+        if value == "auto":
+            return value
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value.strip())
+        raise ValueError(f"write auto or a whole number, 0 or more (got {value!r})")
+
     @field_validator("soft_time_limit_s", "visibility_timeout_s")
     @classmethod
     def _limits(cls, value: int | None, info: ValidationInfo) -> int | None:
