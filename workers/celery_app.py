@@ -35,6 +35,7 @@ from sqlalchemy.exc import OperationalError
 
 from planner.errors import TransientError
 from workers.config import OWN_FIELDS, BrokerConfig, WorkerConfig, WorkerOwn
+from workers.inference import allow_decode_processes
 from workers.scoring import Resources, halved, out_of_memory, score_chunk
 
 SCORE_TASK = "workers.score_chunk"
@@ -83,6 +84,7 @@ def make_app(config: BrokerConfig, *, own: WorkerOwn | None = None) -> Celery:
             job = replace(job, batch_size=batch_size)
         retries = int(task.request.retries or 0)
         final = retries >= config.max_retries
+        allow_decode_processes()  # a prefork child is a daemon
         try:
             result = score_chunk(job, project_id, pairs, resources=resources, final_attempt=final)
         except (SoftTimeLimitExceeded, torch.OutOfMemoryError) as exc:

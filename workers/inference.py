@@ -33,7 +33,7 @@ import os
 import time
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -230,6 +230,18 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def allow_decode_processes() -> None:
+    """Let this process start decode processes though it was started as a daemon (a Celery
+    prefork child, the daemon's scoring child), which ``multiprocessing`` forbids because a
+    daemon's children would outlive it: a DataLoader process watches its parent and ends
+    when it ends. Left as it is where the flag cannot be changed (then images are decoded on
+    threads, see ``decode_workers``)."""
+    process = multiprocessing.current_process()
+    if process.daemon:
+        with suppress(AssertionError):  # "process has already started": not ours to change
+            process.daemon = False
 
 
 def decode_workers(num_workers: int | None, device: torch.device) -> int:

@@ -118,8 +118,10 @@ def test_celery_gives_the_embedded_scores(
     other, other_pid = _copy_store(store, tmp_path / "celery.db")
     with other:
         workers.append(_start_worker(queue, tmp_path / "worker.log"))
-        cfg = replace(shared, store_url=f"sqlite:///{tmp_path / 'celery.db'}")
+        # two decode processes in the worker's prefork child, a daemon that may start them
+        cfg = replace(shared, store_url=f"sqlite:///{tmp_path / 'celery.db'}", num_workers=2)
         result = score_pool(replace(cfg, broker_url=REDIS, queue=queue), other_pid, items)
+        assert not [w for w in result.warnings if "num_workers" in w], result.warnings
         assert result.model_version == embedded.model_version
         assert (result.scored, result.unscorable, result.chunks) == (57, 3, 2)
         with store.session() as a, other.session() as b:

@@ -144,7 +144,9 @@ def test_num_workers_auto_reaches_the_workers_as_none(tmp_path: Path) -> None:
     assert worker_config(three, ("a",)).num_workers == 3
 
 
-def _score_in(root: Path, results: Any) -> None:
+def _score_in(root: Path, results: Any, allow: bool = False) -> None:
+    if allow:
+        inference.allow_decode_processes()
     scores = score_items(
         _net(NoDropout), ITEMS, ImageSource(image_root=root), batch_size=8, num_workers=2
     )
@@ -168,3 +170,19 @@ def test_a_daemonic_process_decodes_on_threads_and_says_why_num_workers_went_unu
     assert workers == 0
     assert scored == len(ITEMS)
     assert any("num_workers = 2 not used" in w for w in warnings)
+
+
+def test_a_daemon_allowed_to_decode_in_processes_does(digit_files: tuple[Path, list[int]]) -> None:
+    """What the Celery task and the daemon's scoring child do before they score."""
+    root, _ = digit_files
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    child = context.Process(target=_score_in, args=(root, results, True), daemon=True)
+    child.start()
+    try:
+        workers, scored, warnings = results.get(timeout=120)
+    finally:
+        child.join(timeout=30)
+    assert workers == 3
+    assert scored == len(ITEMS)
+    assert not warnings
