@@ -153,20 +153,25 @@ def _score_in(root: Path, results: Any, allow: bool = False) -> None:
     results.put((decode_workers(3, torch.device("cpu")), len(scores.task_ids), scores.warnings))
 
 
+def _in_a_daemon(root: Path, *, allow: bool) -> tuple[int, int, tuple[str, ...]]:
+    """``_score_in`` run in a daemonic child process: its decode processes, scored, warnings."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    child = context.Process(target=_score_in, args=(root, results, allow), daemon=True)
+    child.start()
+    try:
+        found: tuple[int, int, tuple[str, ...]] = results.get(timeout=120)
+    finally:
+        child.join(timeout=30)
+    return found
+
+
 def test_a_daemonic_process_decodes_on_threads_and_says_why_num_workers_went_unused(
     digit_files: tuple[Path, list[int]],
 ) -> None:
     """A Celery prefork child and the daemon's scoring child are daemonic: a DataLoader
     process started there fails ("daemonic processes are not allowed to have children")."""
-    root, _ = digit_files
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    child = context.Process(target=_score_in, args=(root, results), daemon=True)
-    child.start()
-    try:
-        workers, scored, warnings = results.get(timeout=120)
-    finally:
-        child.join(timeout=30)
+    workers, scored, warnings = _in_a_daemon(digit_files[0], allow=False)
     assert workers == 0
     assert scored == len(ITEMS)
     assert any("num_workers = 2 not used" in w for w in warnings)
@@ -174,15 +179,7 @@ def test_a_daemonic_process_decodes_on_threads_and_says_why_num_workers_went_unu
 
 def test_a_daemon_allowed_to_decode_in_processes_does(digit_files: tuple[Path, list[int]]) -> None:
     """What the Celery task and the daemon's scoring child do before they score."""
-    root, _ = digit_files
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    child = context.Process(target=_score_in, args=(root, results, True), daemon=True)
-    child.start()
-    try:
-        workers, scored, warnings = results.get(timeout=120)
-    finally:
-        child.join(timeout=30)
+    workers, scored, warnings = _in_a_daemon(digit_files[0], allow=True)
     assert workers == 3
     assert scored == len(ITEMS)
     assert not warnings
