@@ -29,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 MAX_BYTES = 64 * 1024 * 1024
 KEEP_ALIVE_CONNECTIONS = 16
-"""At least the images a process reads at once (``workers.inference.decode_threads``)."""
+"""At least the images a process reads at once (``workers.inference.FETCHES_IN_PROCESS``)."""
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 

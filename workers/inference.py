@@ -93,6 +93,9 @@ class Scores:
 
 
 _Row = tuple[int, torch.Tensor | None, str, bool]
+_Item = tuple[int, str, str | None]
+"""Task id, image reference, and the pixel cache's key for it, taken before the read (None:
+not to be stored)."""
 _Batch = tuple[list[int], torch.Tensor | None, dict[int, str], dict[int, str]]
 """Task ids, their ``(n, 3, h, w)`` uint8 pixels, unscorable and deferred tasks' reasons."""
 
@@ -103,7 +106,7 @@ class _Images(Dataset[_Row]):
 
     def __init__(
         self,
-        items: Sequence[tuple[int, str]],
+        items: Sequence[_Item],
         source: ImageSource,
         size: int,
         cache: PixelCache | None = None,
@@ -144,12 +147,11 @@ class _Images(Dataset[_Row]):
             self.pool = ThreadPoolExecutor(self.fetchers, "planner-fetch")
         mapped = map if self.pool is None else self.pool.map
         for index, array in zip(indices, mapped(self._load, indices), strict=True):
-            task_id, reference = self.items[index]
+            task_id, _, key = self.items[index]
             if isinstance(array, ImageError):
                 rows.append((task_id, None, str(array), array.transient))
                 continue
             rows.append((task_id, torch.from_numpy(array), "", False))
-            key = None if self.cache is None else pixel_key(self.source, reference, self.size)
             if key is not None:
                 fresh.append((key, array))
         if self.cache is not None:
@@ -158,7 +160,7 @@ class _Images(Dataset[_Row]):
 
 
 def _rebuilt(
-    items: list[tuple[int, str]],
+    items: list[_Item],
     source: ImageSource,
     size: int,
     cache: PixelCache | None,
@@ -187,17 +189,17 @@ def _cached(
     cache: PixelCache,
     *,
     batch_size: int,
-    misses: list[tuple[int, str]],
+    misses: list[_Item],
 ) -> Iterator[_Batch]:
     """Batches of the items whose pixels ``cache`` holds; the others are appended to
-    ``misses``, in order."""
+    ``misses``, in order, each with the key its pixels are to be stored under."""
     ids: list[int] = []
     arrays: list[npt.NDArray[np.uint8]] = []
     for task_id, reference in items:
         key = pixel_key(source, reference, size)
         pixels = None if key is None else cache.get(key, size)
         if pixels is None:
-            misses.append((task_id, reference))
+            misses.append((task_id, reference, key))
             continue
         ids.append(task_id)
         arrays.append(pixels)
@@ -368,7 +370,7 @@ def iter_scores(
         notes = (*notes, NO_DECODE_PROCESSES.format(num_workers))
     threaded = ThreadPoolExecutor(FETCHES_IN_PROCESS, "planner-fetch") if workers == 0 else None
     try:
-        misses = list(items)
+        misses: list[_Item] = [(task_id, reference, None) for task_id, reference in items]
         if cache is not None:
             misses = []
             hits = _cached(items, source, image_size, cache, batch_size=batch_size, misses=misses)
@@ -381,11 +383,13 @@ def iter_scores(
         images = _Images(
             misses, source, image_size, cache, fetchers=FETCHES_PER_PROCESS, pool=threaded
         )
-        batches: Iterable[_Batch] = (
-            _collate(images.__getitems__(range(start, min(start + batch_size, len(misses)))))
-            for start in range(0, len(misses), batch_size)
-        )
-        if workers:
+        batches: Iterable[_Batch]
+        if not workers:
+            batches = (
+                _collate(images.__getitems__(range(start, min(start + batch_size, len(misses)))))
+                for start in range(0, len(misses), batch_size)
+            )
+        else:
             batches = DataLoader(
                 images,
                 batch_size=batch_size,
