@@ -31,7 +31,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
@@ -169,16 +169,22 @@ def _rebuilt(
     return _Images(items, source, size, cache, fetchers=fetchers)
 
 
-def _paced(batches: Iterable[_Batch], *, waited: int, ready: int) -> Iterator[_Batch]:
+def _paced(
+    batches: Iterable[_Batch],
+    *,
+    waited: int,
+    ready: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Iterator[_Batch]:
     """``batches``, torch's threads set for each one's forward pass: ``ready`` when the batch
     was handed over at once (the decoders are ahead and idle), ``waited`` when it was not."""
     ahead = iter(batches)
     while True:
-        asked = time.perf_counter()
+        asked = clock()
         batch = next(ahead, None)
         if batch is None:
             return
-        torch.set_num_threads(ready if time.perf_counter() - asked < READY_S else waited)
+        torch.set_num_threads(ready if clock() - asked < READY_S else waited)
         yield batch
 
 

@@ -54,17 +54,20 @@ def test_decode_processes_are_a_cpu_each_on_a_cpu_and_a_cpu_each_but_one_on_a_gp
     assert decode_workers(3, cpu) == 3, "set by hand, kept"
 
 
-def _batches(delays: list[float]) -> Iterator[inference._Batch]:
-    for i, delay in enumerate(delays):
-        time.sleep(delay)
-        yield [i], torch.zeros(1, 3, 2, 2, dtype=torch.uint8), {}, {}
-
-
 def test_a_forward_pass_gets_every_core_when_its_batch_was_ready_and_the_rest_when_not() -> None:
+    now = [0.0]  # a clock the batches move: a machine's load cannot blur the decision
+
+    def batches(delays: list[float]) -> Iterator[inference._Batch]:
+        for i, delay in enumerate(delays):
+            now[0] += delay
+            yield [i], torch.zeros(1, 3, 2, 2, dtype=torch.uint8), {}, {}
+
+    just_under = inference.READY_S / 2
+    delays = [0.05, 0.0, just_under, 2 * inference.READY_S, 0.0]
     before = torch.get_num_threads()
     seen = []
     try:
-        for _ in inference._paced(_batches([0.05, 0, 0, 0.05, 0]), waited=1, ready=2):
+        for _ in inference._paced(batches(delays), waited=1, ready=2, clock=lambda: now[0]):
             seen.append(torch.get_num_threads())
     finally:
         torch.set_num_threads(before)
