@@ -216,6 +216,36 @@ def _cached(
         yield ids, torch.from_numpy(np.stack(arrays)), {}, {}
 
 
+def _in_process(images: _Images, batch_size: int) -> Iterator[_Batch]:
+    """``images`` read batch by batch in this process (on its pool's threads, if any)."""
+    n = len(images)
+    for start in range(0, n, batch_size):
+        yield _collate(images.__getitems__(range(start, min(start + batch_size, n))))
+
+
+def read_pixels(
+    items: Sequence[tuple[int, str]],
+    source: ImageSource,
+    size: int,
+    cache: PixelCache | None = None,
+    *,
+    batch_size: int = 64,
+) -> Iterator[_Batch]:
+    """Batches of ``(task ids, (n, 3, size, size) uint8 pixels, unscorable, deferred)`` of
+    ``items``, read in this process: the ones ``cache`` holds first, then the rest read
+    ``FETCHES_IN_PROCESS`` at a time and stored in it (what :func:`iter_scores` does with no
+    decode processes, for a caller that wants the pixels themselves)."""
+    misses: list[_Item] = [(task_id, reference, None) for task_id, reference in items]
+    if cache is not None:
+        misses = []
+        yield from _cached(items, source, size, cache, batch_size=batch_size, misses=misses)
+    if not misses:
+        return
+    with ThreadPoolExecutor(FETCHES_IN_PROCESS, "planner-fetch") as pool:
+        images = _Images(misses, source, size, cache, fetchers=FETCHES_IN_PROCESS, pool=pool)
+        yield from _in_process(images, batch_size)
+
+
 def _collate(rows: list[_Row]) -> _Batch:
     good = [(task_id, tensor) for task_id, tensor, _, _ in rows if tensor is not None]
     bad = {
@@ -391,10 +421,7 @@ def iter_scores(
         )
         batches: Iterable[_Batch]
         if not workers:
-            batches = (
-                _collate(images.__getitems__(range(start, min(start + batch_size, len(misses)))))
-                for start in range(0, len(misses), batch_size)
-            )
+            batches = _in_process(images, batch_size)
         else:
             batches = DataLoader(
                 images,

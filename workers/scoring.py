@@ -34,10 +34,10 @@ from workers.bootstrap import (
     train_bootstrap,
 )
 from workers.config import WorkerConfig
-from workers.images import ImageError, ImageSource, decode
-from workers.inference import iter_scores
+from workers.images import ImageSource
+from workers.inference import iter_scores, read_pixels
 from workers.models import ScoringModel, choose_model, load_model
-from workers.pixels import PixelCache, pixel_key
+from workers.pixels import PixelCache
 
 log = logging.getLogger("planner.workers")
 
@@ -217,31 +217,25 @@ def _labelled_rows(
 def _decode_labelled(
     cfg: WorkerConfig, rows: list[tuple[str, int]], cache: PixelCache | None
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """The labelled images' pixels in ``[0, 1]`` and their classes, in ``rows``' order; an
+    image that cannot be read is left out (it teaches nothing; the rest still do)."""
     source = image_source(cfg)
-    images, labels, fresh = [], [], []
+    items = [(row, reference) for row, (reference, _) in enumerate(rows)]
+    read: dict[int, npt.NDArray[np.uint8]] = {}
     try:
-        for reference, label in rows:
-            key = None if cache is None else pixel_key(source, reference, cfg.image_size)
-            pixels = None if cache is None or key is None else cache.get(key, cfg.image_size)
-            if pixels is None:
-                try:
-                    pixels = decode(source.read(reference), cfg.image_size)
-                except ImageError:
-                    continue  # an unreadable labelled image teaches nothing; the rest still do
-                if key is not None:
-                    fresh.append((key, pixels))
-            images.append(pixels)
-            labels.append(label)
+        for ids, pixels, _, _ in read_pixels(items, source, cfg.image_size, cache):
+            if pixels is not None:
+                read.update(zip(ids, pixels.numpy(), strict=True))
     finally:
         source.close()
-    if cache is not None:
-        cache.put_many(fresh)
-    if not labels:
+    if not read:
         raise ConfigError(
             f"none of the {len(rows)} labelled images could be read; check workers.image_root, "
             "label_studio.url and the token"
         )
-    return np.stack(images).astype(np.float32) / 255.0, np.asarray(labels, dtype=np.int64)
+    order = sorted(read)  # the rows' order, whichever came from the cache
+    images = np.stack([read[row] for row in order]).astype(np.float32) / 255.0
+    return images, np.asarray([rows[row][1] for row in order], dtype=np.int64)
 
 
 def score_chunk(

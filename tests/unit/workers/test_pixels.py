@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -14,12 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.unit.workers.conftest import KeptAliveServer
+from tests.unit.workers.conftest import CLASSES, KeptAliveServer
 from tests.unit.workers.test_inference import ITEMS, NoDropout, ThreadSpy, _net
 from workers import inference
-from workers.images import ImageSource
+from workers.config import WorkerConfig
+from workers.images import ImageSource, decode
 from workers.inference import score_items
 from workers.pixels import PixelCache, pixel_key
+from workers.scoring import _decode_labelled
 
 MB = 2**20
 
@@ -188,3 +192,43 @@ def test_an_unwritable_folder_turns_the_cache_off_not_the_scoring(
     assert len(scores.task_ids) == len(ITEMS)
     assert cache.broken is not None
     assert "delete the folder" in cache.broken
+
+
+def test_the_bootstrap_reads_its_labelled_images_through_the_cache_in_their_order(
+    tmp_path: Path, digit_files: tuple[Path, list[int]]
+) -> None:
+    root, targets = digit_files
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+
+    def body(path: str) -> bytes:
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.02)  # a server a little way off: the reads should overlap
+        with lock:
+            in_flight[0] -= 1
+        return (root / parse_qs(urlsplit(path).query)["d"][0]).read_bytes()
+
+    server = KeptAliveServer(body, lambda path, _: 404 if "missing" in path else 200)
+    try:
+        rows = [(f"/data/local-files/?d=digits/{i:04d}.png", targets[i]) for i in range(40)]
+        rows.insert(7, ("/data/local-files/?d=digits/missing.png", 3))
+        cfg = WorkerConfig(store_url="sqlite://", classes=CLASSES, label_studio_url=server.url)
+        cache = PixelCache(tmp_path, 64 * MB)
+        _decode_labelled(cfg, rows[::3], cache)  # a third of them cached by an earlier training
+        asked = len(server.paths)
+        images, labels = _decode_labelled(cfg, rows, cache)
+    finally:
+        server.stop()
+    readable = [row for row in rows if "missing" not in row[0]]
+    # the cached rows came first from the cache, yet every image sits beside its own label
+    assert labels.tolist() == [label for _, label in readable]
+    expected = [
+        decode((root / parse_qs(urlsplit(ref).query)["d"][0]).read_bytes(), 32)
+        for ref, _ in readable
+    ]
+    np.testing.assert_array_equal(images, np.stack(expected).astype(np.float32) / 255.0)
+    cached = len([row for row in rows[::3] if "missing" not in row[0]])
+    assert len(server.paths) - asked == len(rows) - cached, "only the uncached were fetched"
+    assert most[0] > 1, "the labelled images were fetched one round trip after another"
