@@ -49,7 +49,7 @@ nothing ``(n, n)`` or ``(n, d)`` is copied.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,14 +215,30 @@ def _check_weights(weights: npt.ArrayLike | None, c: int) -> npt.NDArray[np.floa
     return check_need(weights, c, name="class_weights")
 
 
+def _checked_once(
+    embeddings: npt.ArrayLike | None, n: int, metric: Metric
+) -> Callable[[], npt.NDArray[np.floating[Any]]] | None:
+    """``embeddings`` validated on first use and only then (a pass over the whole pool:
+    0.15 s for 1,000,000 x 128), however many phases read them; None without embeddings."""
+    if embeddings is None:
+        return None
+    done: list[npt.NDArray[np.floating[Any]]] = []
+
+    def checked() -> npt.NDArray[np.floating[Any]]:
+        if not done:
+            done.append(check_embeddings(embeddings, n, metric=metric))
+        return done[0]
+
+    return checked
+
+
 def _guard(
-    embeddings: npt.ArrayLike,
+    emb: npt.NDArray[np.floating[Any]],
     eligible: npt.NDArray[np.bool_],
     b: int,
     opts: SelectionOptions,
     gen: np.random.Generator,
 ) -> NearDuplicateGuard:
-    emb = check_embeddings(embeddings, eligible.size, metric=opts.metric)
     radius = opts.diversity_radius
     if radius is None:
         radius = estimate_radius(
@@ -240,7 +256,7 @@ def _explore(
     n_explore: int,
     n_discover: int,
     *,
-    embeddings: npt.ArrayLike | None,
+    embeddings: Callable[[], npt.NDArray[np.floating[Any]]] | None,
     opts: SelectionOptions,
     gen: np.random.Generator,
 ) -> str | None:
@@ -254,7 +270,7 @@ def _explore(
     """
     note = None
     if n_discover and embeddings is not None:
-        emb = check_embeddings(embeddings, phases.taken.size, metric=opts.metric)
+        emb = embeddings()
         open_rows = np.flatnonzero(phases.open_rows())
         search = NoveltySearch(
             emb,
@@ -346,10 +362,11 @@ def select_batch(
             f"only {n_eligible} eligible item(s) for a batch of {batch_size}: all returned"
         )
     guard = None
-    if opts.diversity and embeddings is None:
+    checked = _checked_once(embeddings, n, opts.metric)
+    if opts.diversity and checked is None:
         notes.append("diversity off: no embeddings given")
-    elif opts.diversity and embeddings is not None and b > 0:
-        guard = _guard(embeddings, eligible, b, opts, gen)
+    elif opts.diversity and checked is not None and b > 0:
+        guard = _guard(checked(), eligible, b, opts, gen)
     phases = Phases(
         u,
         p,
@@ -370,7 +387,7 @@ def select_batch(
     phases.hard_negatives(n_hard, confidence=opts.hard_negative_confidence)
     # hard-negative slots nobody qualified for go back to the greedy
     phases.greedy(b - n_explore - len(phases.rows), block=block, swap_passes=opts.swap_passes)
-    note = _explore(phases, n_explore, n_discover, embeddings=embeddings, opts=opts, gen=gen)
+    note = _explore(phases, n_explore, n_discover, embeddings=checked, opts=opts, gen=gen)
     if note is not None:
         notes.append(note)
     if len(phases.rows) < b:

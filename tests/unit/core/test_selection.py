@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import Bounds, LinearConstraint, milp
 
+from planner.core import selection
 from planner.core.select_greedy import LazyGreedy, objective, ranked, starting_gains, top_k
 from planner.core.select_phases import Phases
 from planner.core.selection import REASONS, Batch, SelectionOptions, select_batch
@@ -980,3 +981,32 @@ def test_a_bad_vote_says_what(vote: npt.NDArray[np.float64], match: str) -> None
     probs = np.tile([0.7, 0.3, 0.0], (6, 1))
     with pytest.raises(InputError, match=match):
         select_batch(np.arange(6), np.zeros(6), probs, [0, 0, 2], batch_size=1, rng=0, vote=vote)
+
+
+def test_the_embeddings_are_checked_once_for_the_guard_and_discovery_together(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+    real = selection.check_embeddings
+
+    def counted(*args: object, **kwargs: object) -> npt.NDArray[np.floating]:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(selection, "check_embeddings", counted)
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=(200, 8))
+    probs = rng.dirichlet(np.ones(3), 200)
+    opts = SelectionOptions(discovery_share=0.5)  # the guard and discovery both read them
+
+    def select() -> Batch:
+        return select_batch(
+            np.arange(200), rng.random(200), probs, [0, 0, 5], batch_size=10, rng=1,
+            embeddings=emb, options=opts,
+        )  # fmt: skip
+
+    assert select().count("exploration") > 0, "discovery ran"
+    assert len(calls) == 1
+    emb[7, 2] = np.nan  # and still checked: a bad row is refused
+    with pytest.raises(InputError, match="row 7"):
+        select()
