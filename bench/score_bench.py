@@ -8,9 +8,10 @@ run:
   * full pipeline: ``workers.inference.score_items`` as the workers run it -- each image
     fetched over HTTP from a Label Studio stand-in on 127.0.0.1 with the API token
     (``--source files``: read from disk), decoded as ``workers.num_workers`` says (``--workers``;
-    by default threads between forward passes on a CPU, DataLoader processes on a GPU),
-    batched, forward, softmax, on the torch threads ``workers.threads`` gives it
-    (``--pipeline-threads``; 0 = the CPUs less the decode processes), storing each image's
+    by default a DataLoader process a CPU on a CPU, a CPU each but one on a GPU), batched,
+    forward, softmax, where ``workers.threads`` puts it (``--pipeline-threads``; 0 on a CPU
+    with a decode process a CPU: in each decode process, on one thread; else in the scoring
+    process on that many threads, 0 = the CPUs the decoders leave), storing each image's
     pixels in a pixel cache of its own, empty at the start (``--pixel-cache-mb``; 0: none);
   * rescoring: the full pipeline again over the same images with the pixel cache the first
     pass filled, as every later model version scores the pool (no fetch, no decode);
@@ -70,6 +71,7 @@ from workers.inference import (
     decode_workers,
     forward_threads,
     pick_device,
+    replicas,
     score_items,
 )
 from workers.outputs import logits_of
@@ -382,9 +384,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "single_n": args.single,
         "workers": decode_workers(args.workers, device),
         "threads": args.threads,
-        "paced": device.type == "cpu"
-        and not args.pipeline_threads
-        and decode_workers(args.workers, device) > 0,
+        "replicas": replicas(
+            device.type == "cpu", args.pipeline_threads, decode_workers(args.workers, device)
+        ),
         "pipeline_threads": forward_threads(
             args.pipeline_threads, decode_workers(args.workers, device)
         )
@@ -462,8 +464,8 @@ def _late(r: dict[str, Any]) -> str:
 
 def _pipeline_threads(r: dict[str, Any]) -> str:
     threads = r.get("pipeline_threads", r["threads"])
-    if r.get("paced"):
-        return f"on {r['cpus']} when its batch was ready, {threads} when it waited"
+    if r.get("replicas"):
+        return "in each decode process on 1 (a replica of the model a CPU)"
     return f"on {threads}"
 
 
@@ -588,7 +590,8 @@ def main() -> None:
         "--pipeline-threads",
         type=int,
         default=0,
-        help="workers.threads of the full pipeline (0: the CPUs less the DataLoader workers)",
+        help="workers.threads of the full pipeline (0: replicas in the decode processes "
+        "when there is one a CPU, else the CPUs they leave)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measured rounds")
     parser.add_argument(

@@ -428,8 +428,9 @@ class WorkerSettings(_Section):
     threads: int = Field(
         default=0,
         ge=0,
-        description="torch threads of a CPU forward pass; 0 = every CPU when the batch was "
-        "ready, the CPUs less the decode processes when the pass waited for it.",
+        description="torch threads of a CPU forward pass in the scoring process; 0 = with a "
+        "decode process a CPU, each runs the forward pass of its own batches on one thread, "
+        "else the CPUs the decode processes leave.",
     )
     pixel_cache_dir: Path | None = Field(
         default=None,

@@ -8,11 +8,15 @@ Zen 4: 2-4 times float32's speed), float32 on other CPUs.
 Images are read and decoded in DataLoader processes (``num_workers``; None: a CPU each but one
 on a GPU, a CPU each on a CPU), each reading a batch's images on a few threads, so that a Label
 Studio on another machine answers several at once rather than one round trip after another.
-On a CPU the decoders and the forward pass share the cores, and which needs them depends on
-the model: a heavy network keeps the decoders ahead (its next batch is waiting when asked
-for), a light one waits for them. So with ``threads`` 0 each forward pass gets every CPU when
-its batch was ready, and the CPUs less the decode processes when it had to wait (torch's
-threads oversubscribed by busy decoders wait on each other at every operator).
+On a GPU they feed the forward pass of the scoring process. On a CPU with ``threads`` 0 and a
+decode process for each CPU (the default), each decode process also runs the forward pass of
+its own batches (the model forked into it, shared copy-on-write) on one torch thread, and
+hands back only the scores: a replica of the model a CPU, each decoding one batch while
+another runs forward, none waiting on the others. One thread a replica is what a small batch
+uses well (a second CPU gave one forward pass on a batch of 16 only 1.2-1.8x on the machines
+here), and a forward pass sharing the cores with separate decoders loses its threads to them
+at every layer. Otherwise (``threads`` set, fewer decode processes than CPUs) the forward pass
+runs in the scoring process, on ``threads`` or the CPUs the decoders leave, and they feed it.
 
 An image that cannot be read or decoded becomes an ``unscorable`` entry with its reason; the
 rest of the chunk is scored. ``iter_scores`` yields one batch at a time, so a caller can store
@@ -30,13 +34,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -70,8 +73,6 @@ NO_DECODE_PROCESSES = (
     "daemon's own scoring) may not start decode processes, so images were decoded on threads "
     "of the scoring process"
 )
-READY_S = 0.001
-"""A batch handed over within this was waiting: the decoders are ahead of the forward pass."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,48 @@ class _Images(Dataset[_Row]):
         return rows
 
 
+class _Scored(Dataset[Scores]):
+    """``images`` scored where they are decoded: a decode process reads and decodes a batch,
+    runs ``score`` on it (the model forked into the process) and hands back its ``Scores``,
+    a pixel cache that failed in that process noted among their warnings."""
+
+    def __init__(self, images: _Images, score: Callable[[Iterable[_Batch]], Iterator[Scores]]):
+        self.images = images
+        self.score = score
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> Scores:
+        return self.__getitems__([index])
+
+    def __getitems__(self, indices: Sequence[int]) -> Scores:
+        # run to its end, so the forward pass's inference mode is left, not held suspended
+        [scores] = list(self.score([_collate(self.images.__getitems__(indices))]))
+        cache = self.images.cache
+        if cache is not None and cache.broken is not None and cache.broken not in scores.warnings:
+            scores = replace(scores, warnings=(*scores.warnings, cache.broken))
+        return scores
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("scoring in decode processes needs them forked: the model is not sent")
+
+
+def _as_is(scores: Any) -> Scores:
+    """The collate step of scored batches: ``_Scored`` already made the batch's ``Scores``
+    (typed ``Any``: the DataLoader declares a collate function of a list of samples)."""
+    return cast(Scores, scores)
+
+
+def replicas(cpu: bool, threads: int, num_workers: int) -> bool:
+    """Whether the decode processes run the forward pass too (see the module): on a CPU,
+    ``threads`` 0 and a decode process for every CPU, forked with the model in them (not
+    possible on macOS or Windows). Each replica runs on one torch thread: a process forked
+    from one whose OpenMP threads have run must not start its own (GNU OpenMP deadlocks)."""
+    fork = "fork" in multiprocessing.get_all_start_methods()
+    return cpu and not threads and fork and num_workers >= usable_cpus()
+
+
 def _rebuilt(
     items: list[_Item],
     source: ImageSource,
@@ -167,25 +210,6 @@ def _rebuilt(
     fetchers: int,
 ) -> _Images:
     return _Images(items, source, size, cache, fetchers=fetchers)
-
-
-def _paced(
-    batches: Iterable[_Batch],
-    *,
-    waited: int,
-    ready: int,
-    clock: Callable[[], float] = time.perf_counter,
-) -> Iterator[_Batch]:
-    """``batches``, torch's threads set for each one's forward pass: ``ready`` when the batch
-    was handed over at once (the decoders are ahead and idle), ``waited`` when it was not."""
-    ahead = iter(batches)
-    while True:
-        asked = clock()
-        batch = next(ahead, None)
-        if batch is None:
-            return
-        torch.set_num_threads(ready if clock() - asked < READY_S else waited)
-        yield batch
 
 
 def _cached(
@@ -422,6 +446,16 @@ def iter_scores(
         batches: Iterable[_Batch]
         if not workers:
             batches = _in_process(images, batch_size)
+        elif replicas(cpu, threads, workers):
+            yield from DataLoader(  # each decode process scores its own batches
+                _Scored(images, partial(run, notes=notes)),
+                batch_size=batch_size,
+                num_workers=workers,
+                collate_fn=_as_is,
+                multiprocessing_context="fork",
+                persistent_workers=False,
+            )
+            return
         else:
             batches = DataLoader(
                 images,
@@ -431,15 +465,11 @@ def iter_scores(
                 pin_memory=target.type == "cuda",
                 persistent_workers=False,
             )
-        if not cpu:
-            yield from run(batches, notes=notes)
-        elif threads or not workers:
+        if cpu:
             with torch_threads(forward_threads(threads, workers)):
                 yield from run(batches, notes=notes)
         else:
-            with torch_threads(usable_cpus()):
-                waited = forward_threads(0, workers)
-                yield from run(_paced(batches, waited=waited, ready=usable_cpus()), notes=notes)
+            yield from run(batches, notes=notes)
     finally:
         if threaded is not None:
             threaded.shutdown(cancel_futures=True)

@@ -1,9 +1,11 @@
-"""Where images are decoded (processes reading several images at once), and the forward
-pass's threads on a CPU: every core when its batch was ready, the rest when it waited."""
+"""Where images are decoded (processes reading several images at once) and where the forward
+pass runs on a CPU: in each decode process, one thread each, when there is one a CPU."""
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -12,31 +14,43 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import diskcache
 import pytest
 import torch
 
 from planner.connect import worker_config
 from planner.settings import Settings
 from tests.unit.workers.conftest import KeptAliveServer
+from tests.unit.workers.test_dispatch import Greedy
 from tests.unit.workers.test_inference import ITEMS, NoDropout, _net
 from workers import inference
 from workers.images import ImageSource
 from workers.inference import decode_workers, score_items
+from workers.pixels import PixelCache
+
+MB = 2**20
 
 
 class ProcessSpy(NoDropout):
-    """Notes, at each forward pass, torch's threads and this process's child processes."""
+    """Notes, at each forward pass, the process it ran in, torch's threads there and that
+    process's children, in ``log`` (a file: the pass may run in a forked decode process)."""
 
-    def __init__(self) -> None:
+    def __init__(self, log: Path) -> None:
         torch.manual_seed(0)
         super().__init__()
-        self.threads: list[int] = []
-        self.processes: list[int] = []
+        self.log = log
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.threads.append(torch.get_num_threads())
-        self.processes.append(len(multiprocessing.active_children()))
+        children = len(multiprocessing.active_children())
+        with self.log.open("a") as out:
+            out.write(f"{os.getpid()} {torch.get_num_threads()} {children}\n")
         return super().forward(x)
+
+    def passes(self) -> list[tuple[int, int, int]]:
+        """``(pid, threads, children)`` of each forward pass so far, then forgotten."""
+        lines = self.log.read_text().split() if self.log.exists() else []
+        self.log.unlink(missing_ok=True)
+        return [(int(a), int(b), int(c)) for a, b, c in zip(*[iter(lines)] * 3, strict=True)]
 
 
 def test_decode_processes_are_a_cpu_each_on_a_cpu_and_a_cpu_each_but_one_on_a_gpu(
@@ -54,45 +68,65 @@ def test_decode_processes_are_a_cpu_each_on_a_cpu_and_a_cpu_each_but_one_on_a_gp
     assert decode_workers(3, cpu) == 3, "set by hand, kept"
 
 
-def test_a_forward_pass_gets_every_core_when_its_batch_was_ready_and_the_rest_when_not() -> None:
-    now = [0.0]  # a clock the batches move: a machine's load cannot blur the decision
-
-    def batches(delays: list[float]) -> Iterator[inference._Batch]:
-        for i, delay in enumerate(delays):
-            now[0] += delay
-            yield [i], torch.zeros(1, 3, 2, 2, dtype=torch.uint8), {}, {}
-
-    just_under = inference.READY_S / 2
-    delays = [0.05, 0.0, just_under, 2 * inference.READY_S, 0.0]
-    before = torch.get_num_threads()
-    seen = []
-    try:
-        for _ in inference._paced(batches(delays), waited=1, ready=2, clock=lambda: now[0]):
-            seen.append(torch.get_num_threads())
-    finally:
-        torch.set_num_threads(before)
-    assert seen == [1, 2, 2, 1, 2]
-
-
-def test_decode_processes_score_what_the_scoring_process_scores(
-    digit_files: tuple[Path, list[int]], monkeypatch: pytest.MonkeyPatch
+def test_a_decode_process_a_cpu_scores_its_own_batches_and_the_same_as_one_process(
+    digit_files: tuple[Path, list[int]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     root, _ = digit_files
     source = ImageSource(image_root=root)
-    monkeypatch.setattr(inference, "usable_cpus", lambda: 6)
-    spy = ProcessSpy()
+    monkeypatch.setattr(inference, "usable_cpus", lambda: 2)
+    spy = ProcessSpy(tmp_path / "passes")
     alone = score_items(spy, ITEMS, source, batch_size=8, device="cpu", num_workers=0)
-    assert spy.threads == [6, 6, 6], "no decode process: every CPU for the forward pass"
-    assert spy.processes == [0, 0, 0], "no DataLoader process was started"
-    spy = ProcessSpy()
-    forked = score_items(spy, ITEMS, source, batch_size=8, device="cpu", num_workers=2)
-    assert set(spy.threads) <= {4, 6}, "every CPU, or the CPUs less the two decoders"
-    assert min(spy.processes) >= 1
-    spy = ProcessSpy()
+    assert spy.passes() == [(os.getpid(), 2, 0)] * 3, "no decode process: every CPU here"
+    replicas = score_items(spy, ITEMS, source, batch_size=8, device="cpu", num_workers=2)
+    passes = spy.passes()
+    assert len(passes) == 3
+    assert os.getpid() not in {pid for pid, _, _ in passes}, "scored in the decode processes"
+    assert {threads for _, threads, _ in passes} == {1}, "one torch thread a replica"
+    assert replicas.task_ids == alone.task_ids
+    assert (replicas.probs == alone.probs).all()
+    fed = score_items(spy, ITEMS, source, batch_size=8, device="cpu", num_workers=1)
+    passes = spy.passes()
+    assert [(pid, threads) for pid, threads, _ in passes] == [(os.getpid(), 1)] * 3, (
+        "fewer decoders than CPUs: they feed this process, its forward on the CPU they leave"
+    )
+    assert min(children for _, _, children in passes) >= 1
     score_items(spy, ITEMS, source, batch_size=8, device="cpu", num_workers=2, threads=3)
-    assert spy.threads == [3, 3, 3], "set by hand, kept"
-    assert forked.task_ids == alone.task_ids
-    assert (forked.probs == alone.probs).all()
+    assert [(pid, t) for pid, t, _ in spy.passes()] == [(os.getpid(), 3)] * 3, "set by hand"
+    assert (fed.probs == alone.probs).all()
+
+
+def test_a_pixel_cache_failing_in_a_decode_process_is_reported_and_nothing_is_lost(
+    digit_files: tuple[Path, list[int]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    root, _ = digit_files
+    monkeypatch.setattr(inference, "usable_cpus", lambda: 2)
+
+    def full_disk(self: diskcache.Cache, *args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    # reads work (the scoring process finds nothing cached); only the decode processes'
+    # writes fail, so only they can tell
+    monkeypatch.setattr(diskcache.Cache, "set", full_disk)
+    cache = PixelCache(tmp_path / "cache", 64 * MB)
+    scores = score_items(
+        _net(NoDropout), ITEMS, ImageSource(image_root=root), batch_size=8, device="cpu",
+        num_workers=2, cache=cache,
+    )  # fmt: skip
+    assert len(scores.task_ids) == len(ITEMS)
+    assert cache.broken is None, "this process's cache never failed"
+    assert any("pixel cache" in note and "disk is full" in note for note in scores.warnings)
+
+
+def test_a_replica_running_out_of_memory_is_reported_as_such_for_the_retry_at_half_batch(
+    digit_files: tuple[Path, list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, _ = digit_files
+    monkeypatch.setattr(inference, "usable_cpus", lambda: 2)
+    with pytest.raises(torch.OutOfMemoryError, match="Tried to allocate"):
+        score_items(
+            Greedy(), ITEMS, ImageSource(image_root=root), batch_size=8, device="cpu",
+            num_workers=2,
+        )  # fmt: skip
 
 
 @pytest.fixture

@@ -213,7 +213,9 @@ def test_running_out_of_memory_retries_once_at_half_the_batch(
     root, _ = digit_files
     items = [(201 + i, f"/data/local-files/?d=digits/{200 + i:04d}.png") for i in range(10)]
     resources = Resources()
-    cfg = replace(worker_config(store, root), model=greedy, batch_size=8, chunk_size=10)
+    # scored in this process (no decode processes), where the model notes its batches
+    config = worker_config(store, root, num_workers=0)
+    cfg = replace(config, model=greedy, batch_size=8, chunk_size=10)
     result = score_pool(cfg, pid, items, resources=resources)
     assert (result.scored, result.retries) == (10, 1)
     (model,) = resources.models.values()
