@@ -73,6 +73,7 @@ from workers.inference import (
     pick_device,
     replicas,
     score_items,
+    usable_cpus,
 )
 from workers.outputs import logits_of
 from workers.pixels import PixelCache
@@ -373,6 +374,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             runs["rescore"] = lambda: timed(warm)
         if dtype is not None:  # what the reduced precision gives the pipeline, same run
             runs["full_float32"] = lambda: full(precision="float32")
+        workers = decode_workers(args.workers, device)
+        fed = max(1, usable_cpus() - workers)
+        if replicas(device.type == "cpu", args.pipeline_threads, workers):
+            # what the replicas give: the same decoders feeding one forward pass instead
+            runs["full_fed"] = lambda: full(threads=fed)
         measured = interleaved(runs, args.rounds)
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
@@ -417,6 +423,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if "rescore" in measured
         },
         "pixel_cache_mb": args.pixel_cache_mb,
+        "fed_threads": fed,
+        "full_vs_fed": statistics.median(
+            f / b for f, b in zip(measured["full"], measured.get("full_fed", []), strict=True)
+        )
+        if "full_fed" in measured
+        else None,
         "full_vs_float32": statistics.median(
             f / b for f, b in zip(measured["full"], measured.get("full_float32", []), strict=True)
         )
@@ -465,8 +477,8 @@ def _late(r: dict[str, Any]) -> str:
 def _pipeline_threads(r: dict[str, Any]) -> str:
     threads = r.get("pipeline_threads", r["threads"])
     if r.get("replicas"):
-        return "in each decode process on 1 (a replica of the model a CPU)"
-    return f"on {threads}"
+        return "'s forward passes in each decode process on 1 (a replica of the model a CPU)"
+    return f" on {threads}"
 
 
 def _decoding(r: dict[str, Any]) -> str:
@@ -483,13 +495,13 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
     vs_forward, vs_single = float(r["full_vs_forward"]), float(r["full_vs_single"])
     spread = ", ".join(
         f"{name} {min(r[name + '_all']):,.0f}-{max(r[name + '_all']):,.0f}"
-        for name in ("forward", "full", "rescore", "single", "full_float32")
+        for name in ("forward", "full", "rescore", "single", "full_float32", "full_fed")
         if name in r
     )
     lines = [
         f"**{r['device']}**{_cpu(r)}, {r['model']} at {r['size']}x{r['size']}, batch {r['batch']}, "
         f"{r['n']:,} JPEG images {_WHERE[str(r['source'])]}{_late(r)}, {_decoding(r)}, "
-        f"forward-only and the ML backend on {r['threads']} torch threads, the full pipeline "
+        f"forward-only and the ML backend on {r['threads']} torch threads, the full pipeline"
         f"{_pipeline_threads(r)} (`workers.threads`), forward in "
         f"{r.get('dtype', 'float32')} with channels_last, {r['cpus']} CPUs (load average "
         f"{r['load']:.1f} at the end), torch {r['torch']}; medians of {r['rounds']} interleaved "
@@ -515,6 +527,12 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
         lines.append(
             f'| full pipeline in float32 (`workers.precision = "float32"`) | '
             f"{float(r['full_float32']):,.0f} | full is {float(r['full_vs_float32']):.2f}x this | |"
+        )
+    if r.get("full_vs_fed") is not None:
+        lines.append(
+            f"| full pipeline, the decode processes feeding one forward pass in the scoring "
+            f"process on {r['fed_threads']} (`workers.threads = {r['fed_threads']}`) | "
+            f"{float(r['full_fed']):,.0f} | full is {float(r['full_vs_fed']):.2f}x this | |"
         )
     if r["model"] == "resnet50" and str(r["device"]) != "CPU":
         lines.append(
