@@ -388,14 +388,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "batch": args.batch,
         "n": args.n,
         "single_n": args.single,
-        "workers": decode_workers(args.workers, device),
+        "workers": workers,
         "threads": args.threads,
-        "replicas": replicas(
-            device.type == "cpu", args.pipeline_threads, decode_workers(args.workers, device)
-        ),
-        "pipeline_threads": forward_threads(
-            args.pipeline_threads, decode_workers(args.workers, device)
-        )
+        "replicas": replicas(device.type == "cpu", args.pipeline_threads, workers),
+        "pipeline_threads": forward_threads(args.pipeline_threads, workers)
         if device.type == "cpu"
         else args.threads,
         "rounds": args.rounds,

@@ -51,6 +51,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache, partial
 from typing import Any
 
 import numpy as np
@@ -222,14 +223,7 @@ def _checked_once(
     0.15 s for 1,000,000 x 128), however many phases read them; None without embeddings."""
     if embeddings is None:
         return None
-    done: list[npt.NDArray[np.floating[Any]]] = []
-
-    def checked() -> npt.NDArray[np.floating[Any]]:
-        if not done:
-            done.append(check_embeddings(embeddings, n, metric=metric))
-        return done[0]
-
-    return checked
+    return cache(partial(check_embeddings, embeddings, n, metric=metric))
 
 
 def _guard(
