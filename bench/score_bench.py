@@ -28,8 +28,14 @@ mid-run shifts all three alike), after one warm-up each; the median round of eac
 
     python bench/score_bench.py --write docs/benchmarks.md                 # CPU, small CNN
     python bench/score_bench.py --model bootstrap --size 32 --write ...    # the cold-start net
+    python bench/score_bench.py --model resnet50 --size 224 --n 384 --batch 32 \\
+        --single 64 --write ...                                            # ResNet-50, CPU
     python3 bench/score_bench.py --model resnet50 --size 224 --n 8192 \\
         --batch 256 --workers 14 --device cuda                            # on a GPU machine
+
+ResNet-50 is torchvision's, or where torchvision cannot be imported beside the installed torch
+(the CPU build pinned here has no matching torchvision) the same network from
+``bench/resnet.py``.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.resnet import resnet50 as own_resnet50
 from planner.settings import PRECISIONS
 from workers.bootstrap import BootstrapNet
 from workers.images import ImageSource, decode
@@ -108,7 +115,19 @@ def small_cnn(n_classes: int) -> nn.Module:
     )
 
 
+def torchvision_missing() -> bool:
+    """Whether torchvision cannot be imported beside this torch (the CPU build installed here
+    has no matching torchvision): then ResNet-50 is ``bench/resnet.py``'s same network."""
+    try:
+        import torchvision.models  # noqa: F401
+    except (ImportError, RuntimeError):
+        return True
+    return False
+
+
 def build_model(name: str, n_classes: int) -> nn.Module:
+    if name == "resnet50" and torchvision_missing():
+        return own_resnet50(n_classes)
     if name == "resnet50":
         from torchvision.models import resnet50
 
@@ -384,6 +403,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
         "latency_ms": args.latency_ms,
         "model": args.model,
+        "model_note": " (`bench/resnet.py`: torchvision's network, built without torchvision)"
+        if args.model == "resnet50" and torchvision_missing()
+        else "",
         "size": args.size,
         "batch": args.batch,
         "n": args.n,
@@ -495,7 +517,8 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
         if name in r
     )
     lines = [
-        f"**{r['device']}**{_cpu(r)}, {r['model']} at {r['size']}x{r['size']}, batch {r['batch']}, "
+        f"**{r['device']}**{_cpu(r)}, {r['model']}{r.get('model_note', '')} at "
+        f"{r['size']}x{r['size']}, batch {r['batch']}, "
         f"{r['n']:,} JPEG images {_WHERE[str(r['source'])]}{_late(r)}, {_decoding(r)}, "
         f"forward-only and the ML backend on {r['threads']} torch threads, the full pipeline"
         f"{_pipeline_threads(r)} (`workers.threads`), forward in "
