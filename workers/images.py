@@ -233,7 +233,12 @@ def _refresh(client: httpx.Client, base_url: str, refresh_token: str) -> str:
 def _read_file(path: Path) -> bytes:
     try:
         with path.open("rb") as handle:
-            data = handle.read(MAX_BYTES + 1)
+            # a read sized to the file: one of MAX_BYTES would allocate 64 MiB an image
+            # (tripling the read of a small one); a file grown since is read on to the limit
+            expected = min(os.fstat(handle.fileno()).st_size, MAX_BYTES)
+            data = handle.read(expected + 1)
+            if len(data) > expected:
+                data += handle.read(MAX_BYTES + 1 - len(data))
     except FileNotFoundError:
         raise ImageError(f"image file {path} does not exist") from None
     except OSError as exc:

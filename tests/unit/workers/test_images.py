@@ -131,6 +131,33 @@ def test_a_missing_file_is_not_transient(png: Path) -> None:
     assert not failed.value.transient
 
 
+def test_a_file_over_the_limit_is_refused_and_one_at_it_read_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("workers.images.MAX_BYTES", 1000)
+    (tmp_path / "at.bin").write_bytes(b"a" * 1000)
+    (tmp_path / "over.bin").write_bytes(b"o" * 1001)
+    assert ImageSource().read(str(tmp_path / "at.bin")) == b"a" * 1000
+    with pytest.raises(ImageError, match="larger than 1000 bytes"):
+        ImageSource().read(str(tmp_path / "over.bin"))
+
+
+def test_a_file_longer_than_its_stated_size_is_read_to_its_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a /proc file states size 0, as a file grown between the stat and the read would state
+    # less than it holds: reading goes on to the end (or the limit)
+    status = Path("/proc/self/status")
+    if not status.exists():
+        pytest.skip("needs Linux's /proc")
+    data = ImageSource().read(str(status))
+    assert data.startswith(b"Name:")
+    assert len(data) > 100
+    monkeypatch.setattr("workers.images.MAX_BYTES", 50)
+    with pytest.raises(ImageError, match="larger than 50 bytes"):
+        ImageSource().read(str(status))
+
+
 @pytest.fixture
 def kept_alive(png: Path) -> Iterator[KeptAliveServer]:
     body = png.read_bytes()
