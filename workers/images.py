@@ -22,15 +22,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import numpy as np
 import numpy.typing as npt
+import urllib3
 from PIL import Image, UnidentifiedImageError
+from urllib3.exceptions import HTTPError, ProtocolError, SSLError
+from urllib3.exceptions import TimeoutError as HTTPTimeoutError
 
 MAX_BYTES = 64 * 1024 * 1024
 KEEP_ALIVE_CONNECTIONS = 16
 """At least the images a process reads at once (``workers.inference.FETCHES_IN_PROCESS``)."""
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+NOT_YET = (HTTPTimeoutError, ProtocolError, SSLError)
+"""A server not reached, not answering in time, or dropping the connection: worth a retry
+(a name that does not resolve is a ``NewConnectionError``, a timeout among these)."""
 
 
 class ImageError(Exception):
@@ -54,8 +60,8 @@ def _image_error(message: str, transient: bool) -> ImageError:
 
 
 if TYPE_CHECKING:  # finalize is generic for the type checker only
-    _Closer = weakref.finalize[[int, httpx.Client], "ImageSource"]
-    """Closes a source's client in its process: called by ``close``, or when it goes."""
+    _Closer = weakref.finalize[[int, urllib3.PoolManager], "ImageSource"]
+    """Closes a source's connections in its process: called by ``close``, or when it goes."""
 
 
 @dataclass(frozen=True, slots=True, weakref_slot=True)
@@ -69,10 +75,11 @@ class ImageSource:
     timeout_s: float = 30.0
     # the access token of a personal access token, refreshed when the server answers 401
     _access: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
-    # one HTTP client per process (DataLoader workers get their own): building one per image
-    # costs 50-100 ms, mostly its SSL context; its connections are kept alive between images
-    # (a TCP and TLS handshake per image would cost more than decoding it) until ``close``
-    _clients: dict[int, tuple[httpx.Client, _Closer]] = field(
+    # one connection pool per process (DataLoader workers get their own), its connections
+    # kept alive between images (a TCP and TLS handshake per image would cost more than
+    # decoding it) until ``close``. urllib3, not httpx: 0.25 ms of CPU a request, not
+    # 0.4 (bench/fetch_bench.py), which the first pass of a pool spends on every image
+    _clients: dict[int, tuple[urllib3.PoolManager, _Closer]] = field(
         default_factory=dict, compare=False, repr=False
     )
     # decoding threads share the client: the first reads of a run must not each build one
@@ -83,17 +90,17 @@ class ImageSource:
         fields_ = (self.label_studio_url, self.label_studio_token, self.image_root)
         return (ImageSource, (*fields_, self.allowed_hosts, self.timeout_s))
 
-    def _client(self) -> httpx.Client:
+    def _client(self) -> urllib3.PoolManager:
         pid = os.getpid()
         with self._lock:
             return self._client_in(pid)
 
-    def _client_in(self, pid: int) -> httpx.Client:
+    def _client_in(self, pid: int) -> urllib3.PoolManager:
         if pid not in self._clients:
-            client = httpx.Client(
-                timeout=self.timeout_s,
-                follow_redirects=False,
-                limits=httpx.Limits(max_keepalive_connections=KEEP_ALIVE_CONNECTIONS),
+            client = urllib3.PoolManager(
+                maxsize=KEEP_ALIVE_CONNECTIONS,
+                timeout=urllib3.Timeout(connect=self.timeout_s, read=self.timeout_s),
+                retries=False,  # a retry is the chunk's, with backoff; never a redirect
             )
             # a source dropped without ``close`` (an error held in a traceback, say) closes its
             # connections when it goes, before the collector could finalise a socket unclosed
@@ -171,15 +178,21 @@ class ImageSource:
         # differently; the name still goes in the Host header and the TLS server name
         parts = urlsplit(url)
         port = "" if parts.port is None else f":{parts.port}"
-        netloc = (f"[{address}]" if ":" in address else address) + port
-        pinned = parts._replace(netloc=netloc).geturl()
-        return _get(self._client(), pinned, {"Host": host + port}, sni_hostname=host)
+        tls = (
+            {"server_hostname": host, "assert_hostname": host} if parts.scheme == "https" else None
+        )
+        pool = self._client().connection_from_host(
+            address, parts.port, parts.scheme, pool_kwargs=tls
+        )
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        return _get(pool, path, {"Host": host + port}, shown=url)
 
 
-def _close_in(pid: int, client: httpx.Client) -> None:
-    """Close ``client`` in the process that opened it (a forked child holds copies only)."""
+def _close_in(pid: int, client: urllib3.PoolManager) -> None:
+    """Close ``client``'s connections in the process that opened them (a forked child holds
+    copies only)."""
     if os.getpid() == pid:
-        client.close()
+        client.clear()
 
 
 def _public_address(host: str, allowed: set[str]) -> str:
@@ -213,20 +226,22 @@ def _is_jwt(token: str | None) -> bool:
     return bool(token) and str(token).count(".") == 2
 
 
-def _refresh(client: httpx.Client, base_url: str, refresh_token: str) -> str:
+def _refresh(client: urllib3.PoolManager, base_url: str, refresh_token: str) -> str:
     """A short-lived access token for a personal access token (Label Studio's refresh)."""
+    url = base_url.rstrip("/") + "/api/token/refresh/"
     try:
-        response = client.post(
-            base_url.rstrip("/") + "/api/token/refresh/", json={"refresh": refresh_token}
-        )
-    except (httpx.TimeoutException, httpx.NetworkError) as exc:
+        response = client.request("POST", url, json={"refresh": refresh_token}, redirect=False)
+        answer = response.json() if response.status == 200 else {}
+    except NOT_YET as exc:
         raise ImageError(f"cannot reach {base_url}: {type(exc).__name__}", transient=True) from None
-    if response.status_code != 200 or "access" not in response.json():
+    except (HTTPError, ValueError) as exc:  # ValueError: not JSON
+        raise ImageError(f"cannot refresh the token at {url}: {type(exc).__name__}") from None
+    if not isinstance(answer, dict) or not isinstance(answer.get("access"), str):
         raise ImageError(
-            f"Label Studio refused the personal access token ({response.status_code}); "
+            f"Label Studio refused the personal access token ({response.status}); "
             "check label_studio.token"
         )
-    access: str = response.json()["access"]
+    access: str = answer["access"]
     return access
 
 
@@ -249,26 +264,45 @@ def _read_file(path: Path) -> bytes:
 
 
 def _get(
-    client: httpx.Client, url: str, headers: dict[str, str], *, sni_hostname: str | None = None
+    client: urllib3.PoolManager | urllib3.HTTPConnectionPool,
+    url: str,
+    headers: dict[str, str],
+    *,
+    shown: str | None = None,
 ) -> bytes:
-    extensions = {"sni_hostname": sni_hostname} if sni_hostname else None
+    """The body of a GET of ``url`` (on ``client``'s kept-alive connections), at most
+    ``MAX_BYTES`` of it read; ``shown``: the URL errors name (the task's, not the pinned one)."""
+    shown = shown or url
     try:
-        response = client.get(url, headers=headers, extensions=extensions)
-    except (httpx.TimeoutException, httpx.NetworkError) as exc:
-        raise ImageError(f"cannot fetch {url}: {type(exc).__name__}", transient=True) from None
-    except httpx.HTTPError as exc:
-        raise ImageError(f"cannot fetch {url}: {type(exc).__name__}") from None
-    if response.is_redirect:
-        raise ImageError(f"{url} redirects to {response.headers.get('location')}; refused")
-    if response.status_code == 401:
-        raise _UnauthorisedError(url)
-    if response.status_code in TRANSIENT_STATUS:
-        raise ImageError(f"fetching {url} answered {response.status_code}", transient=True)
-    if response.status_code != 200:
-        raise ImageError(f"fetching {url} answered {response.status_code}")
-    if len(response.content) > MAX_BYTES:
-        raise ImageError(f"{url} is larger than {MAX_BYTES} bytes")
-    return response.content
+        response = client.urlopen(
+            "GET", url, headers=headers, redirect=False, preload_content=False
+        )
+        try:
+            status = response.status
+            # the body is read (to the limit) even when refused: the connection stays usable
+            data = response.read(MAX_BYTES + 1)
+            if len(data) > MAX_BYTES:
+                response.close()  # the rest unread: this connection cannot serve another
+        finally:
+            response.release_conn()
+    except SSLError as exc:  # a certificate fixed on the server lets a later retry through
+        message = f"cannot fetch {shown}: TLS failed ({exc}); check the server's certificate"
+        raise ImageError(message, transient=True) from None
+    except NOT_YET as exc:
+        raise ImageError(f"cannot fetch {shown}: {type(exc).__name__}", transient=True) from None
+    except HTTPError as exc:
+        raise ImageError(f"cannot fetch {shown}: {type(exc).__name__}") from None
+    if status in REDIRECT_STATUS:
+        raise ImageError(f"{shown} redirects to {response.headers.get('location')}; refused")
+    if status == 401:
+        raise _UnauthorisedError(shown)
+    if status in TRANSIENT_STATUS:
+        raise ImageError(f"fetching {shown} answered {status}", transient=True)
+    if status != 200:
+        raise ImageError(f"fetching {shown} answered {status}")
+    if len(data) > MAX_BYTES:
+        raise ImageError(f"{shown} is larger than {MAX_BYTES} bytes")
+    return data
 
 
 def decode(data: bytes, size: int) -> npt.NDArray[np.uint8]:

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
 
 import pytest
 
@@ -150,7 +151,9 @@ def test_a_redirect_to_loopback_is_never_followed(v4: Server, v6: Server) -> Non
     for target in targets:
         with pytest.raises(ImageError, match=r"redirects to .*; refused"):
             source.read(f"http://127.0.0.1:{v4.port}/to?{target}")
-    assert v4.hits == [f"/to?{t}" for t in targets], "only the redirecting request was made"
+    # the brackets of an IPv6 literal are sent percent-encoded (not allowed raw in a query)
+    sent = [unquote(hit) for hit in v4.hits]
+    assert sent == [f"/to?{t}" for t in targets], "only the redirecting request was made"
     assert v6.hits == []
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import sys
 import threading
 import time
@@ -85,16 +86,20 @@ class KeptAliveServer:
     """A Label Studio stand-in on 127.0.0.1 that keeps connections open (HTTP/1.1), as the
     real server does, answers a GET with ``body_for(path)`` and counts its connections and
     the paths it was asked for. ``status_for(path, headers)``, when given, may answer
-    another status first (401 to a missing token, 503 to a server in trouble), with no body."""
+    another status first (401 to a missing token, 503 to a server in trouble), with no body.
+    With ``tls``, it serves https with that context; ``hosts`` holds the Host headers sent."""
 
     def __init__(
         self,
         body_for: Callable[[str], bytes],
         status_for: Callable[[str, Message], int] | None = None,
+        *,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.opened = 0
         self.closed = 0
         self.paths: list[str] = []
+        self.hosts: list[str] = []
         counts = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -110,6 +115,7 @@ class KeptAliveServer:
 
             def do_GET(self) -> None:
                 counts.paths.append(self.path)
+                counts.hosts.append(self.headers["Host"])
                 status = 200 if status_for is None else status_for(self.path, self.headers)
                 if status != 200:
                     self.send_response(status)
@@ -126,7 +132,10 @@ class KeptAliveServer:
                 return
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def open_now(self, settle_s: float = 5.0) -> int:

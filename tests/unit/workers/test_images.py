@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import io
+import ssl
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import trustme
 from PIL import Image, JpegImagePlugin
 
 from tests.unit.workers.conftest import KeptAliveServer
@@ -125,6 +127,58 @@ def test_the_checked_address_is_the_one_connected_to_with_the_name_as_host(png: 
         httpd.server_close()
 
 
+@pytest.fixture
+def tls_server(
+    png: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[KeptAliveServer, list[str]]]:
+    """An https image server on 127.0.0.1 whose certificate names localhost, issued by a test
+    CA the process trusts (SSL_CERT_FILE); yields it and the server names (SNI) it was sent."""
+    authority = trustme.CA()
+    bundle = png.parent / "ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(context)
+    names: list[str] = []
+
+    def record(_socket: ssl.SSLObject, name: str | None, _context: ssl.SSLContext) -> None:
+        names.append(str(name))
+
+    context.sni_callback = record
+    body = png.read_bytes()
+    server = KeptAliveServer(lambda path: body, tls=context)
+    yield server, names
+    server.stop()
+
+
+def test_https_goes_to_the_checked_address_with_the_name_as_server_name(
+    png: Path, tls_server: tuple[KeptAliveServer, list[str]]
+) -> None:
+    server, names = tls_server
+    source = ImageSource(allowed_hosts=("localhost", "127.0.0.1", "::1"))
+    try:
+        assert source.read(f"https://localhost:{server.port}/ok.png#part") == png.read_bytes()
+    finally:
+        source.close()
+    assert names == ["localhost"]
+    assert server.hosts == [f"localhost:{server.port}"]
+    assert server.paths == ["/ok.png"]
+
+
+def test_a_certificate_for_another_name_is_refused(
+    tls_server: tuple[KeptAliveServer, list[str]],
+) -> None:
+    server, _ = tls_server
+    source = ImageSource(allowed_hosts=("127.0.0.1",))  # the address: the name is not localhost
+    try:
+        with pytest.raises(ImageError, match=r"TLS failed .*check the server's certificate") as no:
+            source.read(f"{server.url}/ok.png")
+    finally:
+        source.close()
+    assert no.value.transient, "a certificate put right on the server lets a retry through"
+    assert server.paths == [], "no request sent over it"
+
+
 def test_a_missing_file_is_not_transient(png: Path) -> None:
     with pytest.raises(ImageError) as failed:
         ImageSource().read(str(png.parent / "gone.png"))
@@ -183,6 +237,24 @@ def test_label_studio_images_share_one_kept_alive_connection_until_close(
         assert kept_alive.opened == 2, "after close a read opens a new connection"
     finally:
         source.close()
+
+
+def test_a_body_over_the_limit_is_refused_unread_and_the_next_image_comes_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("workers.images.MAX_BYTES", 1000)
+    server = KeptAliveServer(lambda path: b"x" * (5000 if "big" in path else 1000))
+    source = ImageSource(label_studio_url=server.url)
+    try:
+        with pytest.raises(ImageError, match="larger than 1000 bytes") as refused:
+            source.read("/data/upload/1/big.png")
+        assert not refused.value.transient
+        assert source.read("/data/upload/1/small.png") == b"x" * 1000
+        assert source.read("/data/upload/1/small.png") == b"x" * 1000
+        assert server.opened == 2, "the half-read connection dropped, the next one kept alive"
+    finally:
+        source.close()
+        server.stop()
 
 
 def test_a_source_dropped_unclosed_closes_its_connection_as_it_goes(

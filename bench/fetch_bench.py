@@ -1,0 +1,121 @@
+"""Image fetching: CPU an image of the workers' Label Studio client against httpx's.
+
+A pool's first pass fetches every image from Label Studio, and on a CPU the client's own work
+shares the cores with decoding and the forward pass. Measured in one run, interleaved rounds:
+``ImageSource.read`` (urllib3, kept-alive connections, the API token; what the DataLoader
+decode processes call) against an ``httpx.Client`` with kept-alive connections sending the
+same request (the workers' client before 2026-12-06), both reading the same JPEG images from
+the score bench's Label Studio stand-in (a process of its own) on 127.0.0.1. Reported: the
+fetching thread's CPU time an image (``time.thread_time``) and the wall time an image,
+medians of the rounds, and the ratio of CPU times within each round (median).
+
+    python bench/fetch_bench.py --write docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.score_bench import TOKEN, cpu_model, make_images, stand_in
+from workers.images import ImageSource
+
+START, END = "<!-- fetch_bench:start -->", "<!-- fetch_bench:end -->"
+
+
+def timed(fetch: Callable[[str], bytes], references: list[str]) -> tuple[float, float]:
+    """CPU seconds of this thread and wall seconds, an image, to fetch ``references``."""
+    cpu, wall = time.thread_time(), time.perf_counter()
+    for reference in references:
+        if not fetch(reference):
+            raise RuntimeError(f"{reference}: empty answer")
+    n = len(references)
+    return (time.thread_time() - cpu) / n, (time.perf_counter() - wall) / n
+
+
+def measure(n: int, size: int, rounds: int) -> dict[str, list[tuple[float, float]]]:
+    with tempfile.TemporaryDirectory() as folder:
+        make_images(Path(folder), n, size)
+        references = [f"/data/local-files/?d={i:06d}.jpg" for i in range(n)]
+        with stand_in("label_studio", folder=folder, latency_s=0.0) as url:
+            source = ImageSource(label_studio_url=url, label_studio_token=TOKEN)
+            headers = {"Authorization": f"Token {TOKEN}"}
+            with httpx.Client(timeout=30) as client:
+
+                def with_httpx(reference: str) -> bytes:
+                    response = client.get(url + reference, headers=headers)
+                    response.raise_for_status()
+                    return response.content
+
+                runs = {"httpx": with_httpx, "workers": source.read}
+                measured: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+                for fetch in runs.values():  # warm-up: connections opened, code loaded
+                    timed(fetch, references[:50])
+                for _ in range(rounds):
+                    for name, fetch in runs.items():
+                        measured[name].append(timed(fetch, references))
+            source.close()
+    return measured
+
+
+def section(measured: dict[str, list[tuple[float, float]]], args: argparse.Namespace) -> str:
+    def median(name: str, which: int) -> float:
+        return statistics.median(pair[which] for pair in measured[name]) * 1e6
+
+    ratio = statistics.median(
+        ours[0] / theirs[0]
+        for ours, theirs in zip(measured["workers"], measured["httpx"], strict=True)
+    )
+    command = f"python bench/fetch_bench.py --n {args.n} --size {args.size} --rounds {args.rounds}"
+    return f"""## Image fetching
+
+Measured {datetime.now(UTC):%Y-%m-%d}, Python {platform.python_version()}, {cpu_model()}.
+{args.n:,} JPEG images of {args.size}x{args.size} fetched one after another over one kept-alive
+connection from a Label Studio stand-in (its own process) on 127.0.0.1 with the API token;
+the fetching thread's CPU time and the wall time an image, medians of {args.rounds}
+interleaved rounds after a warm-up. Command: `{command} --write docs/benchmarks.md`
+
+| client | CPU an image | wall an image | ratio of CPU |
+|---|---|---|---|
+| `httpx.Client`, kept alive (the workers' client before 2026-12-06) | {median("httpx", 0):.0f} us | {median("httpx", 1):.0f} us | 1.00 (baseline) |
+| `ImageSource.read` (urllib3, kept alive) | {median("workers", 0):.0f} us | {median("workers", 1):.0f} us | {ratio:.2f}x |
+"""  # noqa: E501 - Markdown table rows
+
+
+def write_section(path: Path, text: str) -> None:
+    page = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    block = f"{START}\n{text.strip()}\n{END}"
+    if START in page and END in page:
+        head, rest = page.split(START, 1)
+        page = head + block + rest.split(END, 1)[1]
+    else:
+        page = page.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(page, encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--write", type=Path, help="put this run into the Markdown file")
+    args = parser.parse_args()
+    text = section(measure(args.n, args.size, args.rounds), args)
+    print(text)
+    if args.write:
+        write_section(args.write, text)
+
+
+if __name__ == "__main__":
+    main()
