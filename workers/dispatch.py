@@ -147,7 +147,11 @@ def _embedded(
             if isinstance(exc, ChunkDeferredError):  # what the failed attempt wrote still counts
                 scored, unscorable = scored + exc.scored, unscorable + exc.unscorable
             attempt += 1
-            sleep(backoff_s(attempt, cfg.retry_backoff_s, cfg.retry_backoff_max_s))
+            wait = backoff_s(attempt, cfg.retry_backoff_s, cfg.retry_backoff_max_s)
+            log.warning(
+                "chunk of %d items: %s; attempt %d in %.0f s", len(chunk), exc, attempt + 1, wait
+            )
+            sleep(wait)
             continue
         except Exception as exc:
             smaller = halved(cfg.batch_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -62,6 +63,7 @@ def test_a_chunk_failing_for_now_is_retried_with_backoff_until_scored(
     project: tuple[Store, int],
     digit_files: tuple[Path, list[int]],
     flaky: tuple[str, dict[str, int]],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     store, pid = project
     root, _ = digit_files
@@ -69,6 +71,7 @@ def test_a_chunk_failing_for_now_is_retried_with_backoff_until_scored(
     cfg = replace(
         worker_config(store, root), allowed_hosts=("127.0.0.1",), chunk_size=8, retry_backoff_s=0.5
     )
+    caplog.set_level(logging.WARNING, logger="planner.workers")
     items = [(201 + i, f"/data/local-files/?d=digits/{200 + i:04d}.png") for i in range(12)]
     items[3] = (204, f"{base}/flaky/0203.png")
     waits: list[float] = []
@@ -77,6 +80,11 @@ def test_a_chunk_failing_for_now_is_retried_with_backoff_until_scored(
     assert (result.scored, result.unscorable, result.deferred) == (12, 0, 0)
     assert waits == [0.5, 1.0], "two retries of the first chunk, backing off"
     assert hits["/flaky/0203.png"] == 3, "the retry fetched the failed image again"
+    retries = [r.getMessage() for r in caplog.records if "attempt" in r.getMessage()]
+    assert len(retries) == 2, "each retry says why"
+    assert "task 204" in retries[0]
+    assert "answered 503" in retries[0]
+    assert retries[1].endswith("attempt 3 in 1 s")
     (version,) = result.model_versions
     with store.session() as session:
         scores = load_scores(session, project_id=pid, model_version=version)
