@@ -16,6 +16,7 @@ import ipaddress
 import os
 import socket
 import threading
+import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,10 @@ KEEP_ALIVE_CONNECTIONS = 16
 """At least the images a process reads at once (``workers.inference.FETCHES_IN_PROCESS``)."""
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+ADDRESS_TTL_S = 60.0
+"""How long the checked address of an allow-listed host serves its images before it is looked
+up again: a lookup an image costs more than the fetch where the resolver is a network away.
+Only a checked address is ever connected to, so a rebinding DNS gains nothing meanwhile."""
 NOT_YET = (HTTPTimeoutError, ProtocolError, SSLError)
 """A server not reached, not answering in time, or dropping the connection: worth a retry
 (a name that does not resolve is a ``NewConnectionError``, a timeout among these)."""
@@ -75,6 +80,10 @@ class ImageSource:
     timeout_s: float = 30.0
     # the access token of a personal access token, refreshed when the server answers 401
     _access: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # an allow-listed host's checked address and until when it serves (ADDRESS_TTL_S)
+    _addresses: dict[str, tuple[str, float]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
     # one connection pool per process (DataLoader workers get their own), its connections
     # kept alive between images (a TCP and TLS handshake per image would cost more than
     # decoding it) until ``close``. urllib3, not httpx: 0.25 ms of CPU a request, not
@@ -173,8 +182,8 @@ class ImageSource:
         allowed = {h.lower() for h in self.allowed_hosts}
         if host not in allowed:
             raise ImageError(f"host {host!r} is not on the allow-list (workers.allowed_hosts)")
-        address = _public_address(host, allowed)
-        # connect to the address just checked, not a second lookup a rebinding DNS could answer
+        address = self._address(host, allowed)
+        # connect to the checked address, not a second lookup a rebinding DNS could answer
         # differently; the name still goes in the Host header and the TLS server name
         parts = urlsplit(url)
         port = "" if parts.port is None else f":{parts.port}"
@@ -186,6 +195,17 @@ class ImageSource:
         )
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         return _get(pool, path, {"Host": host + port}, shown=url)
+
+    def _address(self, host: str, allowed: set[str]) -> str:
+        """``host``'s checked address: the one looked up less than ``ADDRESS_TTL_S`` ago, or
+        a new lookup's (a refused or failed lookup is not kept)."""
+        now = time.monotonic()
+        known = self._addresses.get(host)
+        if known is not None and now < known[1]:
+            return known[0]
+        address = _public_address(host, allowed)
+        self._addresses[host] = (address, now + ADDRESS_TTL_S)
+        return address
 
 
 def _close_in(pid: int, client: urllib3.PoolManager) -> None:

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 from urllib.parse import unquote
 
 import pytest
@@ -163,3 +164,38 @@ def _resolves_to(name: str, address: str) -> bool:
     except socket.gaierror:
         return False
     return any(info[4][0] == address for info in infos)
+
+
+def test_a_checked_address_is_reused_for_a_minute_then_looked_up_again(
+    v4: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One lookup per host a minute, not one an image; a rebinding DNS answering an internal
+    address at the next lookup is refused then. The first answer is loopback, allowed here by
+    address (an internal server on purpose), so the images come from the real server."""
+    answers = ["127.0.0.1", "169.254.169.254"]
+    lookups: list[str] = []
+
+    def resolver(host: str, *args: object, **kwargs: object) -> list[tuple[object, ...]]:
+        lookups.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[len(lookups) - 1], 0))]
+
+    clock = [1000.0]
+    # the workers' lookup only: the connection's own (urllib3) stays the real resolver's
+    fake_dns = SimpleNamespace(
+        getaddrinfo=resolver, IPPROTO_TCP=socket.IPPROTO_TCP, gaierror=socket.gaierror
+    )
+    monkeypatch.setattr("workers.images.socket", fake_dns)
+    monkeypatch.setattr("workers.images.time.monotonic", lambda: clock[0])
+    source = ImageSource(allowed_hosts=("images.example.org", "127.0.0.1"))
+    url = f"http://images.example.org:{v4.port}/image.png"
+    try:
+        for _ in range(3):
+            assert source.read(url) == PNG
+        assert lookups == ["images.example.org"], "one lookup for three images"
+        clock[0] += 61
+        with pytest.raises(ImageError, match=r"internal address 169\.254\.169\.254"):
+            source.read(url)
+    finally:
+        source.close()
+    assert len(lookups) == 2, "looked up again after a minute, and refused"
+    assert v4.hits == ["/image.png"] * 3
