@@ -69,6 +69,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.resnet import resnet50 as own_resnet50
 from planner.settings import PRECISIONS
+from workers import inference
 from workers.bootstrap import BootstrapNet
 from workers.images import ImageSource, decode
 from workers.inference import (
@@ -77,6 +78,8 @@ from workers.inference import (
     autocast_dtype,
     decode_workers,
     forward_threads,
+    heap_thresholds,
+    keep_heap,
     pick_device,
     replicas,
     score_items,
@@ -187,6 +190,48 @@ def forward_only(
             _predict(model, batch[start : start + batch_size], device, precision)
         _sync(device)
         return len(batch) / (time.perf_counter() - started)
+
+
+def default_heap(run: Callable[[], float]) -> float:
+    """``run`` with the decode processes on glibc's initial malloc thresholds (128 KiB each)
+    rather than ``workers.inference.keep_heap``'s."""
+
+    def initial(_worker: int = 0) -> None:
+        heap_thresholds(128 * 1024, 128 * 1024)
+
+    kept = inference.keep_heap
+    inference.keep_heap = initial
+    try:
+        return run()
+    finally:
+        inference.keep_heap = kept
+        kept()  # this process's own thresholds back for the runs after
+
+
+def forward_replicas(
+    model: nn.Module, batch: torch.Tensor, batch_size: int, precision: str, processes: int
+) -> float:
+    """Images/s of the forward pass alone in ``processes`` forked copies of the model, one
+    torch thread each, the batches dealt out in turn: the ceiling of the replicas' own
+    arrangement (a process forked from one whose OpenMP threads ran must keep to one)."""
+    context = multiprocessing.get_context("fork")
+    starts = list(range(0, len(batch), batch_size))
+
+    def share(k: int) -> None:
+        torch.set_num_threads(1)
+        with torch.inference_mode():
+            for start in starts[k::processes]:
+                _predict(model, batch[start : start + batch_size], torch.device("cpu"), precision)
+
+    started = time.perf_counter()
+    workers = [context.Process(target=share, args=(k,)) for k in range(processes)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+        if worker.exitcode != 0:
+            raise RuntimeError(f"a forward-only replica failed ({worker.exitcode})")
+    return len(batch) / (time.perf_counter() - started)
 
 
 class _Server(BaseHTTPRequestHandler):
@@ -327,6 +372,7 @@ def interleaved(runs: dict[str, Callable[[], float]], rounds: int) -> dict[str, 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = pick_device(args.device)
     torch.set_num_threads(args.threads)
+    keep_heap()  # as the scoring process has it: forward-only and rescoring alike
     model = prepared(args.model, device)
     dtype = autocast_dtype(device, args.precision)
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
@@ -398,6 +444,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if replicas(device.type == "cpu", args.pipeline_threads, workers):
             # what the replicas give: the same decoders feeding one forward pass instead
             runs["full_fed"] = lambda: full(threads=fed)
+            # the stricter ceiling: forward-only arranged as the replicas are
+            runs["forward_replicas"] = lambda: forward_replicas(
+                model, decoded, args.batch, args.precision, workers
+            )
+        if workers and device.type == "cpu":
+            runs["full_default_heap"] = lambda: default_heap(full)
         measured = interleaved(runs, args.rounds)
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
@@ -446,6 +498,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f / b for f, b in zip(measured["full"], measured.get("full_fed", []), strict=True)
         )
         if "full_fed" in measured
+        else None,
+        "full_vs_default_heap": statistics.median(
+            f / b
+            for f, b in zip(measured["full"], measured.get("full_default_heap", []), strict=True)
+        )
+        if "full_default_heap" in measured
+        else None,
+        "full_vs_forward_replicas": statistics.median(
+            f / b
+            for f, b in zip(measured["full"], measured.get("forward_replicas", []), strict=True)
+        )
+        if "forward_replicas" in measured
         else None,
         "full_vs_float32": statistics.median(
             f / b for f, b in zip(measured["full"], measured.get("full_float32", []), strict=True)
@@ -513,7 +577,16 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
     vs_forward, vs_single = float(r["full_vs_forward"]), float(r["full_vs_single"])
     spread = ", ".join(
         f"{name} {min(r[name + '_all']):,.0f}-{max(r[name + '_all']):,.0f}"
-        for name in ("forward", "full", "rescore", "single", "full_float32", "full_fed")
+        for name in (
+            "forward",
+            "full",
+            "rescore",
+            "single",
+            "full_float32",
+            "full_fed",
+            "forward_replicas",
+            "full_default_heap",
+        )
         if name in r
     )
     lines = [
@@ -552,6 +625,19 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
             f"| full pipeline, the decode processes feeding one forward pass in the scoring "
             f"process on {r['fed_threads']} (`workers.threads = {r['fed_threads']}`) | "
             f"{float(r['full_fed']):,.0f} | full is {float(r['full_vs_fed']):.2f}x this | |"
+        )
+    if r.get("full_vs_default_heap") is not None:
+        lines.append(
+            f"| full pipeline, the decode processes on glibc's default malloc thresholds "
+            f"(before `keep_heap`) | {float(r['full_default_heap']):,.0f} | full is "
+            f"{float(r['full_vs_default_heap']):.2f}x this | |"
+        )
+    if r.get("full_vs_forward_replicas") is not None:
+        lines.append(
+            f"| forward-only as the replicas run it: {r['workers']} forked copies of the model "
+            f"on 1 torch thread each, pre-decoded tensors | "
+            f"{float(r['forward_replicas']):,.0f} | full is "
+            f"{float(r['full_vs_forward_replicas']):.2f}x this | |"
         )
     if r["model"] == "resnet50" and str(r["device"]) != "CPU":
         lines.append(

@@ -32,8 +32,10 @@ without dropout layers, gets no BALD and a warning saying why.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext, suppress
@@ -68,6 +70,11 @@ FETCHES_PER_PROCESS = 4
 """Images a decoding process reads at once (threads), for a server a round trip away."""
 FETCHES_IN_PROCESS = 8
 """The same, with no decode processes (``num_workers`` 0)."""
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+"""glibc's ``mallopt`` parameters (malloc.h)."""
+KEPT_HEAP_BYTES = 256 * 2**20
+"""Freed memory a decode process keeps for its next batch rather than returning it to the
+system (see :func:`keep_heap`)."""
 NO_DECODE_PROCESSES = (
     "workers.num_workers = {} not used: a daemonic process (a Celery prefork child, or the "
     "daemon's own scoring) may not start decode processes, so images were decoded on threads "
@@ -200,6 +207,32 @@ def replicas(cpu: bool, threads: int, num_workers: int) -> bool:
     from one whose OpenMP threads have run must not start its own (GNU OpenMP deadlocks)."""
     fork = "fork" in multiprocessing.get_all_start_methods()
     return cpu and not threads and fork and num_workers >= usable_cpus()
+
+
+def keep_heap(_worker: int = 0) -> None:
+    """Set in the scoring process and in each decode process (its ``worker_init_fn``): glibc's
+    malloc keeps what a batch freed (up to ``KEPT_HEAP_BYTES``) for the next one, and serves
+    blocks up to a quarter of that from it too, rather than mapping a batch's tensors and
+    activations afresh and unmapping them after, every page faulted in again each batch (the
+    forward pass alone ran at 0.6x in a fresh process with glibc's own thresholds here, see
+    docs/benchmarks.md). No-op where the C library is not glibc."""
+    heap_thresholds(KEPT_HEAP_BYTES // 4, KEPT_HEAP_BYTES)
+
+
+def heap_thresholds(mmap_bytes: int, trim_bytes: int) -> bool:
+    """glibc's malloc thresholds in this process (and the processes it forks from now on):
+    blocks of ``mmap_bytes`` and more are mapped on their own, freed memory above
+    ``trim_bytes`` at the top of the heap goes back to the system. False where not glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl, or no mallopt
+        return False
+    # an older glibc refuses an mmap threshold over 32 MB: then 32 MB
+    if not mallopt(M_MMAP_THRESHOLD, ctypes.c_int(mmap_bytes)):
+        mallopt(M_MMAP_THRESHOLD, ctypes.c_int(min(mmap_bytes, 32 * 2**20)))
+    return bool(mallopt(M_TRIM_THRESHOLD, ctypes.c_int(trim_bytes)))
 
 
 def _rebuilt(
@@ -417,6 +450,7 @@ def iter_scores(
     with every CPU free for the forward pass; the rest are then fetched and decoded (see the
     module on where), and their pixels stored for the next model version.
     """
+    keep_heap()
     target = pick_device(device)
     dtype = autocast_dtype(target, precision)
     module = module.to(target).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -454,6 +488,7 @@ def iter_scores(
                 collate_fn=_as_is,
                 multiprocessing_context="fork",
                 persistent_workers=False,
+                worker_init_fn=keep_heap,
             )
             return
         else:
@@ -464,6 +499,7 @@ def iter_scores(
                 collate_fn=_collate,
                 pin_memory=target.type == "cuda",
                 persistent_workers=False,
+                worker_init_fn=keep_heap,
             )
         if cpu:
             with torch_threads(forward_threads(threads, workers)):

@@ -35,7 +35,7 @@ from workers.bootstrap import (
 )
 from workers.config import WorkerConfig
 from workers.images import ImageSource
-from workers.inference import iter_scores, read_pixels
+from workers.inference import iter_scores, keep_heap, read_pixels
 from workers.models import ScoringModel, choose_model, load_model
 from workers.pixels import PixelCache
 
@@ -253,6 +253,7 @@ def score_chunk(
     the ``final_attempt`` the chunk then raises ``TransientError`` after writing the rest, so
     the retry fetches only those.
     """
+    keep_heap()  # before the bootstrap network's training, which runs here too
     model = current_model(cfg, project_id, resources)
     store = resources.store(cfg)
     wanted = {int(task_id): ref for task_id, ref in items}

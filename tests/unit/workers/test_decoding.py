@@ -95,6 +95,58 @@ def test_a_decode_process_a_cpu_scores_its_own_batches_and_the_same_as_one_proce
     assert (fed.probs == alone.probs).all()
 
 
+def _resident_after_a_freed_block(keep: bool, out: Any) -> None:
+    """In a fresh process: the resident bytes a 40 MB block leaves behind once freed."""
+    if keep:
+        inference.keep_heap()
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    block = bytearray(40 * MB)
+    block[::4096] = b"x" * len(block[::4096])  # touched: every page resident
+    del block
+    out.put(
+        (int(Path("/proc/self/statm").read_text().split()[1]) - pages) * os.sysconf("SC_PAGESIZE")
+    )
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/statm").exists() or os.confstr("CS_GNU_LIBC_VERSION") is None,
+    reason="needs Linux with glibc",
+)
+def test_a_decode_process_keeps_the_memory_a_batch_freed_for_the_next() -> None:
+    context = multiprocessing.get_context("spawn")  # a fresh heap, not this process's
+    kept = {}
+    for keep in (False, True):
+        queue = context.Queue()
+        process = context.Process(target=_resident_after_a_freed_block, args=(keep, queue))
+        process.start()
+        kept[keep] = queue.get(timeout=60)
+        process.join()
+    assert kept[False] < 4 * MB, "by default a block this large is unmapped when freed"
+    assert kept[True] > 36 * MB, "kept: the next batch's block needs no page faulted in"
+
+
+def test_the_scoring_process_and_every_decode_process_keep_their_heap(
+    digit_files: tuple[Path, list[int]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    root, _ = digit_files
+    started = tmp_path / "started"
+
+    def spy(worker: int = 0) -> None:
+        with started.open("a") as out:
+            out.write(f"{os.getpid()}\n")
+
+    monkeypatch.setattr(inference, "keep_heap", spy)
+    monkeypatch.setattr(inference, "usable_cpus", lambda: 2)
+    source = ImageSource(image_root=root)
+    for workers in (2, 1):  # replicas, then decoders feeding this process
+        score_items(NoDropout(), ITEMS, source, batch_size=8, device="cpu", num_workers=workers)
+        pids = started.read_text().split()
+        started.unlink()
+        assert pids[0] == str(os.getpid()), "the scoring process first"
+        assert len(set(pids[1:])) == workers, "then each decode process"
+        assert str(os.getpid()) not in pids[1:]
+
+
 def test_a_pixel_cache_failing_in_a_decode_process_is_reported_and_nothing_is_lost(
     digit_files: tuple[Path, list[int]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
