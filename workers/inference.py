@@ -73,8 +73,8 @@ FETCHES_IN_PROCESS = 8
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 """glibc's ``mallopt`` parameters (malloc.h)."""
 KEPT_HEAP_BYTES = 256 * 2**20
-"""Freed memory a decode process keeps for its next batch rather than returning it to the
-system (see :func:`keep_heap`)."""
+"""Freed memory the scoring process and each decode process keep for the next batch rather
+than return to the system (see :func:`keep_heap`)."""
 NO_DECODE_PROCESSES = (
     "workers.num_workers = {} not used: a daemonic process (a Celery prefork child, or the "
     "daemon's own scoring) may not start decode processes, so images were decoded on threads "
