@@ -29,6 +29,9 @@ import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.pages import put_marked
 from integrations.label_studio import launcher
 from integrations.label_studio.workbench import LabelStudioWorkbench
 
@@ -194,16 +197,6 @@ cycle: {result["children"]:.0f}.
 """
 
 
-def write_section(path: Path, text: str) -> None:
-    current = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if START in current and END in current:
-        head, rest = current.split(START, 1)
-        current = head + text.strip("\n") + rest.split(END, 1)[1]
-    else:
-        current = current.rstrip("\n") + "\n\n" + text
-    path.write_text(current.rstrip("\n") + "\n", encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--write", type=Path, help="write the section into this Markdown file")
@@ -216,7 +209,7 @@ def main() -> None:
     text = section(result, args.tasks, args.labelled)
     print(text)
     if args.write:
-        write_section(args.write, text)
+        put_marked(args.write, text, START, END)
 
 
 if __name__ == "__main__":

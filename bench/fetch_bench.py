@@ -28,6 +28,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.pages import put_marked
 from bench.score_bench import TOKEN, cpu_model, make_images, stand_in
 from workers.images import ImageSource
 
@@ -93,17 +94,6 @@ interleaved rounds after a warm-up. Command: `{command} --write docs/benchmarks.
 """  # noqa: E501 - Markdown table rows
 
 
-def write_section(path: Path, text: str) -> None:
-    page = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    block = f"{START}\n{text.strip()}\n{END}"
-    if START in page and END in page:
-        head, rest = page.split(START, 1)
-        page = head + block + rest.split(END, 1)[1]
-    else:
-        page = page.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(page, encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=2000)
@@ -114,7 +104,7 @@ def main() -> None:
     text = section(measure(args.n, args.size, args.rounds), args)
     print(text)
     if args.write:
-        write_section(args.write, text)
+        put_marked(args.write, f"{START}\n{text.strip()}\n{END}", START, END)
 
 
 if __name__ == "__main__":
