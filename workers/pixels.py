@@ -34,8 +34,9 @@ import numpy.typing as npt
 
 from workers.images import ImageSource
 
-FORMAT = "p1"
-"""Bumped whenever ``workers.images.decode`` would give other pixels for the same image."""
+FORMAT = "p2"
+"""Bumped whenever ``workers.images.decode`` would give other pixels for the same image (p2: an
+MPO photo decoded at the DCT scale a JPEG is)."""
 CACHE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout, ValueError)
 log = logging.getLogger("planner.workers")
 
