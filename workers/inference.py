@@ -17,6 +17,8 @@ uses well (a second CPU gave one forward pass on a batch of 16 only 1.2-1.8x on 
 here), and a forward pass sharing the cores with separate decoders loses its threads to them
 at every layer. Otherwise (``threads`` set, fewer decode processes than CPUs) the forward pass
 runs in the scoring process, on ``threads`` or the CPUs the decoders leave, and they feed it.
+A worker keeps its decode processes from one chunk to the next (:class:`Decoders`): starting
+them again for every chunk cost a 256-image chunk on a CPU a sixth of its time.
 
 An image that cannot be read or decoded becomes an ``unscorable`` entry with its reason; the
 rest of the chunk is scored. ``iter_scores`` yields one batch at a time, so a caller can store
@@ -36,6 +38,7 @@ import ctypes
 import multiprocessing
 import os
 import sys
+import threading
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext, suppress
@@ -47,7 +50,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from planner.core.acquisition import bald
 from planner.settings import PRECISIONS
@@ -75,6 +78,8 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 KEPT_HEAP_BYTES = 256 * 2**20
 """Freed memory the scoring process and each decode process keep for the next batch rather
 than return to the system (see :func:`keep_heap`)."""
+IDLE_DECODERS_S = 60.0
+"""How long decode processes kept between calls (:class:`Decoders`) wait for the next."""
 NO_DECODE_PROCESSES = (
     "workers.num_workers = {} not used: a daemonic process (a Celery prefork child, or the "
     "daemon's own scoring) may not start decode processes, so images were decoded on threads "
@@ -110,11 +115,12 @@ _Batch = tuple[list[int], torch.Tensor | None, dict[int, str], dict[int, str]]
 
 class _Images(Dataset[_Row]):
     """Images read and decoded on ``fetchers`` threads (in a DataLoader worker, or on
-    ``pool``'s threads in this process), their pixels stored in ``cache``."""
+    ``pool``'s threads in this process), their pixels stored in ``cache``. Indexed by the
+    items themselves (a DataLoader's batch sampler hands a decode process a batch of
+    ``_Item``), so decode processes kept between calls read whatever the next call asks."""
 
     def __init__(
         self,
-        items: Sequence[_Item],
         source: ImageSource,
         size: int,
         cache: PixelCache | None = None,
@@ -122,7 +128,6 @@ class _Images(Dataset[_Row]):
         fetchers: int = 1,
         pool: ThreadPoolExecutor | None = None,
     ) -> None:
-        self.items = list(items)
         self.source = source
         self.size = size
         self.cache = cache
@@ -132,21 +137,18 @@ class _Images(Dataset[_Row]):
     def __reduce__(self) -> tuple[object, ...]:
         # to a DataLoader worker: everything but the pool, which is this process's; the
         # worker makes its own on first use, and it goes with the worker
-        return (_rebuilt, (self.items, self.source, self.size, self.cache, self.fetchers))
+        return (_rebuilt, (self.source, self.size, self.cache, self.fetchers))
 
-    def _load(self, index: int) -> npt.NDArray[np.uint8] | ImageError:
+    def _load(self, item: _Item) -> npt.NDArray[np.uint8] | ImageError:
         try:
-            return decode(self.source.read(self.items[index][1]), self.size)
+            return decode(self.source.read(item[1]), self.size)
         except ImageError as exc:
             return exc
 
-    def __len__(self) -> int:
-        return len(self.items)
+    def __getitem__(self, item: _Item) -> _Row:
+        return self.__getitems__([item])[0]
 
-    def __getitem__(self, index: int) -> _Row:
-        return self.__getitems__([index])[0]
-
-    def __getitems__(self, indices: Sequence[int]) -> list[_Row]:
+    def __getitems__(self, items: Sequence[_Item]) -> list[_Row]:
         # a batch at a time (the DataLoader asks so when this exists): the cache's index is
         # written once for the batch, not once per image
         rows: list[_Row] = []
@@ -154,8 +156,7 @@ class _Images(Dataset[_Row]):
         if self.pool is None and self.fetchers > 1:
             self.pool = ThreadPoolExecutor(self.fetchers, "planner-fetch")
         mapped = map if self.pool is None else self.pool.map
-        for index, array in zip(indices, mapped(self._load, indices), strict=True):
-            task_id, _, key = self.items[index]
+        for (task_id, _, key), array in zip(items, mapped(self._load, items), strict=True):
             if isinstance(array, ImageError):
                 rows.append((task_id, None, str(array), array.transient))
                 continue
@@ -176,15 +177,12 @@ class _Scored(Dataset[Scores]):
         self.images = images
         self.score = score
 
-    def __len__(self) -> int:
-        return len(self.images)
+    def __getitem__(self, item: _Item) -> Scores:
+        return self.__getitems__([item])
 
-    def __getitem__(self, index: int) -> Scores:
-        return self.__getitems__([index])
-
-    def __getitems__(self, indices: Sequence[int]) -> Scores:
+    def __getitems__(self, items: Sequence[_Item]) -> Scores:
         # run to its end, so the forward pass's inference mode is left, not held suspended
-        [scores] = list(self.score([_collate(self.images.__getitems__(indices))]))
+        [scores] = list(self.score([_collate(self.images.__getitems__(items))]))
         cache = self.images.cache
         if cache is not None and cache.broken is not None and cache.broken not in scores.warnings:
             scores = replace(scores, warnings=(*scores.warnings, cache.broken))
@@ -192,6 +190,151 @@ class _Scored(Dataset[Scores]):
 
     def __reduce__(self) -> tuple[object, ...]:
         raise TypeError("scoring in decode processes needs them forked: the model is not sent")
+
+
+class _Batches(Sampler[list[_Item]]):
+    """A DataLoader's batch sampler: the batches of the call now reading through it (set
+    before each pass, so decode processes kept between calls get the next call's)."""
+
+    def __init__(self, batches: list[list[_Item]] | None = None) -> None:
+        super().__init__()
+        self.batches = batches or []
+
+    def __iter__(self) -> Iterator[list[_Item]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class Decoders:
+    """Decode processes kept from one :func:`iter_scores` call to the next, as a worker
+    scores one chunk after another: starting them (forking, each process's first batch)
+    cost a 256-image chunk on a CPU a sixth of its time (docs/benchmarks.md), and more with
+    a GPU's many decode processes.
+
+    One set at a time. A call with another model, image source, pixel cache or settings
+    shuts the kept ones down and starts its own (a replica holds the model it was forked
+    with); so does a call cut short or failing (a process may hold a half-read batch),
+    one whose processes found the pixel cache broken (tried afresh next call), and
+    ``close``. Processes left unused ``idle_s`` seconds are shut down, giving their memory
+    back. A call made while another holds them (another thread) gets processes of its own.
+    """
+
+    def __init__(self, idle_s: float = IDLE_DECODERS_S) -> None:
+        self.idle_s = idle_s
+        self.started = 0
+        """Sets of decode processes started so far (each a fork per process)."""
+        self._lock = threading.Lock()
+        self._key: tuple[object, ...] | None = None
+        self._loader: DataLoader[Any] | None = None
+        self._sampler = _Batches()
+        self._timer: threading.Timer | None = None
+        self._retire = False
+
+    @contextmanager
+    def lend(
+        self, key: tuple[object, ...], make: Callable[[_Batches, bool], DataLoader[Any]]
+    ) -> Iterator[tuple[DataLoader[Any], _Batches]]:
+        """A loader and its batch sampler for ``key`` (``make(sampler, persistent)`` builds
+        one), kept ones when their key is ``key``."""
+        if not self._lock.acquire(blocking=False):  # in use by another call
+            sampler = _Batches()
+            yield make(sampler, False), sampler
+            return
+        try:
+            if self._timer is not None:
+                self._timer.cancel()
+            if self._loader is None or self._key != key:
+                self._shutdown()
+                self._loader, self._key = make(self._sampler, True), key
+                self.started += 1
+            finished = False
+            try:
+                yield self._loader, self._sampler
+                finished = not self._retire
+            finally:
+                self._sampler.batches = []
+                if finished:
+                    self._timer = threading.Timer(self.idle_s, self._idle)
+                    self._timer.daemon = True
+                    self._timer.start()
+                else:
+                    self._shutdown()
+        finally:
+            self._lock.release()
+
+    def retire(self) -> None:
+        """Shut the processes now lent down when the call returns them."""
+        self._retire = True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._shutdown()
+
+    @property
+    def alive(self) -> bool:
+        """Whether decode processes are kept now."""
+        return self._loader is not None
+
+    def _idle(self) -> None:
+        if self._lock.acquire(blocking=False):  # else lent again meanwhile
+            try:
+                self._shutdown()
+            finally:
+                self._lock.release()
+
+    def _shutdown(self) -> None:
+        loader, self._loader, self._key, self._retire = self._loader, None, None, False
+        iterator = None if loader is None else getattr(loader, "_iterator", None)
+        if iterator is not None:
+            iterator._shutdown_workers()
+
+
+@contextmanager
+def _lent(
+    decoders: Decoders | None,
+    key: tuple[object, ...],
+    batches: list[list[_Item]],
+    dataset: Dataset[Any],
+    workers: int,
+    **options: Any,
+) -> Iterator[DataLoader[Any]]:
+    """A DataLoader of ``workers`` processes reading ``batches`` of ``dataset``: the ones
+    ``decoders`` keeps, or ones of its own shut down once the last batch is out."""
+
+    def make(sampler: _Batches, persistent: bool) -> DataLoader[Any]:
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=workers,
+            persistent_workers=persistent,
+            worker_init_fn=keep_heap,
+            **options,
+        )
+
+    if decoders is None:
+        yield make(_Batches(batches), False)
+        return
+    with decoders.lend(key, make) as (loader, sampler):
+        sampler.batches = batches
+        yield loader
+
+
+def _noted(
+    loader: Iterable[Scores],
+    notes: tuple[str, ...],
+    cache: PixelCache | None,
+    decoders: Decoders | None,
+) -> Iterator[Scores]:
+    """The replicas' ``Scores`` with this call's ``notes``; kept replicas whose pixel cache
+    turned off are retired (the next call's get a working one)."""
+    for scores in loader:
+        if decoders is not None and cache is not None and cache.noted_in(scores.warnings):
+            decoders.retire()
+        yield replace(scores, warnings=tuple(dict.fromkeys((*notes, *scores.warnings))))
 
 
 def _as_is(scores: Any) -> Scores:
@@ -235,14 +378,8 @@ def heap_thresholds(mmap_bytes: int, trim_bytes: int) -> bool:
     return bool(mallopt(M_TRIM_THRESHOLD, ctypes.c_int(trim_bytes)))
 
 
-def _rebuilt(
-    items: list[_Item],
-    source: ImageSource,
-    size: int,
-    cache: PixelCache | None,
-    fetchers: int,
-) -> _Images:
-    return _Images(items, source, size, cache, fetchers=fetchers)
+def _rebuilt(source: ImageSource, size: int, cache: PixelCache | None, fetchers: int) -> _Images:
+    return _Images(source, size, cache, fetchers=fetchers)
 
 
 def _cached(
@@ -273,11 +410,8 @@ def _cached(
         yield ids, torch.from_numpy(np.stack(arrays)), {}, {}
 
 
-def _in_process(images: _Images, batch_size: int) -> Iterator[_Batch]:
-    """``images`` read batch by batch in this process (on its pool's threads, if any)."""
-    n = len(images)
-    for start in range(0, n, batch_size):
-        yield _collate(images.__getitems__(range(start, min(start + batch_size, n))))
+def _split(items: Sequence[_Item], batch_size: int) -> list[list[_Item]]:
+    return [list(items[start : start + batch_size]) for start in range(0, len(items), batch_size)]
 
 
 def read_pixels(
@@ -299,8 +433,9 @@ def read_pixels(
     if not misses:
         return
     with ThreadPoolExecutor(FETCHES_IN_PROCESS, "planner-fetch") as pool:
-        images = _Images(misses, source, size, cache, fetchers=FETCHES_IN_PROCESS, pool=pool)
-        yield from _in_process(images, batch_size)
+        images = _Images(source, size, cache, fetchers=FETCHES_IN_PROCESS, pool=pool)
+        for batch in _split(misses, batch_size):
+            yield _collate(images.__getitems__(batch))
 
 
 def _collate(rows: list[_Row]) -> _Batch:
@@ -442,13 +577,16 @@ def iter_scores(
     precision: str = "auto",
     threads: int = 0,
     cache: PixelCache | None = None,
+    decoders: Decoders | None = None,
 ) -> Generator[Scores, None, None]:
     """One ``Scores`` per batch of ``items`` (bad images of the batch included). The
     source's kept-alive connections of this process are closed when the last batch is out.
 
     With a ``cache``, the items whose pixels it holds are scored first, read in this process
     with every CPU free for the forward pass; the rest are then fetched and decoded (see the
-    module on where), and their pixels stored for the next model version.
+    module on where), and their pixels stored for the next model version. With ``decoders``
+    the decode processes are kept for the next call (see :class:`Decoders`); without, they
+    are started for this call and shut down at its end.
     """
     keep_heap()
     target = pick_device(device)
@@ -462,7 +600,6 @@ def iter_scores(
     workers = decode_workers(num_workers, target)
     if num_workers and not workers:
         notes = (*notes, NO_DECODE_PROCESSES.format(num_workers))
-    threaded = ThreadPoolExecutor(FETCHES_IN_PROCESS, "planner-fetch") if workers == 0 else None
     try:
         misses: list[_Item] = [(task_id, reference, None) for task_id, reference in items]
         if cache is not None:
@@ -474,42 +611,47 @@ def iter_scores(
                 notes = (*notes, cache.broken)
         if not misses:
             return
-        images = _Images(
-            misses, source, image_size, cache, fetchers=FETCHES_PER_PROCESS, pool=threaded
-        )
-        batches: Iterable[_Batch]
-        if not workers:
-            batches = _in_process(images, batch_size)
-        elif replicas(cpu, threads, workers):
-            yield from DataLoader(  # each decode process scores its own batches
-                _Scored(images, partial(run, notes=notes)),
-                batch_size=batch_size,
-                num_workers=workers,
-                collate_fn=_as_is,
-                multiprocessing_context="fork",
-                persistent_workers=False,
-                worker_init_fn=keep_heap,
-            )
+        images = _Images(source, image_size, cache, fetchers=FETCHES_PER_PROCESS)
+        batches = _split(misses, batch_size)
+        if replicas(cpu, threads, workers):  # each decode process scores its own batches
+            key: tuple[object, ...] = ("replicas", module, passes, dtype, source, image_size)
+            key += (cache, workers)
+            scored = _Scored(images, partial(run, notes=()))
+            options = {"collate_fn": _as_is, "multiprocessing_context": "fork"}
+            with _lent(decoders, key, batches, scored, workers, **options) as loader:
+                yield from _noted(loader, notes, cache, decoders)
             return
-        else:
-            batches = DataLoader(
-                images,
-                batch_size=batch_size,
-                num_workers=workers,
-                collate_fn=_collate,
-                pin_memory=target.type == "cuda",
-                persistent_workers=False,
-                worker_init_fn=keep_heap,
-            )
-        if cpu:
-            with torch_threads(forward_threads(threads, workers)):
-                yield from run(batches, notes=notes)
-        else:
-            yield from run(batches, notes=notes)
+        key = ("feed", target, source, image_size, cache, workers)
+        feeding = _fed(images, batches, workers=workers, target=target, decoders=decoders, key=key)
+        forward = torch_threads(forward_threads(threads, workers)) if cpu else nullcontext()
+        with feeding as fed, forward:
+            yield from run(fed, notes=notes)
     finally:
-        if threaded is not None:
-            threaded.shutdown(cancel_futures=True)
         source.close()
+
+
+@contextmanager
+def _fed(
+    images: _Images,
+    batches: list[list[_Item]],
+    *,
+    workers: int,
+    target: torch.device,
+    decoders: Decoders | None,
+    key: tuple[object, ...],
+) -> Iterator[Iterable[_Batch]]:
+    """``batches`` read and decoded to feed the forward pass of this process: in ``workers``
+    decode processes, or with none on threads of this one."""
+    if workers:
+        options = {"collate_fn": _collate, "pin_memory": target.type == "cuda"}
+        with _lent(decoders, key, batches, images, workers, **options) as loader:
+            yield loader
+        return
+    images.pool = ThreadPoolExecutor(FETCHES_IN_PROCESS, "planner-fetch")
+    try:
+        yield (_collate(images.__getitems__(batch)) for batch in batches)
+    finally:
+        images.pool.shutdown(cancel_futures=True)
 
 
 def _batches(

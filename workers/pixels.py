@@ -37,6 +37,8 @@ from workers.images import ImageSource
 FORMAT = "p2"
 """Bumped whenever ``workers.images.decode`` would give other pixels for the same image (p2: an
 MPO photo decoded at the DCT scale a JPEG is)."""
+BROKEN_NOTE = "pixel cache"
+"""How the note of a cache turned off begins (its folder follows)."""
 CACHE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout, ValueError)
 log = logging.getLogger("planner.workers")
 
@@ -102,6 +104,10 @@ class PixelCache:
         except CACHE_ERRORS as exc:
             self._break(exc)
 
+    def noted_in(self, warnings: Sequence[str]) -> bool:
+        """Whether a copy of this cache (a decode process's) turned off, by its note."""
+        return any(w.startswith(f"{BROKEN_NOTE} {self.directory} ") for w in warnings)
+
     def volume(self) -> int:
         """Bytes the folder holds now (index and entries)."""
         return int(self._open().volume())
@@ -113,7 +119,7 @@ class PixelCache:
 
     def _break(self, exc: BaseException) -> None:
         self.broken = (
-            f"pixel cache {self.directory} turned off for this run ({type(exc).__name__}: "
+            f"{BROKEN_NOTE} {self.directory} turned off for this run ({type(exc).__name__}: "
             f"{exc}); images are fetched and decoded again. Check the folder's disk and "
             "permissions, or delete the folder to start it afresh"
         )

@@ -35,7 +35,7 @@ from workers.bootstrap import (
 )
 from workers.config import WorkerConfig
 from workers.images import ImageSource
-from workers.inference import iter_scores, keep_heap, read_pixels
+from workers.inference import Decoders, iter_scores, keep_heap, read_pixels
 from workers.models import ScoringModel, choose_model, load_model
 from workers.pixels import PixelCache
 
@@ -86,7 +86,8 @@ class ChunkDeferredError(TransientError):
 
 @dataclass
 class Resources:
-    """What a worker process keeps between chunks: open stores and loaded models.
+    """What a worker process keeps between chunks: open stores, loaded models, the pixel
+    cache and the decode processes.
 
     Owned by the Celery app (or by one embedded ``score_pool`` call), never a module global.
     """
@@ -95,6 +96,7 @@ class Resources:
     models: dict[tuple[object, ...], ScoringModel] = field(default_factory=dict)
     bootstraps: dict[int, Trained] = field(default_factory=dict)
     caches: dict[tuple[Path, int], PixelCache] = field(default_factory=dict)
+    decoders: Decoders = field(default_factory=Decoders)
 
     def store(self, cfg: WorkerConfig) -> Store:
         key = (cfg.store_url, cfg.store_password)
@@ -113,6 +115,7 @@ class Resources:
         return self.caches[key]
 
     def close(self) -> None:
+        self.decoders.close()
         for store in self.stores.values():
             store.engine.dispose()
         self.stores.clear()
@@ -277,6 +280,7 @@ def score_chunk(
         precision=cfg.precision,
         threads=cfg.threads,
         cache=resources.pixels(cfg),
+        decoders=resources.decoders,
     )
     # closed at once should a write fail, not when the collector gets to it: its finally
     # closes the image connections and gives torch its threads back

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -20,13 +21,17 @@ import torch
 
 from planner.connect import worker_config
 from planner.settings import Settings
+from planner.store import Store
 from tests.unit.workers.conftest import KeptAliveServer
+from tests.unit.workers.conftest import worker_config as store_worker_config
 from tests.unit.workers.test_dispatch import Greedy
 from tests.unit.workers.test_inference import ITEMS, NoDropout, _net
 from workers import inference
+from workers.dispatch import score_pool
 from workers.images import ImageSource
-from workers.inference import decode_workers, score_items
+from workers.inference import Decoders, decode_workers, score_items
 from workers.pixels import PixelCache
+from workers.scoring import Resources
 
 MB = 2**20
 
@@ -272,3 +277,151 @@ def test_a_daemon_allowed_to_decode_in_processes_does(digit_files: tuple[Path, l
     assert workers == 3
     assert scored == len(ITEMS)
     assert not warnings
+
+
+def _children() -> set[int]:
+    return {child.pid for child in multiprocessing.active_children() if child.pid is not None}
+
+
+def _gone(pids: set[int], timeout_s: float = 20.0) -> bool:
+    """Whether none of ``pids`` is a live child of this process within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while pids & _children():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@dataclass
+class Kept:
+    """Decode processes a CPU (two), kept between calls by ``decoders``."""
+
+    source: ImageSource
+    decoders: Decoders
+    options: dict[str, Any]
+
+
+@pytest.fixture
+def kept(digit_files: tuple[Path, list[int]], monkeypatch: pytest.MonkeyPatch) -> Iterator[Kept]:
+    monkeypatch.setattr(inference, "usable_cpus", lambda: 2)
+    decoders = Decoders()
+    options: dict[str, Any] = {"batch_size": 8, "device": "cpu", "num_workers": 2}
+    yield Kept(ImageSource(image_root=digit_files[0]), decoders, options)
+    decoders.close()
+
+
+def test_decode_processes_are_kept_from_one_chunk_to_the_next(kept: Kept, tmp_path: Path) -> None:
+    source, decoders, options = kept.source, kept.decoders, kept.options
+    spy = ProcessSpy(tmp_path / "passes")
+    alone = score_items(spy, ITEMS[16:], source, **options)
+    spy.passes()
+    score_items(spy, ITEMS[:16], source, decoders=decoders, **options)
+    first = {pid for pid, _, _ in spy.passes()}
+    assert len(first) == 2, "a batch each"
+    assert first <= _children(), "still running between calls"
+    again = score_items(spy, ITEMS[16:], source, decoders=decoders, **options)
+    assert {pid for pid, _, _ in spy.passes()} <= first, "the next call scored in them"
+    assert (again.probs == alone.probs).all()
+    assert again.task_ids == alone.task_ids
+    other = ProcessSpy(tmp_path / "other")  # another model: forked afresh with it
+    score_items(other, ITEMS[:16], source, decoders=decoders, **options)
+    assert not {pid for pid, _, _ in other.passes()} & first
+    assert _gone(first), "the first model's processes were shut down"
+    assert decoders.started == 2
+    fed = score_items(spy, ITEMS[:8], source, decoders=decoders, **{**options, "threads": 1})
+    feeding = _children()  # fed to this process's forward pass: kept all the same
+    score_items(spy, ITEMS[8:16], source, decoders=decoders, **{**options, "threads": 1})
+    assert _children() == feeding
+    assert decoders.started == 3
+    assert fed.task_ids == [task_id for task_id, _ in ITEMS[:8]]
+    decoders.close()
+    assert not decoders.alive
+    assert _gone(feeding)
+
+
+def test_kept_decode_processes_go_once_idle(kept: Kept) -> None:
+    kept.decoders.idle_s = 0.3
+    score_items(_net(NoDropout), ITEMS[:16], kept.source, decoders=kept.decoders, **kept.options)
+    running = _children()
+    assert kept.decoders.alive
+    assert len(running) == 2
+    assert _gone(running), "shut down after 0.3 s unused"
+    assert not kept.decoders.alive
+
+
+def test_a_call_cut_short_or_failing_leaves_no_decode_process_behind(kept: Kept) -> None:
+    source, decoders, options = kept.source, kept.decoders, kept.options
+    batches = inference.iter_scores(_net(NoDropout), ITEMS, source, decoders=decoders, **options)
+    assert len(next(batches).task_ids) == 8
+    running = _children()
+    batches.close()  # a store write failed, say: the rest of the chunk is not read
+    assert not decoders.alive, "a half-read batch is not kept"
+    assert _gone(running)
+    with pytest.raises(torch.OutOfMemoryError):
+        score_items(Greedy(), ITEMS, source, decoders=decoders, **options)
+    assert not decoders.alive
+    assert _gone(_children())
+    scores = score_items(_net(NoDropout), ITEMS, source, decoders=decoders, **options)
+    assert len(scores.task_ids) == len(ITEMS)
+    assert decoders.started == 3
+
+
+def test_a_call_while_the_kept_processes_are_lent_gets_its_own(kept: Kept) -> None:
+    source, decoders, options = kept.source, kept.decoders, kept.options
+    net = _net(NoDropout)
+    batches = inference.iter_scores(net, ITEMS, source, decoders=decoders, **options)
+    first = next(batches)
+    meanwhile = score_items(net, ITEMS, source, decoders=decoders, **options)
+    rest = list(batches)
+    assert meanwhile.task_ids == first.task_ids + [i for r in rest for i in r.task_ids]
+    assert decoders.started == 1, "the second call's processes were its own"
+    assert decoders.alive
+
+
+def test_kept_processes_whose_pixel_cache_failed_are_replaced_at_the_next_call(
+    kept: Kept, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    real_set = diskcache.Cache.set
+
+    def full_disk(self: diskcache.Cache, *args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(diskcache.Cache, "set", full_disk)  # forked into the decode processes
+    cache = PixelCache(tmp_path / "cache", 64 * MB)
+    spy = ProcessSpy(tmp_path / "passes")
+    options = {**kept.options, "cache": cache, "decoders": kept.decoders}
+    try:
+        failed = score_items(spy, ITEMS, kept.source, **options)
+        assert any("disk is full" in note for note in failed.warnings)
+        assert not kept.decoders.alive, "their cache is off for good: not kept"
+        monkeypatch.setattr(diskcache.Cache, "set", real_set)  # the disk has room again
+        spy.passes()
+        score_items(spy, ITEMS, kept.source, **options)
+        assert os.getpid() not in {pid for pid, _, _ in spy.passes()}, "read and stored"
+        again = score_items(spy, ITEMS, kept.source, **options)
+        assert {pid for pid, _, _ in spy.passes()} == {os.getpid()}, "all from the cache now"
+        assert len(again.task_ids) == len(ITEMS)
+        assert not again.warnings
+    finally:
+        cache.close()
+
+
+def test_the_chunks_of_a_pool_share_their_decode_processes(
+    project: tuple[Store, int], digit_files: tuple[Path, list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, pid = project
+    monkeypatch.setattr(inference, "usable_cpus", lambda: 2)
+    cfg = replace(store_worker_config(store, digit_files[0]), chunk_size=8, num_workers=2)
+    items = [(201 + i, f"/data/local-files/?d=digits/{200 + i:04d}.png") for i in range(24)]
+    resources = Resources()
+    try:
+        result = score_pool(cfg, pid, items, resources=resources)
+        assert (result.chunks, result.scored) == (3, 24)
+        assert resources.decoders.started == 1, "three chunks, one start of the decode processes"
+        running = _children()
+        assert len(running) == 2
+    finally:
+        resources.close()
+    assert not resources.decoders.alive
+    assert _gone(running), "the worker's resources closed: its decode processes gone"
