@@ -13,6 +13,8 @@ run:
     with a decode process a CPU: in each decode process, on one thread; else in the scoring
     process on that many threads, 0 = the CPUs the decoders leave), storing each image's
     pixels in a pixel cache of its own, empty at the start (``--pixel-cache-mb``; 0: none);
+    the pool scored in chunks of ``--chunk`` tasks (``workers.chunk_size``, 256 by default),
+    a call each, the decode processes kept from one chunk to the next as a worker keeps them;
   * rescoring: the full pipeline again over the same images with the pixel cache the first
     pass filled, as every later model version scores the pool (no fetch, no decode);
   * one at a time, the way a Label Studio ML backend scores: for each task an HTTP ``/predict``
@@ -53,6 +55,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -68,18 +71,20 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.resnet import resnet50 as own_resnet50
-from planner.settings import PRECISIONS
+from planner.settings import PRECISIONS, WorkerSettings
 from workers import inference
 from workers.bootstrap import BootstrapNet
 from workers.images import ImageSource, decode
 from workers.inference import (
     FETCHES_IN_PROCESS,
     FETCHES_PER_PROCESS,
+    Decoders,
     autocast_dtype,
     decode_workers,
     forward_threads,
     heap_thresholds,
     keep_heap,
+    merge,
     pick_device,
     replicas,
     score_items,
@@ -369,6 +374,61 @@ def interleaved(runs: dict[str, Callable[[], float]], rounds: int) -> dict[str, 
     return measured
 
 
+@dataclass
+class Pool:
+    """The full pipeline over ``tasks``, chunk by chunk as a worker scores a pool."""
+
+    model: nn.Module
+    tasks: list[tuple[int, str]]
+    source: ImageSource
+    kwargs: dict[str, Any]
+    chunk: int
+    tmp: Path
+    pixel_cache_mb: int
+
+    def rate(self, cache: PixelCache | None, kept: bool = True, **change: Any) -> float:
+        """Images/s, the decode processes kept from one chunk to the next (``kept``) or
+        started for each; ``change``: options other than the run's."""
+        decoders = Decoders() if kept else None
+        chunk = self.chunk or len(self.tasks)
+        options = {**self.kwargs, **change, "cache": cache, "decoders": decoders}
+        try:
+            started = time.perf_counter()
+            parts = [
+                score_items(self.model, self.tasks[i : i + chunk], self.source, **options)
+                for i in range(0, len(self.tasks), chunk)
+            ]
+            rate = len(self.tasks) / (time.perf_counter() - started)
+        finally:
+            if decoders is not None:
+                decoders.close()
+        scores = merge(parts)
+        assert len(scores.task_ids) == len(self.tasks), scores.unscorable
+        assert not scores.warnings, scores.warnings
+        return rate
+
+    def first_pass(self, **change: Any) -> float:
+        """``rate`` with an empty pixel cache of its own, as a pool's first model version."""
+        if not self.pixel_cache_mb:
+            return self.rate(None, **change)
+        folder = Path(tempfile.mkdtemp(dir=self.tmp, prefix="cold-"))
+        cache = PixelCache(folder, self.pixel_cache_mb * MB)
+        try:
+            return self.rate(cache, **change)
+        finally:
+            cache.close()
+            shutil.rmtree(folder)
+
+
+def ratio(measured: dict[str, list[float]], top: str, bottom: str) -> float | None:
+    """The median over the rounds of ``top``'s images/s over ``bottom``'s in the same round
+    (None where one of them was not run)."""
+    if top not in measured or bottom not in measured:
+        return None
+    pairs = zip(measured[top], measured[bottom], strict=True)
+    return statistics.median(f / b for f, b in pairs)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = pick_device(args.device)
     torch.set_num_threads(args.threads)
@@ -408,24 +468,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "threads": args.pipeline_threads,
         }
 
-        def timed(cache: PixelCache | None, **change: Any) -> float:
-            started = time.perf_counter()
-            scores = score_items(model, tasks, source, cache=cache, **{**kwargs, **change})
-            rate = len(scores.task_ids) / (time.perf_counter() - started)
-            assert len(scores.task_ids) == len(tasks), scores.unscorable
-            assert not scores.warnings, scores.warnings
-            return rate
-
-        def full(**change: Any) -> float:
-            if not args.pixel_cache_mb:
-                return timed(None, **change)
-            folder = Path(tempfile.mkdtemp(dir=tmp, prefix="cold-"))  # empty: a first pass
-            cache = PixelCache(folder, args.pixel_cache_mb * MB)
-            try:
-                return timed(cache, **change)
-            finally:
-                cache.close()
-                shutil.rmtree(folder)
+        pool = Pool(model, tasks, source, kwargs, args.chunk, Path(tmp), args.pixel_cache_mb)
+        timed, full = pool.rate, pool.first_pass
 
         runs = {
             "forward": lambda: forward_only(model, decoded, device, args.batch, args.precision),
@@ -437,6 +481,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             stack.callback(warm.close)
             timed(warm)  # the first model version's pass fills it
             runs["rescore"] = lambda: timed(warm)
+            runs["full_uncached"] = lambda: timed(None)  # what storing the pixels costs
         if dtype is not None:  # what the reduced precision gives the pipeline, same run
             runs["full_float32"] = lambda: full(precision="float32")
         workers = decode_workers(args.workers, device)
@@ -450,6 +495,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         if workers and device.type == "cpu":
             runs["full_default_heap"] = lambda: default_heap(full)
+        if workers and args.chunk and args.chunk < len(tasks):
+            runs["full_fresh"] = lambda: full(kept=False)
         measured = interleaved(runs, args.rounds)
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
@@ -479,43 +526,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         **{f"{name}_all": values for name, values in measured.items()},
         # ratios within each round (the machine's load drifts less within one round than
         # across the run), then their median
-        "full_vs_forward": statistics.median(
-            f / b for f, b in zip(measured["full"], measured["forward"], strict=True)
-        ),
-        "full_vs_single": statistics.median(
-            f / b for f, b in zip(measured["full"], measured["single"], strict=True)
-        ),
-        **{
-            f"rescore_vs_{name}": statistics.median(
-                f / b for f, b in zip(measured["rescore"], measured[name], strict=True)
-            )
-            for name in ("forward", "single")
-            if "rescore" in measured
-        },
+        "full_vs_forward": ratio(measured, "full", "forward"),
+        "full_vs_single": ratio(measured, "full", "single"),
+        "rescore_vs_forward": ratio(measured, "rescore", "forward"),
+        "rescore_vs_single": ratio(measured, "rescore", "single"),
         "pixel_cache_mb": args.pixel_cache_mb,
         "fed_threads": fed,
-        "full_vs_fed": statistics.median(
-            f / b for f, b in zip(measured["full"], measured.get("full_fed", []), strict=True)
-        )
-        if "full_fed" in measured
-        else None,
-        "full_vs_default_heap": statistics.median(
-            f / b
-            for f, b in zip(measured["full"], measured.get("full_default_heap", []), strict=True)
-        )
-        if "full_default_heap" in measured
-        else None,
-        "full_vs_forward_replicas": statistics.median(
-            f / b
-            for f, b in zip(measured["full"], measured.get("forward_replicas", []), strict=True)
-        )
-        if "forward_replicas" in measured
-        else None,
-        "full_vs_float32": statistics.median(
-            f / b for f, b in zip(measured["full"], measured.get("full_float32", []), strict=True)
-        )
-        if "full_float32" in measured
-        else None,
+        "chunk": args.chunk,
+        "full_vs_fed": ratio(measured, "full", "full_fed"),
+        "full_vs_default_heap": ratio(measured, "full", "full_default_heap"),
+        "full_vs_forward_replicas": ratio(measured, "full", "forward_replicas"),
+        "full_vs_float32": ratio(measured, "full", "full_float32"),
+        "full_vs_fresh": ratio(measured, "full", "full_fresh"),
+        "uncached_vs_forward": ratio(measured, "full_uncached", "forward"),
     }
 
 
@@ -563,6 +586,16 @@ def _pipeline_threads(r: dict[str, Any]) -> str:
     return f" on {threads}"
 
 
+def _chunks(r: dict[str, Any]) -> str:
+    chunk = int(r.get("chunk") or 0)
+    if not chunk or chunk >= int(r["n"]):
+        return "scored in one call, "
+    return (
+        f"scored in chunks of {chunk} (`workers.chunk_size`) as a worker does, its decode "
+        "processes kept from one chunk to the next, "
+    )
+
+
 def _decoding(r: dict[str, Any]) -> str:
     if int(r["workers"]):
         return (
@@ -586,13 +619,16 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
             "full_fed",
             "forward_replicas",
             "full_default_heap",
+            "full_fresh",
+            "full_uncached",
         )
         if name in r
     )
     lines = [
         f"**{r['device']}**{_cpu(r)}, {r['model']}{r.get('model_note', '')} at "
         f"{r['size']}x{r['size']}, batch {r['batch']}, "
-        f"{r['n']:,} JPEG images {_WHERE[str(r['source'])]}{_late(r)}, {_decoding(r)}, "
+        f"{r['n']:,} JPEG images {_WHERE[str(r['source'])]}{_late(r)}, {_chunks(r)}"
+        f"{_decoding(r)}, "
         f"forward-only and the ML backend on {r['threads']} torch threads, the full pipeline"
         f"{_pipeline_threads(r)} (`workers.threads`), forward in "
         f"{r.get('dtype', 'float32')} with channels_last, {r['cpus']} CPUs (load average "
@@ -631,6 +667,18 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
             f"| full pipeline, the decode processes on glibc's default malloc thresholds "
             f"(before `keep_heap`) | {float(r['full_default_heap']):,.0f} | full is "
             f"{float(r['full_vs_default_heap']):.2f}x this | |"
+        )
+    if r.get("uncached_vs_forward") is not None:
+        lines.append(
+            f"| full pipeline storing no pixels (`workers.pixel_cache_mb = 0`: every later "
+            f"model version reads and decodes again) | {float(r['full_uncached']):,.0f} | "
+            f"{float(r['uncached_vs_forward']):.2f}x forward-only | |"
+        )
+    if r.get("full_vs_fresh") is not None:
+        lines.append(
+            f"| full pipeline, the decode processes started for every chunk (before "
+            f"`Decoders`) | {float(r['full_fresh']):,.0f} | full is "
+            f"{float(r['full_vs_fresh']):.2f}x this | |"
         )
     if r.get("full_vs_forward_replicas") is not None:
         lines.append(
@@ -717,6 +765,12 @@ def main() -> None:
         "when there is one a CPU, else the CPUs they leave)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measured rounds")
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=WorkerSettings.model_fields["chunk_size"].default,
+        help="tasks a call of the full pipeline scores, as workers.chunk_size (0: all at once)",
+    )
     parser.add_argument(
         "--pixel-cache-mb",
         type=int,
