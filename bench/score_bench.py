@@ -651,41 +651,26 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
             f"{float(r['rescore']):,.0f} | {float(r['rescore_vs_forward']):.2f}x forward-only, "
             f"{float(r['rescore_vs_single']):.1f}x one at a time | |"
         )
-    if r.get("full_vs_float32") is not None:
-        lines.append(
-            f'| full pipeline in float32 (`workers.precision = "float32"`) | '
-            f"{float(r['full_float32']):,.0f} | full is {float(r['full_vs_float32']):.2f}x this | |"
-        )
-    if r.get("full_vs_fed") is not None:
-        lines.append(
-            f"| full pipeline, the decode processes feeding one forward pass in the scoring "
-            f"process on {r['fed_threads']} (`workers.threads = {r['fed_threads']}`) | "
-            f"{float(r['full_fed']):,.0f} | full is {float(r['full_vs_fed']):.2f}x this | |"
-        )
-    if r.get("full_vs_default_heap") is not None:
-        lines.append(
-            f"| full pipeline, the decode processes on glibc's default malloc thresholds "
-            f"(before `keep_heap`) | {float(r['full_default_heap']):,.0f} | full is "
-            f"{float(r['full_vs_default_heap']):.2f}x this | |"
-        )
+    compared = {  # run: what it is; the full pipeline's ratio to it
+        "full_float32": 'full pipeline in float32 (`workers.precision = "float32"`)',
+        "full_fed": "full pipeline, the decode processes feeding one forward pass in the "
+        f"scoring process on {r['fed_threads']} (`workers.threads = {r['fed_threads']}`)",
+        "full_default_heap": "full pipeline, the decode processes on glibc's default malloc "
+        "thresholds (before `keep_heap`)",
+        "full_fresh": "full pipeline, the decode processes started for every chunk (before "
+        "`Decoders`)",
+        "forward_replicas": f"forward-only as the replicas run it: {r['workers']} forked copies "
+        "of the model on 1 torch thread each, pre-decoded tensors",
+    }
+    for name, what in compared.items():
+        vs = r.get(f"full_vs_{name.removeprefix('full_')}")
+        if vs is not None:
+            lines.append(f"| {what} | {float(r[name]):,.0f} | full is {float(vs):.2f}x this | |")
     if r.get("uncached_vs_forward") is not None:
         lines.append(
             f"| full pipeline storing no pixels (`workers.pixel_cache_mb = 0`: every later "
             f"model version reads and decodes again) | {float(r['full_uncached']):,.0f} | "
             f"{float(r['uncached_vs_forward']):.2f}x forward-only | |"
-        )
-    if r.get("full_vs_fresh") is not None:
-        lines.append(
-            f"| full pipeline, the decode processes started for every chunk (before "
-            f"`Decoders`) | {float(r['full_fresh']):,.0f} | full is "
-            f"{float(r['full_vs_fresh']):.2f}x this | |"
-        )
-    if r.get("full_vs_forward_replicas") is not None:
-        lines.append(
-            f"| forward-only as the replicas run it: {r['workers']} forked copies of the model "
-            f"on 1 torch thread each, pre-decoded tensors | "
-            f"{float(r['forward_replicas']):,.0f} | full is "
-            f"{float(r['full_vs_forward_replicas']):.2f}x this | |"
         )
     if r["model"] == "resnet50" and str(r["device"]) != "CPU":
         lines.append(
