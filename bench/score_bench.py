@@ -297,7 +297,7 @@ def _ml_backend_handler(
                     headers={"Authorization": f"Token {TOKEN}"},
                 )
                 response.raise_for_status()
-                x = torch.from_numpy(decode(response.content, size))[None]
+                x = torch.from_numpy(decode(response.content, size))[None].permute(0, 3, 1, 2)
                 with lock, torch.inference_mode():
                     probs = _predict(model, x, device, precision)[0]
                 label = int(probs.argmax())
@@ -456,7 +456,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 precision=args.precision,
             )
         )
-        decoded = torch.from_numpy(np.stack([decode(source.read(p), args.size) for _, p in tasks]))
+        pixels = np.stack([decode(source.read(p), args.size) for _, p in tasks])
+        decoded = torch.from_numpy(pixels).permute(0, 3, 1, 2)  # as the workers batch them
         if device.type == "cuda":
             decoded = decoded.pin_memory()
         kwargs = {

@@ -330,23 +330,24 @@ def _get(
 
 
 def decode(data: bytes, size: int) -> npt.NDArray[np.uint8]:
-    """``(3, size, size)`` uint8 RGB, or ``ImageError`` for a corrupt image.
+    """``(size, size, 3)`` uint8 RGB (rows, columns, channels, as decoders write them), or
+    ``ImageError`` for a corrupt image.
 
     Bytes, not floats: a quarter of the memory crosses from the DataLoader workers, and the
-    scaling to [0, 1] runs on the model's device. A JPEG at least twice ``size`` each way is
-    decoded at 1/2, 1/4 or 1/8 scale (the decoder's DCT scaling, never below ``size``) before
-    the resize: a camera photo for a 224 model then decodes in a fraction of the time.
+    scaling to [0, 1] runs on the model's device. Channels last, as decoded: a batch of them
+    is the channels_last layout the forward pass runs in, so no image is transposed (84 us an
+    image at 224 px here, a quarter of decoding it). A JPEG at least twice ``size`` each way
+    is decoded at 1/2, 1/4 or 1/8 scale (the decoder's DCT scaling, never below ``size``)
+    before the resize: a camera photo for a 224 model then decodes in a fraction of the time.
 
     A JPEG goes straight to libjpeg-turbo (``simplejpeg``): the pixels Pillow gives, in a
-    third of its time for a 64 px image and half for a 224 px one (Pillow parses the markers
-    and feeds the decoder in Python). Anything else, and any JPEG it does not take as Pillow
+    third of its time for a 64 px image (Pillow parses the markers and feeds the decoder in
+    Python; docs/benchmarks.md). Anything else, and any JPEG it does not take as Pillow
     would (CMYK, past Pillow's pixel limit, a decoder warning), is decoded by Pillow, whose
     verdict then stands.
     """
     pixels = _decode_jpeg(data, size)
-    if pixels is None:
-        pixels = _decode_any(data, size)
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+    return _decode_any(data, size) if pixels is None else pixels
 
 
 def _decode_jpeg(data: bytes, size: int) -> npt.NDArray[np.uint8] | None:
@@ -373,7 +374,7 @@ def _decode_jpeg(data: bytes, size: int) -> npt.NDArray[np.uint8] | None:
     if pixels.shape[:2] == (size, size):
         return pixels
     resized = Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.uint8)
+    return np.array(resized, dtype=np.uint8)  # a copy of its own: writable
 
 
 def _draft_scale(width: int, height: int, size: int) -> int:
@@ -398,4 +399,4 @@ def _decode_any(data: bytes, size: int) -> npt.NDArray[np.uint8]:
                 rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageError(f"corrupt or unreadable image: {type(exc).__name__}") from None
-    return np.asarray(rgb, dtype=np.uint8)
+    return np.array(rgb, dtype=np.uint8)  # a copy of its own: writable

@@ -110,7 +110,8 @@ _Item = tuple[int, str, str | None]
 """Task id, image reference, and the pixel cache's key for it, taken before the read (None:
 not to be stored)."""
 _Batch = tuple[list[int], torch.Tensor | None, dict[int, str], dict[int, str]]
-"""Task ids, their ``(n, 3, h, w)`` uint8 pixels, unscorable and deferred tasks' reasons."""
+"""Task ids, their ``(n, 3, h, w)`` uint8 pixels (channels_last in memory), unscorable and
+deferred tasks' reasons."""
 
 
 class _Images(Dataset[_Row]):
@@ -404,10 +405,10 @@ def _cached(
         ids.append(task_id)
         arrays.append(pixels)
         if len(ids) == batch_size:
-            yield ids, torch.from_numpy(np.stack(arrays)), {}, {}
+            yield ids, _channels_first(torch.from_numpy(np.stack(arrays))), {}, {}
             ids, arrays = [], []
     if ids:
-        yield ids, torch.from_numpy(np.stack(arrays)), {}, {}
+        yield ids, _channels_first(torch.from_numpy(np.stack(arrays))), {}, {}
 
 
 def _split(items: Sequence[_Item], batch_size: int) -> list[list[_Item]]:
@@ -444,8 +445,14 @@ def _collate(rows: list[_Row]) -> _Batch:
         task_id: reason for task_id, tensor, reason, later in rows if tensor is None and not later
     }
     retry = {task_id: reason for task_id, tensor, reason, later in rows if tensor is None and later}
-    batch = torch.stack([tensor for _, tensor in good]) if good else None
+    batch = _channels_first(torch.stack([tensor for _, tensor in good])) if good else None
     return [task_id for task_id, _ in good], batch, bad, retry
+
+
+def _channels_first(images: torch.Tensor) -> torch.Tensor:
+    """``(n, h, w, 3)`` images as the ``(n, 3, h, w)`` batch a model takes, a view of the
+    same memory: channels_last, the layout the forward pass runs in."""
+    return images.permute(0, 3, 1, 2)
 
 
 def pick_device(name: str = "auto") -> torch.device:

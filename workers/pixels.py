@@ -3,7 +3,7 @@
 Every new model version (a bootstrap retrain, a file dropped in the watched folder) rescores the
 whole unlabeled pool. Without this cache each rescoring fetches every image from Label Studio
 again and decodes it again, though neither the image nor the model's input size changed. With
-it, a rescoring reads ``(3, size, size)`` uint8 pixels, a few microseconds an image, and spends
+it, a rescoring reads ``(size, size, 3)`` uint8 pixels, a few microseconds an image, and spends
 its time in the forward pass; Label Studio serves each image once.
 
 The entries live in a ``diskcache`` folder (SQLite index, process- and thread-safe, bounded:
@@ -34,9 +34,9 @@ import numpy.typing as npt
 
 from workers.images import ImageSource
 
-FORMAT = "p2"
+FORMAT = "p3"
 """Bumped whenever ``workers.images.decode`` would give other pixels for the same image (p2: an
-MPO photo decoded at the DCT scale a JPEG is)."""
+MPO photo decoded at the DCT scale a JPEG is; p3: channels last)."""
 BROKEN_NOTE = "pixel cache"
 """How the note of a cache turned off begins (its folder follows)."""
 CACHE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout, ValueError)
@@ -53,7 +53,7 @@ class _RawOnly(diskcache.Disk):  # type: ignore[misc]
 
 
 class PixelCache:
-    """``(3, size, size)`` uint8 pixels by key (see :func:`pixel_key`), at most ``max_bytes``.
+    """``(size, size, 3)`` uint8 pixels by key (see :func:`pixel_key`), at most ``max_bytes``.
 
     Picklable: a DataLoader worker gets the folder and the bound and opens its own connection.
     ``broken`` holds the first error met; from then on the cache answers every read with a
@@ -90,7 +90,7 @@ class PixelCache:
             return None
         if not isinstance(data, bytes) or len(data) != 3 * size * size:
             return None
-        return np.frombuffer(data, dtype=np.uint8).reshape(3, size, size)
+        return np.frombuffer(data, dtype=np.uint8).reshape(size, size, 3)
 
     def put_many(self, rows: Sequence[tuple[str, npt.NDArray[np.uint8]]]) -> None:
         """Store ``(key, pixels)`` rows in one transaction (one index write, not one a row)."""

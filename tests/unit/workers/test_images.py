@@ -64,9 +64,9 @@ def test_local_paths_and_label_studio_local_files(png: Path) -> None:
         source.read(str(png.parent / "missing.png"))
 
 
-def test_decode_gives_channels_first_bytes_and_refuses_corrupt_bytes(png: Path) -> None:
+def test_decode_gives_channels_last_bytes_and_refuses_corrupt_bytes(png: Path) -> None:
     array = decode(png.read_bytes(), 16)
-    assert array.shape == (3, 16, 16)
+    assert array.shape == (16, 16, 3), "rows, columns, channels: as decoded"
     assert array.dtype == np.uint8
     assert int(array.max()) == 200
     with pytest.raises(ImageError, match="corrupt"):
@@ -295,7 +295,7 @@ def _photo(width: int, height: int) -> bytes:
 def _full_decode(data: bytes, size: int) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as image:
         rgb = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1)
+    return np.asarray(rgb, dtype=np.float32)
 
 
 def _pillow_decode(data: bytes, size: int) -> np.ndarray:
@@ -306,7 +306,7 @@ def _pillow_decode(data: bytes, size: int) -> np.ndarray:
         rgb = image.convert("RGB")
         if rgb.size != (size, size):
             rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+    return np.asarray(rgb, dtype=np.uint8)
 
 
 def _jpeg(width: int, height: int, mode: str = "RGB", **options: object) -> bytes:
@@ -339,7 +339,7 @@ def test_a_large_jpeg_is_decoded_at_reduced_scale_and_looks_the_same(
 ) -> None:
     photo = _photo(640, 480)
     array = decode(photo, 64)
-    assert array.shape == (3, 64, 64)
+    assert array.shape == (64, 64, 3)
     # 1/8 would give 80x60, under 64 in height: 1/4 is the smallest scale that keeps 64x64
     assert decoded_scales == [(120, 160)], "640x480 for 64x64: decoded at 1/4 scale"
     assert np.abs(array.astype(np.float32) - _full_decode(photo, 64)).mean() < 3.0
@@ -401,4 +401,4 @@ def test_an_image_of_the_model_size_is_not_resampled(png: Path) -> None:
     pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "PNG")
-    assert np.array_equal(decode(buffer.getvalue(), 16), pixels.transpose(2, 0, 1))
+    assert np.array_equal(decode(buffer.getvalue(), 16), pixels)

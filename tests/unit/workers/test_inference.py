@@ -23,6 +23,7 @@ from workers.dispatch import score_pool
 from workers.images import ImageSource, decode
 from workers.inference import autocast_dtype, score_items
 from workers.models import load_model
+from workers.pixels import PixelCache
 
 ITEMS = [(i, f"/data/local-files/?d=digits/{i - 1:04d}.png") for i in range(201, 225)]
 
@@ -165,6 +166,7 @@ def test_detection_boxes_are_aggregated_per_image(
     root, _ = digit_files
     source = ImageSource(image_root=root)
     x = torch.stack([torch.from_numpy(decode(source.read(ref), 32)) for _, ref in ITEMS])
+    x = x.permute(0, 3, 1, 2)  # channels first, as the workers batch them
     with torch.no_grad():
         per_image = BoxNet().boxes(x.float() / 255)
     counts = [len(b) for b in per_image]
@@ -284,3 +286,25 @@ def test_a_cpu_pass_leaves_a_core_to_each_decoder_and_restores_the_threads(
     score_items(spy, ITEMS, source, batch_size=12, num_workers=0, device="cpu", threads=1)
     assert spy.seen == [1, 1]
     assert torch.get_num_threads() == before, "the process's own setting is back"
+
+
+def test_a_batch_is_the_decoded_images_channels_first_laid_out_channels_last(
+    digit_files: tuple[Path, list[int]], tmp_path: Path
+) -> None:
+    """No image is transposed on its way: the batch the forward pass gets is a view of the
+    decoded rows, already in the channels_last layout the model runs in."""
+    source = ImageSource(image_root=digit_files[0])
+    decoded = np.stack([decode(source.read(ref), 32) for _, ref in ITEMS[:8]])
+    cache = PixelCache(tmp_path / "cache", 2**26)
+    try:
+        for _ in range(2):  # read and stored, then from the cache
+            [(ids, batch, _, _)] = list(
+                inference.read_pixels(ITEMS[:8], source, 32, cache, batch_size=8)
+            )
+            assert ids == [task_id for task_id, _ in ITEMS[:8]]
+            assert batch is not None
+            assert batch.shape == (8, 3, 32, 32)
+            assert batch.is_contiguous(memory_format=torch.channels_last)
+            assert np.array_equal(batch.numpy(), decoded.transpose(0, 3, 1, 2))
+    finally:
+        cache.close()

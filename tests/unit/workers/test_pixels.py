@@ -228,7 +228,8 @@ def test_the_bootstrap_reads_its_labelled_images_through_the_cache_in_their_orde
         decode((root / parse_qs(urlsplit(ref).query)["d"][0]).read_bytes(), 32)
         for ref, _ in readable
     ]
-    np.testing.assert_array_equal(images, np.stack(expected).astype(np.float32) / 255.0)
+    channels_first = np.stack(expected).transpose(0, 3, 1, 2)  # what the network is fed
+    np.testing.assert_array_equal(images, channels_first.astype(np.float32) / 255.0)
     cached = len([row for row in rows[::3] if "missing" not in row[0]])
     assert len(server.paths) - asked == len(rows) - cached, "only the uncached were fetched"
     assert most[0] > 1, "the labelled images were fetched one round trip after another"
