@@ -341,10 +341,10 @@ def decode(data: bytes, size: int) -> npt.NDArray[np.uint8]:
     before the resize: a camera photo for a 224 model then decodes in a fraction of the time.
 
     A JPEG goes straight to libjpeg-turbo (``simplejpeg``): the pixels Pillow gives, in a
-    third of its time for a 64 px image (Pillow parses the markers and feeds the decoder in
-    Python; docs/benchmarks.md). Anything else, and any JPEG it does not take as Pillow
-    would (CMYK, past Pillow's pixel limit, a decoder warning), is decoded by Pillow, whose
-    verdict then stands.
+    quarter of its CPU time for a 64 px image, under half at 224 px, the transpose included
+    (Pillow parses the markers and feeds the decoder in Python; docs/benchmarks.md).
+    Anything else, and any JPEG it does not take as Pillow would (CMYK, past Pillow's pixel
+    limit, a decoder warning), is decoded by Pillow, whose verdict then stands.
     """
     pixels = _decode_jpeg(data, size)
     return _decode_any(data, size) if pixels is None else pixels
