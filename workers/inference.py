@@ -270,10 +270,17 @@ class Decoders:
         self._retire = True
 
     def close(self) -> None:
-        with self._lock:
+        """Shut the kept processes down; ones lent to a call now, when it returns them (a
+        call suspended mid-chunk must not block its owner's cleanup)."""
+        if not self._lock.acquire(blocking=False):
+            self.retire()
+            return
+        try:
             if self._timer is not None:
                 self._timer.cancel()
             self._shutdown()
+        finally:
+            self._lock.release()
 
     @property
     def alive(self) -> bool:

@@ -379,6 +379,23 @@ def test_a_call_while_the_kept_processes_are_lent_gets_its_own(kept: Kept) -> No
     assert decoders.alive
 
 
+def test_closing_while_a_call_holds_the_processes_ends_them_when_it_returns(kept: Kept) -> None:
+    batches = inference.iter_scores(
+        _net(NoDropout), ITEMS, kept.source, decoders=kept.decoders, **kept.options
+    )
+    first = next(batches)
+    closing = threading.Thread(target=kept.decoders.close)
+    closing.start()
+    closing.join(timeout=10)
+    assert not closing.is_alive(), "close did not wait on the call"
+    assert kept.decoders.alive, "still lent"
+    running = _children()
+    rest = list(batches)
+    assert len(first.task_ids) + sum(len(r.task_ids) for r in rest) == len(ITEMS)
+    assert not kept.decoders.alive
+    assert _gone(running)
+
+
 def test_kept_processes_whose_pixel_cache_failed_are_replaced_at_the_next_call(
     kept: Kept, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
