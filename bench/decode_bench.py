@@ -32,7 +32,7 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.pages import put_marked
-from bench.score_bench import cpu_model, make_images
+from bench.score_bench import cpu_model, make_images, ratio
 from workers.images import _decode_any, decode
 
 
@@ -79,12 +79,9 @@ def section(
     rows = []
     for (source, size), times in measured.items():
         pillow, ours = (statistics.median(times[k]) * 1e6 for k in ("pillow", "workers"))
-        ratio = statistics.median(
-            o / p for o, p in zip(times["workers"], times["pillow"], strict=True)
-        )
+        vs = ratio(times, "workers", "pillow")
         rows.append(
-            f"| {source}x{source} for {size}x{size} | {pillow:.0f} us | {ours:.0f} us "
-            f"| {ratio:.2f}x |"
+            f"| {source}x{source} for {size}x{size} | {pillow:.0f} us | {ours:.0f} us | {vs:.2f}x |"
         )
     command = f"python bench/decode_bench.py --n {args.n} --rounds {args.rounds}"
     table = "\n".join(rows)

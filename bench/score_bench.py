@@ -80,6 +80,7 @@ from workers.inference import (
     FETCHES_PER_PROCESS,
     Decoders,
     autocast_dtype,
+    chunked,
     decode_workers,
     forward_threads,
     heap_thresholds,
@@ -390,13 +391,12 @@ class Pool:
         """Images/s, the decode processes kept from one chunk to the next (``kept``) or
         started for each; ``change``: options other than the run's."""
         decoders = Decoders() if kept else None
-        chunk = self.chunk or len(self.tasks)
         options = {**self.kwargs, **change, "cache": cache, "decoders": decoders}
         try:
             started = time.perf_counter()
             parts = [
-                score_items(self.model, self.tasks[i : i + chunk], self.source, **options)
-                for i in range(0, len(self.tasks), chunk)
+                score_items(self.model, chunk, self.source, **options)
+                for chunk in chunked(self.tasks, self.chunk or len(self.tasks))
             ]
             rate = len(self.tasks) / (time.perf_counter() - started)
         finally:

@@ -19,6 +19,7 @@ from planner.core.backoff import backoff_s
 from planner.errors import ConfigError, TransientError
 from workers.celery_app import SCORE_TASK, config_to_dict, make_app
 from workers.config import BrokerConfig, WorkerConfig
+from workers.inference import chunked
 from workers.scoring import (
     ChunkDeferredError,
     ChunkResult,
@@ -50,10 +51,6 @@ class PoolResult:
     redelivered: int = 0
     retries: int = 0
     warnings: tuple[str, ...] = ()
-
-
-def chunked(items: Sequence[tuple[int, str]], size: int) -> list[list[tuple[int, str]]]:
-    return [list(items[start : start + size]) for start in range(0, len(items), max(1, size))]
 
 
 def score_pool(

@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -78,6 +78,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 KEPT_HEAP_BYTES = 256 * 2**20
 """Freed memory the scoring process and each decode process keep for the next batch rather
 than return to the system (see :func:`keep_heap`)."""
+_T = TypeVar("_T")
 IDLE_DECODERS_S = 60.0
 """How long decode processes kept between calls (:class:`Decoders`) wait for the next."""
 NO_DECODE_PROCESSES = (
@@ -418,8 +419,10 @@ def _cached(
         yield ids, _channels_first(torch.from_numpy(np.stack(arrays))), {}, {}
 
 
-def _split(items: Sequence[_Item], batch_size: int) -> list[list[_Item]]:
-    return [list(items[start : start + batch_size]) for start in range(0, len(items), batch_size)]
+def chunked(items: Sequence[_T], size: int) -> list[list[_T]]:
+    """``items`` in lists of ``size`` (the last one shorter): a pool's chunks, a chunk's
+    batches."""
+    return [list(items[start : start + size]) for start in range(0, len(items), max(1, size))]
 
 
 def read_pixels(
@@ -442,7 +445,7 @@ def read_pixels(
         return
     with ThreadPoolExecutor(FETCHES_IN_PROCESS, "planner-fetch") as pool:
         images = _Images(source, size, cache, fetchers=FETCHES_IN_PROCESS, pool=pool)
-        for batch in _split(misses, batch_size):
+        for batch in chunked(misses, batch_size):
             yield _collate(images.__getitems__(batch))
 
 
@@ -626,7 +629,7 @@ def iter_scores(
         if not misses:
             return
         images = _Images(source, image_size, cache, fetchers=FETCHES_PER_PROCESS)
-        batches = _split(misses, batch_size)
+        batches = chunked(misses, batch_size)
         if replicas(cpu, threads, workers):  # each decode process scores its own batches
             key: tuple[object, ...] = ("replicas", module, passes, dtype, source, image_size)
             key += (cache, workers)
