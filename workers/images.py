@@ -141,8 +141,22 @@ class ImageSource:
             return self._http(reference, parts.hostname or "")
         raise ImageError(f"unsupported image reference scheme {parts.scheme!r}")
 
+    def remote(self, reference: str) -> bool:
+        """Whether ``read`` waits on a server for ``reference`` (an allow-listed host, or
+        Label Studio serving it), so reading several at once pays; a local file is read
+        where it is asked for (a thread an image costs more than reading it)."""
+        if not isinstance(reference, str):
+            return False
+        parts = urlsplit(reference)
+        if parts.scheme in ("http", "https"):
+            return True
+        if parts.scheme not in ("", "file") or not parts.path.startswith("/data/"):
+            return False
+        mounted = self.image_root is not None and bool(_relative(parts.query))
+        return not (parts.path.startswith("/data/local-files") and mounted)
+
     def _local_files(self, query: str, reference: str) -> bytes:
-        relative = (parse_qs(query).get("d") or [""])[0]
+        relative = _relative(query)
         if self.image_root is not None and relative:
             root = self.image_root.resolve()
             path = (root / relative).resolve()
@@ -210,6 +224,11 @@ class ImageSource:
         address = _public_address(host, allowed)
         self._addresses[host] = (address, now + ADDRESS_TTL_S)
         return address
+
+
+def _relative(query: str) -> str:
+    """The path under the image root of a ``/data/local-files/`` reference's query."""
+    return (parse_qs(query).get("d") or [""])[0]
 
 
 def _close_in(pid: int, client: urllib3.PoolManager) -> None:

@@ -44,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from functools import partial
+from itertools import compress
 from typing import Any, TypeVar, cast
 
 import numpy as np
@@ -116,10 +117,17 @@ deferred tasks' reasons."""
 
 
 class _Images(Dataset[_Row]):
-    """Images read and decoded on ``fetchers`` threads (in a DataLoader worker, or on
-    ``pool``'s threads in this process), their pixels stored in ``cache``. Indexed by the
-    items themselves (a DataLoader's batch sampler hands a decode process a batch of
-    ``_Item``), so decode processes kept between calls read whatever the next call asks."""
+    """Images read and decoded, their pixels stored in ``cache``. Indexed by the items
+    themselves (a DataLoader's batch sampler hands a decode process a batch of ``_Item``), so
+    decode processes kept between calls read whatever the next call asks.
+
+    In a decode process (one CPU its own), images that come over the network (Label Studio,
+    an allow-listed host) are read and decoded on ``fetchers`` threads at once, each waiting
+    on its server; local files one after another on the process's own thread, for a thread
+    an image costs more CPU than reading and decoding a small one (152 us an image at 64 px
+    against 61 here). Given ``pool`` (this process's threads, no decode processes), every
+    image is read and decoded on its threads, which run on every CPU.
+    """
 
     def __init__(
         self,
@@ -135,6 +143,7 @@ class _Images(Dataset[_Row]):
         self.cache = cache
         self.fetchers = fetchers
         self.pool = pool
+        self.local_on_pool = pool is not None
 
     def __reduce__(self) -> tuple[object, ...]:
         # to a DataLoader worker: everything but the pool, which is this process's; the
@@ -150,15 +159,24 @@ class _Images(Dataset[_Row]):
     def __getitem__(self, item: _Item) -> _Row:
         return self.__getitems__([item])[0]
 
+    def _loaded(self, items: Sequence[_Item]) -> list[npt.NDArray[np.uint8] | ImageError]:
+        """Each item's pixels or why not, in order (see the class on which go on threads)."""
+        threaded = [self.local_on_pool or self.source.remote(item[1]) for item in items]
+        if sum(threaded) < 2 or (self.pool is None and self.fetchers < 2):
+            return [self._load(item) for item in items]
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(self.fetchers, "planner-fetch")
+        # submitted at once: the local files are read here while the threads wait
+        far = iter(self.pool.map(self._load, compress(items, threaded)))
+        near = [None if on else self._load(item) for item, on in zip(items, threaded, strict=True)]
+        return [next(far) if got is None else got for got in near]
+
     def __getitems__(self, items: Sequence[_Item]) -> list[_Row]:
         # a batch at a time (the DataLoader asks so when this exists): the cache's index is
         # written once for the batch, not once per image
         rows: list[_Row] = []
         fresh: list[tuple[str, npt.NDArray[np.uint8]]] = []
-        if self.pool is None and self.fetchers > 1:
-            self.pool = ThreadPoolExecutor(self.fetchers, "planner-fetch")
-        mapped = map if self.pool is None else self.pool.map
-        for (task_id, _, key), array in zip(items, mapped(self._load, items), strict=True):
+        for (task_id, _, key), array in zip(items, self._loaded(items), strict=True):
             if isinstance(array, ImageError):
                 rows.append((task_id, None, str(array), array.transient))
                 continue

@@ -220,6 +220,68 @@ def test_the_images_of_a_batch_are_in_flight_together(
     assert slow_label_studio.open_now() == 0, "the kept-alive connections were closed"
 
 
+class WhereLoaded(inference._Images):
+    """Notes the thread each image of a batch was read and decoded on."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.threads: dict[str, str] = {}
+
+    def _load(self, item: tuple[int, str, str | None]) -> Any:
+        self.threads[item[1]] = threading.current_thread().name
+        return super()._load(item)
+
+
+def test_a_decode_process_reads_local_files_itself_and_the_served_ones_on_threads(
+    slow_label_studio: KeptAliveServer, digit_files: tuple[Path, list[int]]
+) -> None:
+    root, _ = digit_files
+    source = ImageSource(label_studio_url=slow_label_studio.url)  # no image root mounted
+    local = [(i, str(root / "digits" / f"{i:04d}.png"), None) for i in range(4)]
+    served = [(i, f"/data/local-files/?d=digits/{i:04d}.png", None) for i in range(4, 8)]
+    mixed = [item for pair in zip(local, served, strict=True) for item in pair]
+    images = WhereLoaded(source, 8, fetchers=4)  # as a decode process has it
+    try:
+        assert all(row[1] is not None for row in images.__getitems__(local))
+        assert images.pool is None, "no thread for local files"
+        rows = images.__getitems__(mixed)
+        assert [row[0] for row in rows] == [item[0] for item in mixed], "in the batch's order"
+        assert all(row[1] is not None for row in rows), [row[2] for row in rows]
+        here = threading.current_thread().name
+        assert {images.threads[ref] for _, ref, _ in local} == {here}
+        assert all(images.threads[ref].startswith("planner-fetch") for _, ref, _ in served)
+        assert slow_label_studio.most["most"] >= 2, "the served images were fetched together"  # type: ignore[attr-defined]
+    finally:
+        if images.pool is not None:
+            images.pool.shutdown()
+        source.close()
+
+
+def test_with_no_decode_process_local_files_are_decoded_on_every_cpu_too(
+    digit_files: tuple[Path, list[int]],
+) -> None:
+    root, _ = digit_files
+    local = [(i, str(root / "digits" / f"{i:04d}.png"), None) for i in range(8)]
+    with ThreadPoolExecutor(4, "planner-fetch") as pool:
+        images = WhereLoaded(ImageSource(), 8, fetchers=4, pool=pool)
+        assert all(row[1] is not None for row in images.__getitems__(local))
+    assert all(images.threads[ref].startswith("planner-fetch") for _, ref, _ in local)
+
+
+def test_which_references_wait_on_a_server(tmp_path: Path) -> None:
+    mounted = ImageSource(image_root=tmp_path)
+    assert mounted.remote("http://images.example/a.jpg")
+    assert mounted.remote("https://images.example/a.jpg")
+    assert mounted.remote("/data/upload/3/a.jpg")
+    assert not mounted.remote("/data/local-files/?d=a.jpg"), "read from the image root"
+    assert ImageSource().remote("/data/local-files/?d=a.jpg"), "Label Studio serves it"
+    assert mounted.remote("/data/local-files/"), "no path under the root: Label Studio is asked"
+    assert not mounted.remote(str(tmp_path / "a.jpg"))
+    assert not mounted.remote("file:///srv/a.jpg")
+    assert not mounted.remote("s3://bucket/a.jpg"), "refused by read, no wait"
+    assert not mounted.remote(None)  # type: ignore[arg-type]
+
+
 def test_threads_starting_together_share_one_client() -> None:
     source = ImageSource(label_studio_url="http://127.0.0.1:9")
     try:
