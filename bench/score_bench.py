@@ -55,7 +55,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -420,6 +420,14 @@ class Pool:
             shutil.rmtree(folder)
 
 
+class ThreadedFiles(ImageSource):
+    """Local files read and decoded on a decode process's fetch threads, as every image was
+    before ``ImageSource.remote`` (the decode processes are forked: the class goes with it)."""
+
+    def remote(self, reference: str) -> bool:
+        return True
+
+
 def ratio(measured: dict[str, list[float]], top: str, bottom: str) -> float | None:
     """The median over the rounds of ``top``'s images/s over ``bottom``'s in the same round
     (None where one of them was not run)."""
@@ -498,6 +506,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             runs["full_default_heap"] = lambda: default_heap(full)
         if workers and args.chunk and args.chunk < len(tasks):
             runs["full_fresh"] = lambda: full(kept=False)
+        if workers and args.source == "files":
+            runs["full_threaded"] = replace(pool, source=ThreadedFiles()).first_pass
         measured = interleaved(runs, args.rounds)
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
@@ -539,6 +549,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "full_vs_forward_replicas": ratio(measured, "full", "forward_replicas"),
         "full_vs_float32": ratio(measured, "full", "full_float32"),
         "full_vs_fresh": ratio(measured, "full", "full_fresh"),
+        "full_vs_threaded": ratio(measured, "full", "full_threaded"),
         "uncached_vs_forward": ratio(measured, "full_uncached", "forward"),
     }
 
@@ -621,6 +632,7 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
             "forward_replicas",
             "full_default_heap",
             "full_fresh",
+            "full_threaded",
             "full_uncached",
         )
         if name in r
@@ -660,6 +672,8 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
         "thresholds (before `keep_heap`)",
         "full_fresh": "full pipeline, the decode processes started for every chunk (before "
         "`Decoders`)",
+        "full_threaded": "full pipeline, local files read and decoded on the decode "
+        f"processes' fetch threads, {FETCHES_PER_PROCESS} each (before `ImageSource.remote`)",
         "forward_replicas": f"forward-only as the replicas run it: {r['workers']} forked copies "
         "of the model on 1 torch thread each, pre-decoded tensors",
     }
