@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import diskcache
+import lmdb
 import pytest
 import torch
 
@@ -26,7 +25,7 @@ from tests.unit.workers.conftest import KeptAliveServer
 from tests.unit.workers.conftest import worker_config as store_worker_config
 from tests.unit.workers.test_dispatch import Greedy
 from tests.unit.workers.test_inference import ITEMS, NoDropout, _net
-from workers import inference
+from workers import inference, pixels
 from workers.dispatch import score_pool
 from workers.images import ImageSource
 from workers.inference import Decoders, decode_workers, score_items
@@ -158,12 +157,9 @@ def test_a_pixel_cache_failing_in_a_decode_process_is_reported_and_nothing_is_lo
     root, _ = digit_files
     monkeypatch.setattr(inference, "usable_cpus", lambda: 2)
 
-    def full_disk(self: diskcache.Cache, *args: object, **kwargs: object) -> None:
-        raise sqlite3.OperationalError("database or disk is full")
-
     # reads work (the scoring process finds nothing cached); only the decode processes'
     # writes fail, so only they can tell
-    monkeypatch.setattr(diskcache.Cache, "set", full_disk)
+    monkeypatch.setattr(pixels, "_evicted", full_disk)
     cache = PixelCache(tmp_path / "cache", 64 * MB)
     scores = score_items(
         _net(NoDropout), ITEMS, ImageSource(image_root=root), batch_size=8, device="cpu",
@@ -171,7 +167,7 @@ def test_a_pixel_cache_failing_in_a_decode_process_is_reported_and_nothing_is_lo
     )  # fmt: skip
     assert len(scores.task_ids) == len(ITEMS)
     assert cache.broken is None, "this process's cache never failed"
-    assert any("pixel cache" in note and "disk is full" in note for note in scores.warnings)
+    assert any("pixel cache" in note and "No space left" in note for note in scores.warnings)
 
 
 def test_a_replica_running_out_of_memory_is_reported_as_such_for_the_retry_at_half_batch(
@@ -218,6 +214,12 @@ def test_the_images_of_a_batch_are_in_flight_together(
     most = slow_label_studio.most["most"]  # type: ignore[attr-defined]
     assert most >= 4, f"at most {most} requests at once: the batch was fetched one by one"
     assert slow_label_studio.open_now() == 0, "the kept-alive connections were closed"
+
+
+def full_disk(*args: object) -> int:
+    """In place of the cache's eviction, inside its write: the disk is full (LMDB's error,
+    raised where a write would meet it)."""
+    raise lmdb.DiskError("mdb_txn_commit: No space left on device")
 
 
 class WhereLoaded(inference._Images):
@@ -461,20 +463,16 @@ def test_closing_while_a_call_holds_the_processes_ends_them_when_it_returns(kept
 def test_kept_processes_whose_pixel_cache_failed_are_replaced_at_the_next_call(
     kept: Kept, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    real_set = diskcache.Cache.set
-
-    def full_disk(self: diskcache.Cache, *args: object, **kwargs: object) -> None:
-        raise sqlite3.OperationalError("database or disk is full")
-
-    monkeypatch.setattr(diskcache.Cache, "set", full_disk)  # forked into the decode processes
+    real = pixels._evicted
+    monkeypatch.setattr(pixels, "_evicted", full_disk)  # forked into the decode processes
     cache = PixelCache(tmp_path / "cache", 64 * MB)
     spy = ProcessSpy(tmp_path / "passes")
     options = {**kept.options, "cache": cache, "decoders": kept.decoders}
     try:
         failed = score_items(spy, ITEMS, kept.source, **options)
-        assert any("disk is full" in note for note in failed.warnings)
+        assert any("No space left" in note for note in failed.warnings)
         assert not kept.decoders.alive, "their cache is off for good: not kept"
-        monkeypatch.setattr(diskcache.Cache, "set", real_set)  # the disk has room again
+        monkeypatch.setattr(pixels, "_evicted", real)  # the disk has room again
         spy.passes()
         score_items(spy, ITEMS, kept.source, **options)
         assert os.getpid() not in {pid for pid, _, _ in spy.passes()}, "read and stored"
