@@ -32,6 +32,8 @@ from urllib3.exceptions import HTTPError, ProtocolError, SSLError
 from urllib3.exceptions import TimeoutError as HTTPTimeoutError
 
 MAX_BYTES = 64 * 1024 * 1024
+READ_PIECE = 1024 * 1024
+"""A response body is read this much at a time, up to ``MAX_BYTES``."""
 KEEP_ALIVE_CONNECTIONS = 16
 """At least the images a process reads at once (``workers.inference.FETCHES_IN_PROCESS``)."""
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -306,6 +308,23 @@ def _read_file(path: Path) -> bytes:
     return data
 
 
+def _body(response: urllib3.BaseHTTPResponse) -> bytes | None:
+    """The response's body, None when over ``MAX_BYTES`` (by its Content-Length, unread, or
+    as read). Read ``READ_PIECE`` at a time: one read of ``MAX_BYTES`` would take that much
+    memory at once for a body of unknown length (a server sending no Content-Length)."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > MAX_BYTES:
+        return None
+    parts: list[bytes] = []
+    size = 0
+    for part in response.stream(READ_PIECE):
+        parts.append(part)
+        size += len(part)
+        if size > MAX_BYTES:
+            return None
+    return b"".join(parts)
+
+
 def _get(
     client: urllib3.PoolManager | urllib3.HTTPConnectionPool,
     url: str,
@@ -323,8 +342,8 @@ def _get(
         try:
             status = response.status
             # the body is read (to the limit) even when refused: the connection stays usable
-            data = response.read(MAX_BYTES + 1)
-            if len(data) > MAX_BYTES:
+            data = _body(response)
+            if data is None:
                 response.close()  # the rest unread: this connection cannot serve another
         finally:
             response.release_conn()
@@ -343,7 +362,7 @@ def _get(
         raise ImageError(f"fetching {shown} answered {status}", transient=True)
     if status != 200:
         raise ImageError(f"fetching {shown} answered {status}")
-    if len(data) > MAX_BYTES:
+    if data is None:
         raise ImageError(f"{shown} is larger than {MAX_BYTES} bytes")
     return data
 

@@ -6,6 +6,7 @@ import gc
 import io
 import ssl
 import threading
+import tracemalloc
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -402,3 +403,47 @@ def test_an_image_of_the_model_size_is_not_resampled(png: Path) -> None:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "PNG")
     assert np.array_equal(decode(buffer.getvalue(), 16), pixels)
+
+
+@pytest.fixture
+def unsized() -> Iterator[str]:
+    """Answers with no Content-Length, the body ending as the connection closes (HTTP/1.0):
+    100,000 bytes, or 5,000 for a path with "big" in it."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"u" * (5000 if "big" in self.path else 100_000))
+
+        def log_message(self, *args: object) -> None:
+            return
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_a_body_of_unknown_length_is_read_in_pieces_not_into_the_whole_limit(
+    unsized: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = ImageSource(label_studio_url=unsized)
+    try:
+        tracemalloc.start()
+        data = source.read("/data/upload/1/a.png")
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert data == b"u" * 100_000
+        assert peak < 8 * 2**20, f"{peak / 2**20:.0f} MB held to read 100 KB"
+        monkeypatch.setattr("workers.images.MAX_BYTES", 3000)
+        monkeypatch.setattr("workers.images.READ_PIECE", 1000)
+        with pytest.raises(ImageError, match="larger than 3000 bytes"):
+            source.read("/data/upload/1/big.png")  # 5,000 bytes: refused after 3 pieces
+    finally:
+        tracemalloc.stop()
+        source.close()
