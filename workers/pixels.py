@@ -51,9 +51,6 @@ CACHE_ERRORS = (OSError, lmdb.Error, ValueError)
 MAP_HEADROOM = 64 * 2**20
 """What the memory map holds beyond twice ``max_bytes``: the B-tree's own pages, and pages
 freed by one batch that the next reuses."""
-PAGE = 4096
-"""An LMDB page: an entry takes whole pages (its header and pixels spill over to pages of their
-own), so the bound counts pages, not bytes."""
 _SEQ = struct.Struct(">Q")
 """An entry's store number, big-endian: the order table's keys sort by it."""
 _BYTES, _NEXT = b"bytes", b"next"
@@ -163,10 +160,11 @@ def _drop_leftovers(folder: Path) -> None:
     log.info("pixel cache %s: dropped the files of an earlier format", folder)
 
 
-def _footprint(value: int) -> int:
-    """The bytes an entry of ``value`` bytes takes: whole pages (an overflow entry's header
-    included)."""
-    return -(-(value + 16) // PAGE) * PAGE
+def _footprint(value: int, page: int) -> int:
+    """The bytes an entry of ``value`` bytes takes in pages of ``page`` bytes: whole pages (its
+    pixels spill over to pages of their own, a header in the first), so the bound counts
+    pages, not bytes."""
+    return -(-(value + 16) // page) * page
 
 
 class PixelCache:
@@ -184,6 +182,7 @@ class PixelCache:
         self._env: lmdb.Environment | None = None
         self._pid = 0
         self._tables: tuple[lmdb._Database, lmdb._Database, lmdb._Database] | None = None
+        self._page = 4096
 
     def __reduce__(self) -> tuple[object, ...]:
         return (PixelCache, (self.directory, self.max_bytes))
@@ -197,6 +196,7 @@ class PixelCache:
                 tables = (b"pixels", b"order", b"meta")
                 opened = [env.open_db(name, txn=txn) for name in tables]
             self._tables = (opened[0], opened[1], opened[2])
+            self._page = int(env.stat()["psize"])  # the system's page: 4 KB, 16 or 64 on some
         return self._env, self._tables
 
     def get(self, key: str, size: int) -> npt.NDArray[np.uint8] | None:
@@ -231,14 +231,14 @@ class PixelCache:
                     name = key.encode()
                     old = txn.get(name, db=pixels)
                     if old is not None:  # replaced: its place in the order goes too
-                        total -= _footprint(len(old))
+                        total -= _footprint(len(old), self._page)
                         txn.delete(bytes(old[: _SEQ.size]), db=order)
                     value = _SEQ.pack(seq) + np.ascontiguousarray(array, np.uint8).tobytes()
                     txn.put(name, value, db=pixels)
                     txn.put(_SEQ.pack(seq), name, db=order)
-                    total += _footprint(len(value))
+                    total += _footprint(len(value), self._page)
                     seq += 1
-                total = _evicted(txn, pixels, order, total, self.max_bytes)
+                total = _evicted(txn, (pixels, order), total, self.max_bytes, self._page)
                 txn.put(_BYTES, _SEQ.pack(total), db=meta)
                 txn.put(_NEXT, _SEQ.pack(seq), db=meta)
         except CACHE_ERRORS as exc:
@@ -280,9 +280,15 @@ def _number(value: bytes | memoryview | None) -> int:
 
 
 def _evicted(
-    txn: lmdb.Transaction, pixels: lmdb._Database, order: lmdb._Database, total: int, most: int
+    txn: lmdb.Transaction,
+    tables: tuple[lmdb._Database, lmdb._Database],
+    total: int,
+    most: int,
+    page: int,
 ) -> int:
-    """The least recently stored entries dropped until ``total`` bytes are within ``most``."""
+    """The least recently stored entries dropped until ``total`` bytes are within ``most``
+    (``tables``: the pixels and their order)."""
+    pixels, order = tables
     if total <= most:
         return total
     cursor = txn.cursor(db=order)
@@ -291,7 +297,7 @@ def _evicted(
         name = bytes(cursor.value())
         old = txn.get(name, db=pixels)
         if old is not None:
-            total -= _footprint(len(old))
+            total -= _footprint(len(old), page)
             txn.delete(name, db=pixels)
         cursor.delete()  # and on to the next
     return max(total, 0)
