@@ -2,7 +2,7 @@
 
 A pool's first pass decodes every image, on the same cores as the forward pass on a CPU.
 ``workers.images.decode`` hands a JPEG straight to libjpeg-turbo (``simplejpeg``);
-before 2026-12-06 every image took Pillow's path (``workers.images._decode_any``, which other
+before 2026-12-06 every image took Pillow's path (``workers.images.decode_pillow``, which other
 formats still take: the same pixels, tests/unit/workers/test_images.py) and was then
 transposed to channels first, which ``decode`` no longer does (a batch of its channels-last
 images is the channels_last layout the forward pass runs in). Each
@@ -33,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.pages import put_marked
 from bench.score_bench import cpu_model, make_images, ratio
-from workers.images import _decode_any, decode
+from workers.images import decode, decode_pillow
 
 
 def before(data: bytes, size: int) -> npt.NDArray[np.uint8]:
     """``decode`` before 2026-12-06: Pillow, then the pixels transposed to channels first."""
-    return np.ascontiguousarray(_decode_any(data, size).transpose(2, 0, 1))
+    return np.ascontiguousarray(decode_pillow(data, size).transpose(2, 0, 1))
 
 
 START, END = "<!-- decode_bench:start -->", "<!-- decode_bench:end -->"
@@ -61,7 +61,7 @@ def measure(n: int, rounds: int) -> dict[tuple[int, int], dict[str, list[float]]
         for source, size in CASES:
             made = make_images(Path(folder), n, source, seed=source)
             images = [Path(path).read_bytes() for _, path in made]
-            same = np.array_equal(decode(images[0], size), _decode_any(images[0], size))
+            same = np.array_equal(decode(images[0], size), decode_pillow(images[0], size))
             assert same, f"{source} px for {size}: the two paths gave other pixels"
             for run in runs.values():  # warm-up
                 timed(run, images[: max(1, n // 10)], size)

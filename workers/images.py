@@ -385,7 +385,7 @@ def decode(data: bytes, size: int) -> npt.NDArray[np.uint8]:
     limit, a decoder warning), is decoded by Pillow, whose verdict then stands.
     """
     pixels = _decode_jpeg(data, size)
-    return _decode_any(data, size) if pixels is None else pixels
+    return decode_pillow(data, size) if pixels is None else pixels
 
 
 def _decode_jpeg(data: bytes, size: int) -> npt.NDArray[np.uint8] | None:
@@ -424,8 +424,9 @@ def _draft_scale(width: int, height: int, size: int) -> int:
     return next(s for s in (8, 4, 2, 1) if most >= s)
 
 
-def _decode_any(data: bytes, size: int) -> npt.NDArray[np.uint8]:
-    """``(size, size, 3)`` RGB by Pillow, any format it reads."""
+def decode_pillow(data: bytes, size: int) -> npt.NDArray[np.uint8]:
+    """``(size, size, 3)`` RGB by Pillow, any format it reads: what :func:`decode` falls back
+    on (and every image took before 2026-12-06, bench/decode_bench.py)."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             # an MPO (a camera's JPEG with a second frame) is a JPEG to the decoder as well
