@@ -143,6 +143,22 @@ class ImageSource:
             return self._http(reference, parts.hostname or "")
         raise ImageError(f"unsupported image reference scheme {parts.scheme!r}")
 
+    def local_file(self, reference: str) -> str | None:
+        """The file ``read`` reads for ``reference``, without resolving links (``read`` still
+        refuses a path outside the image root); None where a server sends the image, or
+        ``read`` takes no such reference."""
+        if not isinstance(reference, str) or not reference:
+            return None
+        parts = urlsplit(reference)
+        if parts.scheme not in ("", "file"):
+            return None
+        if parts.path.startswith("/data/local-files"):
+            relative = _relative(parts.query)
+            if self.image_root is None or not relative:
+                return None  # Label Studio serves it
+            return os.path.join(self.image_root, relative)
+        return None if parts.path.startswith("/data/") else parts.path
+
     def remote(self, reference: str) -> bool:
         """Whether ``read`` waits on a server for ``reference`` (an allow-listed host, or
         Label Studio serving it), so reading several at once pays; a local file is read
@@ -152,10 +168,8 @@ class ImageSource:
         parts = urlsplit(reference)
         if parts.scheme in ("http", "https"):
             return True
-        if parts.scheme not in ("", "file") or not parts.path.startswith("/data/"):
-            return False
-        mounted = self.image_root is not None and bool(_relative(parts.query))
-        return not (parts.path.startswith("/data/local-files") and mounted)
+        served = parts.path.startswith("/data/") and self.local_file(reference) is None
+        return parts.scheme in ("", "file") and served
 
     def _local_files(self, query: str, reference: str) -> bytes:
         relative = _relative(query)

@@ -34,7 +34,7 @@ import threading
 from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import lmdb
 import numpy as np
@@ -314,7 +314,7 @@ def pixel_key(source: ImageSource, reference: str, size: int) -> str | None:
         return None  # ``read`` refuses it
     if parts.scheme in ("http", "https"):
         return f"{head}|{reference}"
-    path = _local_path(source, parts.path, parts.query)
+    path = source.local_file(reference)
     if path is None:  # served by Label Studio: the same server and reference, the same image
         return f"{head}|{source.label_studio_url}|{reference}"
     try:
@@ -323,16 +323,3 @@ def pixel_key(source: ImageSource, reference: str, size: int) -> str | None:
         return None
     # the root is in the key: the same reference under another image root is another file
     return f"{head}|{source.image_root}|{reference}|{stat.st_mtime_ns}|{stat.st_size}"
-
-
-def _local_path(source: ImageSource, path: str, query: str) -> str | None:
-    """The file ``ImageSource.read`` would read for a reference, without resolving links (a
-    key only; ``read`` still refuses a path outside the image root)."""
-    if path.startswith("/data/local-files"):
-        relative = (parse_qs(query).get("d") or [""])[0]
-        if source.image_root is None or not relative:
-            return None
-        return os.path.join(source.image_root, relative)
-    if path.startswith("/data/"):
-        return None
-    return path
