@@ -25,6 +25,11 @@ run:
 
 Both stand-ins run in processes of their own, as the real servers do.
 
+Forward-only, the full pipeline and rescoring run the forward pass as ``workers.compile``
+says (``--compile``: off, the default, or on; compiled once, before the warm-up), and
+forward-only and the full pipeline the other way are reported beside them; the ML backend
+runs the model eagerly, as Label Studio's ML backends do.
+
 The three are run ``--rounds`` times, interleaved (so a machine that gets busier or quieter
 mid-run shifts all three alike), after one warm-up each; the median round of each is reported.
 
@@ -74,6 +79,7 @@ from bench.resnet import resnet50 as own_resnet50
 from planner.settings import PRECISIONS, WorkerSettings
 from workers import inference
 from workers.bootstrap import BootstrapNet
+from workers.compiling import Compiler
 from workers.images import ImageSource, decode
 from workers.inference import (
     FETCHES_IN_PROCESS,
@@ -89,6 +95,7 @@ from workers.inference import (
     pick_device,
     replicas,
     score_items,
+    torch_threads,
     usable_cpus,
 )
 from workers.outputs import logits_of
@@ -222,6 +229,8 @@ def forward_replicas(
     arrangement (a process forked from one whose OpenMP threads ran must keep to one)."""
     context = multiprocessing.get_context("fork")
     starts = list(range(0, len(batch), batch_size))
+    with torch_threads(1), torch.inference_mode():  # a compiled model compiled for one thread
+        _predict(model, batch[:batch_size], torch.device("cpu"), precision)
 
     def share(k: int) -> None:
         torch.set_num_threads(1)
@@ -443,6 +452,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     keep_heap()  # as the scoring process has it: forward-only and rescoring alike
     model = prepared(args.model, device)
     dtype = autocast_dtype(device, args.precision)
+    compiler = Compiler()  # one for every run: the model is compiled once
+    compiled = compiler.forward(model, "module", 0, "on")
+    engine = model if args.compile == "off" else compiled
+    other, other_mode = (compiled, "on") if args.compile == "off" else (model, "off")
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         items = make_images(Path(tmp), args.n, args.size)
         label_studio = stack.enter_context(
@@ -475,13 +488,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "device": args.device,
             "precision": args.precision,
             "threads": args.pipeline_threads,
+            "compile_mode": args.compile,
+            "compiler": compiler,
         }
 
         pool = Pool(model, tasks, source, kwargs, args.chunk, Path(tmp), args.pixel_cache_mb)
         timed, full = pool.rate, pool.first_pass
 
         runs = {
-            "forward": lambda: forward_only(model, decoded, device, args.batch, args.precision),
+            "forward": lambda: forward_only(engine, decoded, device, args.batch, args.precision),
             "full": full,
             "single": lambda: one_at_a_time(backend, web_tasks[: args.single]),
         }
@@ -491,6 +506,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             timed(warm)  # the first model version's pass fills it
             runs["rescore"] = lambda: timed(warm)
             runs["full_uncached"] = lambda: timed(None)  # what storing the pixels costs
+        # what compiling gives, same run
+        runs["full_other"] = lambda: full(compile_mode=other_mode)
+        runs["forward_other"] = lambda: forward_only(
+            other, decoded, device, args.batch, args.precision
+        )
         if dtype is not None:  # what the reduced precision gives the pipeline, same run
             runs["full_float32"] = lambda: full(precision="float32")
         workers = decode_workers(args.workers, device)
@@ -500,7 +520,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             runs["full_fed"] = lambda: full(threads=fed)
             # the stricter ceiling: forward-only arranged as the replicas are
             runs["forward_replicas"] = lambda: forward_replicas(
-                model, decoded, args.batch, args.precision, workers
+                engine, decoded, args.batch, args.precision, workers
             )
         if workers and device.type == "cpu":
             runs["full_default_heap"] = lambda: default_heap(full)
@@ -533,6 +553,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "load": os.getloadavg()[0],
         "torch": torch.__version__,
         "dtype": "float32" if dtype is None else str(dtype).removeprefix("torch."),
+        "compiled": args.compile == "on",
         **{name: statistics.median(values) for name, values in measured.items()},
         **{f"{name}_all": values for name, values in measured.items()},
         # ratios within each round (the machine's load drifts less within one round than
@@ -550,6 +571,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "full_vs_float32": ratio(measured, "full", "full_float32"),
         "full_vs_fresh": ratio(measured, "full", "full_fresh"),
         "full_vs_threaded": ratio(measured, "full", "full_threaded"),
+        "full_vs_other": ratio(measured, "full", "full_other"),
+        "forward_vs_other": ratio(measured, "forward", "forward_other"),
         "uncached_vs_forward": ratio(measured, "full_uncached", "forward"),
     }
 
@@ -608,6 +631,15 @@ def _chunks(r: dict[str, Any]) -> str:
     )
 
 
+def _compiled(r: dict[str, Any]) -> str:
+    if not r.get("compiled"):
+        return ""
+    return (
+        ", compiled (`workers.compile`; forward-only too; the ML backend runs the model "
+        "eagerly, as Label Studio's ML backends do)"
+    )
+
+
 def _decoding(r: dict[str, Any]) -> str:
     if int(r["workers"]):
         return (
@@ -634,6 +666,8 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
             "full_fresh",
             "full_threaded",
             "full_uncached",
+            "full_other",
+            "forward_other",
         )
         if name in r
     )
@@ -644,7 +678,8 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
         f"{_decoding(r)}, "
         f"forward-only and the ML backend on {r['threads']} torch threads, the full pipeline"
         f"{_pipeline_threads(r)} (`workers.threads`), forward in "
-        f"{r.get('dtype', 'float32')} with channels_last, {r['cpus']} CPUs (load average "
+        f"{r.get('dtype', 'float32')} with channels_last{_compiled(r)}, {r['cpus']} CPUs "
+        f"(load average "
         f"{r['load']:.1f} at the end), torch {r['torch']}; medians of {r['rounds']} interleaved "
         f"rounds after a warm-up (range: {spread} images/s), ratios the median of each "
         f"round's ratio. Command: `{command}`",
@@ -674,6 +709,9 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
         "`Decoders`)",
         "full_threaded": "full pipeline, local files read and decoded on the decode "
         f"processes' fetch threads, {FETCHES_PER_PROCESS} each (before `ImageSource.remote`)",
+        "full_other": "full pipeline, the forward pass compiled (`workers.compile = on`)"
+        if not r.get("compiled")
+        else "full pipeline, the forward pass not compiled (`workers.compile = off`)",
         "forward_replicas": f"forward-only as the replicas run it: {r['workers']} forked copies "
         "of the model on 1 torch thread each, pre-decoded tensors",
     }
@@ -686,6 +724,12 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
             f"| full pipeline storing no pixels (`workers.pixel_cache_mb = 0`: every later "
             f"model version reads and decodes again) | {float(r['full_uncached']):,.0f} | "
             f"{float(r['uncached_vs_forward']):.2f}x forward-only | |"
+        )
+    if r.get("forward_vs_other") is not None:
+        lines.append(
+            f"| forward-only, {'not ' if r.get('compiled') else ''}compiled | "
+            f"{float(r['forward_other']):,.0f} | forward-only is "
+            f"{float(r['forward_vs_other']):.2f}x this | |"
         )
     if r["model"] == "resnet50" and str(r["device"]) != "CPU":
         lines.append(
@@ -763,6 +807,13 @@ def main() -> None:
         default=0,
         help="workers.threads of the full pipeline (0: replicas in the decode processes "
         "when there is one a CPU, else the CPUs they leave)",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=["on", "off"],
+        default="off",
+        help="workers.compile of forward-only, the full pipeline and rescoring (each also "
+        "timed the other way); the ML backend runs eagerly",
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measured rounds")
     parser.add_argument(

@@ -88,6 +88,7 @@ def worker_config(settings: Settings, classes: tuple[str, ...]) -> WorkerConfig:
         mc_passes=section.mc_passes,
         device=section.device,
         precision=section.precision,
+        compile=section.compile,
         threads=section.threads,
         bootstrap_dir=section.bootstrap_dir or settings.artifacts.dir / "bootstrap",
         pixel_cache_dir=pixel_cache_dir(settings),

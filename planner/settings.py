@@ -343,6 +343,8 @@ class DashboardSettings(_Section):
 
 Precision = Literal["auto", "float32", "bfloat16", "float16"]
 PRECISIONS: tuple[Precision, ...] = ("auto", "float32", "bfloat16", "float16")
+CompileMode = Literal["auto", "on", "off"]
+COMPILE_MODES: tuple[CompileMode, ...] = ("auto", "on", "off")
 
 
 class WorkerLimitError(ValueError):
@@ -424,6 +426,11 @@ class WorkerSettings(_Section):
         default="auto",
         description="Forward-pass dtype: auto (bf16 on a GPU or a bf16 CPU), float32, bfloat16, "
         "float16.",
+    )
+    compile: CompileMode = Field(
+        default="off",
+        description="torch.compile the forward pass: on = before a model's first batch; auto = "
+        "once a worker process has been asked to score 65,536 images with it; off.",
     )
     threads: int = Field(
         default=0,

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from planner.errors import ConfigError
-from planner.settings import PRECISIONS, WorkerLimitError, worker_time_limits
+from planner.settings import COMPILE_MODES, PRECISIONS, WorkerLimitError, worker_time_limits
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 SECRET_FIELDS = ("store_password", "label_studio_token")
@@ -45,6 +45,7 @@ class WorkerConfig:
     mc_passes: int = 0
     device: str = "auto"
     precision: str = "auto"
+    compile: str = "off"
     threads: int = 0
     queue: str = "score"
     bootstrap_dir: Path | None = None
@@ -76,6 +77,10 @@ class WorkerConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(
                 f"workers.precision = {self.precision!r}: use one of {', '.join(PRECISIONS)}"
+            )
+        if self.compile not in COMPILE_MODES:
+            raise ConfigError(
+                f"workers.compile = {self.compile!r}: use one of {', '.join(COMPILE_MODES)}"
             )
         if self.mc_passes == 1:
             raise ConfigError("workers.mc_passes = 1 estimates nothing; use 0 (off) or 2 or more")

@@ -55,6 +55,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from planner.core.acquisition import bald
 from planner.settings import PRECISIONS
+from workers.compiling import Compiler, compile_failed
 from workers.images import ImageError, ImageSource, decode
 from workers.models import ModelKind
 from workers.outputs import logits_of, read_output
@@ -613,6 +614,8 @@ def iter_scores(
     threads: int = 0,
     cache: PixelCache | None = None,
     decoders: Decoders | None = None,
+    compile_mode: str = "off",
+    compiler: Compiler | None = None,
 ) -> Generator[Scores, None, None]:
     """One ``Scores`` per batch of ``items`` (bad images of the batch included). The
     source's kept-alive connections of this process are closed when the last batch is out.
@@ -621,7 +624,9 @@ def iter_scores(
     with every CPU free for the forward pass; the rest are then fetched and decoded (see the
     module on where), and their pixels stored for the next model version. With ``decoders``
     the decode processes are kept for the next call (see :class:`Decoders`); without, they
-    are started for this call and shut down at its end.
+    are started for this call and shut down at its end. ``compiler`` decides with
+    ``compile_mode`` whether the forward pass runs compiled (see :mod:`workers.compiling`);
+    without one, this call's items alone count.
     """
     keep_heap()
     target = pick_device(device)
@@ -630,7 +635,10 @@ def iter_scores(
     problem = mc_problem(module, kind) if mc_passes else None
     notes = (problem,) if problem else ()
     passes = 0 if problem else mc_passes
+    compiler = compiler or Compiler()
+    compiled = compiler.forward(module, kind, len(items), compile_mode)
     run = partial(_batches, module, target=target, dtype=dtype, passes=passes)
+    run = partial(run, compiled=compiled, compiler=compiler)
     cpu = target.type == "cpu"
     workers = decode_workers(num_workers, target)
     if num_workers and not workers:
@@ -649,8 +657,13 @@ def iter_scores(
         images = _Images(source, image_size, cache, fetchers=FETCHES_PER_PROCESS)
         batches = chunked(misses, batch_size)
         if replicas(cpu, threads, workers):  # each decode process scores its own batches
+            if compiled is not None:  # compiled here, once, for the replicas' one thread
+                compiled = _warmed(module, compiled, compiler, dtype=dtype, size=image_size)
+                run = partial(run, compiled=compiled)
+                if compiled is None:
+                    notes = (*notes, compiler.failed[module])
             key: tuple[object, ...] = ("replicas", module, passes, dtype, source, image_size)
-            key += (cache, workers)
+            key += (cache, workers, compiled)
             scored = _Scored(images, partial(run, notes=()))
             options = {"collate_fn": _as_is, "multiprocessing_context": "fork"}
             with _lent(decoders, key, batches, scored, workers, **options) as loader:
@@ -689,6 +702,47 @@ def _fed(
         images.pool.shutdown(cancel_futures=True)
 
 
+def _warmed(
+    module: nn.Module,
+    compiled: nn.Module,
+    compiler: Compiler,
+    *,
+    dtype: torch.dtype | None,
+    size: int,
+) -> nn.Module | None:
+    """``compiled`` after a first batch on one torch thread, as the CPU replicas run it
+    (torch compiles for a thread count): forked into them compiled, not compiled again in
+    each; None when it could not be compiled (here, or on the cached items before)."""
+    blank = _channels_first(torch.zeros((2, size, size, 3), dtype=torch.uint8))
+    with torch_threads(1):
+        for _ in _batches(
+            module,
+            [([0, 1], blank, {}, {})],
+            target=torch.device("cpu"),
+            dtype=dtype,
+            passes=0,
+            notes=(),
+            compiled=compiled,
+            compiler=compiler,
+        ):
+            pass
+    return None if module in compiler.failed else compiled
+
+
+def _forward(
+    module: nn.Module, compiled: nn.Module | None, x: torch.Tensor, compiler: Compiler | None
+) -> tuple[object, str | None]:
+    """``module``'s output for ``x``, from ``compiled`` where given (a batch of one runs
+    eagerly, see :mod:`workers.compiling`), and the warning when it failed to compile."""
+    if compiled is None or len(x) < 2 or (compiler is not None and module in compiler.failed):
+        return module(x), None
+    try:
+        return compiled(x), None
+    except Exception as exc:
+        out = module(x)  # a fault of the model itself raises here, as it would uncompiled
+        return out, compiler.fail(module, exc) if compiler else compile_failed(exc)
+
+
 def _batches(
     module: nn.Module,
     loader: Iterable[_Batch],
@@ -697,6 +751,8 @@ def _batches(
     dtype: torch.dtype | None,
     passes: int,
     notes: tuple[str, ...],
+    compiled: nn.Module | None = None,
+    compiler: Compiler | None = None,
 ) -> Iterator[Scores]:
     with torch.inference_mode():
         for batch_ids, batch, bad, retry in loader:
@@ -706,7 +762,10 @@ def _batches(
             x = batch.to(target, non_blocking=True).float().div_(255.0)
             x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(target.type, dtype=dtype, enabled=dtype is not None):
-                out = read_output(module(x), len(batch_ids), reduced=dtype is not None)
+                raw, failed = _forward(module, compiled, x, compiler)
+                if failed is not None:
+                    compiled, notes = None, (*notes, failed)
+                out = read_output(raw, len(batch_ids), reduced=dtype is not None)
                 samples = _mc_passes(module, x, passes) if passes and not out.detection else None
             batch_notes = notes
             if passes and out.detection:

@@ -33,6 +33,7 @@ from workers.bootstrap import (
     saved_labelled,
     train_bootstrap,
 )
+from workers.compiling import Compiler
 from workers.config import WorkerConfig
 from workers.images import ImageSource
 from workers.inference import Decoders, iter_scores, keep_heap, read_pixels
@@ -86,8 +87,8 @@ class ChunkDeferredError(TransientError):
 
 @dataclass
 class Resources:
-    """What a worker process keeps between chunks: open stores, loaded models, the pixel
-    cache and the decode processes.
+    """What a worker process keeps between chunks: open stores, loaded models and what was
+    compiled of them, the pixel cache and the decode processes.
 
     Owned by the Celery app (or by one embedded ``score_pool`` call), never a module global.
     """
@@ -97,6 +98,7 @@ class Resources:
     bootstraps: dict[int, Trained] = field(default_factory=dict)
     caches: dict[tuple[Path, int], PixelCache] = field(default_factory=dict)
     decoders: Decoders = field(default_factory=Decoders)
+    compiler: Compiler = field(default_factory=Compiler)
 
     def store(self, cfg: WorkerConfig) -> Store:
         key = (cfg.store_url, cfg.store_password)
@@ -281,6 +283,8 @@ def score_chunk(
         threads=cfg.threads,
         cache=resources.pixels(cfg),
         decoders=resources.decoders,
+        compile_mode=cfg.compile,
+        compiler=resources.compiler,
     )
     # closed at once should a write fail, not when the collector gets to it: its finally
     # closes the image connections and gives torch its threads back
