@@ -652,8 +652,9 @@ def _decoding(r: dict[str, Any]) -> str:
 def rows(r: dict[str, Any], command: str) -> list[str]:
     full, forward, single = float(r["full"]), float(r["forward"]), float(r["single"])
     vs_forward, vs_single = float(r["full_vs_forward"]), float(r["full_vs_single"])
+    other = "_eager" if r.get("compiled") else "_compiled"
     spread = ", ".join(
-        f"{name} {min(r[name + '_all']):,.0f}-{max(r[name + '_all']):,.0f}"
+        f"{name.replace('_other', other)} {min(r[name + '_all']):,.0f}-{max(r[name + '_all']):,.0f}"
         for name in (
             "forward",
             "full",

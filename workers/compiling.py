@@ -3,10 +3,10 @@
 Inductor fuses a network's element-wise layers into its convolutions and generates its own
 kernels. On the CPUs here it gained less than its reputation: with the scoring process's
 heap kept (``workers.inference.keep_heap``), which already spares the eager pass most of its
-allocations, a bf16 batch ran 1.05x (ResNet-50 at 224 px) to 1.4x (the bootstrap network at
-32 px) the eager speed (docs/benchmarks.md), and compiling costs seconds to a minute a model
-and process (less where inductor's on-disk cache, shared by a machine's processes, holds the
-network). So ``workers.compile``:
+allocations, a bf16 forward pass ran 1.06x (ResNet-50 at 224 px) to 1.19x (the bootstrap
+network at 32 px) the eager speed, the full pipeline at most 1.12x (docs/benchmarks.md), and
+compiling costs seconds to a minute a model and process (less where inductor's on-disk
+cache, shared by a machine's processes, holds the network). So ``workers.compile``:
 
 * ``off`` (the default) runs the forward pass eagerly;
 * ``on`` compiles a model before its first batch;
