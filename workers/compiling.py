@@ -20,7 +20,10 @@ of one image runs eagerly (a dimension of size 1 would need a compilation of its
 CPU with replicas (``workers.inference``) the model is compiled in the scoring process for
 one torch thread, as they run it, before they are forked: compiled once, not in each. A model
 that fails to compile (no C++ compiler for inductor's CPU kernels, an operation it cannot
-trace) is scored eagerly from then on, the reason in the chunk's warnings.
+trace) is scored eagerly from then on, the reason in the chunk's warnings; a chunk's time
+limit, a signal or a lack of memory that strikes while it compiles or runs is raised as it
+would be uncompiled (a chunk past its soft limit is retried at half the batch), and so is an
+error of the model itself.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import torch
+from billiard.exceptions import SoftTimeLimitExceeded, Terminated, TimeLimitExceeded
 from torch import nn
+from torch._dynamo.exc import TorchDynamoException
 
 from planner.settings import COMPILE_MODES
 from workers.models import ModelKind
@@ -41,6 +46,37 @@ COMPILE_AFTER = 65_536
 """Images a process is asked to score with a model before ``auto`` compiles it: a pool where
 the seconds a compilation takes are won back at the gains measured here."""
 log = logging.getLogger("planner.workers")
+_NOT_THE_COMPILER = (
+    SoftTimeLimitExceeded,
+    TimeLimitExceeded,
+    Terminated,
+    KeyboardInterrupt,
+    torch.OutOfMemoryError,
+)
+"""Raised while compiling, but not the compiler's fault: a chunk's time limit, a signal, or
+memory that a smaller batch may find (each is handled where it would be uncompiled)."""
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it wraps: a compiler's inner exception, causes, contexts."""
+    seen: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in seen:
+        seen.append(link)
+        link = getattr(link, "inner_exception", None) or link.__cause__ or link.__context__
+    return seen
+
+
+def unwrapped(exc: BaseException) -> BaseException:
+    """The time limit, signal or out-of-memory error that ``exc`` wraps (torch wraps what
+    strikes while it compiles), else ``exc``: what the caller handles as uncompiled."""
+    return next((link for link in _chain(exc) if isinstance(link, _NOT_THE_COMPILER)), exc)
+
+
+def compiler_fault(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by a compiled forward pass, is ``torch.compile``'s own failure
+    (to score eagerly instead): not the model's error at run time, nor one it wrapped."""
+    return isinstance(exc, TorchDynamoException) and unwrapped(exc) is exc
 
 
 def compile_failed(exc: BaseException) -> str:

@@ -55,7 +55,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from planner.core.acquisition import bald
 from planner.settings import PRECISIONS
-from workers.compiling import Compiler, compile_failed
+from workers.compiling import Compiler, compile_failed, compiler_fault, unwrapped
 from workers.images import ImageError, ImageSource, decode
 from workers.models import ModelKind
 from workers.outputs import logits_of, read_output
@@ -739,7 +739,12 @@ def _forward(
     try:
         return compiled(x), None
     except Exception as exc:
-        out = module(x)  # a fault of the model itself raises here, as it would uncompiled
+        if not compiler_fault(exc):  # the model's own fault, a time limit: as uncompiled
+            cause = unwrapped(exc)
+            if cause is exc:
+                raise
+            raise cause from exc
+        out = module(x)  # a fault of the model itself that tracing hit raises here
         return out, compiler.fail(module, exc) if compiler else compile_failed(exc)
 
 

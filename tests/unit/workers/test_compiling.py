@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from celery.exceptions import SoftTimeLimitExceeded
 from torch import nn
 from torch._dynamo.utils import counters
 
@@ -166,6 +167,46 @@ def test_a_model_that_fails_to_compile_is_scored_eagerly_and_not_compiled_again(
     assert len(tried) == 1, "not tried again"
     assert compiler.forward(model, "module", 1, "on") is None
     np.testing.assert_array_equal(again.probs, eager.probs)
+
+
+class Raising(nn.Module):
+    """A compiled forward pass that raises ``error`` as it runs."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error = error
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "wrapped"),
+    [
+        (SoftTimeLimitExceeded(), False),
+        (SoftTimeLimitExceeded(), True),
+        (torch.OutOfMemoryError("out of memory"), True),
+        (ValueError("the model's own"), False),
+    ],
+)
+def test_a_time_limit_or_the_model_s_own_error_in_a_compiled_pass_is_raised_as_uncompiled(
+    digit_files: tuple[Path, list[int]], error: BaseException, wrapped: bool
+) -> None:
+    root, _ = digit_files
+
+    def struck(graph: torch.fx.GraphModule, inputs: list[torch.Tensor]) -> object:
+        raise error  # while compiling: torch wraps it
+
+    def compile_(module: nn.Module) -> nn.Module:
+        return torch.compile(module, backend=struck) if wrapped else Raising(error)
+
+    compiler = Compiler(compile=compile_)
+    with pytest.raises(type(error)):
+        score_items(
+            Tiny().eval(), ITEMS, ImageSource(image_root=root), image_size=32, num_workers=0,
+            compile_mode="on", compiler=compiler,
+        )  # fmt: skip
+    assert not compiler.failed, "not the compiler's fault: it is tried again"
 
 
 def test_workers_compile_is_read_from_the_settings_and_checked(tmp_path: Path) -> None:
