@@ -37,7 +37,6 @@ from typing import cast
 import torch
 from billiard.exceptions import SoftTimeLimitExceeded, Terminated, TimeLimitExceeded
 from torch import nn
-from torch._dynamo.exc import TorchDynamoException
 
 from planner.settings import COMPILE_MODES
 from workers.models import ModelKind
@@ -57,13 +56,18 @@ _NOT_THE_COMPILER = (
 memory that a smaller batch may find (each is handled where it would be uncompiled)."""
 
 
+def _wrapped(exc: BaseException) -> BaseException | None:
+    """What ``exc`` says it wraps: a compiler's inner exception, or its cause."""
+    return getattr(exc, "inner_exception", None) or exc.__cause__
+
+
 def _chain(exc: BaseException) -> list[BaseException]:
-    """``exc`` and what it wraps: a compiler's inner exception, causes, contexts."""
+    """``exc`` and what it wraps, or was raised while handling, down to the first."""
     seen: list[BaseException] = []
     link: BaseException | None = exc
     while link is not None and link not in seen:
         seen.append(link)
-        link = getattr(link, "inner_exception", None) or link.__cause__ or link.__context__
+        link = _wrapped(link) or link.__context__
     return seen
 
 
@@ -73,16 +77,10 @@ def unwrapped(exc: BaseException) -> BaseException:
     return next((link for link in _chain(exc) if isinstance(link, _NOT_THE_COMPILER)), exc)
 
 
-def compiler_fault(exc: BaseException) -> bool:
-    """Whether ``exc``, raised by a compiled forward pass, is ``torch.compile``'s own failure
-    (to score eagerly instead): not the model's error at run time, nor one it wrapped."""
-    return isinstance(exc, TorchDynamoException) and unwrapped(exc) is exc
-
-
 def compile_failed(exc: BaseException) -> str:
     """The warning for a model that could not be compiled (``exc``: what torch raised; a
     compiler's own failure comes wrapped, its cause is the reason)."""
-    cause = getattr(exc, "inner_exception", None) or exc.__cause__ or exc
+    cause = _wrapped(exc) or exc
     first = next(iter(str(cause).strip().splitlines()), "")
     return (
         f"torch.compile failed ({type(cause).__name__}: {first[:200]}); scoring eagerly. "

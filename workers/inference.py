@@ -55,7 +55,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from planner.core.acquisition import bald
 from planner.settings import PRECISIONS
-from workers.compiling import Compiler, compile_failed, compiler_fault, unwrapped
+from workers.compiling import Compiler, unwrapped
 from workers.images import ImageError, ImageSource, decode
 from workers.models import ModelKind
 from workers.outputs import logits_of, read_output
@@ -637,8 +637,10 @@ def iter_scores(
     passes = 0 if problem else mc_passes
     compiler = compiler or Compiler()
     compiled = compiler.forward(module, kind, len(items), compile_mode)
-    run = partial(_batches, module, target=target, dtype=dtype, passes=passes)
-    run = partial(run, compiled=compiled, compiler=compiler)
+    run = partial(
+        _batches, module, target=target, dtype=dtype, passes=passes, compiled=compiled,
+        compiler=compiler,
+    )  # fmt: skip
     cpu = target.type == "cpu"
     workers = decode_workers(num_workers, target)
     if num_workers and not workers:
@@ -730,22 +732,25 @@ def _warmed(
 
 
 def _forward(
-    module: nn.Module, compiled: nn.Module | None, x: torch.Tensor, compiler: Compiler | None
+    module: nn.Module, compiled: nn.Module | None, x: torch.Tensor, compiler: Compiler
 ) -> tuple[object, str | None]:
     """``module``'s output for ``x``, from ``compiled`` where given (a batch of one runs
     eagerly, see :mod:`workers.compiling`), and the warning when it failed to compile."""
-    if compiled is None or len(x) < 2 or (compiler is not None and module in compiler.failed):
+    if compiled is None or len(x) < 2 or module in compiler.failed:
         return module(x), None
     try:
         return compiled(x), None
     except Exception as exc:
-        if not compiler_fault(exc):  # the model's own fault, a time limit: as uncompiled
-            cause = unwrapped(exc)
-            if cause is exc:
-                raise
+        # imported here: a second of start-up for every process that imports this module
+        from torch._dynamo.exc import TorchDynamoException  # noqa: PLC0415
+
+        cause = unwrapped(exc)
+        if cause is not exc:  # a time limit, a signal, memory: handled as uncompiled
             raise cause from exc
+        if not isinstance(exc, TorchDynamoException):  # the model's own error as it ran
+            raise
         out = module(x)  # a fault of the model itself that tracing hit raises here
-        return out, compiler.fail(module, exc) if compiler else compile_failed(exc)
+        return out, compiler.fail(module, exc)
 
 
 def _batches(
@@ -756,8 +761,8 @@ def _batches(
     dtype: torch.dtype | None,
     passes: int,
     notes: tuple[str, ...],
-    compiled: nn.Module | None = None,
-    compiler: Compiler | None = None,
+    compiled: nn.Module | None,
+    compiler: Compiler,
 ) -> Iterator[Scores]:
     with torch.inference_mode():
         for batch_ids, batch, bad, retry in loader:
