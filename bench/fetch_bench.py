@@ -1,13 +1,15 @@
-"""Image fetching: CPU an image of the workers' Label Studio client against httpx's.
+"""Image fetching: CPU an image of the workers' Label Studio client against earlier ones.
 
 A pool's first pass fetches every image from Label Studio, and on a CPU the client's own work
 shares the cores with decoding and the forward pass. Measured in one run, interleaved rounds:
-``ImageSource.read`` (urllib3, kept-alive connections, the API token; what the DataLoader
-decode processes call) against an ``httpx.Client`` with kept-alive connections sending the
-same request (the workers' client before 2026-12-06), both reading the same JPEG images from
-the score bench's Label Studio stand-in (a process of its own) on 127.0.0.1. Reported: the
-fetching thread's CPU time an image (``time.thread_time``) and the wall time an image,
-medians of the rounds, and the ratio of CPU times within each round (median).
+``ImageSource.read`` (libcurl through pycurl, kept-alive connections, the API token; what the
+DataLoader decode processes call) against a ``urllib3.PoolManager`` reading the body as the
+workers did before libcurl (the baseline) and an ``httpx.Client`` (the workers' client
+before urllib3), all with kept-alive connections, sending the same request and reading the
+same JPEG images from the score bench's Label Studio stand-in (a process of its own) on
+127.0.0.1. Reported: the fetching thread's CPU time an image (``time.thread_time``) and the
+wall time an image, medians of the rounds, and the ratio of CPU times within each round
+(median).
 
     python bench/fetch_bench.py --write docs/benchmarks.md
 """
@@ -25,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import urllib3
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -59,13 +62,29 @@ def measure(n: int, size: int, rounds: int) -> dict[str, list[tuple[float, float
                     response.raise_for_status()
                     return response.content
 
-                runs = {"httpx": with_httpx, "workers": source.read}
+                pool = urllib3.PoolManager(maxsize=16, retries=False)
+
+                def with_urllib3(reference: str) -> bytes:
+                    response = pool.urlopen(
+                        "GET",
+                        url + reference,
+                        headers=headers,
+                        redirect=False,
+                        preload_content=False,
+                    )
+                    try:
+                        return b"".join(response.stream(1024 * 1024))
+                    finally:
+                        response.release_conn()
+
+                runs = {"urllib3": with_urllib3, "httpx": with_httpx, "workers": source.read}
                 measured: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
                 for fetch in runs.values():  # warm-up: connections opened, code loaded
                     timed(fetch, references[:50])
                 for _ in range(rounds):
                     for name, fetch in runs.items():
                         measured[name].append(timed(fetch, references))
+                pool.clear()
             source.close()
     return measured
 
@@ -74,10 +93,15 @@ def section(measured: dict[str, list[tuple[float, float]]], args: argparse.Names
     def median(name: str, which: int) -> float:
         return statistics.median(pair[which] for pair in measured[name]) * 1e6
 
-    ratio = statistics.median(
-        ours[0] / theirs[0]
-        for ours, theirs in zip(measured["workers"], measured["httpx"], strict=True)
-    )
+    def ratio(name: str) -> float:
+        return statistics.median(
+            ours[0] / theirs[0]
+            for ours, theirs in zip(measured[name], measured["urllib3"], strict=True)
+        )
+
+    def cells(name: str) -> str:
+        return f"{median(name, 0):.0f} us | {median(name, 1):.0f} us"
+
     command = f"python bench/fetch_bench.py --n {args.n} --size {args.size} --rounds {args.rounds}"
     return f"""## Image fetching
 
@@ -89,8 +113,9 @@ interleaved rounds after a warm-up. Command: `{command} --write docs/benchmarks.
 
 | client | CPU an image | wall an image | ratio of CPU |
 |---|---|---|---|
-| `httpx.Client`, kept alive (the workers' client before 2026-12-06) | {median("httpx", 0):.0f} us | {median("httpx", 1):.0f} us | 1.00 (baseline) |
-| `ImageSource.read` (urllib3, kept alive) | {median("workers", 0):.0f} us | {median("workers", 1):.0f} us | {ratio:.2f}x |
+| `urllib3.PoolManager`, kept alive (the workers' client before libcurl) | {cells("urllib3")} | 1.00 (baseline) |
+| `httpx.Client`, kept alive (the workers' client before urllib3) | {cells("httpx")} | {ratio("httpx"):.2f}x |
+| `ImageSource.read` (libcurl through pycurl, kept alive) | {cells("workers")} | {ratio("workers"):.2f}x |
 """  # noqa: E501 - Markdown table rows
 
 

@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-packages=(annotated-types lmdb pydantic pydantic-core pydantic-settings python-dotenv simplejpeg
+packages=(annotated-types lmdb pycurl pydantic pydantic-core pydantic-settings python-dotenv simplejpeg
   typing-extensions typing-inspection)
 pins=()
 for name in "${packages[@]}"; do

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import json
 import os
 import socket
 import threading
@@ -26,16 +27,11 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import numpy.typing as npt
 import simplejpeg
-import urllib3
 from PIL import Image, UnidentifiedImageError
-from urllib3.exceptions import HTTPError, ProtocolError, SSLError
-from urllib3.exceptions import TimeoutError as HTTPTimeoutError
+
+from workers.curl import Connections, FetchError, request
 
 MAX_BYTES = 64 * 1024 * 1024
-READ_PIECE = 1024 * 1024
-"""A response body is read this much at a time, up to ``MAX_BYTES``."""
-KEEP_ALIVE_CONNECTIONS = 16
-"""At least the images a process reads at once (``workers.inference.FETCHES_IN_PROCESS``)."""
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 ADDRESS_TTL_S = 60.0
@@ -45,9 +41,6 @@ Only a checked address is ever connected to, so a rebinding DNS gains nothing me
 JPEG_AS_PILLOW = frozenset({"YCbCr", "Gray", "RGB"})
 """JPEG colour spaces libjpeg-turbo turns into the RGB Pillow's ``convert("RGB")`` gives (not
 CMYK or YCCK, which Pillow converts its own way)."""
-NOT_YET = (HTTPTimeoutError, ProtocolError, SSLError)
-"""A server not reached, not answering in time, or dropping the connection: worth a retry
-(a name that does not resolve is a ``NewConnectionError``, a timeout among these)."""
 
 
 class ImageError(Exception):
@@ -71,7 +64,7 @@ def _image_error(message: str, transient: bool) -> ImageError:
 
 
 if TYPE_CHECKING:  # finalize is generic for the type checker only
-    _Closer = weakref.finalize[[int, urllib3.PoolManager], "ImageSource"]
+    _Closer = weakref.finalize[[], "ImageSource"]
     """Closes a source's connections in its process: called by ``close``, or when it goes."""
 
 
@@ -90,14 +83,13 @@ class ImageSource:
     _addresses: dict[str, tuple[str, float]] = field(
         default_factory=dict, compare=False, repr=False
     )
-    # one connection pool per process (DataLoader workers get their own), its connections
-    # kept alive between images (a TCP and TLS handshake per image would cost more than
-    # decoding it) until ``close``. urllib3, not httpx: 0.25 ms of CPU a request, not
-    # 0.4 (bench/fetch_bench.py), which the first pass of a pool spends on every image
-    _clients: dict[int, tuple[urllib3.PoolManager, _Closer]] = field(
+    # this process's curl handles (DataLoader workers get their own), their connections kept
+    # alive between images (a TCP and TLS handshake per image would cost more than decoding
+    # it) until ``close``
+    _clients: dict[int, tuple[Connections, _Closer]] = field(
         default_factory=dict, compare=False, repr=False
     )
-    # decoding threads share the client: the first reads of a run must not each build one
+    # decoding threads share the source: the first reads of a run must not each build one
     _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     def __reduce__(self) -> tuple[object, ...]:
@@ -105,22 +97,16 @@ class ImageSource:
         fields_ = (self.label_studio_url, self.label_studio_token, self.image_root)
         return (ImageSource, (*fields_, self.allowed_hosts, self.timeout_s))
 
-    def _client(self) -> urllib3.PoolManager:
+    def _connections(self) -> Connections:
         pid = os.getpid()
         with self._lock:
-            return self._client_in(pid)
-
-    def _client_in(self, pid: int) -> urllib3.PoolManager:
-        if pid not in self._clients:
-            client = urllib3.PoolManager(
-                maxsize=KEEP_ALIVE_CONNECTIONS,
-                timeout=urllib3.Timeout(connect=self.timeout_s, read=self.timeout_s),
-                retries=False,  # a retry is the chunk's, with backoff; never a redirect
-            )
-            # a source dropped without ``close`` (an error held in a traceback, say) closes its
-            # connections when it goes, before the collector could finalise a socket unclosed
-            self._clients[pid] = (client, weakref.finalize(self, _close_in, pid, client))
-        return self._clients[pid][0]
+            if pid not in self._clients:
+                connections = Connections(self.timeout_s)
+                # a source dropped without ``close`` (an error held in a traceback, say)
+                # closes its connections when it goes
+                closer = weakref.finalize(self, connections.close)
+                self._clients[pid] = (connections, closer)
+            return self._clients[pid][0]
 
     def close(self) -> None:
         """Close this process's kept-alive connections; a later ``read`` opens new ones."""
@@ -186,7 +172,7 @@ class ImageSource:
             raise ImageError(f"{reference} is a Label Studio URL but no server is configured")
         url = self.label_studio_url.rstrip("/") + reference
         try:
-            return _get(self._client(), url, self._auth())
+            return _get(self._connections(), url, self._auth())
         except _UnauthorisedError:
             if not _is_jwt(self.label_studio_token):
                 raise ImageError(
@@ -195,21 +181,22 @@ class ImageSource:
                 ) from None
         self._access.clear()  # the access token expired: exchange the refresh token again
         try:
-            return _get(self._client(), url, self._auth())
+            return _get(self._connections(), url, self._auth())
         except _UnauthorisedError:
             raise ImageError(
                 f"Label Studio refused the personal access token for {reference} (401)"
             ) from None
 
-    def _auth(self) -> dict[str, str]:
+    def _auth(self) -> list[str]:
         token = self.label_studio_token
         if not token:
-            return {}
+            return []
         if not _is_jwt(token):
-            return {"Authorization": f"Token {token}"}
+            return [f"Authorization: Token {token}"]
         if "access" not in self._access:
-            self._access["access"] = _refresh(self._client(), self.label_studio_url or "", token)
-        return {"Authorization": f"Bearer {self._access['access']}"}
+            base_url = self.label_studio_url or ""
+            self._access["access"] = _refresh(self._connections(), base_url, token)
+        return [f"Authorization: Bearer {self._access['access']}"]
 
     def _http(self, url: str, host: str) -> bytes:
         host = host.lower()
@@ -218,17 +205,14 @@ class ImageSource:
             raise ImageError(f"host {host!r} is not on the allow-list (workers.allowed_hosts)")
         address = self._address(host, allowed)
         # connect to the checked address, not a second lookup a rebinding DNS could answer
-        # differently; the name still goes in the Host header and the TLS server name
+        # differently; the name still goes in the Host header and the TLS server name. The
+        # URL is rebuilt from its parts: no userinfo (never sent) and no fragment
         parts = urlsplit(url)
+        name = f"[{host}]" if ":" in host else host
         port = "" if parts.port is None else f":{parts.port}"
-        tls = (
-            {"server_hostname": host, "assert_hostname": host} if parts.scheme == "https" else None
-        )
-        pool = self._client().connection_from_host(
-            address, parts.port, parts.scheme, pool_kwargs=tls
-        )
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        return _get(pool, path, {"Host": host + port}, shown=url)
+        target = f"{parts.scheme}://{name}{port}{path}"
+        return _get(self._connections(), target, [], shown=url, connect_to=address)
 
     def _address(self, host: str, allowed: set[str]) -> str:
         """``host``'s checked address: the one looked up less than ``ADDRESS_TTL_S`` ago, or
@@ -245,13 +229,6 @@ class ImageSource:
 def _relative(query: str) -> str:
     """The path under the image root of a ``/data/local-files/`` reference's query."""
     return (parse_qs(query).get("d") or [""])[0]
-
-
-def _close_in(pid: int, client: urllib3.PoolManager) -> None:
-    """Close ``client``'s connections in the process that opened them (a forked child holds
-    copies only)."""
-    if os.getpid() == pid:
-        client.clear()
 
 
 def _public_address(host: str, allowed: set[str]) -> str:
@@ -285,22 +262,27 @@ def _is_jwt(token: str | None) -> bool:
     return bool(token) and str(token).count(".") == 2
 
 
-def _refresh(client: urllib3.PoolManager, base_url: str, refresh_token: str) -> str:
+def _refresh(connections: Connections, base_url: str, refresh_token: str) -> str:
     """A short-lived access token for a personal access token (Label Studio's refresh)."""
     url = base_url.rstrip("/") + "/api/token/refresh/"
+    post = json.dumps({"refresh": refresh_token}).encode()
+    headers = ["Content-Type: application/json"]
     try:
-        response = client.request("POST", url, json={"refresh": refresh_token}, redirect=False)
-        answer = response.json() if response.status == 200 else {}
-    except NOT_YET as exc:
-        raise ImageError(f"cannot reach {base_url}: {type(exc).__name__}", transient=True) from None
-    except (HTTPError, ValueError) as exc:  # ValueError: not JSON
-        raise ImageError(f"cannot refresh the token at {url}: {type(exc).__name__}") from None
-    if not isinstance(answer, dict) or not isinstance(answer.get("access"), str):
+        answer = request(connections.handle(), url, headers, limit=MAX_BYTES, post=post)
+    except FetchError as exc:
+        if exc.transient:
+            raise ImageError(f"cannot reach {base_url}: {exc}", transient=True) from None
+        raise ImageError(f"cannot refresh the token at {url}: {exc}") from None
+    try:
+        tokens = json.loads(answer.body or b"") if answer.status == 200 else {}
+    except ValueError:  # not JSON
+        raise ImageError(f"cannot refresh the token at {url}: the answer is not JSON") from None
+    if not isinstance(tokens, dict) or not isinstance(tokens.get("access"), str):
         raise ImageError(
-            f"Label Studio refused the personal access token ({response.status}); "
+            f"Label Studio refused the personal access token ({answer.status}); "
             "check label_studio.token"
         )
-    access: str = answer["access"]
+    access: str = tokens["access"]
     return access
 
 
@@ -322,63 +304,37 @@ def _read_file(path: Path) -> bytes:
     return data
 
 
-def _body(response: urllib3.BaseHTTPResponse) -> bytes | None:
-    """The response's body, None when over ``MAX_BYTES`` (by its Content-Length, unread, or
-    as read). Read ``READ_PIECE`` at a time: one read of ``MAX_BYTES`` would take that much
-    memory at once for a body of unknown length (a server sending no Content-Length)."""
-    declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > MAX_BYTES:
-        return None
-    parts: list[bytes] = []
-    size = 0
-    for part in response.stream(READ_PIECE):
-        parts.append(part)
-        size += len(part)
-        if size > MAX_BYTES:
-            return None
-    return b"".join(parts)
-
-
 def _get(
-    client: urllib3.PoolManager | urllib3.HTTPConnectionPool,
+    connections: Connections,
     url: str,
-    headers: dict[str, str],
+    headers: list[str],
     *,
     shown: str | None = None,
+    connect_to: str | None = None,
 ) -> bytes:
-    """The body of a GET of ``url`` (on ``client``'s kept-alive connections), at most
-    ``MAX_BYTES`` of it read; ``shown``: the URL errors name (the task's, not the pinned one)."""
+    """The body of a GET of ``url`` (on this thread's kept-alive connections), at most
+    ``MAX_BYTES`` of it read; ``shown``: the URL errors name (the task's, not the rebuilt
+    one); ``connect_to``: the checked address to connect to."""
     shown = shown or url
     try:
-        response = client.urlopen(
-            "GET", url, headers=headers, redirect=False, preload_content=False
-        )
-        try:
-            status = response.status
-            # the body is read (to the limit) even when refused: the connection stays usable
-            data = _body(response)
-            if data is None:
-                response.close()  # the rest unread: this connection cannot serve another
-        finally:
-            response.release_conn()
-    except SSLError as exc:  # a certificate fixed on the server lets a later retry through
-        message = f"cannot fetch {shown}: TLS failed ({exc}); check the server's certificate"
-        raise ImageError(message, transient=True) from None
-    except NOT_YET as exc:
-        raise ImageError(f"cannot fetch {shown}: {type(exc).__name__}", transient=True) from None
-    except HTTPError as exc:
-        raise ImageError(f"cannot fetch {shown}: {type(exc).__name__}") from None
+        answer = request(connections.handle(), url, headers, limit=MAX_BYTES, connect_to=connect_to)
+    except FetchError as exc:
+        if exc.tls:  # a certificate fixed on the server lets a later retry through
+            message = f"cannot fetch {shown}: TLS failed ({exc}); check the server's certificate"
+            raise ImageError(message, transient=True) from None
+        raise ImageError(f"cannot fetch {shown}: {exc}", transient=exc.transient) from None
+    status = answer.status
     if status in REDIRECT_STATUS:
-        raise ImageError(f"{shown} redirects to {response.headers.get('location')}; refused")
+        raise ImageError(f"{shown} redirects to {answer.location}; refused")
     if status == 401:
         raise _UnauthorisedError(shown)
     if status in TRANSIENT_STATUS:
         raise ImageError(f"fetching {shown} answered {status}", transient=True)
     if status != 200:
         raise ImageError(f"fetching {shown} answered {status}")
-    if data is None:
+    if answer.body is None:
         raise ImageError(f"{shown} is larger than {MAX_BYTES} bytes")
-    return data
+    return answer.body
 
 
 def decode(data: bytes, size: int) -> npt.NDArray[np.uint8]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import trustme
 from PIL import Image
 from sklearn.datasets import load_digits
 
@@ -148,3 +149,42 @@ class KeptAliveServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+@pytest.fixture
+def png(tmp_path: Path) -> Path:
+    path = tmp_path / "one.png"
+    Image.fromarray(np.full((8, 8), 200, dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def tls_server(
+    png: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[KeptAliveServer, list[str]]]:
+    """An https image server on 127.0.0.1 whose certificate names localhost, issued by a test
+    CA the process trusts (SSL_CERT_FILE); yields it and the server names (SNI) it was sent."""
+    authority = trustme.CA()
+    bundle = png.parent / "ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(context)
+    names: list[str] = []
+
+    def record(_socket: ssl.SSLObject, name: str | None, _context: ssl.SSLContext) -> None:
+        names.append(str(name))
+
+    context.sni_callback = record
+    body = png.read_bytes()
+    server = KeptAliveServer(lambda path: body, tls=context)
+    yield server, names
+    server.stop()
+
+
+@pytest.fixture
+def kept_alive(png: Path) -> Iterator[KeptAliveServer]:
+    body = png.read_bytes()
+    server = KeptAliveServer(lambda path: body)
+    yield server
+    server.stop()

@@ -284,11 +284,11 @@ def test_which_references_wait_on_a_server(tmp_path: Path) -> None:
     assert not mounted.remote(None)  # type: ignore[arg-type]
 
 
-def test_threads_starting_together_share_one_client() -> None:
+def test_threads_starting_together_share_one_set_of_connections() -> None:
     source = ImageSource(label_studio_url="http://127.0.0.1:9")
     try:
         with ThreadPoolExecutor(16) as pool:
-            clients = list(pool.map(lambda _: source._client(), range(64)))
+            clients = list(pool.map(lambda _: source._connections(), range(64)))
         assert len({id(c) for c in clients}) == 1
         assert len(source._clients) == 1
     finally:
