@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 
 from planner.core.diversity import unit_rows
-from planner.core.whitening import fit_whitening
+from planner.core.whitening import noise_dominated
 from planner.errors import InputError
 
 FloatArray = npt.NDArray[np.float64]
@@ -144,4 +144,4 @@ def vote_space_ok(embeddings: npt.NDArray[np.floating[Any]], rows: npt.NDArray[n
     if rows.size < 2:
         return False
     sample = rows[np.linspace(0, rows.size - 1, min(SPECTRUM_SAMPLE, rows.size)).astype(np.intp)]
-    return not fit_whitening(embeddings[np.unique(sample)]).noise_dominated
+    return not noise_dominated(embeddings[np.unique(sample)])

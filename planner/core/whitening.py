@@ -87,6 +87,31 @@ def signal_rank(eigval: npt.NDArray[np.float64], m: int, d: int) -> int:
     return int((values > omega**2 * float(np.median(values))).sum())
 
 
+def _checked(sample: npt.NDArray[np.floating[Any]], variance: float) -> npt.NDArray[np.float64]:
+    if not 0.0 < variance <= 1.0:
+        raise InputError(f"whitening variance must lie in (0, 1], got {variance}")
+    x = np.asarray(sample, np.float64)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise InputError(f"whitening needs a (m, d) sample with m >= 1, got shape {x.shape}")
+    return x
+
+
+def _positive(eigval: npt.NDArray[np.float64]) -> npt.NDArray[np.bool_]:
+    """Which of the eigenvalues (largest first) are above zero (relatively)."""
+    if eigval[0] > 0:
+        positive: npt.NDArray[np.bool_] = eigval > eigval[0] * 1e-12
+        return positive
+    return np.zeros(eigval.size, bool)
+
+
+def _rank(eigval: npt.NDArray[np.float64], variance: float, m: int, d: int) -> tuple[int, int]:
+    """Kept directions for ``variance`` and the signal among them, of positive eigenvalues
+    (largest first) of a ``(m, d)`` sample's covariance."""
+    share = np.cumsum(eigval) / eigval.sum()
+    k = min(int(np.searchsorted(share, variance - 1e-12)) + 1, eigval.size)
+    return k, min(signal_rank(eigval, m, d), k)
+
+
 def fit_whitening(
     sample: npt.NDArray[np.floating[Any]],
     *,
@@ -98,22 +123,34 @@ def fit_whitening(
     Directions of zero variance are dropped; a sample without any variance gives the identity
     after centring. The result knows how many kept directions are signal (:func:`signal_rank`).
     """
-    if not 0.0 < variance <= 1.0:
-        raise InputError(f"whitening variance must lie in (0, 1], got {variance}")
     if not 0.0 <= power <= 0.5:
         raise InputError(f"whitening power must lie in [0, 0.5], got {power}")
-    x = np.asarray(sample, np.float64)
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise InputError(f"whitening needs a (m, d) sample with m >= 1, got shape {x.shape}")
+    x = _checked(sample, variance)
     mean = x.mean(axis=0)
     centred = x - mean
     eigval, eigvec = np.linalg.eigh(centred.T @ centred / x.shape[0])
     eigval, eigvec = eigval[::-1], eigvec[:, ::-1]  # largest first
-    positive = eigval > eigval[0] * 1e-12 if eigval[0] > 0 else np.zeros(eigval.size, bool)
+    positive = _positive(eigval)
     if not positive.any():
         return Whitening(mean, np.eye(x.shape[1]))
     eigval, eigvec = eigval[positive], eigvec[:, positive]
-    share = np.cumsum(eigval) / eigval.sum()
-    k = min(int(np.searchsorted(share, variance - 1e-12)) + 1, eigval.size)
-    signal = min(signal_rank(eigval, x.shape[0], x.shape[1]), k)
+    k, signal = _rank(eigval, variance, *x.shape)
     return Whitening(mean, eigvec[:, :k] / eigval[:k] ** power, signal)
+
+
+def noise_dominated(
+    sample: npt.NDArray[np.floating[Any]], *, variance: float = WHITEN_VARIANCE
+) -> bool:
+    """What ``fit_whitening(sample).noise_dominated`` says, from the eigenvalues alone: no
+    eigenvectors, and of the smaller of the ``(d, d)`` covariance and the ``(m, m)`` Gram
+    matrix, whose nonzero eigenvalues are the same (the neighbours' vote asks only this)."""
+    x = _checked(sample, variance)
+    centred = x - x.mean(axis=0)
+    m, d = x.shape
+    small = centred @ centred.T if m < d else centred.T @ centred
+    eigval = np.linalg.eigvalsh(small / m)[::-1]
+    positive = _positive(eigval)
+    if not positive.any():
+        return True
+    kept, signal = _rank(eigval[positive], variance, m, d)
+    return signal / kept < WHITEN_MIN_SIGNAL

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from planner.core.whitening import WHITEN_MIN_SIGNAL, fit_whitening, signal_rank
+from planner.core.whitening import (
+    WHITEN_MIN_SIGNAL,
+    fit_whitening,
+    noise_dominated,
+    signal_rank,
+)
 from planner.errors import InputError
 
 
@@ -88,3 +93,42 @@ def test_a_few_directions_over_noise_are_noise_dominated_a_decaying_spectrum_is_
     smooth = fit_whitening(_decaying())
     assert smooth.signal_share >= WHITEN_MIN_SIGNAL
     assert not smooth.noise_dominated
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [
+        _planted(3),
+        _planted(3, n=40),  # fewer rows than dimensions: from the (m, m) Gram matrix
+        _planted(30),
+        _decaying(),
+        _decaying(n=30),
+        _stretched(),
+        np.ones((5, 3)),  # no variance at all
+        np.ones((1, 3)),
+    ],
+    ids=[
+        "planted",
+        "planted-wide",
+        "planted-30",
+        "decaying",
+        "decaying-wide",
+        "stretched",
+        "flat",
+        "one-row",
+    ],
+)
+def test_noise_dominated_from_the_eigenvalues_alone_agrees_with_the_fit(
+    sample: np.ndarray,
+) -> None:
+    assert noise_dominated(sample) == fit_whitening(sample).noise_dominated
+    assert (
+        noise_dominated(sample, variance=0.5) == fit_whitening(sample, variance=0.5).noise_dominated
+    )
+
+
+def test_the_noise_check_refuses_what_the_fit_refuses() -> None:
+    with pytest.raises(InputError, match="variance"):
+        noise_dominated(_stretched(10), variance=0.0)
+    with pytest.raises(InputError, match="shape"):
+        noise_dominated(np.zeros((0, 3)))
