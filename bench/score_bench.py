@@ -70,6 +70,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import numpy as np
 import torch
+import urllib3
 from PIL import Image
 from torch import nn
 
@@ -437,6 +438,28 @@ class ThreadedFiles(ImageSource):
         return True
 
 
+class Urllib3Source(ImageSource):
+    """Label Studio's images fetched with urllib3 as the workers did before libcurl: a
+    ``PoolManager`` a process, kept-alive connections, the body streamed by the MiB."""
+
+    def _from_label_studio(self, reference: str) -> bytes:
+        pool = _URLLIB3.get(os.getpid())
+        if pool is None:  # a forked decode process opens its own
+            pool = _URLLIB3[os.getpid()] = urllib3.PoolManager(maxsize=16, retries=False)
+        headers = {"Authorization": f"Token {self.label_studio_token}"}
+        url = (self.label_studio_url or "") + reference
+        response = pool.urlopen("GET", url, headers=headers, redirect=False, preload_content=False)
+        try:
+            if response.status != 200:
+                raise RuntimeError(f"{url} answered {response.status}")
+            return b"".join(response.stream(1024 * 1024))
+        finally:
+            response.release_conn()
+
+
+_URLLIB3: dict[int, urllib3.PoolManager] = {}
+
+
 def ratio(measured: dict[str, list[float]], top: str, bottom: str) -> float | None:
     """The median over the rounds of ``top``'s images/s over ``bottom``'s in the same round
     (None where one of them was not run)."""
@@ -528,6 +551,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             runs["full_fresh"] = lambda: full(kept=False)
         if workers and args.source == "files":
             runs["full_threaded"] = replace(pool, source=ThreadedFiles()).first_pass
+        if args.source == "http":  # what libcurl gives, same run
+            runs["full_urllib3"] = replace(
+                pool, source=Urllib3Source(label_studio_url=label_studio, label_studio_token=TOKEN)
+            ).first_pass
         measured = interleaved(runs, args.rounds)
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
@@ -571,6 +598,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "full_vs_float32": ratio(measured, "full", "full_float32"),
         "full_vs_fresh": ratio(measured, "full", "full_fresh"),
         "full_vs_threaded": ratio(measured, "full", "full_threaded"),
+        "full_vs_urllib3": ratio(measured, "full", "full_urllib3"),
         "full_vs_other": ratio(measured, "full", "full_other"),
         "forward_vs_other": ratio(measured, "forward", "forward_other"),
         "uncached_vs_forward": ratio(measured, "full_uncached", "forward"),
@@ -666,6 +694,7 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
             "full_default_heap",
             "full_fresh",
             "full_threaded",
+            "full_urllib3",
             "full_uncached",
             "full_other",
             "forward_other",
@@ -710,6 +739,7 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
         "`Decoders`)",
         "full_threaded": "full pipeline, local files read and decoded on the decode "
         f"processes' fetch threads, {FETCHES_PER_PROCESS} each (before `ImageSource.remote`)",
+        "full_urllib3": "full pipeline, the images fetched with urllib3 (before libcurl)",
         "full_other": "full pipeline, the forward pass compiled (`workers.compile = on`)"
         if not r.get("compiled")
         else "full pipeline, the forward pass not compiled (`workers.compile = off`)",
