@@ -19,6 +19,7 @@ import ssl
 import threading
 import weakref
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import pycurl
 
@@ -49,6 +50,10 @@ TLS_CODES = frozenset(
 """The TLS handshake failed: a certificate put right on the server lets a retry through."""
 TOO_LARGE_CODES = frozenset({pycurl.E_FILESIZE_EXCEEDED, pycurl.E_WRITE_ERROR})
 """The body is over the limit: by its Content-Length (unread), or as read (aborted)."""
+URL_AS_IS = "!#$%&'()*+,/:;=?@[]~"
+"""What stands in a URL as it is: the reserved characters and ``%`` (a reference already
+percent-encoded stays so); anything else, a space or a non-ASCII letter of a file name, is
+percent-encoded (UTF-8), as urllib3 and browsers send it (libcurl refuses it raw)."""
 
 
 class FetchError(Exception):
@@ -171,7 +176,7 @@ def request(
     ``connect_to``: the address to connect to, whatever the URL's host. ``FetchError`` when
     no answer came."""
     body = _Body(limit)
-    handle.setopt(pycurl.URL, url)
+    handle.setopt(pycurl.URL, quote(url, safe=URL_AS_IS))
     handle.setopt(pycurl.HTTPHEADER, headers)
     handle.setopt(pycurl.WRITEFUNCTION, body.write)
     handle.setopt(pycurl.MAXFILESIZE_LARGE, limit)

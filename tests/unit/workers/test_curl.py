@@ -163,3 +163,23 @@ def test_userinfo_is_never_sent_and_the_token_goes_only_to_label_studio(png: Pat
     assert server.paths == ["/a.png", "/data/upload/1/b.png"]
     assert headers[0]["Authorization"] is None, "neither the userinfo nor the token"
     assert headers[1]["Authorization"] == "Token secret"
+
+
+def test_a_file_name_with_spaces_or_accents_is_sent_percent_encoded(png: Path) -> None:
+    server = KeptAliveServer(lambda path: png.read_bytes())
+    source = ImageSource(label_studio_url=server.url)
+    try:
+        for reference in (
+            "/data/local-files/?d=my dir/a b.png",
+            "/data/local-files/?d=été/ça.png",
+            "/data/upload/1/already%20encoded.png",
+        ):
+            assert source.read(reference) == png.read_bytes()
+    finally:
+        source.close()
+        server.stop()
+    assert server.paths == [
+        "/data/local-files/?d=my%20dir/a%20b.png",
+        "/data/local-files/?d=%C3%A9t%C3%A9/%C3%A7a.png",
+        "/data/upload/1/already%20encoded.png",
+    ]
