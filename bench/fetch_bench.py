@@ -27,12 +27,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-import urllib3
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.pages import put_marked
-from bench.score_bench import TOKEN, cpu_model, make_images, stand_in
+from bench.score_bench import TOKEN, Urllib3Source, cpu_model, make_images, stand_in
 from workers.images import ImageSource
 
 START, END = "<!-- fetch_bench:start -->", "<!-- fetch_bench:end -->"
@@ -54,6 +53,7 @@ def measure(n: int, size: int, rounds: int) -> dict[str, list[tuple[float, float
         references = [f"/data/local-files/?d={i:06d}.jpg" for i in range(n)]
         with stand_in("label_studio", folder=folder, latency_s=0.0) as url:
             source = ImageSource(label_studio_url=url, label_studio_token=TOKEN)
+            before = Urllib3Source(label_studio_url=url, label_studio_token=TOKEN)
             headers = {"Authorization": f"Token {TOKEN}"}
             with httpx.Client(timeout=30) as client:
 
@@ -62,29 +62,13 @@ def measure(n: int, size: int, rounds: int) -> dict[str, list[tuple[float, float
                     response.raise_for_status()
                     return response.content
 
-                pool = urllib3.PoolManager(maxsize=16, retries=False)
-
-                def with_urllib3(reference: str) -> bytes:
-                    response = pool.urlopen(
-                        "GET",
-                        url + reference,
-                        headers=headers,
-                        redirect=False,
-                        preload_content=False,
-                    )
-                    try:
-                        return b"".join(response.stream(1024 * 1024))
-                    finally:
-                        response.release_conn()
-
-                runs = {"urllib3": with_urllib3, "httpx": with_httpx, "workers": source.read}
+                runs = {"urllib3": before.read, "httpx": with_httpx, "workers": source.read}
                 measured: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
                 for fetch in runs.values():  # warm-up: connections opened, code loaded
                     timed(fetch, references[:50])
                 for _ in range(rounds):
                     for name, fetch in runs.items():
                         measured[name].append(timed(fetch, references))
-                pool.clear()
             source.close()
     return measured
 

@@ -48,8 +48,6 @@ TLS_CODES = frozenset(
     }
 )
 """The TLS handshake failed: a certificate put right on the server lets a retry through."""
-TOO_LARGE_CODES = frozenset({pycurl.E_FILESIZE_EXCEEDED, pycurl.E_WRITE_ERROR})
-"""The body is over the limit: by its Content-Length (unread), or as read (aborted)."""
 URL_AS_IS = "!#$%&'()*+,/:;=?@[]~"
 """What stands in a URL as it is: the reserved characters and ``%`` (a reference already
 percent-encoded stays so); anything else, a space or a non-ASCII letter of a file name, is
@@ -195,7 +193,8 @@ def request(
         if len(exc.args) != 2:  # not libcurl's (code, reason): an option we set wrong
             raise
         code, reason = exc.args
-        if code not in TOO_LARGE_CODES or not (body.over or code == pycurl.E_FILESIZE_EXCEEDED):
+        # over the limit by its Content-Length (unread), or as read (our write aborted it)
+        if code != pycurl.E_FILESIZE_EXCEEDED and not (code == pycurl.E_WRITE_ERROR and body.over):
             transient = code in TRANSIENT_CODES or code in TLS_CODES
             raise FetchError(reason, transient=transient, tls=code in TLS_CODES) from None
         body.over = True
