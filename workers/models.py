@@ -19,10 +19,12 @@ written. A state dict in the folder is loaded into the ``module:function`` netwo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import inspect
 import logging
+import threading
 import warnings
 import zipfile
 from collections.abc import Iterable
@@ -32,6 +34,12 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.export.pt2_archive.constants import (
+    AOTINDUCTOR_DIR,
+    CONSTANTS_DIR,
+    CUSTOM_OBJ_FILENAME_PREFIX,
+    OPAQUE_OBJ_FILENAME_PREFIX,
+)
 
 from planner.errors import ConfigError
 
@@ -160,13 +168,15 @@ def _load_file(path: Path) -> ScoringModel:
     try:
         if kind == "export":
             # an exported program is already in inference form and refuses .eval()
-            return ScoringModel(torch.export.load(str(path)).module(), version, "export")
+            return ScoringModel(_load_export(path), version, "export")
         if kind == "torchscript":
             with warnings.catch_warnings():
                 # torch 2.13 deprecates TorchScript; teams still ship such files, so we read them
                 warnings.simplefilter("ignore", DeprecationWarning)
                 module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
             return ScoringModel(_eval(module), version, "torchscript")
+    except ConfigError:
+        raise
     except Exception as exc:
         # both loaders resolve only torch's own types: a pickled callable is refused here
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -182,6 +192,47 @@ def _load_file(path: Path) -> ScoringModel:
     raise ConfigError(
         f"{path} is no TorchScript, torch.export or state dict file (half copied or corrupt?)"
     )
+
+
+_UNSAFE_EXPORT_PARTS = (
+    (f"/{AOTINDUCTOR_DIR}", "AOTInductor native code, which would run as it loads"),
+    (f"/{CONSTANTS_DIR}{OPAQUE_OBJ_FILENAME_PREFIX}", "a pickled Python object"),
+    (f"/{CONSTANTS_DIR}{CUSTOM_OBJ_FILENAME_PREFIX}", "a TorchBind object"),
+)
+_TENSORS_ONLY = threading.Lock()
+
+
+def _load_export(path: Path) -> nn.Module:
+    """The module of a ``torch.export`` archive holding a program and tensors, nothing more.
+
+    ``torch.export.load`` trusts its file: it unpickles pickled weights and constants with
+    ``weights_only=False``, falls back to that for the sample inputs every archive carries,
+    ``pickle.loads`` opaque objects and loads AOTInductor's shared libraries. An archive with
+    any of the last three entries is refused unread, and while it loads, ``torch.load`` reads
+    tensors only (``weights_only=True`` whatever the caller asks: every ``torch.load`` of this
+    package asks that anyway), so a pickle that would run code fails to load instead.
+    """
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            inner = "/" + name.split("/", 1)[-1]  # past the archive's own top folder
+            for part, what in _UNSAFE_EXPORT_PARTS:
+                if inner.startswith(part):
+                    raise ConfigError(
+                        f"model file {path} holds {what} ({name}); export the model again "
+                        "with torch.export.save from a plain nn.Module"
+                    )
+    load = torch.load
+    with _TENSORS_ONLY:
+        torch.load = functools.partial(_tensors_only, load)
+        try:
+            return torch.export.load(str(path)).module()
+        finally:
+            torch.load = load
+
+
+def _tensors_only(load: Any, *args: Any, **kwargs: Any) -> Any:
+    kwargs["weights_only"] = True
+    return load(*args, **kwargs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,8 @@ refused with a clear error wherever a model file can come from, and its code nev
 
 from __future__ import annotations
 
+import io
+import json
 import pickle
 import time
 import zipfile
@@ -16,6 +18,7 @@ from workers.bootstrap import load_saved
 from workers.models import choose_model, load_model
 
 NETWORK = "torch.nn:Identity"
+_TORCH_LOAD = torch.load
 
 
 class Payload:
@@ -122,3 +125,84 @@ def test_a_plain_state_dict_still_loads(tmp_path: Path) -> None:
     torch.save(torch.nn.Identity().state_dict(), weights)
     model = load_model(NETWORK, weights=weights)
     assert model.version.startswith("Identity-")
+
+
+def _exported(path: Path) -> Path:
+    """A real ``torch.export`` archive of a small network."""
+    network = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten())
+    torch.export.save(torch.export.export(network, (torch.rand(1, 3, 8, 8),)), str(path))
+    return path
+
+
+def _rewritten(source: Path, path: Path, change: dict[str, bytes | None]) -> Path:
+    """``source``'s archive with the entries whose name ends with a key of ``change``
+    replaced by its value (None drops it), and entries named by the keys not found added
+    under the archive's top folder."""
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(path, "w") as out:
+        top = original.namelist()[0].split("/", 1)[0]
+        seen = set()
+        for info in original.infolist():
+            ending = next((k for k in change if info.filename.endswith(k)), None)
+            if ending is None:
+                out.writestr(info, original.read(info.filename))
+                continue
+            seen.add(ending)
+            if change[ending] is not None:
+                out.writestr(info, change[ending])  # type: ignore[arg-type]
+        for name, body in change.items():
+            if name not in seen and body is not None:
+                out.writestr(f"{top}/{name}", body)
+    return path
+
+
+def _payload_pickle(marker: Path) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(Payload(marker), buffer)
+    return buffer.getvalue()
+
+
+def _pickled_sample_inputs(source: Path, path: Path, marker: Path) -> Path:
+    # torch.export.load retries the sample inputs with weights_only=False when True fails
+    return _rewritten(source, path, {"data/sample_inputs/model.pt": _payload_pickle(marker)})
+
+
+def _pickled_weight(source: Path, path: Path, marker: Path) -> Path:
+    # a weight marked use_pickle is read with torch.load(weights_only=False)
+    with zipfile.ZipFile(source) as archive:
+        name = next(n for n in archive.namelist() if n.endswith("model_weights_config.json"))
+        config = json.loads(archive.read(name))
+    first = next(iter(config["config"].values()))
+    first["use_pickle"] = True
+    change = {"model_weights_config.json": json.dumps(config).encode()}
+    return _rewritten(source, path, change | {first["path_name"]: _payload_pickle(marker)})
+
+
+@pytest.mark.parametrize("make", [_pickled_sample_inputs, _pickled_weight])
+def test_an_exported_program_carrying_a_pickle_is_refused_and_it_never_runs(
+    tmp_path: Path, marker: Path, make: object
+) -> None:
+    good = _exported(tmp_path / "good.pt2")
+    path = make(good, tmp_path / "model.pt2", marker)  # type: ignore[operator]
+    with pytest.raises(ConfigError, match="cannot be loaded as a export program"):
+        load_model(str(path))
+    assert not marker.exists(), "the pickle's code ran"
+    assert torch.load is _TORCH_LOAD, "torch.load was left patched"
+    assert load_model(str(good)).kind == "export"
+
+
+@pytest.mark.parametrize(
+    ("entry", "what"),
+    [
+        ("data/constants/opaque_obj_0", "a pickled Python object"),
+        ("data/constants/custom_obj_0", "a TorchBind object"),
+        ("data/aotinductor/model/model.so", "AOTInductor native code"),
+    ],
+)
+def test_an_exported_archive_with_code_or_objects_is_refused_unread(
+    tmp_path: Path, marker: Path, entry: str, what: str
+) -> None:
+    good = _exported(tmp_path / "good.pt2")
+    path = _rewritten(good, tmp_path / "model.pt2", {entry: _payload_pickle(marker)})
+    with pytest.raises(ConfigError, match=f"holds {what}"):
+        load_model(str(path))
+    assert not marker.exists()
