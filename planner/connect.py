@@ -117,8 +117,8 @@ def broker_config(settings: Settings, *, default_url: str | None = None) -> Brok
 
 
 def worker_own(settings: Settings) -> WorkerOwn:
-    """What a worker takes from its own settings: the store password, the Label Studio token
-    and its pixel cache."""
+    """What a worker takes from its own settings: the store password, the Label Studio token,
+    where each may be sent, and its pixel cache."""
     from workers.config import WorkerOwn  # noqa: PLC0415
 
     password, token = settings.store.password, settings.label_studio.token
@@ -127,6 +127,8 @@ def worker_own(settings: Settings) -> WorkerOwn:
         label_studio_token=None if token is None else token.get_secret_value(),
         pixel_cache_dir=pixel_cache_dir(settings),
         pixel_cache_mb=settings.workers.pixel_cache_mb,
+        label_studio_url=str(settings.label_studio.url),
+        store_url=settings.store.url,
     )
 
 

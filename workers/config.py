@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from planner.errors import ConfigError
 from planner.settings import COMPILE_MODES, PRECISIONS, WorkerLimitError, worker_time_limits
@@ -87,11 +91,35 @@ class WorkerConfig:
 
     def with_own(self, own: WorkerOwn) -> WorkerConfig:
         """This job with the worker's own secrets and pixel cache (a task message carries
-        neither)."""
+        neither).
+
+        A secret goes only where the worker's own settings send it: a message naming another
+        Label Studio or another store (whoever can write to the broker can write one) is
+        refused rather than sent the token or the password.
+        """
+        if (
+            own.label_studio_token
+            and self.label_studio_url is not None
+            and not same_origin(self.label_studio_url, own.label_studio_url)
+        ):
+            raise ConfigError(
+                f"this chunk asks for images from Label Studio at {self.label_studio_url!r}, "
+                f"but this worker's own label_studio.url is {own.label_studio_url!r} and its "
+                "token goes only there; give the daemon and the workers the same "
+                "label_studio.url"
+            )
+        if own.store_password and not same_store(self.store_url, own.store_url):
+            raise ConfigError(
+                f"this chunk writes scores to the store {_without_password(self.store_url)!r}, "
+                f"but this worker's own store.url is {_without_password(own.store_url)!r} and "
+                "its password goes only there; give the daemon and the workers the same "
+                "store.url"
+            )
         return replace(
             self,
             store_password=own.store_password,
-            label_studio_token=own.label_studio_token,
+            # a chunk naming no Label Studio reads no image from one: no token to hold
+            label_studio_token=own.label_studio_token if self.label_studio_url else None,
             pixel_cache_dir=own.pixel_cache_dir,
             pixel_cache_mb=own.pixel_cache_mb,
         )
@@ -107,6 +135,45 @@ class WorkerOwn:
     label_studio_token: str | None = field(default=None, repr=False)
     pixel_cache_dir: Path | None = None
     pixel_cache_mb: int = 0
+    label_studio_url: str | None = None
+    """Where the token may be sent (the worker's own ``label_studio.url``)."""
+    store_url: str | None = None
+    """Where the password may be sent (the worker's own ``store.url``)."""
+
+
+def same_origin(url: str | None, own: str | None) -> bool:
+    """Whether ``url`` is on ``own``'s server: scheme, host and port (a default port spelled
+    out or not) and ``own``'s path prefix, if it has one (Label Studio under a sub-path)."""
+    if url is None or own is None:
+        return False
+    try:
+        a, b = urlsplit(url), urlsplit(own)
+        ports = (a.port or _DEFAULT_PORTS.get(a.scheme), b.port or _DEFAULT_PORTS.get(b.scheme))
+    except ValueError:
+        return False
+    return (
+        a.scheme.lower() == b.scheme.lower()
+        and (a.hostname or "") == (b.hostname or "")
+        and ports[0] == ports[1]
+        and (a.path.rstrip("/") + "/").startswith(b.path.rstrip("/") + "/")
+    )
+
+
+def same_store(url: str, own: str | None) -> bool:
+    """Whether ``url`` names ``own``'s database, the password aside."""
+    return own is not None and _without_password(url) == _without_password(own)
+
+
+def _without_password(url: str | None) -> str:
+    if url is None:
+        return "(none)"
+    try:
+        return make_url(url)._replace(password=None).render_as_string(hide_password=False)
+    except ArgumentError:
+        return url
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,7 @@ def worker(tmp_path: Path, label_studio: ServerState) -> Iterator[Path]:
     config.write_text(f'[workers]\nbroker_url = "{REDIS}"\nnum_workers = 0\n', encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLANNER_")}
     env["PLANNER_LABEL_STUDIO__TOKEN"] = label_studio.token
+    env["PLANNER_LABEL_STUDIO__URL"] = label_studio.url  # where the token may go
     log = tmp_path / "worker.log"
     with log.open("ab") as out:
         proc = subprocess.Popen(

@@ -172,7 +172,11 @@ def test_secrets_stay_out_of_messages_and_failing_chunks_retry_at_half_the_batch
     store, pid = project
     log = tmp_path / "worker.log"
     limits = "time_limit_s = 20\nsoft_time_limit_s = 3\n"
-    env = {"PLANNER_LABEL_STUDIO__TOKEN": TOKEN, "PLANNER_TEST_HOOK_DIR": str(tmp_path)}
+    env = {
+        "PLANNER_LABEL_STUDIO__TOKEN": TOKEN,
+        "PLANNER_LABEL_STUDIO__URL": label_studio_stand_in,
+        "PLANNER_TEST_HOOK_DIR": str(tmp_path),
+    }
     workers.append(_start_worker(queue, log, limits=limits, env=env))
     # the daemon's side knows the token too (in-process scoring needs it), but never sends it
     cfg = replace(

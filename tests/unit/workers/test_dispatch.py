@@ -164,7 +164,12 @@ def test_the_worker_app_takes_limits_and_secrets_from_its_settings(
     settings = load_settings(config)
     assert broker_config(settings).broker_url == "redis://127.0.0.1:6379/5"
     assert worker_own(settings) == WorkerOwn(
-        None, "worker-token", tmp_path / "artifacts" / "pixel-cache", 64
+        None,
+        "worker-token",
+        tmp_path / "artifacts" / "pixel-cache",
+        64,
+        label_studio_url=str(settings.label_studio.url),
+        store_url=settings.store.url,
     )
 
 
@@ -186,10 +191,21 @@ def test_task_messages_carry_neither_secrets_nor_the_senders_pixel_cache() -> No
     assert "label_studio_token" not in payload
     assert "pixel_cache_dir" not in payload, "the sender's cache folder is not the worker's"
     smuggled = {"label_studio_token": "smuggled", "pixel_cache_dir": "/etc", "pixel_cache_mb": 9}
-    received = celery_app.config_from_dict({**payload, **smuggled})
+    received = celery_app.config_from_dict(
+        {**payload, **smuggled, "label_studio_url": "http://localhost:8080"}
+    )
     assert received.label_studio_token is None, "a message cannot set the worker's secrets"
     assert (received.pixel_cache_dir, received.pixel_cache_mb) == (None, 0)
-    own = received.with_own(WorkerOwn("mine", "my-token", Path("/var/cache/px"), 512))
+    own = received.with_own(
+        WorkerOwn(
+            "mine",
+            "my-token",
+            Path("/var/cache/px"),
+            512,
+            label_studio_url="http://localhost:8080/",
+            store_url="postgresql+psycopg://planner:mine@db/planner",
+        )
+    )
     assert (own.store_password, own.label_studio_token) == ("mine", "my-token")
     assert (own.pixel_cache_dir, own.pixel_cache_mb) == (Path("/var/cache/px"), 512)
     assert own.image_root == Path("/images")
@@ -249,3 +265,53 @@ def test_a_pool_names_the_version_every_chunk_agreed_on() -> None:
     assert result.model_versions == ("bootstrap-50-a", "bootstrap-230-b")
     assert (result.scored, result.skipped) == (20, 0)
     assert settle(0, []).model_version == ""
+
+
+@pytest.mark.parametrize(
+    ("message", "own", "sent"),
+    [
+        ("http://label-studio:8080/", "http://label-studio:8080", True),
+        ("https://ls.example.org/", "https://LS.example.org:443/", True),
+        ("https://ls.example.org/studio/", "https://ls.example.org/studio", True),
+        ("http://attacker.example:8080/", "http://label-studio:8080/", False),
+        ("http://label-studio:8081/", "http://label-studio:8080/", False),
+        ("http://label-studio:8080/", "https://label-studio:8080/", False),
+        ("https://ls.example.org/other/", "https://ls.example.org/studio/", False),
+        ("http://label-studio:99999/", "http://label-studio:8080/", False),
+    ],
+)
+def test_the_token_goes_only_to_the_workers_own_label_studio(
+    message: str | None, own: str, sent: bool
+) -> None:
+    received = WorkerConfig(store_url="sqlite://", classes=("a",), label_studio_url=message)
+    mine = WorkerOwn(label_studio_token="my-token", label_studio_url=own)
+    if sent:
+        assert received.with_own(mine).label_studio_token == "my-token"
+    else:
+        with pytest.raises(ConfigError, match="its token goes only there"):
+            received.with_own(mine)
+    # a chunk naming no Label Studio gets no token; a worker with none has nothing to leak
+    assert replace(received, label_studio_url=None).with_own(mine).label_studio_token is None
+    assert received.with_own(WorkerOwn(label_studio_url=own)).label_studio_token is None
+
+
+@pytest.mark.parametrize(
+    ("message", "sent"),
+    [
+        ("postgresql+psycopg://planner@db:5432/planner", True),
+        ("postgresql+psycopg://planner:guess@db:5432/planner", True),
+        ("postgresql+psycopg://planner@attacker:5432/planner", False),
+        ("postgresql+psycopg://planner@db:5432/other", False),
+        ("postgresql+psycopg://admin@db:5432/planner", False),
+    ],
+)
+def test_the_store_password_goes_only_to_the_workers_own_store(message: str, sent: bool) -> None:
+    received = WorkerConfig(store_url=message, classes=("a",))
+    own_url = "postgresql+psycopg://planner:url-secret@db:5432/planner"
+    mine = WorkerOwn(store_password="pw", store_url=own_url)
+    if sent:
+        assert received.with_own(mine).store_password == "pw"
+    else:
+        with pytest.raises(ConfigError, match="its password goes only there") as caught:
+            received.with_own(mine)
+        assert "url-secret" not in str(caught.value)
