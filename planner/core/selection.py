@@ -25,9 +25,10 @@ checks (eligible, not yet picked, and, with diversity on, no picked row within t
    probability goes first. Slots nobody qualifies for go back to the greedy.
 4. **Exploration** (``exploration_share``): uniform random picks from the eligible rest.
    While a class with a quota is short, ``discovery_share`` of the batch goes first to
-   *novel* items (:class:`planner.core.diversity.NoveltySearch`, needs embeddings; else
-   uniform): isolated in the pool (a class with few members has few close neighbours) and
-   far from everything labelled, in flight or discovered earlier in the batch (distances in
+   *novel* items (:class:`planner.core.diversity.NoveltySearch`, needs embeddings; without
+   them a random draw weighted by the lean below, with a note): isolated in the pool (a
+   class with few members has few close neighbours) and far from everything labelled, in
+   flight or discovered earlier in the batch (distances in
    the embedding space, or after partial PCA whitening: ``discovery_whiten`` ``True``, or
    ``"auto"`` unless the pool's spectrum is dominated by noise, see
    :mod:`planner.core.whitening`; the batch's notes say which space was used). Not only
@@ -260,10 +261,22 @@ def _explore(
     Discovery picks one row at a time by :class:`planner.core.diversity.NoveltySearch`
     (isolation in the pool x distance to the nearest labelled, in-flight or already
     discovered row) times ``1 + discovery_short_weight * P(short class)``; slots it cannot
-    fill go to the uniform picks.
+    fill go to the uniform picks. Without embeddings novelty cannot be measured: discovery
+    draws at random with that lean as each row's weight (weighted sampling without
+    replacement, Efraimidis and Spirakis), and says so.
     """
     note = None
-    if n_discover and embeddings is not None:
+    if n_discover and embeddings is None:
+        lean = 1.0 + opts.discovery_short_weight * phases.short_probability()
+        before = len(phases.rows)
+        phases.explore(n_discover, rng=gen, keys=np.log1p(-gen.random(lean.size)) / lean)
+        drawn = len(phases.rows) - before
+        n_explore -= drawn
+        note = (
+            f"discovery without embeddings: {drawn} slot(s) drawn at random, weighted towards "
+            "items likely to hold a short class (give embeddings to search by novelty)"
+        )
+    elif n_discover and embeddings is not None:
         emb = embeddings()
         open_rows = np.flatnonzero(phases.open_rows())
         search = NoveltySearch(

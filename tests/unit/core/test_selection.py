@@ -880,6 +880,27 @@ def test_discovery_leans_to_novel_rows_the_evidence_gives_a_short_class(
     assert [p.id for p in batch.picks if p.reason == "exploration"] == [first]
 
 
+@pytest.mark.parametrize(("weight", "lo", "hi"), [(0.0, 0, 20), (9.0, 20, 80)])
+def test_discovery_without_embeddings_draws_weighted_towards_a_short_class(
+    weight: float, lo: int, hi: int
+) -> None:
+    # rows 0-19 likely hold the short class 2; the greedy takes two of them, discovery draws
+    # the other two of each batch: uniformly it would land there 9% of the time
+    probs = np.tile([0.7, 0.3, 0.0], (200, 1))
+    probs[:20] = [0.1, 0.1, 0.8]
+    opts = dataclasses.replace(_discovery_only(), discovery_short_weight=weight)
+    landed = 0
+    for seed in range(40):
+        batch = select_batch(
+            np.arange(200), np.zeros(200), probs, [0, 0, 2], batch_size=4, rng=seed, options=opts
+        )
+        drawn = [p.id for p in batch.picks if p.reason == "exploration"]
+        assert len(drawn) == 2
+        landed += sum(i < 20 for i in drawn)
+        assert any("discovery without embeddings: 2 slot(s)" in n for n in batch.notes)
+    assert lo <= landed < hi  # weighted: about 36 of 80 expected; uniform about 7
+
+
 @pytest.mark.parametrize(("one_sided", "expected"), [(False, [0.9, 1.0]), (True, [0.7, 0.88])])
 def test_short_probability_is_the_chance_of_any_short_class(
     one_sided: bool, expected: list[float]
