@@ -291,16 +291,24 @@ def _met_scores(
     probs: npt.NDArray[np.floating[Any]],
     table: CountTable,
     classes: tuple[str, ...],
-    shortfall: FloatArray,
+    status: QuotaStatus,
     options: PlanOptions,
     *,
     bald: bool,
 ) -> tuple[FloatArray | None, str | None]:
-    """The uncertainty once no class is short (see ``PlanOptions.met_uncertainty``) and a
-    note; ``None`` while a class is short, with BALD, or when the option is off."""
+    """The uncertainty once every quota is met (see ``PlanOptions.met_uncertainty``) and a
+    note; ``None`` with a note while a class short of its quota has no column in ``probs``
+    (nothing in the batch can aim at it); ``None`` while a class is short, with BALD, or
+    when the option is off."""
+    blind = [s.class_name for s in status.statuses if not s.met and s.class_name not in classes]
+    if blind:
+        return None, (
+            f"short of quota but not scored by the model: {', '.join(blind)}; give the "
+            "model a column for each class with a quota"
+        )
     if bald or options.uncertainty == "bald" or not options.met_uncertainty:
         return None, None
-    if (shortfall > 0).any():
+    if not status.all_met:
         return None, None
     note = "every quota is met: uncertainty is the most uncertain one-vs-rest class decision"
     weights = None
@@ -409,7 +417,7 @@ def plan_batch(
     status = deficits(quotas, table)
     cycle = cycle_plan(status, batch_size=options.batch_size)
     shortfall, need, slots, weights = _columns(status, cycle, names, options)
-    u, met_note = _met_scores(p, table, names, shortfall, options, bald=bald_scores is not None)
+    u, met_note = _met_scores(p, table, names, status, options, bald=bald_scores is not None)
     if u is None:
         u = _scores(p, mc_probs, options.uncertainty, options.multilabel, bald_scores)
     id_array = np.asarray(ids)

@@ -414,6 +414,20 @@ def test_while_a_quota_is_short_the_uncertainty_is_the_configured_one() -> None:
     assert not any("every quota is met" in n for n in short.batch.notes)
 
 
+def test_a_short_class_the_model_has_no_column_for_is_named_not_taken_for_met() -> None:
+    # the model scores the first two classes only; the third is short of its quota
+    probs = EVEN_FLAT_SURE[:, :2] / EVEN_FLAT_SURE[:, :2].sum(axis=1, keepdims=True)
+    options = dataclasses.replace(_greedy_only(), batch_size=1)
+    quotas = [Quota(CLASSES[0], target=5), Quota(CLASSES[2], target=20)]
+    plan = plan_batch(
+        table([9, 9, 3]), quotas, np.arange(3), probs, options=options, rng=0, classes=CLASSES[:2]
+    )
+    np.testing.assert_allclose(plan.uncertainty, entropy(probs))
+    assert not any("every quota is met" in n for n in plan.batch.notes)
+    (note,) = [n for n in plan.batch.notes if "not scored by the model" in n]
+    assert CLASSES[2] in note
+
+
 def test_with_presence_the_met_decision_weighs_classes_with_few_labelled_images_more() -> None:
     # an even chance of a car, an even chance of a wheelchair; cars have 10x the labels
     presence = np.array([[0.5, 0.0, 0.0], [0.0, 0.0, 0.5]])
