@@ -97,6 +97,8 @@ def worker_config(settings: Settings, classes: tuple[str, ...]) -> WorkerConfig:
         max_retries=section.max_retries,
         retry_backoff_s=section.retry_backoff_s,
         retry_backoff_max_s=section.retry_backoff_max_s,
+        time_limit_s=section.time_limit_s,
+        visibility_timeout_s=section.visibility_timeout_s,
     )
 
 

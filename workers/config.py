@@ -59,6 +59,8 @@ class WorkerConfig:
     max_retries: int = 5
     retry_backoff_s: float = 2.0
     retry_backoff_max_s: float = 300.0
+    time_limit_s: int = 3 * 3600
+    visibility_timeout_s: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -88,6 +90,18 @@ class WorkerConfig:
             )
         if self.mc_passes == 1:
             raise ConfigError("workers.mc_passes = 1 estimates nothing; use 0 (off) or 2 or more")
+        try:
+            worker_time_limits(self.time_limit_s, None, self.visibility_timeout_s)
+        except WorkerLimitError as exc:
+            raise ConfigError(str(exc)) from None
+
+    @property
+    def stall_s(self) -> float:
+        """How long a Celery pool may go without a chunk finishing before the sender gives
+        up: a chunk whose worker died becomes visible again after the visibility timeout,
+        then runs up to the hard limit, after a retry's longest backoff."""
+        hard, _, visibility = worker_time_limits(self.time_limit_s, None, self.visibility_timeout_s)
+        return float(visibility + hard) + self.retry_backoff_max_s
 
     def with_own(self, own: WorkerOwn) -> WorkerConfig:
         """This job with the worker's own secrets and pixel cache (a task message carries

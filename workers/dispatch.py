@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from celery import group
+from celery import Celery, group
+from celery.result import GroupResult
 
 from planner.core.backoff import backoff_s
 from planner.errors import ConfigError, TransientError
@@ -33,6 +34,11 @@ from workers.scoring import (
 log = logging.getLogger("planner.workers")
 ROUNDS = 3
 """Passes over the pool until all chunks name one model version (see the module)."""
+POLL_S = 0.5
+"""How often the sender looks at a Celery pool's progress."""
+PING_EVERY_S = 10.0
+NO_WORKER_S = 60.0
+"""A Celery pool is given up when no worker has answered a ping for this long."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +64,7 @@ def score_pool(
     project_id: int,
     items: Sequence[tuple[int, str]],
     *,
-    timeout_s: float = 3600,
+    timeout_s: float | None = None,
     resources: Resources | None = None,
     sleep: Callable[[float], None] = time.sleep,
     now_s: float | None = None,
@@ -70,6 +76,10 @@ def score_pool(
     one running out of GPU memory once with half the batch, as the Celery task is; pass
     ``resources`` to keep loaded models between calls. ``now_s``: the clock for the model
     folder's settle time (``time.time()`` when None).
+
+    Through Celery the wait has no fixed end while chunks keep finishing: it gives up
+    (``TransientError``) when none has finished for ``timeout_s`` (``cfg.stall_s`` when
+    None), or sooner when no worker answers a ping for ``NO_WORKER_S``.
     """
     pinned, notes = pin_model(cfg, now_s=now_s)
     chunks = chunked(items, cfg.chunk_size)
@@ -81,7 +91,8 @@ def score_pool(
             if pinned.broker_url is None:
                 results = [_embedded(pinned, project_id, chunk, own, sleep) for chunk in todo]
             else:
-                results = _through_celery(pinned, project_id, todo, timeout_s)
+                stall = pinned.stall_s if timeout_s is None else timeout_s
+                results = _through_celery(pinned, project_id, todo, stall, sleep)
             rounds.append(results)
             versions = [r.model_version for r in results]
             if len(set(versions)) <= 1:
@@ -167,7 +178,11 @@ def _embedded(
 
 
 def _through_celery(
-    cfg: WorkerConfig, project_id: int, chunks: list[list[tuple[int, str]]], timeout_s: float
+    cfg: WorkerConfig,
+    project_id: int,
+    chunks: list[list[tuple[int, str]]],
+    stall_s: float,
+    sleep: Callable[[float], None],
 ) -> list[ChunkResult]:
     if cfg.broker_url is None:
         raise ConfigError("scoring through Celery needs workers.broker_url")
@@ -184,8 +199,45 @@ def _through_celery(
     )
     outcome = job.apply_async(queue=cfg.queue)
     try:
-        results = outcome.get(timeout=timeout_s, disable_sync_subtasks=False)
+        _await(celery, outcome, len(chunks), stall_s, broker=cfg.broker_url, sleep=sleep)
+        results = outcome.get(disable_sync_subtasks=False)
     finally:
         outcome.forget()
         celery.close()
     return [ChunkResult.from_dict(r) for r in results]
+
+
+def _await(
+    celery: Celery,
+    outcome: GroupResult,
+    chunks: int,
+    stall_s: float,
+    *,
+    broker: str,
+    sleep: Callable[[float], None],
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Until every chunk of ``outcome`` has finished; ``TransientError`` once none has for
+    ``stall_s``, or no worker has answered a ping for ``NO_WORKER_S``."""
+    progress_at = answered_at = pinged_at = clock()
+    finished = 0
+    while not outcome.ready():
+        now = clock()
+        done = outcome.completed_count()
+        if done > finished:
+            finished, progress_at = done, now
+        if now - pinged_at >= PING_EVERY_S:
+            pinged_at = now
+            if celery.control.ping(timeout=1.0):
+                answered_at = now
+        if now - answered_at >= NO_WORKER_S:
+            raise TransientError(
+                f"no Celery worker answers on {broker} ({finished} of {chunks} chunk(s) "
+                f"done); start one (`planner worker --queues score`), the rest is scored then"
+            )
+        if now - progress_at >= stall_s:
+            raise TransientError(
+                f"no chunk finished in {stall_s:.0f} s ({finished} of {chunks} done) though "
+                "workers answer; see the workers' logs; the rest is scored next cycle"
+            )
+        sleep(POLL_S)

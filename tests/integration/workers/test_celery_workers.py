@@ -21,13 +21,16 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
+import redis
 from celery.signals import before_task_publish
 from sqlmodel import func, select
 
+from planner.errors import TransientError
 from planner.store import Store, ensure_project, open_store
 from planner.store.models import ScoreRecord, Task
 from planner.store.scores import load_scores
 from tests.unit.workers.conftest import KeptAliveServer, worker_config
+from workers import dispatch
 from workers.dispatch import _through_celery, chunked, score_pool
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -249,7 +252,7 @@ def test_a_worker_killed_mid_chunk_loses_nothing_and_scores_nothing_twice(
     first = _start_worker(queue, tmp_path / "first.log", limits=limits, env=env)
     workers.append(first)
     pool = ThreadPoolExecutor(max_workers=1)
-    outcome = pool.submit(_through_celery, cfg, pid, chunks, 300)
+    outcome = pool.submit(_through_celery, cfg, pid, chunks, 300, time.sleep)
 
     def rows() -> int:
         with store.session() as session:
@@ -288,3 +291,25 @@ def test_a_worker_killed_mid_chunk_loses_nothing_and_scores_nothing_twice(
     with store.session() as session:
         scored = session.exec(select(ScoreRecord.ls_task_id)).all()
     assert sorted(scored) == [i for i, _ in items], "every item scored exactly once"
+
+
+def test_a_pool_sent_where_no_worker_listens_is_given_up_with_what_to_do(
+    project: tuple[Store, int],
+    digit_files: tuple[Path, list[int]],
+    queue: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, pid = project
+    root, _ = digit_files
+    # a Redis database of its own: no test's worker answers pings there
+    broker = REDIS.rsplit("/", 1)[0] + "/13"
+    monkeypatch.setattr(dispatch, "PING_EVERY_S", 0.5)
+    monkeypatch.setattr(dispatch, "NO_WORKER_S", 3.0)
+    cfg = replace(worker_config(store, root), broker_url=broker, queue=queue, chunk_size=10)
+    started = time.monotonic()
+    try:
+        with pytest.raises(TransientError, match=r"no Celery worker answers .*\(0 of 2 chunk"):
+            score_pool(cfg, pid, _items(20))
+        assert time.monotonic() - started < 60, "it waited for the stall window"
+    finally:
+        redis.Redis.from_url(broker).flushdb()  # the two chunks nobody took

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,12 +17,12 @@ from torch import nn
 
 from planner.connect import broker_config, worker_own
 from planner.core.backoff import backoff_s
-from planner.errors import ConfigError
+from planner.errors import ConfigError, TransientError
 from planner.settings import load_settings
 from planner.store import Store
 from planner.store.scores import load_scores, unscored
 from tests.unit.workers.conftest import worker_config
-from workers import celery_app
+from workers import celery_app, dispatch
 from workers.config import BrokerConfig, WorkerConfig, WorkerOwn
 from workers.dispatch import score_pool, settle
 from workers.scoring import ChunkResult, Resources
@@ -315,3 +316,77 @@ def test_the_store_password_goes_only_to_the_workers_own_store(message: str, sen
         with pytest.raises(ConfigError, match="its password goes only there") as caught:
             received.with_own(mine)
         assert "url-secret" not in str(caught.value)
+
+
+class _Pool:
+    """A Celery group's result as ``_await`` reads it: ``done_at[i]`` is the clock time
+    chunk ``i`` finishes (a fake: a pool that stalls for hours can't be waited on here)."""
+
+    def __init__(self, clock: list[float], done_at: list[float]) -> None:
+        self.clock, self.done_at = clock, done_at
+
+    def completed_count(self) -> int:
+        return sum(t <= self.clock[0] for t in self.done_at)
+
+    def ready(self) -> bool:
+        return self.completed_count() == len(self.done_at)
+
+
+class _Control:
+    def __init__(self, clock: list[float], answers_until: float) -> None:
+        self.clock, self.answers_until = clock, answers_until
+
+    def ping(self, timeout: float) -> list[dict[str, object]]:
+        return [{"worker@host": {"ok": "pong"}}] if self.clock[0] < self.answers_until else []
+
+
+def _wait(done_at: list[float], stall_s: float, answers_until: float = float("inf")) -> float:
+    """Run ``_await`` on a fake clock; the clock time it returned or gave up at."""
+    clock = [0.0]
+    celery = SimpleNamespace(control=_Control(clock, answers_until))
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    try:
+        dispatch._await(
+            celery,  # type: ignore[arg-type]
+            _Pool(clock, done_at),  # type: ignore[arg-type]
+            len(done_at),
+            stall_s,
+            broker="redis://b",
+            sleep=sleep,
+            clock=lambda: clock[0],
+        )
+    finally:
+        waited = clock[0]
+    return waited
+
+
+def test_a_celery_pool_is_waited_on_as_long_as_chunks_keep_finishing() -> None:
+    # five chunks an hour apart: five hours in all, never two without one finishing
+    assert _wait([3600.0 * k for k in range(1, 6)], stall_s=2 * 3600) == pytest.approx(18000, abs=1)
+
+
+def test_a_celery_pool_where_no_chunk_finishes_is_given_up_after_the_stall_window() -> None:
+    with pytest.raises(TransientError, match=r"no chunk finished in 7200 s \(1 of 3 done\)"):
+        _wait([600.0, 1e9, 1e9], stall_s=2 * 3600)
+
+
+def test_a_celery_pool_nobody_works_on_is_given_up_within_a_minute_or_so() -> None:
+    with pytest.raises(TransientError, match=r"no Celery worker answers on redis://b \(0 of 2"):
+        _wait([1e9, 1e9], stall_s=2 * 3600, answers_until=0.0)
+    # workers that stop answering (all killed) are noticed as soon
+    with pytest.raises(TransientError, match="no Celery worker answers") as caught:
+        _wait([1e9, 1e9], stall_s=2 * 3600, answers_until=300.0)
+    assert "0 of 2" in str(caught.value)
+
+
+def test_the_stall_window_outlasts_a_redelivered_chunk_run_to_its_hard_limit() -> None:
+    cfg = WorkerConfig(store_url="sqlite://", classes=("a",), time_limit_s=600)
+    # visibility 660 (the limit + 60 s) + 600 + the longest retry backoff, 300
+    assert cfg.stall_s == 1560
+    with pytest.raises(ConfigError, match="visibility_timeout_s"):
+        WorkerConfig(
+            store_url="sqlite://", classes=("a",), time_limit_s=600, visibility_timeout_s=60
+        )
