@@ -2,15 +2,19 @@
 
 It is trained again only when enough new labels have arrived (``needs_training``), and kept as
 a plain state dict in a shared folder so every worker scores with the same network and the
-same version, whichever of them trained it.
+same version, whichever of them trained it. A network's columns are the project's classes in
+the order it was trained with: the file name and the version carry a hash of that tuple and the
+file the tuple itself, so a network trained on other classes is never taken for this one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +28,10 @@ from workers.inference import torch_threads
 from workers.models import ScoringModel, read_state_dict
 
 _SAVED = re.compile(
-    r"^bootstrap-p(?P<project>\d+)-n(?P<count>\d+)-(?P<digest>[0-9a-f]{12})\.state$"
+    r"^bootstrap-p(?P<project>\d+)-c(?P<classes>[0-9a-f]{8})-n(?P<count>\d+)"
+    r"-(?P<digest>[0-9a-f]{12})\.state$"
 )
+_NAMING = "bootstrap-pP-cCLASSES-nN-DIGEST"
 
 
 class BootstrapNet(nn.Module):
@@ -54,10 +60,17 @@ class BootstrapNet(nn.Module):
 
 @dataclass(frozen=True, slots=True)
 class Trained:
-    """A bootstrap network and how many labelled tasks were there when it was trained."""
+    """A bootstrap network, how many labelled tasks were there when it was trained, and the
+    classes its columns are, in order."""
 
     model: ScoringModel
     labelled: int
+    classes: tuple[str, ...]
+
+
+def classes_hash(classes: Sequence[str]) -> str:
+    """8 hex digits naming ``classes`` in their order (the columns of a network's output)."""
+    return hashlib.sha256(json.dumps(list(classes)).encode()).hexdigest()[:8]
 
 
 def needs_training(trained_on: int | None, labelled_now: int, min_new: int) -> bool:
@@ -70,7 +83,7 @@ def needs_training(trained_on: int | None, labelled_now: int, min_new: int) -> b
 def train_bootstrap(
     images: npt.NDArray[np.float32],
     labels: npt.NDArray[np.int64],
-    n_classes: int,
+    classes: Sequence[str],
     *,
     seed: int = 0,
     epochs: int = 30,
@@ -80,6 +93,7 @@ def train_bootstrap(
     for the same inputs on the CPU, so two workers training at once agree)."""
     if len(images) == 0:
         raise ConfigError("the bootstrap model needs labelled images; label a few first")
+    n_classes = len(classes)
     torch.manual_seed(seed)
     model = BootstrapNet(n_classes)
     x = torch.from_numpy(images)
@@ -103,30 +117,39 @@ def train_bootstrap(
     model.eval()
     digest = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()[:12]
     count = len(labels) if labelled is None else labelled
-    return Trained(ScoringModel(model, f"bootstrap-{count}-{digest}"), count)
+    return _trained(model, count, tuple(classes), digest)
 
 
-def save_bootstrap(trained: Trained, folder: Path, project_id: int, n_classes: int) -> Path:
-    """Write the network's state dict atomically; the name carries project, count and digest."""
+def _trained(model: BootstrapNet, count: int, classes: tuple[str, ...], digest: str) -> Trained:
+    version = f"bootstrap-{count}-{classes_hash(classes)}-{digest}"
+    return Trained(ScoringModel(model, version), count, classes)
+
+
+def save_bootstrap(trained: Trained, folder: Path, project_id: int) -> Path:
+    """Write the network's state dict and its classes atomically; the name carries project,
+    classes, count and digest."""
     digest = trained.model.version.rsplit("-", 1)[1]
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"bootstrap-p{project_id}-n{trained.labelled}-{digest}.state"
+    name = f"bootstrap-p{project_id}-c{classes_hash(trained.classes)}-n{trained.labelled}"
+    path = folder / f"{name}-{digest}.state"
     handle, temporary = tempfile.mkstemp(dir=folder, suffix=".part")
     os.close(handle)
-    state = {"n_classes": torch.tensor(n_classes), **trained.model.module.state_dict()}
+    state = {"classes": list(trained.classes), **trained.model.module.state_dict()}
     torch.save(state, temporary)
     os.replace(temporary, path)  # readers never see half a file
     return path
 
 
-def latest_saved(folder: Path | None, project_id: int) -> Path | None:
-    """The saved bootstrap network trained on the most labels for ``project_id``."""
+def latest_saved(folder: Path | None, project_id: int, classes: Sequence[str]) -> Path | None:
+    """The saved bootstrap network trained on the most labels for ``project_id`` with these
+    ``classes`` in this order (one trained on others is no network for them)."""
     if folder is None or not folder.is_dir():
         return None
+    wanted = classes_hash(classes)
     found = []
     for path in folder.iterdir():
         match = _SAVED.match(path.name)
-        if match and int(match["project"]) == project_id:
+        if match and int(match["project"]) == project_id and match["classes"] == wanted:
             found.append((int(match["count"]), path.name, path))
     return max(found)[2] if found else None
 
@@ -135,20 +158,27 @@ def saved_labelled(path: Path) -> int:
     """How many labelled tasks the saved network at ``path`` was trained with."""
     match = _SAVED.match(path.name)
     if match is None:
-        raise ConfigError(f"{path} is not a saved bootstrap network (bootstrap-pP-nN-DIGEST)")
+        raise ConfigError(f"{path} is not a saved bootstrap network ({_NAMING})")
     return int(match["count"])
 
 
 def load_saved(path: Path) -> Trained:
-    """A saved bootstrap network (a plain state dict, read with ``weights_only=True``)."""
+    """A saved bootstrap network (a plain state dict, read with ``weights_only=True``), with
+    the classes it was trained on as its file holds them."""
     match = _SAVED.match(path.name)
     if match is None:
-        raise ConfigError(f"{path} is not a saved bootstrap network (bootstrap-pP-nN-DIGEST)")
+        raise ConfigError(f"{path} is not a saved bootstrap network ({_NAMING})")
     state = read_state_dict(
         path, "the bootstrap network", "delete it and the bootstrap network is trained again"
     )
-    model = BootstrapNet(int(state.pop("n_classes")))
+    names = state.pop("classes", None)
+    if not isinstance(names, list) or not names:
+        raise ConfigError(
+            f"{path} does not say which classes it was trained on; delete it and the "
+            "bootstrap network is trained again"
+        )
+    classes = tuple(str(name) for name in names)
+    model = BootstrapNet(len(classes))
     model.load_state_dict(state)
     model.eval()
-    count = int(match["count"])
-    return Trained(ScoringModel(model, f"bootstrap-{count}-{match['digest']}"), count)
+    return _trained(model, int(match["count"]), classes, match["digest"])

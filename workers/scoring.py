@@ -180,15 +180,21 @@ def out_of_memory(exc: BaseException) -> bool:
 def _bootstrap(cfg: WorkerConfig, project_id: int, resources: Resources) -> ScoringModel:
     rows = _labelled_rows(cfg, project_id, resources)
     known = resources.bootstraps.get(project_id)
-    saved = latest_saved(cfg.bootstrap_dir, project_id)
+    if known is not None and known.classes != cfg.classes:
+        # its columns are other classes (or these in another order): never score with it,
+        # and train at once rather than wait for new labels that no batch would bring
+        known = None
+    saved = latest_saved(cfg.bootstrap_dir, project_id, cfg.classes)
     if saved is not None and (known is None or saved_labelled(saved) > known.labelled):
         known = load_saved(saved)  # another worker trained on more labels: use its network
+        if known.classes != cfg.classes:  # a file renamed by hand
+            known = None
     trained_on = None if known is None else known.labelled
     if needs_training(trained_on, len(rows), cfg.retrain_min_new_labels):
         images, labels = _decode_labelled(cfg, rows, resources.pixels(cfg))
-        known = train_bootstrap(images, labels, len(cfg.classes), labelled=len(rows))
+        known = train_bootstrap(images, labels, cfg.classes, labelled=len(rows))
         if cfg.bootstrap_dir is not None:
-            save_bootstrap(known, cfg.bootstrap_dir, project_id, len(cfg.classes))
+            save_bootstrap(known, cfg.bootstrap_dir, project_id)
     if known is None:
         raise ConfigError(
             "the bootstrap model has no labelled images to learn from yet; label a first batch"

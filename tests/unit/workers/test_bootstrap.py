@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 import pytest
 from sqlmodel import select
 
@@ -12,8 +14,11 @@ from planner.daemon.run import _scorer
 from planner.settings import Settings
 from planner.store import Store
 from planner.store.models import Project, ScoreRecord, Task
+from planner.store.scores import load_scores
 from tests.unit.workers.conftest import CLASSES, worker_config
 from workers.bootstrap import latest_saved, needs_training, saved_labelled
+from workers.config import WorkerConfig
+from workers.dispatch import score_pool
 from workers.scoring import Resources, current_model
 
 
@@ -55,7 +60,7 @@ def test_retrained_only_after_enough_new_labels_and_shared_through_the_folder(
     cfg = replace(worker_config(store, root), bootstrap_dir=folder, retrain_min_new_labels=30)
     first = current_model(cfg, pid, Resources()).version
     assert first.startswith("bootstrap-200-")
-    saved = latest_saved(folder, pid)
+    saved = latest_saved(folder, pid, CLASSES)
     assert saved is not None
     assert saved_labelled(saved) == 200
 
@@ -97,7 +102,7 @@ def test_the_daemon_reuses_the_saved_network_until_enough_labels_arrive(
 
     first = score(pid, pool)
     assert first.startswith("bootstrap-50-")
-    saved = latest_saved(tmp_path / "artifacts" / "bootstrap", pid)
+    saved = latest_saved(tmp_path / "artifacts" / "bootstrap", pid, CLASSES)
     assert saved is not None
     assert saved_labelled(saved) == 50
 
@@ -113,3 +118,66 @@ def test_the_daemon_reuses_the_saved_network_until_enough_labels_arrive(
             select(ScoreRecord.ls_task_id).where(ScoreRecord.model_version == second)
         ).all()
     assert sorted(rows) == [i for i, _ in pool], "the new version scored the whole pool"
+
+
+def _shared(store: Store, root: Path, tmp_path: Path) -> WorkerConfig:
+    """A worker config keeping its networks in ``tmp_path / "bootstrap"``, retraining after
+    30 new labels, reading images in the scoring process."""
+    return replace(
+        worker_config(store, root, num_workers=0),
+        bootstrap_dir=tmp_path / "bootstrap",
+        retrain_min_new_labels=30,
+    )
+
+
+def _pool_probs(
+    cfg: WorkerConfig, store: Store, pid: int, resources: Resources
+) -> tuple[str, npt.NDArray[np.float32]]:
+    """Score tasks 201-240 with ``resources``; the version and its stored probabilities."""
+    pool = [(i, f"/data/local-files/?d=digits/{i - 1:04d}.png") for i in range(201, 241)]
+    version = score_pool(cfg, pid, pool, resources=resources).model_version
+    with store.session() as session:
+        probs = load_scores(session, project_id=pid, model_version=version).probs
+    return version, probs
+
+
+def test_a_class_added_gets_a_network_with_its_column_at_once(
+    project: tuple[Store, int], digit_files: tuple[Path, list[int]], tmp_path: Path
+) -> None:
+    """Before: the 10-column network scored on with 11 classes until 30 new labels arrived,
+    which no batch brought, since selection refused its probabilities."""
+    store, pid = project
+    root, _ = digit_files
+    cfg = _shared(store, root, tmp_path)
+    worker = Resources()
+    first, probs = _pool_probs(cfg, store, pid, worker)
+    assert probs.shape == (40, 10)
+    added = replace(cfg, classes=(*CLASSES, "10"))  # not one new label yet
+    # a worker with nothing in memory finds only the 10-class network in the folder
+    fresh, probs = _pool_probs(added, store, pid, Resources())
+    assert probs.shape == (40, 11)
+    assert fresh.startswith("bootstrap-200-")
+    assert fresh != first
+    # the worker holding the 10-class network in memory takes the 11-class one
+    held, probs = _pool_probs(added, store, pid, worker)
+    assert probs.shape == (40, 11)
+    assert held == fresh
+
+
+def test_classes_in_another_order_get_a_network_whose_columns_follow_it(
+    project: tuple[Store, int], digit_files: tuple[Path, list[int]], tmp_path: Path
+) -> None:
+    """Same number of classes, other order: before, the old network's columns were read as
+    the new order's classes, every digit given another's name."""
+    store, pid = project
+    root, targets = digit_files
+    cfg = _shared(store, root, tmp_path)
+    worker = Resources()
+    first = current_model(cfg, pid, worker).version
+    reordered = replace(cfg, classes=tuple(reversed(CLASSES)))
+    for resources in (worker, Resources()):  # in memory, and from the folder
+        version, probs = _pool_probs(reordered, store, pid, resources)
+        named = [reordered.classes[column] for column in probs.argmax(axis=1)]
+        accuracy = np.mean(np.asarray(named) == np.asarray([str(t) for t in targets[200:240]]))
+        assert accuracy > 0.6, f"columns read as the wrong classes: accuracy {accuracy:.2f}"
+        assert version != first
