@@ -5,6 +5,12 @@ a plain state dict in a shared folder so every worker scores with the same netwo
 same version, whichever of them trained it. A network's columns are the project's classes in
 the order it was trained with: the file name and the version carry a hash of that tuple and the
 file the tuple itself, so a network trained on other classes is never taken for this one.
+
+Workers that train for the same state at once (project, classes, label count) may still get
+different networks: an image one of them could not fetch for now, another torch build. One
+file a state, created only if absent: the first saved wins, and the others score with it
+instead of their own, so a pool is scored by one version. The version is a hash of the
+weights, not of the inputs, so the same version always means the same network.
 """
 
 from __future__ import annotations
@@ -28,10 +34,9 @@ from workers.inference import torch_threads
 from workers.models import ScoringModel, read_state_dict
 
 _SAVED = re.compile(
-    r"^bootstrap-p(?P<project>\d+)-c(?P<classes>[0-9a-f]{8})-n(?P<count>\d+)"
-    r"-(?P<digest>[0-9a-f]{12})\.state$"
+    r"^bootstrap-p(?P<project>\d+)-c(?P<classes>[0-9a-f]{8})-n(?P<count>\d+)\.state$"
 )
-_NAMING = "bootstrap-pP-cCLASSES-nN-DIGEST"
+_NAMING = "bootstrap-pP-cCLASSES-nN"
 
 
 class BootstrapNet(nn.Module):
@@ -90,7 +95,7 @@ def train_bootstrap(
     labelled: int | None = None,
 ) -> Trained:
     """Train on ``images: (N, 3, H, W)`` in [0, 1] with class-balanced weights (deterministic
-    for the same inputs on the CPU, so two workers training at once agree)."""
+    for the same inputs on the same torch build and CPU)."""
     if len(images) == 0:
         raise ConfigError("the bootstrap model needs labelled images; label a few first")
     n_classes = len(classes)
@@ -115,29 +120,37 @@ def train_bootstrap(
                 loss_fn(logits, y[batch]).backward()
                 optimiser.step()
     model.eval()
-    digest = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()[:12]
     count = len(labels) if labelled is None else labelled
-    return _trained(model, count, tuple(classes), digest)
+    return _trained(model, count, tuple(classes))
 
 
-def _trained(model: BootstrapNet, count: int, classes: tuple[str, ...], digest: str) -> Trained:
-    version = f"bootstrap-{count}-{classes_hash(classes)}-{digest}"
+def _trained(model: BootstrapNet, count: int, classes: tuple[str, ...]) -> Trained:
+    weights = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        weights.update(name.encode())
+        weights.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    version = f"bootstrap-{count}-{classes_hash(classes)}-{weights.hexdigest()[:12]}"
     return Trained(ScoringModel(model, version), count, classes)
 
 
-def save_bootstrap(trained: Trained, folder: Path, project_id: int) -> Path:
-    """Write the network's state dict and its classes atomically; the name carries project,
-    classes, count and digest."""
-    digest = trained.model.version.rsplit("-", 1)[1]
+def save_bootstrap(trained: Trained, folder: Path, project_id: int) -> Trained:
+    """Save the network for its state (project, classes, label count) unless one is saved
+    already; the network saved for that state, to score with: ``trained`` or the other."""
     folder.mkdir(parents=True, exist_ok=True)
     name = f"bootstrap-p{project_id}-c{classes_hash(trained.classes)}-n{trained.labelled}"
-    path = folder / f"{name}-{digest}.state"
+    path = folder / f"{name}.state"
     handle, temporary = tempfile.mkstemp(dir=folder, suffix=".part")
     os.close(handle)
-    state = {"classes": list(trained.classes), **trained.model.module.state_dict()}
-    torch.save(state, temporary)
-    os.replace(temporary, path)  # readers never see half a file
-    return path
+    try:
+        state = {"classes": list(trained.classes), **trained.model.module.state_dict()}
+        torch.save(state, temporary)
+        # a link fails where the name exists, unlike a rename; readers never see half a file
+        os.link(temporary, path)
+    except FileExistsError:
+        return load_saved(path)  # another worker saved first: its network is the state's
+    finally:
+        os.unlink(temporary)
+    return trained
 
 
 def latest_saved(folder: Path | None, project_id: int, classes: Sequence[str]) -> Path | None:
@@ -181,4 +194,4 @@ def load_saved(path: Path) -> Trained:
     model = BootstrapNet(len(classes))
     model.load_state_dict(state)
     model.eval()
-    return _trained(model, int(match["count"]), classes, match["digest"])
+    return _trained(model, int(match["count"]), classes)

@@ -186,7 +186,9 @@ def _bootstrap(cfg: WorkerConfig, project_id: int, resources: Resources) -> Scor
         known = None
     saved = latest_saved(cfg.bootstrap_dir, project_id, cfg.classes)
     if saved is not None and (known is None or saved_labelled(saved) > known.labelled):
-        known = load_saved(saved)  # another worker trained on more labels: use its network
+        # another worker trained on more labels: use its network (at the same count the
+        # network held is the saved one: the first saved for a count is every worker's)
+        known = load_saved(saved)
         if known.classes != cfg.classes:  # a file renamed by hand
             known = None
     trained_on = None if known is None else known.labelled
@@ -194,7 +196,8 @@ def _bootstrap(cfg: WorkerConfig, project_id: int, resources: Resources) -> Scor
         images, labels = _decode_labelled(cfg, rows, resources.pixels(cfg))
         known = train_bootstrap(images, labels, cfg.classes, labelled=len(rows))
         if cfg.bootstrap_dir is not None:
-            save_bootstrap(known, cfg.bootstrap_dir, project_id)
+            # another worker may have trained for this state meanwhile: the first saved wins
+            known = save_bootstrap(known, cfg.bootstrap_dir, project_id)
     if known is None:
         raise ConfigError(
             "the bootstrap model has no labelled images to learn from yet; label a first batch"

@@ -114,7 +114,7 @@ def test_a_malicious_file_dropped_into_the_model_folder_is_refused(
 
 
 def test_a_malicious_saved_bootstrap_network_is_refused(tmp_path: Path, marker: Path) -> None:
-    path = _zip_pickle(tmp_path / "bootstrap-p1-c0123abcd-n40-0123456789ab.state", marker)
+    path = _zip_pickle(tmp_path / "bootstrap-p1-c0123abcd-n40.state", marker)
     with pytest.raises(ConfigError, match="is not a plain state dict"):
         load_saved(path)
     assert not marker.exists()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from email.message import Message
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import numpy.typing as npt
@@ -15,7 +19,7 @@ from planner.settings import Settings
 from planner.store import Store
 from planner.store.models import Project, ScoreRecord, Task
 from planner.store.scores import load_scores
-from tests.unit.workers.conftest import CLASSES, worker_config
+from tests.unit.workers.conftest import CLASSES, KeptAliveServer, worker_config
 from workers.bootstrap import latest_saved, needs_training, saved_labelled
 from workers.config import WorkerConfig
 from workers.dispatch import score_pool
@@ -181,3 +185,40 @@ def test_classes_in_another_order_get_a_network_whose_columns_follow_it(
         accuracy = np.mean(np.asarray(named) == np.asarray([str(t) for t in targets[200:240]]))
         assert accuracy > 0.6, f"columns read as the wrong classes: accuracy {accuracy:.2f}"
         assert version != first
+
+
+def test_two_workers_training_at_once_score_with_the_network_saved_first(
+    project: tuple[Store, int], digit_files: tuple[Path, list[int]], tmp_path: Path
+) -> None:
+    """Worker B reads the labelled images from a Label Studio stand-in, one of them failing
+    for now; worker A trains and saves while B waits on its images. Before, B's other inputs
+    gave it another version at the same label count, and neither worker took the other's
+    network: a pool's chunks disagreed until 30 more labels arrived."""
+    store, pid = project
+    root, _ = digit_files
+    cfg = _shared(store, root, tmp_path)
+    fetching, saved = threading.Event(), threading.Event()
+
+    def body_for(path: str) -> bytes:
+        fetching.set()
+        saved.wait(120)
+        return (root / parse_qs(urlsplit(path).query)["d"][0]).read_bytes()
+
+    def status_for(path: str, _headers: Message) -> int:
+        return 503 if "0007.png" in path else 200
+
+    server = KeptAliveServer(body_for, status_for)
+    served = replace(cfg, image_root=None, label_studio_url=server.url)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            worker_b = pool.submit(current_model, served, pid, Resources())
+            assert fetching.wait(120), "worker B never asked for an image"
+            first = current_model(cfg, pid, Resources()).version  # worker A
+            saved.set()
+            assert worker_b.result(timeout=300).version == first
+    finally:
+        saved.set()
+        server.stop()
+    assert any("0007.png" in path for path in server.paths), "B's inputs were not A's"
+    assert len(list((tmp_path / "bootstrap").glob("*.state"))) == 1
+    assert current_model(cfg, pid, Resources()).version == first, "a third worker agrees"
