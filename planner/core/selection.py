@@ -152,6 +152,8 @@ class SelectionOptions:
 
 def _check_ids(ids: npt.ArrayLike, exclude: npt.ArrayLike | None) -> tuple[Any, Any]:
     array = np.asarray(ids)
+    if array.shape == (0,):  # an empty list is float64 to numpy: an empty pool all the same
+        array = array.astype(np.int64)
     if array.ndim != 1 or array.dtype.kind not in "iuU":
         raise InputError(
             f"ids must be a 1-d array of ints or strings, got {array.dtype} {array.shape}"

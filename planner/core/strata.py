@@ -151,8 +151,12 @@ def _count_strata(
     raw: list[object] = values.tolist() if isinstance(values, np.ndarray) else list(values)
     names: dict[object, str] = {}
     try:
-        for v in dict.fromkeys(raw):  # name each distinct value once, not once per item
-            names[v] = stratum_of(v)
+        # name each distinct value once, not once per item; keyed with its type, since
+        # 1 == 1.0 == True would share a key (and the first one's name) in a dict
+        keys: list[object] = [(type(v), v) for v in raw]
+        for key in dict.fromkeys(keys):
+            names[key] = stratum_of(key[1])  # type: ignore[index]
+        raw = keys
     except TypeError:  # unhashable values: name them one by one
         raw = [stratum_of(v) for v in raw]
         names = {v: str(v) for v in dict.fromkeys(raw)}

@@ -1031,3 +1031,9 @@ def test_the_embeddings_are_checked_once_for_the_guard_and_discovery_together(
     emb[7, 2] = np.nan  # and still checked: a bad row is refused
     with pytest.raises(InputError, match="row 7"):
         select()
+
+
+def test_an_empty_pool_given_as_plain_lists_is_an_empty_batch() -> None:
+    batch = select_batch([], [], np.zeros((0, 3)), [1, 0, 0], batch_size=5, rng=0)
+    assert batch.ids == []
+    assert any("only 0 eligible" in n for n in batch.notes)

@@ -214,3 +214,15 @@ def test_invariants(
     )
     assert shuffled.field("f").counts.tolist() == f.counts.tolist()
     json.dumps(report.as_dict(), allow_nan=False)
+
+
+def test_values_equal_across_types_keep_the_strata_their_names_give() -> None:
+    # 1 == 1.0 == True in Python; each is its own stratum by name, and the int and the text
+    # "1" share the name "1"
+    report = stratify([[1], [1], [0], [1]], ["a"], {"f": [1, True, 1.0, "1"]}, min_count=0)
+    (field,) = report.fields
+    assert field.strata == ("1", "1.0", "True")
+    assert field.items.tolist() == [2, 1, 1]
+    assert field.counts[:, 0].tolist() == [2, 0, 1]
+    first_true = stratify([[1], [0]], ["a"], {"f": [True, 1]}, min_count=0).fields[0]
+    assert first_true.strata == ("1", "True")
