@@ -33,7 +33,7 @@ from planner.core.weights import NORMALISATIONS, SCHEMES
 from planner.cycle_once import run_one_cycle
 from planner.daemon.run import run_daemon
 from planner.demo_offline import OfflineDemo, run_offline_demo
-from planner.errors import ConfigError, InputError, PlannerError
+from planner.errors import ConfigError, InputError, PlannerError, TransientError
 from planner.init_config import ProjectCheck, check_project, config_template
 from planner.offline import resample_figures, weights_figures
 from planner.outputs import emit_artifacts, report_options, write_daily_report
@@ -685,8 +685,15 @@ def status(
     """Each project's last sync, task counts and active batch, read from the store."""
     with _reported():
         settings = load_settings(_config_path(config))
-        with open_settings_store(settings) as store, store.session() as session:
-            found = project_statuses(session)
+        try:
+            with open_settings_store(settings) as store, store.session() as session:
+                found = project_statuses(session)
+        except TransientError as exc:
+            if not check:
+                raise
+            # a health check: the store being down is unhealthy (1), not a usage error (2)
+            err.print(f"[bold red]unhealthy:[/] {exc}", markup=True, highlight=False)
+            raise typer.Exit(code=1) from None
     allowed = settings.schedule.sync_interval * 3
     now = datetime.now(UTC)
     unhealthy = [p.ls_project_id for p in found if p.stale(now, allowed)]

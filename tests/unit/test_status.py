@@ -47,3 +47,16 @@ def test_status_reports_counts_and_fails_the_check_when_sync_is_stale(
         failing = runner.invoke(app, ["status", "--check"])
         assert failing.exit_code == 1
         assert "Label Studio unreachable" in failing.output
+
+
+def test_the_check_says_unhealthy_with_exit_1_when_the_store_is_unreachable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # nothing listens on port 1: the store cannot be reached
+    monkeypatch.setenv("PLANNER_STORE__URL", "postgresql+psycopg://planner@127.0.0.1:1/planner")
+    runner = CliRunner()
+    checked = runner.invoke(app, ["status", "--check"])
+    assert checked.exit_code == 1, checked.output
+    assert "unhealthy" in checked.output
+    # without --check it is an error like any other command's
+    assert runner.invoke(app, ["status"]).exit_code == 2
