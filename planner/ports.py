@@ -88,7 +88,11 @@ class PushResult:
     removed: int
     """Predictions of superseded batches removed."""
     view_id: int | None
-    """The "Next batch" Data Manager tab, where the tool has one."""
+    """The "Next batch" Data Manager tab, where the tool has one; None when nothing was
+    pushed (every task of the batch was gone)."""
+    missing: tuple[int, ...] = ()
+    """Batch tasks the project no longer has (deleted since the batch was planned), left out
+    of the push; every task of the batch when nothing was pushed."""
 
 
 @runtime_checkable
@@ -117,7 +121,9 @@ class AnnotationBackend(Protocol):
         ...
 
     def push_batch(self, project_id: int, batch: PushBatch) -> PushResult:
-        """Make annotators get ``batch`` next, in rank order; idempotent per tag."""
+        """Make annotators get ``batch`` next, in rank order; idempotent per tag. Tasks the
+        project no longer has are left out and named in ``PushResult.missing``; when none of
+        the batch is left, nothing is pushed (the tool keeps serving what it served)."""
         ...
 
     def ensure_webhook(self, project_id: int, url: str, *, secret: str) -> int:

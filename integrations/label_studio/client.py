@@ -178,9 +178,13 @@ class LabelStudioBackend:
         duplicates, stale scores) are deleted; predictions of other models are never touched.
         Each batch task's rank goes into its data (``RANK_FIELD``, which the tab orders by) and
         leaves the tasks of an older batch. Prediction deletes and rank writes bump the tasks'
-        ``updated_at``; pushing the same batch again writes nothing.
+        ``updated_at``; pushing the same batch again writes nothing. Tasks deleted since the
+        batch was planned are left out (``PushResult.missing``); with none left, nothing is
+        written.
         """
-        scores = batch_scores(batch, self.task_ids(project_id))
+        scores, missing = batch_scores(batch, self.task_ids(project_id))
+        if not scores:  # every task is gone: leave the server serving what it serves
+            return PushResult(created=0, removed=0, view_id=None, missing=missing)
         what = f"predictions of project {project_id}"
         existing = self.call(lambda: self._sdk.predictions.list(project=project_id), what)
         keep: set[int] = set()
@@ -214,9 +218,8 @@ class LabelStudioBackend:
             ),
             f"project {project_id} sampling",
         )
-        return PushResult(
-            created=len(fresh), removed=removed, view_id=self._upsert_view(project_id, ranked)
-        )
+        view_id = self._upsert_view(project_id, ranked)
+        return PushResult(created=len(fresh), removed=removed, view_id=view_id, missing=missing)
 
     def _write_ranks(self, project_id: int, ranks: Mapping[int, str]) -> None:
         """Set ``RANK_FIELD`` on the batch tasks and remove it from every other task.

@@ -96,7 +96,9 @@ class FakeLabelStudio:
     def push_batch(self, project_id: int, batch: PushBatch) -> PushResult:
         """Like the real one, ``updated_at`` included: deletes and rank writes move it."""
         state = self._project(project_id)
-        scores = batch_scores(batch, set(state.tasks))
+        scores, missing = batch_scores(batch, set(state.tasks))
+        if not scores:
+            return PushResult(created=0, removed=0, view_id=None, missing=missing)
         kept: set[int] = set()
         removed = 0
         for pid, old in sorted(state.predictions.items()):
@@ -119,7 +121,8 @@ class FakeLabelStudio:
                 self._touch(state, task)
         state.ranks = ranks
         state.model_version = batch.tag
-        return PushResult(created=len(scores) - len(kept), removed=removed, view_id=1)
+        created = len(scores) - len(kept)
+        return PushResult(created=created, removed=removed, view_id=1, missing=missing)
 
     def ensure_webhook(self, project_id: int, url: str, *, secret: str) -> int:
         state = self._project(project_id)

@@ -84,11 +84,14 @@ def remote_task(raw: Any) -> RemoteTask:
     )
 
 
-def batch_scores(batch: PushBatch, existing: set[int]) -> dict[int, float]:
-    """Prediction score per task, rank order = ascending score (Uncertainty sampling's order).
+def batch_scores(batch: PushBatch, existing: set[int]) -> tuple[dict[int, float], tuple[int, ...]]:
+    """Prediction score per task that still exists, rank order = ascending score (Uncertainty
+    sampling's order); and the batch tasks the project no longer has, ascending.
 
-    Rank ``r``-th of ``n`` scores ``r / (n + 1)``: strictly increasing, inside (0, 1). Checks
-    the tag and the ids before anything is pushed, so a bad batch changes nothing.
+    Rank ``r``-th of the ``n`` existing tasks scores ``r / (n + 1)``: strictly increasing,
+    inside (0, 1). A task deleted since the batch was planned is left out, not an error: the
+    push serves the others. Checks the tag and the ids before anything is pushed, so a bad
+    batch changes nothing.
     """
     if not batch.tag.startswith(TAG_PREFIX):
         raise ConfigError(f"batch tag {batch.tag!r} must start with {TAG_PREFIX!r}")
@@ -97,15 +100,11 @@ def batch_scores(batch: PushBatch, existing: set[int]) -> dict[int, float]:
     ids = [int(task) for task, _ in batch.items]
     if len(set(ids)) != len(ids):
         raise InputError(f"batch {batch.tag!r} lists a task more than once; rank each task once")
-    missing = sorted(set(ids) - existing)
-    if missing:
-        raise InputError(
-            f"batch {batch.tag!r} names tasks the project does not have: {missing[:10]}; "
-            "sync again and plan a new batch"
-        )
-    ranked = sorted(batch.items, key=lambda item: item[1])
-    n = len(ranked)
-    return {int(task): (position + 1) / (n + 1) for position, (task, _) in enumerate(ranked)}
+    ranked = [int(task) for task, _ in sorted(batch.items, key=lambda item: item[1])]
+    kept = [task for task in ranked if task in existing]
+    n = len(kept)
+    scores = {task: (position + 1) / (n + 1) for position, task in enumerate(kept)}
+    return scores, tuple(sorted(set(ids) - existing))
 
 
 def rank_value(position: int) -> str:

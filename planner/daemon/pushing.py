@@ -1,7 +1,11 @@
 """The cycle's middle: what to score, and the batch chosen from the scores and pushed.
 
 The batch row is committed as ``planned`` before the push, and marked pushed after it: a
-crash in between leaves a batch ``planner.daemon.upkeep`` pushes again on the next job.
+crash, or Label Studio down, in between leaves a batch ``planner.daemon.upkeep`` pushes again
+on the next job. Tasks deleted in Label Studio since the batch was planned are left out of the
+push (their items expire; a batch with none left expires unpushed), and a push Label Studio
+refuses for any other reason than being down or rejecting the token expires the batch: a batch
+that can never be pushed must not hold up the jobs after it.
 """
 
 from __future__ import annotations
@@ -17,19 +21,77 @@ from sqlmodel import Session, col, select
 from planner.core.plan import PlanOptions, plan_batch
 from planner.core.quotas import Quota
 from planner.daemon.leader import LeaderLease
+from planner.errors import AuthError, PlannerError, TransientError
 from planner.ports import AnnotationBackend, PushBatch
 from planner.store import Store
-from planner.store.batches import PlannedItem, create_batch, mark_pushed
+from planner.store.batches import PlannedItem, create_batch, expire, finish_push
 from planner.store.models import Batch, Project, Task
 from planner.store.scores import load_scores
 from planner.store.stop_set import ensure_stop_set, stop_set
-from planner.store.tasks import count_table, tasks_in_state, unlabelled_ids
+from planner.store.tasks import count_table, mark_gone, tasks_in_state, unlabelled_ids
 
 log = logging.getLogger("planner.daemon")
 LABELLED_TO_SCORE = 20_000
 """At most this many labelled tasks (the latest labelled) are scored with the pool each
 model version: their embeddings are what the labelled neighbours' vote and discovery's
 novelty are measured against (:func:`planner.core.plan.plan_batch`)."""
+RETRIED = (TransientError, AuthError)
+"""Push failures that leave the batch planned for the next job to push again (Label Studio
+down or slow, the token rejected until it is re-read); any other failure expires it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pushed:
+    """A planned batch after its push."""
+
+    tag: str
+    served: bool
+    """False: none of its tasks was left in Label Studio, and it expired unpushed."""
+    missing: tuple[int, ...] = ()
+    """Its tasks Label Studio no longer had: their items expired."""
+
+
+def push_planned(
+    store: Store,
+    backend: AnnotationBackend,
+    ls_project_id: int,
+    batch_id: int,
+    batch: PushBatch,
+    *,
+    at: datetime,
+) -> Pushed:
+    """Push the planned batch ``batch_id`` and record the outcome (``finish_push``): the
+    tasks Label Studio no longer has are marked deleted at once, so no later batch picks them.
+
+    A ``RETRIED`` failure is raised with the batch left planned; any other is raised after
+    the batch expired.
+    """
+    try:
+        result = backend.push_batch(ls_project_id, batch)
+    except RETRIED:
+        raise
+    except PlannerError:
+        with store.session() as session:
+            row = session.get(Batch, batch_id)
+            if row is not None and row.state == "planned":
+                expire(session, row, at=at)
+        raise
+    with store.session() as session:
+        row = session.get(Batch, batch_id)
+        served = row is None or row.state != "planned"  # finished by another job meanwhile
+        if row is not None and not served:
+            served = finish_push(session, row, result.view_id, result.missing, at=at)
+            mark_gone(session, row.project_id, result.missing)
+    if result.missing:
+        log.warning(
+            "batch %s of project %s: %d task(s) no longer in Label Studio (deleted), %s: %s",
+            batch.tag,
+            ls_project_id,
+            len(result.missing),
+            "their items expired" if served else "nothing left to push; the batch expired",
+            list(result.missing[:20]),
+        )
+    return Pushed(batch.tag, served, result.missing)
 
 
 def stop_set_items(
@@ -86,8 +148,9 @@ class Pusher:
     splits: tuple[str, ...]
     seed: int
 
-    def push(self, project_id: int, version: str, *, at: datetime) -> str | None:
-        """The tag pushed; None when no scored unlabelled task is left or the lease was lost."""
+    def push(self, project_id: int, version: str, *, at: datetime) -> Pushed | None:
+        """The batch pushed; None when no scored unlabelled task is left or the lease was lost.
+        A failed push raises (``push_planned``)."""
         with self.store.session() as session:
             planned = self._plan(session, project_id, version)
             if planned is None:
@@ -101,14 +164,8 @@ class Pusher:
                 return None
             stored = create_batch(session, project_id, items, summary, at=at)
             batch_id, tag = int(stored.id or 0), stored.tag
-        result = self.backend.push_batch(
-            self.ls_project_id, PushBatch(tag, [(i.ls_task_id, i.rank) for i in items])
-        )
-        with self.store.session() as session:
-            row = session.get(Batch, batch_id)
-            if row is not None:
-                mark_pushed(session, row, result.view_id, at=at)
-        return tag
+        ranked = PushBatch(tag, [(i.ls_task_id, i.rank) for i in items])
+        return push_planned(self.store, self.backend, self.ls_project_id, batch_id, ranked, at=at)
 
     def _plan(
         self, session: Session, project_id: int, version: str

@@ -11,7 +11,9 @@ A failed Label Studio call moves ``health`` to the fault it shows (``planner.hea
 daemon then leaves Label Studio alone until the backed-off next try (``run.py`` asks for it),
 re-reads the token on a 401, and is ok again after the next successful sync. Nothing is lost
 meanwhile: a sync cut short commits nothing and its watermark stays; a push cut short is
-finished by the next job (``finish_half_pushed``).
+finished by the next job (``finish_half_pushed``). A push Label Studio refuses for good (a bad
+request, not an outage) expires its batch and backs nothing off; tasks deleted before the push
+only drop out of it (``planner.daemon.pushing``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from planner.core.plan import PlanOptions
 from planner.core.quotas import Quota, deficits
 from planner.core.stop_policy import StopConfig, StopDecision
 from planner.daemon.leader import LeaderLease
-from planner.daemon.pushing import Pusher, items_to_score, stop_set_items
+from planner.daemon.pushing import RETRIED, Pusher, items_to_score, stop_set_items
 from planner.daemon.stopping import evaluate_and_record, policy_fingerprint
 from planner.daemon.upkeep import finish_half_pushed
 from planner.daemon.watch import BACKOFF_BASE_S, BackendWatch
@@ -69,12 +71,15 @@ class CycleOutcome:
     """``pushed`` is a half-pushed batch of an earlier run, finished now."""
     stop: StopDecision | None = None
     model_version: str | None = None
+    missing: tuple[int, ...] = ()
+    """Tasks of the batch Label Studio no longer had (deleted): left out, their items expired."""
 
     def as_dict(self) -> dict[str, object]:
         return {
             "pushed": self.pushed,
             "why": self.why,
             "recovered": self.recovered,
+            "missing": list(self.missing),
             "model_version": self.model_version,
             "sync": None if self.sync is None else self.sync.as_dict(),
             "stop": None if self.stop is None else self.stop.as_dict(),
@@ -302,17 +307,36 @@ class ProjectDaemon:
             log.warning("cycle of project %s failed: %s", self.ls_project_id, exc)
             return CycleOutcome(None, f"failed, retried next time: {exc}", sync=report)
         try:
-            tag = self._pusher().push(project_id, version, at=self.clock())
-        except PlannerError as exc:  # a batch left planned is pushed again by the next job
-            self.telemetry.failed("cycle")
-            self._watch.failed(exc)
-            return CycleOutcome(None, f"failed, retried next time: {exc}", sync=report)
-        if tag is None:
+            pushed = self._pusher().push(project_id, version, at=self.clock())
+        except PlannerError as exc:
+            return CycleOutcome(None, self._push_failed(exc), sync=report)
+        if pushed is None:
             return CycleOutcome(None, "no scored unlabelled task, or lost the lease", sync=report)
+        if not pushed.served:
+            why = f"every task of batch {pushed.tag} was deleted in Label Studio; it expired"
+            return CycleOutcome(None, why, sync=report, missing=pushed.missing)
         self.telemetry.batches_pushed.inc()
         return CycleOutcome(
-            tag, "pushed", sync=report, stop=self.last_decision, model_version=version
+            pushed.tag,
+            "pushed",
+            sync=report,
+            stop=self.last_decision,
+            model_version=version,
+            missing=pushed.missing,
         )
+
+    def _push_failed(self, exc: PlannerError) -> str:
+        """After a failed push, why. Label Studio down or the token rejected: the batch stays
+        planned, the next job pushes it again after the backoff. Any other refusal is no
+        outage: the batch expired, the error is recorded and nothing backs off."""
+        self.telemetry.failed("cycle")
+        if isinstance(exc, RETRIED):
+            self._watch.failed(exc)
+            return f"failed, retried next time: {exc}"
+        why = f"Label Studio refused the batch, which expired; the next cycle plans anew: {exc}"
+        log.warning("project %s: %s", self.ls_project_id, why)
+        self._record_error(why)
+        return why
 
     def _pusher(self) -> Pusher:
         return Pusher(
@@ -333,15 +357,19 @@ class ProjectDaemon:
         if project_id is None:
             return None
         try:
-            tag = finish_half_pushed(
+            pushed = finish_half_pushed(
                 self.store, self.backend, self.ls_project_id, project_id, at=self.clock()
             )
         except PlannerError as exc:
-            self._watch.failed(exc)
+            if isinstance(exc, AuthError) and self.refresh_token():
+                log.info("Label Studio rejected the token; pushing again with the one re-read")
+                return self._recover()
+            self._push_failed(exc)
             return None
-        if tag is not None:
-            self.telemetry.batches_pushed.inc()
-        return tag
+        if pushed is None or not pushed.served:
+            return None
+        self.telemetry.batches_pushed.inc()
+        return pushed.tag
 
     def _sync(self, *, reconcile: bool = False, cycling: bool = False) -> SyncReport | None:
         """Sync and evaluate; ask for a cycle when one is due, unless this is a cycle's sync."""

@@ -7,7 +7,9 @@ only after the push returned. A daemon killed in between leaves a ``planned`` ba
 predictions may or may not be on the server and whose "Next batch" view may be stale. The
 push is idempotent per batch tag (same predictions kept, missing ones created, the view
 rewritten), so the fix is to push that same batch again before anything else: never a second
-batch for the same cycle, never a duplicate prediction.
+batch for the same cycle, never a duplicate prediction. A batch that cannot be pushed any more
+(every task deleted, or a refusal other than Label Studio being down or rejecting the token)
+expires instead, so it never holds up the sync.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from datetime import datetime, timedelta
 
 from sqlmodel import Session, col, select
 
+from planner.daemon.pushing import Pushed, push_planned
 from planner.ports import AnnotationBackend, PushBatch
 from planner.store import Store
-from planner.store.batches import items_of, mark_pushed
+from planner.store.batches import items_of
 from planner.store.models import Batch
 
 log = logging.getLogger("planner.daemon")
@@ -38,8 +41,9 @@ def half_pushed(session: Session, project_id: int) -> Batch | None:
 
 def finish_half_pushed(
     store: Store, backend: AnnotationBackend, ls_project_id: int, project_id: int, *, at: datetime
-) -> str | None:
-    """Push the half-pushed batch again (idempotent per tag) and mark it pushed; its tag."""
+) -> Pushed | None:
+    """Push the half-pushed batch again (idempotent per tag) and record it (``push_planned``:
+    tasks deleted meanwhile left out, a batch Label Studio refuses for good expired)."""
     with store.session() as session:
         batch = half_pushed(session, project_id)
         if batch is None:
@@ -47,9 +51,4 @@ def finish_half_pushed(
         batch_id, tag = int(batch.id or 0), batch.tag
         ranked = [(i.ls_task_id, i.rank) for i in items_of(session, batch_id)]
     log.warning("batch %s of project %s was not fully pushed; pushing it again", tag, project_id)
-    result = backend.push_batch(ls_project_id, PushBatch(tag, ranked))
-    with store.session() as session:
-        row = session.get(Batch, batch_id)
-        if row is not None and row.state == "planned":
-            mark_pushed(session, row, result.view_id, at=at)
-    return tag
+    return push_planned(store, backend, ls_project_id, batch_id, PushBatch(tag, ranked), at=at)

@@ -5,7 +5,9 @@ then superseded: its unfinished items expire); active once a sync sees the proje
 (``activate_served``: sampling on the batch's predictions, the view set by the push);
 completed when all its items are done. An item completes when its task gets annotated and
 expires when its task is deleted, when a newer batch supersedes it, or when its batch grows
-older than the batch TTL (``expire_stale``, run by housekeeping). Only the moves in
+older than the batch TTL (``expire_stale``, run by housekeeping). A planned batch expires
+unpushed when none of its tasks is left in Label Studio, or when Label Studio refuses its push
+for good (``finish_push``, ``expire``). Only the moves in
 ``ITEM_MOVES`` / ``BATCH_MOVES`` are allowed; anything else raises.
 """
 
@@ -187,6 +189,33 @@ def mark_pushed(session: Session, batch: Batch, view_id: int | None, *, at: date
             move_item(item, "pushed")
 
 
+def finish_push(
+    session: Session,
+    batch: Batch,
+    view_id: int | None,
+    missing: Iterable[int],
+    *,
+    at: datetime,
+) -> bool:
+    """Record a planned batch's push: the items of the tasks Label Studio no longer had
+    (``missing``) expire, and the batch is marked pushed, or expires unpushed when none of its
+    tasks was left; whether it was pushed."""
+    batch_id = int(batch.id or 0)
+    move_items(session, batch_id, "expired", missing)
+    if all(item.state == "expired" for item in items_of(session, batch_id)):
+        expire(session, batch, at=at)
+        return False
+    mark_pushed(session, batch, view_id, at=at)
+    return True
+
+
+def expire(session: Session, batch: Batch, *, at: datetime) -> list[int]:
+    """Close an open batch that will not be served; its unfinished items expire (their ids)."""
+    expired = _close(session, batch, "expired", at=at)
+    session.flush()
+    return expired
+
+
 def activate_served(
     session: Session, project_id: int, serving: str | None, *, at: datetime
 ) -> Batch | None:
@@ -218,8 +247,7 @@ def expire_stale(
     ).all()
     stale = [b for b in open_batches if now - (b.pushed_at or b.created_at) >= ttl]
     for batch in stale:
-        _close(session, batch, "expired", at=now)
-    session.flush()
+        expire(session, batch, at=now)
     return stale
 
 

@@ -108,7 +108,16 @@ def mark_deleted(session: Session, project_id: int, alive: set[int]) -> list[int
     rows = session.exec(
         select(Task).where(Task.project_id == project_id, Task.state != "deleted")
     ).all()
-    gone = [row for row in rows if row.ls_task_id not in alive]
+    return _mark_deleted([row for row in rows if row.ls_task_id not in alive])
+
+
+def mark_gone(session: Session, project_id: int, ids: Iterable[int]) -> list[int]:
+    """The named tasks, which Label Studio said it no longer has, become ``deleted``."""
+    rows = tasks_by_ls_id(session, project_id, ids).values()
+    return _mark_deleted([row for row in rows if row.state != "deleted"])
+
+
+def _mark_deleted(gone: Sequence[Task]) -> list[int]:
     for row in gone:
         row.state = "deleted"
         row.synced_at = now()

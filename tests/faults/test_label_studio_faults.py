@@ -10,6 +10,7 @@ no annotation nor push a batch twice (checked against the store and the server a
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,11 +25,11 @@ from planner.daemon.run import token_refresher
 from planner.daemon.service import ProjectDaemon
 from planner.settings import load_settings
 from planner.status import project_statuses, state_lines
-from planner.store.models import Batch
+from planner.store.models import Batch, BatchItem
 from planner.web import WebConfig, create_app
 from tests.faults.conftest import Rig, compare, make_daemon
 from tests.faults.tally import Tally
-from tests.integration.daemon.processes import batch_items, next_batch_view
+from tests.integration.daemon.processes import batch_items, next_batch_view, planner_predictions
 
 pytestmark = [pytest.mark.fault, pytest.mark.integration]
 TASKS = b"GET /api/tasks"
@@ -247,3 +248,43 @@ def test_a_deleted_project_is_reported_and_the_store_kept(tally: Tally, rig: Rig
         with rig.store.session() as session:
             (status,) = project_statuses(session)
         assert status.tasks["labelled"] == 20, "what was synced stays"
+
+
+def test_tasks_deleted_while_the_batch_is_scored_leave_it_and_the_rest_is_pushed(
+    tally: Tally, rig: Rig
+) -> None:
+    daemon = rig.daemon()
+    open_tasks = rig.live.ids[20:]  # the 10 unlabelled tasks; the batch takes 8 of them
+    deleted = open_tasks[::2][:4]
+    scorer = daemon.scorer
+
+    def score_while_someone_deletes(project_id: int, items: Sequence[tuple[int, str]]) -> str:
+        version = scorer(project_id, items)
+        for task in deleted:
+            rig.backend.delete_task(task)
+        return version
+
+    daemon.scorer = score_while_someone_deletes
+    with tally.fault("label_studio.task_deleted_mid_cycle"):
+        outcome = daemon.cycle()
+        assert outcome.why == "pushed", outcome.why
+        assert outcome.pushed is not None
+        planned = batch_items(Path(str(rig.store.engine.url.database)), outcome.pushed)
+        assert outcome.missing == tuple(sorted(set(planned) & set(deleted)))
+        assert len(outcome.missing) >= 2  # 8 of 10 planned, 4 of the 10 deleted
+        served = [task for task in planned if task not in deleted]
+        assert next_batch_view(rig.backend, rig.live.pid) == served
+        assert sorted(t for t, _ in planner_predictions(rig.backend, rig.live.pid)) == sorted(
+            served
+        )
+        with rig.store.session() as session:
+            items = session.exec(select(BatchItem)).all()
+        assert {i.ls_task_id for i in items if i.state == "expired"} == set(outcome.missing)
+        assert daemon.health.state == "ok"
+        report = daemon.sync(reconcile=True)
+        assert report is not None, "the sync goes on"
+        assert set(report.deleted) == set(deleted) - set(outcome.missing)
+    found = compare(rig.backend, rig.store, rig.live.pid)
+    tally.annotations_lost(found.lost)
+    tally.duplicate_pushes(found.duplicates)
+    assert (found.lost, found.duplicates) == (0, 0)

@@ -219,12 +219,40 @@ def check_a_bad_batch_changes_nothing(wb: Workbench) -> None:
     assert good.view_id is not None
     with pytest.raises(ConfigError, match="must start with"):
         wb.push_batch(pid, PushBatch("mine-b2", [(ids[1], 1)]))
-    with pytest.raises(InputError, match="does not have"):
-        wb.push_batch(pid, PushBatch("planner-contract-b2", [(ids[1], 1), (ids[2] + 999, 2)]))
     with pytest.raises(InputError, match="more than once"):
         wb.push_batch(pid, PushBatch("planner-contract-b2", [(ids[1], 1), (ids[1], 2)]))
     assert wb.view_task_ids(pid, good.view_id) == [ids[2], ids[0]]
     assert wb.next_task(pid) == ids[2]
+
+
+def check_deleted_tasks_are_left_out_of_a_push(wb: Workbench) -> None:
+    pid, ids = project(wb, 5)
+    old = wb.push_batch(pid, PushBatch("planner-contract-b1", [(ids[4], 1), (ids[3], 2)]))
+    assert old.view_id is not None
+    wb.delete_task(ids[0])
+    wb.delete_task(ids[2])
+    batch = [(ids[2], 1), (ids[1], 2), (ids[0], 3), (ids[3], 4)]
+    pushed = wb.push_batch(pid, PushBatch("planner-contract-b2", batch))
+    assert (pushed.created, pushed.removed, pushed.missing) == (2, 2, (ids[0], ids[2]))
+    assert pushed.view_id is not None
+    assert wb.view_task_ids(pid, pushed.view_id) == [ids[1], ids[3]]
+    assert sorted(wb.list_predictions(pid), key=lambda p: p[2]) == [
+        (ids[1], "planner-contract-b2", 1 / 3),
+        (ids[3], "planner-contract-b2", 2 / 3),
+    ]
+    # none of the batch is left: nothing is written, the project serves what it served
+    wb.delete_task(ids[1])
+    wb.delete_task(ids[3])
+    before = (wb.list_predictions(pid), _stamps(wb, pid))
+    gone = wb.push_batch(pid, PushBatch("planner-contract-b3", [(ids[1], 1), (ids[3], 2)]))
+    assert (gone.created, gone.removed, gone.view_id, gone.missing) == (
+        0,
+        0,
+        None,
+        (ids[1], ids[3]),
+    )
+    assert (wb.list_predictions(pid), _stamps(wb, pid)) == before
+    assert wb.project(pid).serving == "planner-contract-b2"
 
 
 CHECKS: list[Callable[[Workbench], None]] = [
@@ -239,4 +267,5 @@ CHECKS: list[Callable[[Workbench], None]] = [
     check_the_webhook_is_registered_once,
     check_a_new_batch_supersedes_the_old,
     check_a_bad_batch_changes_nothing,
+    check_deleted_tasks_are_left_out_of_a_push,
 ]

@@ -76,9 +76,16 @@ def test_a_naive_task_time_is_refused() -> None:
 
 
 def test_scores_rise_with_rank_inside_zero_one() -> None:
-    scores = batch_scores(PushBatch("planner-b", [(30, 3), (10, 1), (20, 2)]), {10, 20, 30, 40})
+    batch = PushBatch("planner-b", [(30, 3), (10, 1), (20, 2)])
+    scores, missing = batch_scores(batch, {10, 20, 30, 40})
     assert sorted(scores, key=scores.__getitem__) == [10, 20, 30]
-    assert scores == {10: 0.25, 20: 0.5, 30: 0.75}
+    assert (scores, missing) == ({10: 0.25, 20: 0.5, 30: 0.75}, ())
+
+
+def test_tasks_the_project_lost_are_left_out_and_named() -> None:
+    batch = PushBatch("planner-b", [(30, 3), (10, 1), (20, 2), (50, 4)])
+    assert batch_scores(batch, {10, 30, 40}) == ({10: 1 / 3, 30: 2 / 3}, (20, 50))
+    assert batch_scores(batch, {40}) == ({}, (10, 20, 30, 50))
 
 
 @pytest.mark.parametrize(
@@ -87,7 +94,6 @@ def test_scores_rise_with_rank_inside_zero_one() -> None:
         (PushBatch("other-b", [(1, 1)]), ConfigError, "must start with 'planner-'"),
         (PushBatch("planner-b", []), InputError, "empty"),
         (PushBatch("planner-b", [(1, 1), (1, 2)]), InputError, "more than once"),
-        (PushBatch("planner-b", [(1, 1), (9, 2)]), InputError, r"does not have: \[9\]"),
     ],
 )
 def test_bad_batches_are_refused(batch: PushBatch, error: type[Exception], message: str) -> None:
