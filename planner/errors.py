@@ -10,7 +10,8 @@
     └── TransientError                    worth retrying later (network, service down)
         ├── UnreachableError              no connection (refused, cut, DNS)
         ├── SlowError                     the service did not answer in time
-        └── StoreError                    the planner database is locked or unreachable
+        ├── StoreError                    the planner database is locked or unreachable
+        └── IncompleteListingError        a full listing came back short of its total
 
 Each error subclasses the built-in a caller would naturally catch (``ValueError`` for bad
 input) so code that predates the planner keeps working.
@@ -61,3 +62,8 @@ class SlowError(TransientError):
 
 class StoreError(TransientError):
     """The planner database is locked or unreachable; the transaction was rolled back."""
+
+
+class IncompleteListingError(TransientError):
+    """A listing of every task came back with fewer than the total the server reported; what
+    is missing from it is not known to be deleted."""

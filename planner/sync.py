@@ -6,7 +6,9 @@ bumps ``updated_at`` on the planner's own prediction pushes too, so a task count
 when its annotations did (ids and their ``updated_at``). Deleted tasks are invisible to that
 filter, and a listing whose pages shift while it runs (a task edited meanwhile moves to the end)
 can skip one: every ``reconcile_every`` the full list of ids and ``updated_at`` is compared with
-the store, deleted tasks are marked and tasks missing or behind are read by id. That pass also
+the store, deleted tasks are marked and tasks missing or behind are read by id. A full list
+that comes back short of the server's total marks nothing deleted: that pass is skipped, with
+the reason in the report and the log, and tried again at the next sync. That pass also
 expires batches older than ``batch_ttl``. Each sync marks the pushed batch active once the
 project serves it.
 
@@ -18,6 +20,7 @@ rest of the project syncs on. New labelled tasks get a split (stratified, never 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -30,6 +33,7 @@ from planner.core.resolution import ResolutionPolicy
 from planner.core.splits import assign_splits
 from planner.core.table import UNKNOWN
 from planner.core.task_labels import label_task
+from planner.errors import IncompleteListingError
 from planner.ports import AnnotationBackend, RemoteTask
 from planner.quarantine import hold_apart
 from planner.quarantine import refresh as refresh_quarantine
@@ -46,6 +50,7 @@ from planner.store.tasks import (
     tasks_in_state,
 )
 
+log = logging.getLogger("planner.sync")
 DEFAULT_OVERLAP = timedelta(seconds=5)
 DEFAULT_RECONCILE = timedelta(hours=6)
 DEFAULT_BATCH_TTL = timedelta(days=7)
@@ -83,6 +88,9 @@ class SyncReport:
     """Tasks the listings had missed, found by reconciliation."""
     expired_batches: tuple[str, ...] = ()
     """Tags of batches that expired for age."""
+    problem: str | None = None
+    """Why part of the sync was skipped (an incomplete task listing: nothing marked
+    deleted); None when it all ran."""
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -97,6 +105,7 @@ class SyncReport:
             "watermark": None if self.watermark is None else self.watermark.isoformat(),
             "recovered": list(self.recovered),
             "expired_batches": list(self.expired_batches),
+            "problem": self.problem,
         }
 
 
@@ -147,31 +156,21 @@ def sync_project(
             if len(batch) >= 1000:
                 watermark, batch = apply(batch), []
         watermark = apply(batch)
-        deleted: list[int] = []
-        recovered: list[int] = []
-        expired: list[str] = []
+        found = _Reconciled()
         due = (
             state.last_reconcile_at is None or now - state.last_reconcile_at >= opts.reconcile_every
         )
         if full or reconcile or due:
-            stamps = backend.task_stamps(ls_project_id)
-            deleted = mark_deleted(session, project_id, set(stamps))
-            behind = _behind(session, project_id, stamps)
-            # the watermark stays the listing's: the next sync reads the recent ones again
-            recovered = _apply(
-                session,
-                project_id,
-                list(backend.tasks_by_id(ls_project_id, behind)),
-                reading,
-                counts,
-            )
+            found = _reconcile(backend, session, (ls_project_id, project_id), reading, counts)
+            # skipped: due again at the next sync
+            state.last_reconcile_at = now if found.problem is None else None
             if opts.batch_ttl is not None:
                 stale = expire_stale(session, project_id, now=now, ttl=opts.batch_ttl)
-                expired = [b.tag for b in stale]
-            state.last_reconcile_at = now
+                found.expired = [b.tag for b in stale]
+        problem = found.problem
         newly = _assign_splits(session, project_id, schema, opts)
         refresh_quarantine(session, project_id, now=now)
-        state.watermark, state.last_sync_at, state.last_error = watermark, now, None
+        state.watermark, state.last_sync_at, state.last_error = watermark, now, problem
         if full:
             state.last_full_sync_at = now
     return SyncReport(
@@ -181,13 +180,47 @@ def sync_project(
         new=counts.new,
         changed=counts.changed,
         unchanged=counts.unchanged,
-        deleted=tuple(deleted),
+        deleted=tuple(found.deleted),
         quarantined=tuple(counts.quarantined),
         newly_labelled=newly,
         watermark=watermark,
-        recovered=tuple(recovered),
-        expired_batches=tuple(expired),
+        recovered=tuple(found.recovered),
+        expired_batches=tuple(found.expired),
+        problem=problem,
     )
+
+
+@dataclass
+class _Reconciled:
+    deleted: list[int] = field(default_factory=list)
+    recovered: list[int] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+    problem: str | None = None
+
+
+def _reconcile(
+    backend: AnnotationBackend,
+    session: Session,
+    ids: tuple[int, int],
+    reading: _Reading,
+    counts: _Counts,
+) -> _Reconciled:
+    """Compare every task id and ``updated_at`` with the store (``ids``: the Label Studio and
+    the planner project): deleted tasks are marked, tasks missing or behind read by id. An
+    incomplete list changes nothing (the problem is returned)."""
+    ls_project_id, project_id = ids
+    try:
+        stamps = backend.task_stamps(ls_project_id)
+    except IncompleteListingError as exc:  # a task missing from it may well exist
+        problem = f"reconciliation skipped, retried at the next sync: {exc}"
+        log.warning("project %s: %s", ls_project_id, problem)
+        return _Reconciled(problem=problem)
+    deleted = mark_deleted(session, project_id, set(stamps))
+    behind = _behind(session, project_id, stamps)
+    # the watermark stays the listing's: the next sync reads the recent ones again
+    listed = list(backend.tasks_by_id(ls_project_id, behind))
+    recovered = _apply(session, project_id, listed, reading, counts)
+    return _Reconciled(deleted=deleted, recovered=recovered)
 
 
 def _behind(session: Session, project_id: int, stamps: dict[int, datetime]) -> list[int]:

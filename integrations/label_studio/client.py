@@ -8,6 +8,7 @@ refresh token the SDK exchanges at ``/api/token/refresh/`` for a short-lived acc
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -45,6 +46,7 @@ from planner.errors import (
     AuthError,
     ConfigError,
     GoneError,
+    IncompleteListingError,
     LabelConfigError,
     PlannerError,
     SlowError,
@@ -58,6 +60,8 @@ __all__ = ["SAMPLING", "TAG_PREFIX", "VIEW_TITLE", "LabelStudioBackend", "transl
 _T = TypeVar("_T")
 _ID_CHUNK = 200
 """Task ids per ``in_list`` filter: the query travels in the URL."""
+_STAMP_PAGE = 5000
+"""Tasks asked for per page of the id listing (the server may send fewer)."""
 
 
 class LabelStudioBackend:
@@ -153,22 +157,38 @@ class LabelStudioBackend:
         return set(self.task_stamps(project_id))
 
     def task_stamps(self, project_id: int) -> dict[int, datetime]:
+        """Every task's ``updated_at``, read page by page until the ``total`` the server
+        reports (it caps the page size at its ``TASK_API_PAGE_SIZE_MAX``, so a short page is
+        no end). A listing that comes back short of the total (tasks deleted between two
+        pages shift the rest past the reader) raises ``IncompleteListingError``: a task
+        missing from it is not known to be deleted. Any failed page raises."""
         stamps: dict[int, datetime] = {}
-        page, size = 1, 5000
-        while True:
-            params: dict[str, object] = {"project": project_id, "page": page, "page_size": size}
-            params |= {"fields": "task_only", "include": "id,updated_at"}
+        total = 0
+        for page in itertools.count(1):
+            params: dict[str, object] = {"project": project_id, "page": page}
+            params |= {"page_size": _STAMP_PAGE, "fields": "task_only", "include": "id,updated_at"}
             try:
                 data = self.get("/api/tasks/", params=params)
-            except ConfigError:
+            except GoneError:
                 if page == 1:
                     raise
-                return stamps  # the server answers 404 "Invalid page" past the last page
-            rows = data.get("tasks", []) if isinstance(data, dict) else []
+                break  # 404 "Invalid page": fewer pages than the total promised
+            if not isinstance(data, dict):
+                raise translate(200, "", self.url, f"tasks of project {project_id}")
+            rows = data.get("tasks") or []
+            if isinstance(data.get("total"), int):  # else: until an empty page
+                total = max(total, data["total"])
+            before = len(stamps)
             stamps.update((int(row["id"]), parse_time(row.get("updated_at"))) for row in rows)
-            if len(rows) < size:
-                return stamps
-            page += 1
+            if len(stamps) == before or 0 < total <= len(stamps):
+                break
+        if len(stamps) < total:
+            raise IncompleteListingError(
+                f"the task list of project {project_id} on {self.url} came back with "
+                f"{len(stamps)} of its {total} tasks (tasks deleted or added while it was "
+                "read); nothing is marked deleted, the next sync reads it again"
+            )
+        return stamps
 
     # -- pushing ---------------------------------------------------------------------------
     def push_batch(self, project_id: int, batch: PushBatch) -> PushResult:

@@ -10,6 +10,9 @@
     down_after(marker, n)   forward, and go down the moment the ``n``-th request whose first
                      line contains ``marker`` arrives (that request is not forwarded): a
                      server that stops in the middle of a sync or a push
+    answer_next(marker, status, times)   forward, but answer the next ``times`` requests
+                     whose first line contains ``marker`` with ``status`` (not forwarded): one
+                     page of a listing refused or failing
 
 ``seen(marker)`` counts the requests whose first line contained ``marker``. Plain threads and
 sockets: HTTP/1.1 to Label Studio and PostgreSQL's wire protocol pass through alike (request
@@ -32,6 +35,8 @@ class _Mode:
     delay_s: float = 0.0
     status: int | None = None
     trip: tuple[bytes, int] | None = None
+    refuse: tuple[bytes, int] | None = None
+    refusals: int = 0
 
 
 @dataclass
@@ -69,6 +74,9 @@ class FaultProxy:
 
     def down_after(self, marker: bytes, n: int) -> None:
         self.mode = _Mode(trip=(marker, self.seen(marker) + n))
+
+    def answer_next(self, marker: bytes, status: int, times: int = 1) -> None:
+        self.mode = _Mode(refuse=(marker, status), refusals=times)
 
     def seen(self, marker: bytes) -> int:
         with self._lock:
@@ -112,6 +120,9 @@ class FaultProxy:
                 if requests and self._count(chunk):
                     self.down()
                     return
+                if requests and (status := self._refused(chunk)) is not None:
+                    _send_status(src, status)
+                    return
                 if requests and self.mode.status is not None:  # kept-alive ones answer too
                     _send_status(src, self.mode.status)
                     return
@@ -135,6 +146,18 @@ class FaultProxy:
             self._counts[line] = self._counts.get(line, 0) + 1
         trip = self.mode.trip
         return trip is not None and self.seen(trip[0]) >= trip[1]
+
+    def _refused(self, chunk: bytes) -> int | None:
+        """The status to answer the request in ``chunk`` with (``answer_next``), or None."""
+        mode = self.mode
+        line = chunk.split(b"\r\n", 1)[0]
+        if mode.refuse is None or mode.refuse[0] not in line:
+            return None
+        with self._lock:
+            if mode.refusals <= 0:
+                return None
+            mode.refusals -= 1
+        return mode.refuse[1]
 
     def _answer(self, client: socket.socket, status: int) -> None:
         with contextlib.suppress(OSError):

@@ -20,7 +20,7 @@ def shared_dir(config: pytest.Config, factory: pytest.TempPathFactory) -> Path:
     return base.parent if hasattr(config, "workerinput") else base
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -38,7 +38,7 @@ def label_studio(
         # file; install() is a no-op when label-studio is already in its own venv.
         fcntl.flock(lock, fcntl.LOCK_EX)
         launcher.install()
-        state = launcher.start(root / "data", document_root=root / "images", port=_free_port())
+        state = launcher.start(root / "data", document_root=root / "images", port=free_port())
     return state  # stopped by pytest_sessionfinish in tests/conftest.py
 
 
