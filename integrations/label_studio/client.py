@@ -20,7 +20,6 @@ from typing import Any, Self, TypeVar
 
 import httpx
 from label_studio_sdk import PredictionRequest
-from label_studio_sdk._extensions.pager_ext import SyncPagerExt
 from label_studio_sdk.base_client import LabelStudioBase
 from label_studio_sdk.core.api_error import ApiError
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -321,16 +320,22 @@ class LabelStudioBackend:
         )
 
     def iterate(self, pager: Any, what: str) -> Iterator[Any]:
-        """Items of an SDK pager; each page fetch is retried and translated like ``call``.
-
-        The server answers 404 past the last page; the SDK's pager extension ends there.
+        """Items of an SDK pager, page by page; each page fetch is retried and translated like
+        ``call``, the same page asked for again (a page's ``get_next`` fetches the next page
+        number it was made with). The server answers 404 past the last page: only that ends
+        the listing early; any other failure that outlasts the retries is raised.
         """
-        iterator: Iterator[Any] = iter(SyncPagerExt.from_sync_pager(pager))
+        page: Any = pager
         while True:
-            item = self.call(lambda: next(iterator, _END), what)
-            if item is _END:
+            yield from page.items or ()
+            if not page.has_next or page.get_next is None:
                 return
-            yield item
+            try:
+                page = self.call(page.get_next, what)
+            except GoneError:
+                return  # past the last page
+            if page is None or not page.items:
+                return
 
     def call(self, action: Callable[[], _T], what: str) -> _T:
         """``action()`` with SDK errors translated; transient ones retried a few times."""
@@ -362,7 +367,6 @@ class LabelStudioBackend:
             ) from None
 
 
-_END = object()
 PAUSE_AFTER_PREDICTIONS = "PLANNER_TEST_PAUSE_AFTER_PREDICTIONS"
 
 

@@ -20,7 +20,7 @@ from sqlmodel import select
 from integrations.label_studio import launcher
 from integrations.label_studio.client import LabelStudioBackend
 from integrations.label_studio.workbench import LabelStudioWorkbench
-from planner.errors import AuthError, IncompleteListingError
+from planner.errors import AuthError, IncompleteListingError, TransientError
 from planner.store import Store, open_store
 from planner.store.models import Task
 from planner.sync import sync_project
@@ -144,3 +144,17 @@ def test_tasks_deleted_while_the_id_list_is_read_mark_nothing_deleted(
     again = sync_project(server, store, pid, now=datetime.now(UTC))
     assert set(again.deleted) == {ids[0], ids[1]}, "the next sync reconciles"
     assert set(_stored(store, "unlabelled")) == server_ids
+
+
+def test_a_page_that_fails_once_is_fetched_again_and_one_that_keeps_failing_raises(
+    server: LabelStudioWorkbench, proxy: FaultProxy, capped: launcher.ServerState
+) -> None:
+    pid, ids = _project(server)
+    with LabelStudioBackend(proxy.url, capped.token, attempts=3) as retrying:
+        proxy.answer_next(SECOND_PAGE, 503)
+        assert sorted(t.id for t in retrying.iter_tasks(pid)) == ids
+        assert proxy.seen(SECOND_PAGE) == 2, "refused once, then asked for again"
+    with LabelStudioBackend(proxy.url, capped.token, attempts=1) as once:
+        proxy.answer_next(SECOND_PAGE, 503)
+        with pytest.raises(TransientError, match="answered 503"):
+            list(once.iter_tasks(pid))
