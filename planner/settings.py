@@ -32,6 +32,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -518,7 +519,7 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Environment beats the file; the file arrives through init (see load_settings).
-        return env_settings, init_settings
+        return _EnvQuotaNames(env_settings, init_settings), init_settings
 
     def public_dict(self) -> dict[str, Any]:
         """The settings as plain data with every secret masked, safe to print or log."""
@@ -528,6 +529,31 @@ class Settings(BaseSettings):
             if section in data and data[section].get(key) is not None:
                 data[section][key] = "**********"
         return data
+
+
+class _EnvQuotaNames(PydanticBaseSettingsSource):
+    """The environment's settings, each quota's class name spelled as in the config file.
+
+    Environment variable names are read lowercased, so ``PLANNER_QUOTAS__Wheelchair__TARGET``
+    arrives as quota ``wheelchair``; matched to the file's quota names case-insensitively, it
+    overrides the file's ``[quotas.Wheelchair]`` instead of adding a quota no class has.
+    """
+
+    def __init__(self, env: PydanticBaseSettingsSource, init: PydanticBaseSettingsSource) -> None:
+        super().__init__(env.settings_cls)
+        self._env = env
+        self._file: dict[str, Any] = getattr(init, "init_kwargs", {})
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._env.get_field_value(field, field_name)
+
+    def __call__(self) -> dict[str, Any]:
+        data = self._env()
+        quotas, named = data.get("quotas"), self._file.get("quotas")
+        if not isinstance(quotas, dict) or not isinstance(named, dict):
+            return data
+        spelled = {str(name).lower(): str(name) for name in named}
+        return data | {"quotas": {spelled.get(k.lower(), k): v for k, v in quotas.items()}}
 
 
 def _toml_secret_lines(data: dict[str, Any]) -> list[str]:

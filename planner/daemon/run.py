@@ -21,12 +21,14 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from planner.connect import connect, open_settings_store, reread_token, sync_options, worker_config
+from planner.core.labels import parse_label_config
 from planner.core.plan import PlanOptions
+from planner.core.quotas import Quota
 from planner.daemon.embedded import ChildGroup, report_in_child, score_pool_in_child
 from planner.daemon.leader import DEFAULT_TTL_S, LeaderLease, RedisLease, holder_name
 from planner.daemon.metrics import MetricsServer
 from planner.daemon.schedule import Schedule
-from planner.daemon.service import ProjectDaemon, Scorer
+from planner.daemon.service import ProjectDaemon, Scorer, unknown_quotas
 from planner.daemon.stopping import stop_config
 from planner.errors import ConfigError, PlannerError, StoreError, TransientError
 from planner.outputs import emit_options, report_options
@@ -221,7 +223,7 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> No
     # migrated for a project that cannot be read
     backend = connect(settings)
     try:
-        _check(backend, project_id)
+        _check(backend, project_id, quotas_from_settings(settings))
         store = open_settings_store(settings)
     except BaseException:
         backend.close()
@@ -278,12 +280,18 @@ def _beat(lease: LeaderLease, daemon: ProjectDaemon, schedule: Schedule) -> None
         schedule.run_soon("sync")
 
 
-def _check(backend: LabelStudioBackend, project_id: int) -> None:
-    """A wrong URL, token or project stops the start; a server down or slow now does not."""
+def _check(backend: LabelStudioBackend, project_id: int, quotas: Sequence[Quota]) -> None:
+    """A wrong URL, token or project stops the start; a server down or slow now does not,
+    nor a quota naming a class the label config lacks (said now, and after every sync)."""
     try:
-        backend.check(project_id)
+        project = backend.check(project_id)
     except TransientError as exc:  # the daemon starts and backs off until it answers
         log.warning("Label Studio is not answering yet (%s); the daemon retries", exc)
+        return
+    classes = parse_label_config(project.label_config).classes
+    problem = unknown_quotas(quotas, classes, project_id)
+    if problem is not None:
+        log.warning("%s", problem)
 
 
 def _receiver(

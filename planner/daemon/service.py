@@ -86,6 +86,28 @@ class CycleOutcome:
         }
 
 
+def unknown_quotas(
+    quotas: Sequence[Quota], classes: Sequence[str], ls_project_id: int
+) -> str | None:
+    """What to fix when quotas name classes the project's label config lacks; None when all
+    are known. Such quotas are left out of the counts and the stop rules until fixed."""
+    unknown = [q.class_name for q in quotas if q.class_name not in classes]
+    if not unknown:
+        return None
+    hints = []
+    for name in unknown:
+        alike = [c for c in classes if c.lower() == name.lower()]
+        if alike:
+            hints.append(f"{name!r} is {alike[0]!r} spelled in another case")
+    hint = f" ({'; '.join(hints)})" if hints else ""
+    return (
+        f"quotas {unknown} name no class of Label Studio project {ls_project_id}'s label "
+        f"config{hint}; they are left out of the quota counts and the stop rules, the other "
+        f"quotas count. Rename each [quotas.<Class>] section to one of {list(classes)} "
+        "(class names are case-sensitive), or add the class to the label config"
+    )
+
+
 @dataclass
 class ProjectDaemon:
     """Everything the scheduled jobs of one project need."""
@@ -126,6 +148,7 @@ class ProjectDaemon:
     """A sync was asked for (a webhook) while another job ran; that job syncs when it ends,
     since its own sync may have read Label Studio before the new annotation."""
     _watch: BackendWatch = field(init=False, repr=False)
+    _unknown_quotas_logged: str = field(default="", init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._watch = BackendWatch(
@@ -404,7 +427,8 @@ class ProjectDaemon:
 
     def _after_sync(self, project_id: int) -> float | None:
         """Batch progress, metrics, a count snapshot, the stop rules; the active batch's share
-        done (None when none is active)."""
+        done (None when none is active). A quota naming a class the label config lacks is
+        reported and left out; the rest are evaluated."""
         now = self.clock()
         with self.store.session() as session:
             project = session.get(Project, project_id)
@@ -413,7 +437,8 @@ class ProjectDaemon:
             classes = tuple(project.classes)
             splits = tuple(self.sync_options.split_ratios)
             table = count_table(session, project_id, classes, splits)
-            status = deficits(self.quotas, table, known_classes=table.classes)
+            quotas = [q for q in self.quotas if q.class_name in classes]
+            status = deficits(quotas, table, known_classes=table.classes)
             self.telemetry.set_counts("images", table.as_dict()["images"])
             self.telemetry.set_quotas(
                 {s.class_name: s.progress for s in status.statuses},
@@ -432,17 +457,31 @@ class ProjectDaemon:
                 session,
                 project,
                 table,
-                self.quotas,
+                quotas,
                 self.stop,
                 stop_set=[task_id for task_id, _ in stop_set],
                 now=now,
+                policy=self.policy,  # the configured quotas': fixing the config re-arms
             )
             self.last_decision = decision
             self.telemetry.set_stop(decision)
+        self._report_unknown_quotas(classes)
         self.telemetry.stopped.set(1 if stopped else 0)
         if stopped:
             self._emit_pending(project_id)
         return done
+
+    def _report_unknown_quotas(self, classes: Sequence[str]) -> None:
+        """Record (after every sync) and log (once per set of names) the quotas that name no
+        class of the label config."""
+        problem = unknown_quotas(self.quotas, classes, self.ls_project_id)
+        if problem is None:
+            self._unknown_quotas_logged = ""
+            return
+        self._record_error(problem)
+        if problem != self._unknown_quotas_logged:
+            log.warning("%s", problem)
+            self._unknown_quotas_logged = problem
 
     def _emit_pending(self, project_id: int) -> None:
         if self.emit is None:

@@ -191,9 +191,11 @@ def evaluate_and_record(
     *,
     stop_set: Sequence[int],
     now: datetime,
+    policy: str | None = None,
 ) -> tuple[StopDecision, bool]:
-    """Evaluate every rule; record the stop the first time it says stop under this policy.
-    The decision, and whether the project is stopped (now or before)."""
+    """Evaluate every rule; record the stop the first time it says stop under this policy
+    (``policy``: a fingerprint of ``config`` and ``quotas`` unless given). The decision, and
+    whether the project is stopped (now or before)."""
     project_id = int(project.id or 0)
     state = gather_state(
         session,
@@ -205,7 +207,7 @@ def evaluate_and_record(
         kappa_window=config.kappa_window,
     )
     decision = evaluate_stop_rules(config, state)
-    policy = policy_fingerprint(config, quotas)
+    policy = policy or policy_fingerprint(config, quotas)
     already = stop_fired(session, project_id, policy=policy)
     if decision.should_stop and not already:
         record_stop(session, project_id, decision, policy=policy, at=now)

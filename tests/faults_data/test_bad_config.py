@@ -189,3 +189,24 @@ def _project(label_studio: ServerState) -> int:
     )
     answer.raise_for_status()
     return int(answer.json()["id"])
+
+
+@pytest.mark.integration
+def test_run_says_at_start_which_quota_names_no_class(
+    tmp_path: Path, label_studio: ServerState
+) -> None:
+    pid = _project(label_studio)
+    config = tmp_path / "planner.toml"
+    config.write_text(
+        f'[label_studio]\nurl = "{label_studio.url}"\nproject_id = {pid}\n'
+        '[store]\nurl = "postgresql+psycopg://planner@127.0.0.1:9/planner"\n'
+        "[quotas.A]\ntarget = 3\n[quotas.a2]\ntarget = 2\n",
+        encoding="utf-8",
+    )
+    env = {"PLANNER_LABEL_STUDIO__TOKEN": label_studio.token, "PLANNER_QUOTAS__A__TARGET": "5"}
+    done = _run(["run", "-c", str(config)], env, tmp_path)
+    # the store is unreachable: the run stops right after checking the project
+    _refused(done, "cannot open the planner database")
+    assert "quotas ['a2'] name no class of Label Studio project" in done.stderr
+    assert "one of ['A']" in done.stderr
+    assert "'a'" not in done.stderr, "the environment's PLANNER_QUOTAS__A__TARGET is quota A's"

@@ -76,6 +76,21 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert load_settings(path, environ=False).planning.batch_size == 40
 
 
+def test_a_quota_from_the_environment_overrides_the_files_whatever_the_case(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "[quotas.Wheelchair]\ntarget = 10\n[quotas.Car]\ntarget = 5\n")
+    # the environment's names reach the settings lowercased
+    monkeypatch.setenv("PLANNER_QUOTAS__Wheelchair__TARGET", "20")
+    monkeypatch.setenv("PLANNER_QUOTAS__CAR__CRITICALITY", "2")
+    monkeypatch.setenv("PLANNER_QUOTAS__Bicycle__TARGET", "7")
+    quotas = load_settings(path).quotas
+    assert sorted(quotas) == ["Car", "Wheelchair", "bicycle"]
+    assert (quotas["Wheelchair"].target, quotas["Car"].target) == (20, 5)
+    assert quotas["Car"].criticality == 2.0
+    assert quotas["bicycle"].target == 7, "no quota in the file to take the spelling from"
+
+
 def test_every_bad_line_names_key_value_and_what_is_allowed(tmp_path: Path) -> None:
     path = write(
         tmp_path,

@@ -16,12 +16,19 @@ from integrations.label_studio.fake import FakeLabelStudio
 from planner.core.plan import PlanOptions
 from planner.core.quotas import Quota
 from planner.daemon.run import build_daemon
-from planner.daemon.service import ProjectDaemon
+from planner.daemon.service import ProjectDaemon, unknown_quotas
 from planner.errors import TransientError
 from planner.ports import PushBatch, PushResult
 from planner.settings import Settings
 from planner.store import DatabaseLease, Store, open_store
-from planner.store.models import Batch, BatchItem, ScoreRecord, Task
+from planner.store.models import (
+    Batch,
+    BatchItem,
+    CountSnapshot,
+    ScoreRecord,
+    SyncState,
+    Task,
+)
 from tests.unit.daemon.helpers import (
     CLASSES,
     Project150,
@@ -405,3 +412,35 @@ def test_the_daemon_plans_with_every_planning_setting(tmp_path: Path) -> None:
         balance_lambda=2.5,
         diversity=False,
     )
+
+
+def test_a_quota_naming_no_class_is_reported_and_the_other_quotas_count(
+    store: Store, digit_files: tuple[Path, list[int]], caplog: pytest.LogCaptureFixture
+) -> None:
+    project = digits_project(digit_files[1])
+    quotas = [Quota("7", target=1), Quota("Seven", target=5)]
+    daemon = make_daemon(project, store, quotas, TableScorer(store, by_task_id))
+    for _ in range(2):
+        assert daemon.sync() is not None
+    decision = daemon.last_decision
+    assert decision is not None, "the stop rules were evaluated"
+    assert decision.should_stop, "quota 7 is met; 'Seven' is left out, not counted as unmet"
+    assert daemon.stopped
+    assert daemon.cycle().why.startswith("stopped"), "no batch pushed past the stop"
+    with store.session() as session:
+        assert session.exec(select(CountSnapshot)).first() is not None
+        (state,) = session.exec(select(SyncState)).all()
+    assert state.last_error is not None
+    assert "quotas ['Seven'] name no class of Label Studio project" in state.last_error
+    assert "Rename each [quotas.<Class>] section to one of ['0', '1'" in state.last_error
+    sample = daemon.telemetry.registry.get_sample_value
+    assert sample("planner_quota_deficit", {"cls": "7"}) == 0
+    warned = [r for r in caplog.records if "name no class" in r.getMessage()]
+    assert len(warned) == 1, "logged once, recorded after every sync"
+
+
+def test_a_quota_spelled_in_another_case_is_pointed_to_its_class() -> None:
+    problem = unknown_quotas([Quota("wheelchair", target=3)], ("Car", "Wheelchair"), 4)
+    assert problem is not None
+    assert "'wheelchair' is 'Wheelchair' spelled in another case" in problem
+    assert unknown_quotas([Quota("Car", target=3)], ("Car", "Wheelchair"), 4) is None
