@@ -282,13 +282,16 @@ def _apply(
         row = existing.get(task.id)
         image = task.data.get(reading.image_key, "") if reading.image_key else ""
         image = str(image) if isinstance(image, str | int | float) else ""
-        # a new image is a fix too (quarantine.refresh releases the task and scores it again)
-        same = row is not None and (row.annotation_stamp, row.image) == (
+        meta = {k: v for k, v in task.data.items() if isinstance(v, str | int | float | bool)}
+        # a new image is a fix too (quarantine.refresh releases the task and scores it again);
+        # other edited data (a stratum such as the time of day) is a change of the task
+        same = row is not None and (row.annotation_stamp, row.image, row.meta) == (
             task.annotation_stamp,
             image,
+            meta,
         )
         if row is not None and same and row.state != "deleted" and not reading.force:
-            row.ls_updated_at = task.updated_at  # a prediction push or a data edit
+            row.ls_updated_at = task.updated_at  # a prediction push
             counts.unchanged += 1
             continue
         as_dict = task.as_task_dict()
@@ -297,7 +300,7 @@ def _apply(
         update = TaskUpdate(
             ls_task_id=task.id,
             image=image,
-            meta={k: v for k, v in task.data.items() if isinstance(v, str | int | float | bool)},
+            meta=meta,
             labels=labels,
             annotation_ids=task.annotation_ids,
             annotation_stamp=task.annotation_stamp,

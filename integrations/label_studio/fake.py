@@ -202,6 +202,11 @@ class FakeLabelStudio:
         state.ranks.pop(task_id, None)
         state.predictions = {k: p for k, p in state.predictions.items() if p.task != task_id}
 
+    def edit_task_data(self, task_id: int, data: Mapping[str, Any]) -> None:
+        state = self._owner(task_id)
+        task = state.tasks[task_id]
+        state.tasks[task_id] = replace(task, data=dict(data), updated_at=self._tick())
+
     def predict(self, task_id: int, score: float, model_version: str) -> int:
         """One prediction saved on its own (not bulk): it bumps the task's ``updated_at``."""
         state = self._owner(task_id)

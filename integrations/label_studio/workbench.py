@@ -45,6 +45,10 @@ class Workbench(AnnotationBackend, Protocol):
 
     def delete_task(self, task_id: int) -> None: ...
 
+    def edit_task_data(self, task_id: int, data: Mapping[str, Any]) -> None:
+        """Replace the task's data, as someone editing it in Label Studio does."""
+        ...
+
     def next_task(self, project_id: int, *, annotator: int | None = None) -> int | None: ...
 
     def view_task_ids(self, project_id: int, view_id: int) -> list[int]: ...
@@ -148,6 +152,11 @@ class LabelStudioWorkbench(LabelStudioBackend):
 
     def delete_task(self, task_id: int) -> None:
         self.call(lambda: self.sdk.tasks.delete(id=str(task_id)), f"task {task_id}")
+
+    def edit_task_data(self, task_id: int, data: Mapping[str, Any]) -> None:
+        self.call(
+            lambda: self.sdk.tasks.update(id=str(task_id), data=dict(data)), f"task {task_id}"
+        )
 
     def next_task(self, project_id: int, *, annotator: int | None = None) -> int | None:
         """The task a user opening the labelling stream gets now (``/next/``); None: done.

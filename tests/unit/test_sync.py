@@ -123,6 +123,23 @@ def test_edits_deletions_and_splits_that_never_move(fake: FakeLabelStudio, store
     assert after[ids[0]] == before[ids[0]]
 
 
+def test_edited_task_data_reaches_the_store(fake: FakeLabelStudio, store: Store) -> None:
+    pid, ids = _project(fake)
+    fake.annotate(ids[0], choice("Car"))
+    sync_project(fake, store, pid, now=NOW)
+    for task in (ids[0], ids[1]):  # labelled and not: the annotations are the same
+        (current,) = fake.tasks_by_id(pid, [task])
+        fake.edit_task_data(task, {**current.data, "time": "night"})
+    report = sync_project(fake, store, pid, now=NOW + timedelta(minutes=5))
+    assert (report.changed, report.new) == (2, 0)
+    with store.session() as session:
+        rows = {t.ls_task_id: t for t in session.exec(select(Task)).all()}
+    assert [rows[t].meta["time"] for t in ids[:3]] == ["night", "night", "day"]
+    assert rows[ids[0]].labels == ["Car"], "the labels stay"
+    again = sync_project(fake, store, pid, now=NOW + timedelta(minutes=10))
+    assert again.changed == 0
+
+
 def test_bad_data_is_quarantined_and_the_rest_syncs(fake: FakeLabelStudio, store: Store) -> None:
     pid, ids = _project(fake, 5)
     fake.annotate(ids[0], [{"from_name": "kind", "to_name": "image", "type": "choices"}])

@@ -185,16 +185,20 @@ def test_deletions_and_edits_reach_the_next_sync(
         backend.push_batch(pid, PushBatch("planner-test-b1", [(ids[4], 1)]))
         backend.update_annotation(annotation, _choice("d5"))
         backend.delete_task(ids[1])
+        (night,) = backend.tasks_by_id(pid, [ids[2]])
+        backend.edit_task_data(ids[2], {**night.data, "time": "night"})
         report = sync_project(
             backend, store, pid, now=datetime.now(UTC) + timedelta(seconds=1), reconcile=True
         )
-        assert report.changed == 1  # the edit; the prediction push is not a change
+        assert report.changed == 2  # the edits; the prediction push is not a change
         assert report.deleted == (ids[1],)
         with store.session() as session:
             task = session.exec(select(Task).where(Task.ls_task_id == ids[0])).one()
             gone = session.exec(select(Task).where(Task.ls_task_id == ids[1])).one()
+            edited = session.exec(select(Task).where(Task.ls_task_id == ids[2])).one()
         assert task.labels == ["d5"]
         assert gone.state == "deleted"
+        assert edited.meta == {**night.data, "time": "night"}, "the data edit reached the store"
 
 
 def test_connection_errors_say_what_to_fix(label_studio: ServerState) -> None:
