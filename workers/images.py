@@ -16,18 +16,19 @@ import ipaddress
 import json
 import os
 import socket
+import struct
 import threading
 import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 import numpy as np
 import numpy.typing as npt
 import simplejpeg
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from workers.curl import Connections, FetchError, request
 
@@ -38,6 +39,17 @@ ADDRESS_TTL_S = 60.0
 """How long the checked address of an allow-listed host serves its images before it is looked
 up again: a lookup an image costs more than the fetch where the resolver is a network away.
 Only a checked address is ever connected to, so a rebinding DNS gains nothing meanwhile."""
+CORRUPT_IMAGE_ERRORS = (
+    OSError,  # UnidentifiedImageError, a truncated file
+    ValueError,
+    SyntaxError,  # a PNG's broken chunk, found by ``load``
+    EOFError,
+    IndexError,
+    struct.error,
+    Image.DecompressionBombError,
+)
+"""What Pillow raises for bytes it cannot decode: its format plugins parse with ``struct``
+and signal a malformed file with whichever of these their format's parser meets."""
 JPEG_AS_PILLOW = frozenset({"YCbCr", "Gray", "RGB"})
 """JPEG colour spaces libjpeg-turbo turns into the RGB Pillow's ``convert("RGB")`` gives (not
 CMYK or YCCK, which Pillow converts its own way)."""
@@ -118,7 +130,7 @@ class ImageSource:
         """The image's bytes, or ``ImageError`` with the reason."""
         if not isinstance(reference, str) or not reference:
             raise ImageError("the task has no image reference")
-        parts = urlsplit(reference)
+        parts = _split(reference)
         if parts.scheme in ("", "file") and parts.path.startswith("/data/local-files"):
             return self._local_files(parts.query, reference)
         if parts.scheme in ("", "file") and parts.path.startswith("/data/"):
@@ -126,17 +138,15 @@ class ImageSource:
         if parts.scheme in ("", "file"):
             return _read_file(Path(parts.path))
         if parts.scheme in ("http", "https"):
-            return self._http(reference, parts.hostname or "")
+            return self._http(reference, parts)
         raise ImageError(f"unsupported image reference scheme {parts.scheme!r}")
 
     def local_file(self, reference: str) -> str | None:
         """The file ``read`` reads for ``reference``, without resolving links (``read`` still
         refuses a path outside the image root); None where a server sends the image, or
         ``read`` takes no such reference."""
-        if not isinstance(reference, str) or not reference:
-            return None
-        parts = urlsplit(reference)
-        if parts.scheme not in ("", "file"):
+        parts = reference_parts(reference)
+        if parts is None or parts.scheme not in ("", "file"):
             return None
         if parts.path.startswith("/data/local-files"):
             relative = _relative(parts.query)
@@ -149,9 +159,9 @@ class ImageSource:
         """Whether ``read`` waits on a server for ``reference`` (an allow-listed host, or
         Label Studio serving it), so reading several at once pays; a local file is read
         where it is asked for (a thread an image costs more than reading it)."""
-        if not isinstance(reference, str):
+        parts = reference_parts(reference)
+        if parts is None:  # refused by read, no wait
             return False
-        parts = urlsplit(reference)
         if parts.scheme in ("http", "https"):
             return True
         served = parts.path.startswith("/data/") and self.local_file(reference) is None
@@ -161,7 +171,7 @@ class ImageSource:
         relative = _relative(query)
         if self.image_root is not None and relative:
             root = self.image_root.resolve()
-            path = (root / relative).resolve()
+            path = _resolved(root / relative, reference)
             if not path.is_relative_to(root):
                 raise ImageError(f"{reference} points outside the image root")
             return _read_file(path)
@@ -198,18 +208,21 @@ class ImageSource:
             self._access["access"] = _refresh(self._connections(), base_url, token)
         return [f"Authorization: Bearer {self._access['access']}"]
 
-    def _http(self, url: str, host: str) -> bytes:
-        host = host.lower()
+    def _http(self, url: str, parts: SplitResult) -> bytes:
+        host = (parts.hostname or "").lower()
         allowed = {h.lower() for h in self.allowed_hosts}
         if host not in allowed:
             raise ImageError(f"host {host!r} is not on the allow-list (workers.allowed_hosts)")
+        try:
+            number = parts.port
+        except ValueError as exc:  # not a number, or past 65535
+            raise ImageError(f"{url} is not a valid URL: {exc}") from None
         address = self._address(host, allowed)
         # connect to the checked address, not a second lookup a rebinding DNS could answer
         # differently; the name still goes in the Host header and the TLS server name. The
         # URL is rebuilt from its parts: no userinfo (never sent) and no fragment
-        parts = urlsplit(url)
         name = f"[{host}]" if ":" in host else host
-        port = "" if parts.port is None else f":{parts.port}"
+        port = "" if number is None else f":{number}"
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         target = f"{parts.scheme}://{name}{port}{path}"
         return _get(self._connections(), target, [], shown=url, connect_to=address)
@@ -224,6 +237,34 @@ class ImageSource:
         address = _public_address(host, allowed)
         self._addresses[host] = (address, now + ADDRESS_TTL_S)
         return address
+
+
+def reference_parts(reference: object) -> SplitResult | None:
+    """``reference``'s URL parts; None for no reference or a malformed URL (``read`` says
+    why)."""
+    if not isinstance(reference, str) or not reference:
+        return None
+    try:
+        return urlsplit(reference)
+    except ValueError:  # an unclosed ``[``
+        return None
+
+
+def _split(reference: str) -> SplitResult:
+    """``reference``'s parts, or ``ImageError`` for a malformed URL (an unclosed ``[``)."""
+    try:
+        return urlsplit(reference)
+    except ValueError as exc:
+        raise ImageError(f"{reference} is not a valid URL: {exc}") from None
+
+
+def _resolved(path: Path, reference: str) -> Path:
+    """``path`` with its links resolved, or ``ImageError`` for a name no file can have (a
+    NUL byte)."""
+    try:
+        return path.resolve()
+    except ValueError:
+        raise ImageError(f"{reference!r} is not a valid file name") from None
 
 
 def _relative(query: str) -> str:
@@ -299,6 +340,8 @@ def _read_file(path: Path) -> bytes:
         raise ImageError(f"image file {path} does not exist") from None
     except OSError as exc:
         raise ImageError(f"cannot read image file {path}: {exc.strerror}") from None
+    except ValueError:  # a NUL byte in the name
+        raise ImageError(f"{str(path)!r} is not a valid file name") from None
     if len(data) > MAX_BYTES:
         raise ImageError(f"image file {path} is larger than {MAX_BYTES} bytes")
     return data
@@ -406,6 +449,6 @@ def decode_pillow(data: bytes, size: int) -> npt.NDArray[np.uint8]:
             rgb = image.convert("RGB")
             if rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except CORRUPT_IMAGE_ERRORS as exc:
         raise ImageError(f"corrupt or unreadable image: {type(exc).__name__}") from None
     return np.array(rgb, dtype=np.uint8)  # a copy of its own: writable

@@ -34,13 +34,12 @@ import threading
 from collections.abc import Sequence
 from contextlib import suppress
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import lmdb
 import numpy as np
 import numpy.typing as npt
 
-from workers.images import ImageSource
+from workers.images import ImageSource, reference_parts
 
 FORMAT = "p3"
 """Bumped whenever ``workers.images.decode`` would give other pixels for the same image (p2: an
@@ -305,14 +304,13 @@ def _evicted(
 
 def pixel_key(source: ImageSource, reference: str, size: int) -> str | None:
     """The cache key of ``reference`` at input ``size``; None when it has none (a local file
-    that cannot be stat'ed: reading it will say why)."""
-    if not isinstance(reference, str) or not reference:
-        return None
-    parts = urlsplit(reference)
+    that cannot be stat'ed, a reference ``read`` refuses: reading it will say why)."""
+    parts = reference_parts(reference)
+    scheme = None if parts is None else parts.scheme
     head = f"{FORMAT}|{size}"
-    if parts.scheme not in ("", "file", "http", "https"):
-        return None  # ``read`` refuses it
-    if parts.scheme in ("http", "https"):
+    if scheme not in ("", "file", "http", "https"):
+        return None
+    if scheme in ("http", "https"):
         return f"{head}|{reference}"
     path = source.local_file(reference)
     if path is None:  # served by Label Studio: the same server and reference, the same image

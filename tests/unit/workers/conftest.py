@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import ssl
+import struct
 import sys
 import threading
 import time
 import types
+import zlib
 from collections.abc import Callable, Iterator
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -149,6 +152,25 @@ class KeptAliveServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def broken_png() -> bytes:
+    """A PNG whose pixels come in two IDAT chunks, the second's type garbled: Pillow opens it
+    and fails only in ``load`` (``SyntaxError: broken PNG file``)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((32, 32, 3), 120, dtype=np.uint8)).save(buffer, "PNG")
+    data = buffer.getvalue()
+    start = data.index(b"IDAT") - 4
+    (length,) = struct.unpack(">I", data[start : start + 4])
+    pixels = data[start + 8 : start + 8 + length]
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    half = len(pixels) // 2
+    split = chunk(b"IDAT", pixels[:half]) + chunk(b"ID\x00T", pixels[half:])
+    return data[:start] + split + data[start + 12 + length :]
 
 
 @pytest.fixture

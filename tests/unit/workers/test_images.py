@@ -16,8 +16,9 @@ import pytest
 import simplejpeg
 from PIL import Image
 
-from tests.unit.workers.conftest import KeptAliveServer
+from tests.unit.workers.conftest import KeptAliveServer, broken_png
 from workers.images import ImageError, ImageSource, decode
+from workers.pixels import pixel_key
 
 
 @pytest.fixture
@@ -68,6 +69,35 @@ def test_decode_gives_channels_last_bytes_and_refuses_corrupt_bytes(png: Path) -
     assert int(array.max()) == 200
     with pytest.raises(ImageError, match="corrupt"):
         decode(b"\x89PNG\r\n\x1a\nnot really", 16)
+
+
+def test_a_png_broken_past_its_header_is_corrupt_not_a_crash() -> None:
+    with pytest.raises(ImageError, match=r"corrupt or unreadable image: SyntaxError"):
+        decode(broken_png(), 16)
+
+
+@pytest.mark.parametrize(
+    ("reference", "reason"),
+    [
+        ("http://localhost:99999/x.png", "Port out of range"),
+        ("http://localhost:abc/x.png", "Port could not be cast to integer"),
+        ("http://[::1/x.png", "Invalid IPv6 URL"),
+        ("/data/local-files/?d=a%00.png", "not a valid file name"),
+    ],
+)
+def test_a_malformed_reference_is_refused_for_good(
+    tmp_path: Path, reference: str, reason: str
+) -> None:
+    source = ImageSource(image_root=tmp_path, allowed_hosts=("localhost", "127.0.0.1"))
+    with pytest.raises(ImageError, match=reason) as refused:
+        source.read(reference)
+    assert not refused.value.transient, "the same URL fails the same way on every retry"
+
+
+def test_an_unparsable_url_has_no_cache_key_and_no_wait() -> None:
+    source = ImageSource(allowed_hosts=("::1",))
+    assert pixel_key(source, "http://[::1/x.png", 32) is None
+    assert not source.remote("http://[::1/x.png"), "read refuses it at once"
 
 
 def test_http_only_to_allowed_hosts_and_never_a_redirect(server: str) -> None:

@@ -18,7 +18,7 @@ from torch import nn
 from planner.errors import ConfigError, StoreError
 from planner.store import Store
 from planner.store.scores import load_scores
-from tests.unit.workers.conftest import CLASSES, KeptAliveServer, worker_config
+from tests.unit.workers.conftest import CLASSES, KeptAliveServer, broken_png, worker_config
 from workers import scoring
 from workers.bootstrap import BootstrapNet
 from workers.dispatch import score_pool
@@ -117,6 +117,41 @@ def test_bootstrap_scores_a_pool_once_and_reports_bad_images(
     assert "allow-list" in scores.unscorable[997]
     accuracy = np.mean(scores.probs.argmax(axis=1) == np.asarray(targets[200:300]))
     assert accuracy > 0.6, f"the bootstrap model learned little: accuracy {accuracy:.2f}"
+
+
+def test_a_broken_png_and_malformed_references_are_recorded_and_the_rest_scored(
+    project: tuple[Store, int], digit_files: tuple[Path, list[int]], tmp_path: Path
+) -> None:
+    """Each of these raised something other than ImageError, which failed the whole chunk: the
+    task was never recorded and every cycle failed again on it."""
+    store, pid = project
+    root, _ = digit_files
+    (root / "digits" / "broken-chunk.png").write_bytes(broken_png())
+    bad = {
+        901: ("/data/local-files/?d=digits/broken-chunk.png", "corrupt or unreadable image"),
+        902: ("http://localhost:99999/x.png", "Port out of range"),
+        903: ("http://localhost:abc/x.png", "Port could not be cast to integer"),
+        904: ("http://[::1/x.png", "Invalid IPv6 URL"),
+        905: ("/data/local-files/?d=digits/a%00.png", "not a valid file name"),
+        906: (str(root / "digits" / "a\x00.png"), "not a valid file name"),
+    }
+    cfg = worker_config(
+        store,
+        root,
+        model=f"{__name__}:tiny_factory",
+        allowed_hosts=("localhost", "127.0.0.1"),  # resolved and allowed: the port is what fails
+        pixel_cache_dir=tmp_path / "pixels",
+        pixel_cache_mb=16,
+    )
+    items = [*_items(6), *((task_id, reference) for task_id, (reference, _) in bad.items())]
+    result = score_pool(cfg, pid, items)
+    assert (result.scored, result.unscorable, result.deferred) == (6, 6, 0)
+    with store.session() as session:
+        scores = load_scores(session, project_id=pid, model_version=result.model_version)
+    assert scores.task_ids.tolist() == list(range(201, 207))
+    assert set(scores.unscorable) == set(bad)
+    for task_id, (_, reason) in bad.items():
+        assert reason in scores.unscorable[task_id], (task_id, scores.unscorable[task_id])
 
 
 def test_decoding_in_dataloader_processes_gives_the_same_scores(
