@@ -488,7 +488,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         source = ImageSource(label_studio_url=label_studio, label_studio_token=TOKEN)
         tasks = web_tasks
         if args.source == "files":
-            source, tasks = ImageSource(), items
+            source, tasks = ImageSource(image_root=Path(tmp)), items
         backend = stack.enter_context(
             stand_in(
                 "ml_backend",

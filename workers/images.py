@@ -1,12 +1,14 @@
 """Reading a task's image: Label Studio URLs, local paths, and allow-listed http(s) hosts only.
 
 Task data is user input: an image reference must never make the worker fetch an arbitrary
-address. Label Studio URLs (``/data/local-files/?d=...``, ``/data/upload/...``) go to the
-configured server with its token (a legacy token as ``Token ...``; a personal access token, a
-JWT, exchanged at ``/api/token/refresh/`` for a short-lived ``Bearer`` access token), or straight
-to the image root when the worker has it mounted;
-other http(s) URLs only to hosts on the allow-list, never following redirects, and never to a
-loopback, private or link-local address unless that address itself is allow-listed.
+address or read an arbitrary file. Label Studio URLs (``/data/local-files/?d=...``,
+``/data/upload/...``) go to the configured server with its token (a legacy token as
+``Token ...``; a personal access token, a JWT, exchanged at ``/api/token/refresh/`` for a
+short-lived ``Bearer`` access token), or straight to the image root when the worker has it
+mounted; a local path (or ``file:`` URL) only to a regular file under the image root, links
+resolved first; other http(s) URLs only to hosts on the allow-list, never following redirects,
+and never to a loopback, private or link-local address unless that address itself is
+allow-listed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import ipaddress
 import json
 import os
 import socket
+import stat
 import struct
 import threading
 import time
@@ -136,7 +139,7 @@ class ImageSource:
         if parts.scheme in ("", "file") and parts.path.startswith("/data/"):
             return self._from_label_studio(reference)
         if parts.scheme in ("", "file"):
-            return _read_file(Path(parts.path))
+            return self._under_root(parts.path, reference)
         if parts.scheme in ("http", "https"):
             return self._http(reference, parts)
         raise ImageError(f"unsupported image reference scheme {parts.scheme!r}")
@@ -153,7 +156,9 @@ class ImageSource:
             if self.image_root is None or not relative:
                 return None  # Label Studio serves it
             return os.path.join(self.image_root, relative)
-        return None if parts.path.startswith("/data/") else parts.path
+        if parts.path.startswith("/data/") or self.image_root is None:
+            return None
+        return os.path.join(self.image_root, parts.path)
 
     def remote(self, reference: str) -> bool:
         """Whether ``read`` waits on a server for ``reference`` (an allow-listed host, or
@@ -170,12 +175,23 @@ class ImageSource:
     def _local_files(self, query: str, reference: str) -> bytes:
         relative = _relative(query)
         if self.image_root is not None and relative:
-            root = self.image_root.resolve()
-            path = _resolved(root / relative, reference)
-            if not path.is_relative_to(root):
-                raise ImageError(f"{reference} points outside the image root")
-            return _read_file(path)
+            return self._under_root(relative, reference)
         return self._from_label_studio(reference)
+
+    def _under_root(self, path: str, reference: str) -> bytes:
+        """The file at ``path`` (relative to the image root, or absolute) when it lies under
+        the root once its links are resolved. A path outside is refused with one reason,
+        whether or not a file is there: task data must not learn what the disk holds."""
+        if self.image_root is None:
+            raise ImageError(
+                f"{reference} is a local path, read only under workers.image_root, which is "
+                "not set; set it to the folder holding the images"
+            )
+        root = self.image_root.resolve()
+        resolved = _resolved(root / path, reference)
+        if not resolved.is_relative_to(root):
+            raise ImageError(f"{reference} points outside the image root; not read")
+        return _read_file(resolved)
 
     def _from_label_studio(self, reference: str) -> bytes:
         if not self.label_studio_url:
@@ -329,10 +345,16 @@ def _refresh(connections: Connections, base_url: str, refresh_token: str) -> str
 
 def _read_file(path: Path) -> bytes:
     try:
-        with path.open("rb") as handle:
+        # not blocking: opening a FIFO would wait for a writer, holding the worker
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        facts = os.fstat(descriptor)
+        if not stat.S_ISREG(facts.st_mode):  # a FIFO, a device, a folder
+            os.close(descriptor)
+            raise ImageError(f"image file {path} is not a regular file")
+        with open(descriptor, "rb") as handle:
             # a read sized to the file: one of MAX_BYTES would allocate 64 MiB an image
             # (tripling the read of a small one); a file grown since is read on to the limit
-            expected = min(os.fstat(handle.fileno()).st_size, MAX_BYTES)
+            expected = min(facts.st_size, MAX_BYTES)
             data = handle.read(expected + 1)
             if len(data) > expected:
                 data += handle.read(MAX_BYTES + 1 - len(data))
@@ -340,8 +362,6 @@ def _read_file(path: Path) -> bytes:
         raise ImageError(f"image file {path} does not exist") from None
     except OSError as exc:
         raise ImageError(f"cannot read image file {path}: {exc.strerror}") from None
-    except ValueError:  # a NUL byte in the name
-        raise ImageError(f"{str(path)!r} is not a valid file name") from None
     if len(data) > MAX_BYTES:
         raise ImageError(f"image file {path} is larger than {MAX_BYTES} bytes")
     return data

@@ -313,8 +313,11 @@ def pixel_key(source: ImageSource, reference: str, size: int) -> str | None:
     if scheme in ("http", "https"):
         return f"{head}|{reference}"
     path = source.local_file(reference)
-    if path is None:  # served by Label Studio: the same server and reference, the same image
+    if path is None and parts is not None and parts.path.startswith("/data/"):
+        # served by Label Studio: the same server and reference, the same image
         return f"{head}|{source.label_studio_url}|{reference}"
+    if path is None:  # a local path with no image root: ``read`` refuses it
+        return None
     try:
         stat = os.stat(path)
     except (OSError, ValueError):

@@ -238,9 +238,11 @@ def test_a_decode_process_reads_local_files_itself_and_the_served_ones_on_thread
     slow_label_studio: KeptAliveServer, digit_files: tuple[Path, list[int]]
 ) -> None:
     root, _ = digit_files
-    source = ImageSource(label_studio_url=slow_label_studio.url)  # no image root mounted
+    # the served images from an allow-listed host: a mounted root reads /data/local-files/
+    source = ImageSource(image_root=root, allowed_hosts=("127.0.0.1",))
     local = [(i, str(root / "digits" / f"{i:04d}.png"), None) for i in range(4)]
-    served = [(i, f"/data/local-files/?d=digits/{i:04d}.png", None) for i in range(4, 8)]
+    web = f"{slow_label_studio.url}/data/local-files/?d=digits"
+    served = [(i, f"{web}/{i:04d}.png", None) for i in range(4, 8)]
     mixed = [item for pair in zip(local, served, strict=True) for item in pair]
     images = WhereLoaded(source, 8, fetchers=4)  # as a decode process has it
     try:
@@ -265,7 +267,7 @@ def test_with_no_decode_process_local_files_are_decoded_on_every_cpu_too(
     root, _ = digit_files
     local = [(i, str(root / "digits" / f"{i:04d}.png"), None) for i in range(8)]
     with ThreadPoolExecutor(4, "planner-fetch") as pool:
-        images = WhereLoaded(ImageSource(), 8, fetchers=4, pool=pool)
+        images = WhereLoaded(ImageSource(image_root=root), 8, fetchers=4, pool=pool)
         assert all(row[1] is not None for row in images.__getitems__(local))
     assert all(images.threads[ref].startswith("planner-fetch") for _, ref, _ in local)
 

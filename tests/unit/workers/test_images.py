@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import io
+import os
 import threading
 import tracemalloc
 from collections.abc import Iterator
@@ -60,6 +61,57 @@ def test_local_paths_and_label_studio_local_files(png: Path) -> None:
         source.read("/data/local-files/?d=../../etc/passwd")
     with pytest.raises(ImageError, match="does not exist"):
         source.read(str(png.parent / "missing.png"))
+
+
+def test_a_local_path_is_read_only_under_the_image_root(tmp_path: Path, png: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "in.png").write_bytes(png.read_bytes())
+    (root / "link.png").symlink_to(png)  # png lies beside the root, not under it
+    source = ImageSource(image_root=root)
+    assert source.read("in.png") == source.read(str(root / "in.png")) == png.read_bytes()
+    assert source.read(f"file://{root / 'in.png'}") == png.read_bytes()
+    outside = (
+        str(png),  # there
+        str(tmp_path / "absent.png"),  # not there: the same answer
+        f"file://{png}",
+        "/etc/passwd",
+        str(root / ".." / png.name),
+        str(root / "link.png"),
+    )
+    for reference in outside:
+        with pytest.raises(ImageError) as refused:
+            source.read(reference)
+        assert str(refused.value) == f"{reference} points outside the image root; not read"
+        assert not refused.value.transient
+    with pytest.raises(ImageError, match=r"workers\.image_root, which is not set") as unset:
+        ImageSource().read(str(png))
+    assert not unset.value.transient
+    assert pixel_key(ImageSource(), str(png), 32) is None, "nothing to store: read refuses it"
+
+
+def test_a_fifo_or_a_folder_under_the_root_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    source = ImageSource(image_root=tmp_path)
+    failed: list[ImageError] = []
+
+    def read() -> None:
+        try:
+            source.read(str(fifo))
+        except ImageError as exc:
+            failed.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    if reader.is_alive():  # a writer lets the blocked open go: no thread left hanging
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join()
+        pytest.fail("opening the FIFO waited for a writer")
+    assert [str(e) for e in failed] == [f"image file {fifo} is not a regular file"]
+    with pytest.raises(ImageError, match="is not a regular file"):
+        source.read(str(tmp_path))
 
 
 def test_decode_gives_channels_last_bytes_and_refuses_corrupt_bytes(png: Path) -> None:
@@ -186,7 +238,7 @@ def test_a_certificate_for_another_name_is_refused(
 
 def test_a_missing_file_is_not_transient(png: Path) -> None:
     with pytest.raises(ImageError) as failed:
-        ImageSource().read(str(png.parent / "gone.png"))
+        ImageSource(image_root=png.parent).read(str(png.parent / "gone.png"))
     assert not failed.value.transient
 
 
@@ -196,9 +248,10 @@ def test_a_file_over_the_limit_is_refused_and_one_at_it_read_whole(
     monkeypatch.setattr("workers.images.MAX_BYTES", 1000)
     (tmp_path / "at.bin").write_bytes(b"a" * 1000)
     (tmp_path / "over.bin").write_bytes(b"o" * 1001)
-    assert ImageSource().read(str(tmp_path / "at.bin")) == b"a" * 1000
+    source = ImageSource(image_root=tmp_path)
+    assert source.read(str(tmp_path / "at.bin")) == b"a" * 1000
     with pytest.raises(ImageError, match="larger than 1000 bytes"):
-        ImageSource().read(str(tmp_path / "over.bin"))
+        source.read(str(tmp_path / "over.bin"))
 
 
 def test_a_file_longer_than_its_stated_size_is_read_to_its_end(
@@ -209,12 +262,13 @@ def test_a_file_longer_than_its_stated_size_is_read_to_its_end(
     status = Path("/proc/self/status")
     if not status.exists():
         pytest.skip("needs Linux's /proc")
-    data = ImageSource().read(str(status))
+    source = ImageSource(image_root=status.parent)
+    data = source.read(str(status))
     assert data.startswith(b"Name:")
     assert len(data) > 100
     monkeypatch.setattr("workers.images.MAX_BYTES", 50)
     with pytest.raises(ImageError, match="larger than 50 bytes"):
-        ImageSource().read(str(status))
+        source.read(str(status))
 
 
 def test_label_studio_images_share_one_kept_alive_connection_until_close(
