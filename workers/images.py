@@ -33,6 +33,7 @@ import numpy.typing as npt
 import simplejpeg
 from PIL import Image
 
+from planner.errors import AuthError, ConfigError, TransientError, UnreachableError
 from workers.curl import Connections, FetchError, request
 
 MAX_BYTES = 64 * 1024 * 1024
@@ -130,7 +131,10 @@ class ImageSource:
             entry[1]()  # a finalizer runs once: the source's going will not close it again
 
     def read(self, reference: str) -> bytes:
-        """The image's bytes, or ``ImageError`` with the reason."""
+        """The image's bytes, or ``ImageError`` with the reason. What would fail every image
+        alike is raised as the chunk's error instead: ``AuthError`` when Label Studio refuses
+        the token (401 or 403), ``TransientError`` when a personal access token cannot be
+        refreshed for now."""
         if not isinstance(reference, str) or not reference:
             raise ImageError("the task has no image reference")
         parts = _split(reference)
@@ -199,19 +203,14 @@ class ImageSource:
         url = self.label_studio_url.rstrip("/") + reference
         try:
             return _get(self._connections(), url, self._auth())
-        except _UnauthorisedError:
-            if not _is_jwt(self.label_studio_token):
-                raise ImageError(
-                    f"Label Studio refused the token for {reference} (401); check "
-                    "label_studio.token"
-                ) from None
+        except _RefusedError as refused:
+            if refused.status != 401 or not _is_jwt(self.label_studio_token):
+                raise _token_refused(refused.status, reference, self.label_studio_token) from None
         self._access.clear()  # the access token expired: exchange the refresh token again
         try:
             return _get(self._connections(), url, self._auth())
-        except _UnauthorisedError:
-            raise ImageError(
-                f"Label Studio refused the personal access token for {reference} (401)"
-            ) from None
+        except _RefusedError as refused:
+            raise _token_refused(refused.status, reference, self.label_studio_token) from None
 
     def _auth(self) -> list[str]:
         token = self.label_studio_token
@@ -307,11 +306,31 @@ def _public_address(host: str, allowed: set[str]) -> str:
     return addresses[0]
 
 
-class _UnauthorisedError(ImageError):
-    """The server answered 401: the caller may renew its access token once."""
+class _RefusedError(ImageError):
+    """The server answered 401 or 403: from an allow-listed host, the image's own failure;
+    from Label Studio, the token's (:func:`_token_refused`), after one renewal of an expired
+    access token on a 401."""
 
-    def __init__(self, url: str) -> None:
-        super().__init__(f"fetching {url} answered 401")
+    def __init__(self, url: str, status: int) -> None:
+        super().__init__(f"fetching {url} answered {status}")
+        self.status = status
+
+
+def _token_refused(status: int, reference: str, token: str | None) -> AuthError:
+    """Label Studio refusing an image is a refusal of the token (or of its user's rights),
+    which every image of the chunk would meet alike: the chunk fails with what to fix, and
+    no task is marked unscorable for it."""
+    if not token:
+        return AuthError(
+            f"Label Studio answered {status} for {reference}: set label_studio.token (the "
+            "workers read its images with it)"
+        )
+    kind = "personal access token" if _is_jwt(token) else "token"
+    return AuthError(
+        f"Label Studio answered {status} for {reference}: it refused the {kind}; check "
+        "label_studio.token and that its user may read the project (a 403 on "
+        "/data/local-files/ may also mean the server does not serve local files)"
+    )
 
 
 def _is_jwt(token: str | None) -> bool:
@@ -320,7 +339,13 @@ def _is_jwt(token: str | None) -> bool:
 
 
 def _refresh(connections: Connections, base_url: str, refresh_token: str) -> str:
-    """A short-lived access token for a personal access token (Label Studio's refresh)."""
+    """A short-lived access token for a personal access token (Label Studio's refresh).
+
+    Whatever goes wrong here goes wrong for every image alike, so it is the chunk's error,
+    not an image's: ``TransientError`` while the server cannot answer (unreachable, 5xx,
+    429), ``AuthError`` when it refuses the token, ``ConfigError`` when what answers is not
+    Label Studio's refresh.
+    """
     url = base_url.rstrip("/") + "/api/token/refresh/"
     post = json.dumps({"refresh": refresh_token}).encode()
     headers = ["Content-Type: application/json"]
@@ -328,14 +353,18 @@ def _refresh(connections: Connections, base_url: str, refresh_token: str) -> str
         answer = request(connections.handle(), url, headers, limit=MAX_BYTES, post=post)
     except FetchError as exc:
         if exc.transient:
-            raise ImageError(f"cannot reach {base_url}: {exc}", transient=True) from None
-        raise ImageError(f"cannot refresh the token at {url}: {exc}") from None
+            raise UnreachableError(f"cannot reach {url} to refresh the token: {exc}") from None
+        raise ConfigError(f"cannot refresh the token at {url}: {exc}") from None
+    if answer.status in TRANSIENT_STATUS:
+        raise TransientError(f"refreshing the token at {url} answered {answer.status}")
     try:
         tokens = json.loads(answer.body or b"") if answer.status == 200 else {}
     except ValueError:  # not JSON
-        raise ImageError(f"cannot refresh the token at {url}: the answer is not JSON") from None
+        raise ConfigError(
+            f"cannot refresh the token at {url}: the answer is not JSON; check label_studio.url"
+        ) from None
     if not isinstance(tokens, dict) or not isinstance(tokens.get("access"), str):
-        raise ImageError(
+        raise AuthError(
             f"Label Studio refused the personal access token ({answer.status}); "
             "check label_studio.token"
         )
@@ -389,8 +418,8 @@ def _get(
     status = answer.status
     if status in REDIRECT_STATUS:
         raise ImageError(f"{shown} redirects to {answer.location}; refused")
-    if status == 401:
-        raise _UnauthorisedError(shown)
+    if status in (401, 403):
+        raise _RefusedError(shown, status)
     if status in TRANSIENT_STATUS:
         raise ImageError(f"fetching {shown} answered {status}", transient=True)
     if status != 200:

@@ -21,8 +21,10 @@ A worker keeps its decode processes from one chunk to the next (:class:`Decoders
 them again for every chunk cost a 256-image chunk on a CPU a sixth of its time.
 
 An image that cannot be read or decoded becomes an ``unscorable`` entry with its reason; the
-rest of the chunk is scored. ``iter_scores`` yields one batch at a time, so a caller can store
-each before the next is computed.
+rest of the chunk is scored. What would fail every image alike (Label Studio refusing the
+token) fails the chunk instead, with the message it was raised with in a decode process.
+``iter_scores`` yields one batch at a time, so a caller can store each before the next is
+computed.
 
 MC dropout: with ``mc_passes`` T, every dropout layer (``nn.Dropout``, ``Dropout1d/2d/3d``,
 ``AlphaDropout``, ``FeatureAlphaDropout``, or their TorchScript counterparts) is switched to
@@ -54,6 +56,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from planner.core.acquisition import bald
+from planner.errors import PlannerError
 from planner.settings import PRECISIONS
 from workers.compiling import Compiler, unwrapped
 from workers.images import ImageError, ImageSource, decode
@@ -343,12 +346,30 @@ def _lent(
             **options,
         )
 
-    if decoders is None:
-        yield make(_Batches(batches), False)
-        return
-    with decoders.lend(key, make) as (loader, sampler):
-        sampler.batches = batches
-        yield loader
+    try:
+        if decoders is None:
+            yield make(_Batches(batches), False)
+            return
+        with decoders.lend(key, make) as (loader, sampler):
+            sampler.batches = batches
+            yield loader
+    except PlannerError as exc:  # the chunk's error (a refused token): its own words
+        raise _as_raised(exc) from exc
+
+
+def _as_raised(exc: PlannerError) -> PlannerError:
+    """A planner error raised in a decode process, with the message it was raised with: the
+    DataLoader raises it here as a new one whose message is ``Caught ...`` and the process's
+    traceback, ending ``module.Class: message``."""
+    text = str(exc).rstrip("\n")
+    head = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    last = text.rpartition("\n")[2]
+    if not text.startswith("Caught ") or not last.startswith(head):
+        return exc
+    try:
+        return type(exc)(last.removeprefix(head))
+    except TypeError:  # a constructor of more arguments
+        return exc
 
 
 def _noted(

@@ -14,7 +14,8 @@ from torch import nn
 
 from integrations.label_studio.launcher import ServerState
 from integrations.label_studio.workbench import LabelStudioWorkbench
-from workers.images import ImageError, ImageSource
+from planner.errors import AuthError
+from workers.images import ImageSource
 from workers.inference import score_items
 from workers.pixels import PixelCache
 
@@ -43,7 +44,7 @@ def test_a_legacy_token_reads_local_files(
     source = ImageSource(label_studio_url=label_studio.url, label_studio_token=label_studio.token)
     assert source.read(reference) == body
     wrong = ImageSource(label_studio_url=label_studio.url, label_studio_token="not-the-token")
-    with pytest.raises(ImageError, match=r"refused the token .* \(401\)"):
+    with pytest.raises(AuthError, match=r"answered 401 .*refused the token"):
         wrong.read(reference)
 
 
@@ -73,8 +74,8 @@ def test_a_rescoring_reads_the_pixels_label_studio_served_once(
     first = score_items(model, items, good, num_workers=0, cache=PixelCache(tmp_path, 2**24))
     assert first.task_ids == [1]
     refused = ImageSource(label_studio_url=label_studio.url, label_studio_token="not-the-token")
-    uncached = score_items(model, items, refused, num_workers=0)
-    assert uncached.unscorable, "without the cache the refused token is felt"
+    with pytest.raises(AuthError):  # without the cache the refused token is felt
+        score_items(model, items, refused, num_workers=0)
     again = score_items(model, items, refused, num_workers=0, cache=PixelCache(tmp_path, 2**24))
     assert again.task_ids == [1]
     np.testing.assert_allclose(again.probs, first.probs, rtol=0, atol=1e-6)

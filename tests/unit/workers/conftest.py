@@ -88,10 +88,11 @@ def entry_point(monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
 
 class KeptAliveServer:
     """A Label Studio stand-in on 127.0.0.1 that keeps connections open (HTTP/1.1), as the
-    real server does, answers a GET with ``body_for(path)`` and counts its connections and
-    the paths it was asked for. ``status_for(path, headers)``, when given, may answer
-    another status first (401 to a missing token, 503 to a server in trouble), with no body.
-    With ``tls``, it serves https with that context; ``hosts`` holds the Host headers sent."""
+    real server does, answers a GET (or a POST, its body read and dropped) with
+    ``body_for(path)`` and counts its connections and the paths it was asked for.
+    ``status_for(path, headers)``, when given, may answer another status first (401 to a
+    missing token, 503 to a server in trouble), with no body. With ``tls``, it serves https
+    with that context; ``hosts`` holds the Host headers sent."""
 
     def __init__(
         self,
@@ -116,6 +117,10 @@ class KeptAliveServer:
             def finish(self) -> None:
                 super().finish()
                 counts.closed += 1
+
+            def do_POST(self) -> None:  # Label Studio's token refresh: read, then as a GET
+                self.rfile.read(int(self.headers["Content-Length"] or 0))
+                self.do_GET()
 
             def do_GET(self) -> None:
                 counts.paths.append(self.path)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import gc
 import io
+import json
 import os
 import threading
 import tracemalloc
 from collections.abc import Iterator
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,12 @@ import numpy as np
 import pytest
 import simplejpeg
 from PIL import Image
+from torch import nn
 
+from planner.errors import AuthError, TransientError
 from tests.unit.workers.conftest import KeptAliveServer, broken_png
 from workers.images import ImageError, ImageSource, decode
+from workers.inference import score_items
 from workers.pixels import pixel_key
 
 
@@ -288,6 +293,91 @@ def test_label_studio_images_share_one_kept_alive_connection_until_close(
         assert kept_alive.opened == 2, "after close a read opens a new connection"
     finally:
         source.close()
+
+
+ACCESS = "fresh.access.token"
+
+
+def _label_studio(png: Path, refresh: list[int], images: int = 200) -> KeptAliveServer:
+    """Serves ``png`` to ``Bearer ACCESS`` (401 otherwise, or ``images``); its token refresh
+    answers the statuses of ``refresh`` in turn, then 200 with ``ACCESS``."""
+    body = png.read_bytes()
+
+    def status(path: str, headers: Message) -> int:
+        if path == "/api/token/refresh/":
+            return refresh.pop(0) if refresh else 200
+        return images if headers["Authorization"] == f"Bearer {ACCESS}" else 401
+
+    def answer(path: str) -> bytes:
+        return json.dumps({"access": ACCESS}).encode() if path.startswith("/api/") else body
+
+    return KeptAliveServer(answer, status)
+
+
+@pytest.mark.parametrize(("token", "status"), [("legacy", 401), (None, 401), ("legacy", 403)])
+def test_label_studio_refusing_the_token_fails_the_chunk_not_the_images(
+    png: Path, token: str | None, status: int
+) -> None:
+    server = KeptAliveServer(lambda path: png.read_bytes(), lambda path, headers: status)
+    source = ImageSource(
+        label_studio_url=server.url, label_studio_token=token, allowed_hosts=("127.0.0.1",)
+    )
+    items = [(1, "/data/upload/1/a.png"), (2, "/data/upload/1/b.png")]
+    try:
+        with pytest.raises(AuthError, match=rf"answered {status} .*label_studio\.token"):
+            source.read("/data/upload/1/a.png")
+        # every image would be refused alike: no task may be marked unscorable for it
+        for processes in (0, 1):
+            with pytest.raises(AuthError) as chunk:
+                score_items(nn.Flatten(), items, source, num_workers=processes)
+            assert str(chunk.value).startswith(f"Label Studio answered {status} for /data/")
+            assert "\n" not in str(chunk.value), "one line, not a decode process's traceback"
+        # an allow-listed host refusing an image refuses that image only
+        with pytest.raises(ImageError, match=f"answered {status}") as refused:
+            source.read(f"{server.url}/a.png")
+        assert not refused.value.transient
+    finally:
+        source.close()
+        server.stop()
+
+
+def test_a_personal_access_token_refused_after_its_renewal_fails_the_chunk(png: Path) -> None:
+    server = _label_studio(png, [], images=401)
+    source = ImageSource(label_studio_url=server.url, label_studio_token="a.b.c")
+    try:
+        with pytest.raises(AuthError, match="refused the personal access token"):
+            source.read("/data/upload/1/a.png")
+    finally:
+        source.close()
+        server.stop()
+    assert server.paths.count("/api/token/refresh/") == 2, "renewed once, then refused"
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_a_token_refresh_the_server_cannot_answer_now_is_tried_again_later(
+    png: Path, status: int
+) -> None:
+    server = _label_studio(png, [status])
+    source = ImageSource(label_studio_url=server.url, label_studio_token="a.b.c")
+    try:
+        with pytest.raises(TransientError, match=f"answered {status}") as later:
+            source.read("/data/upload/1/a.png")
+        assert not isinstance(later.value, ImageError), "the chunk's error, not an image's"
+        assert source.read("/data/upload/1/a.png") == png.read_bytes()
+    finally:
+        source.close()
+        server.stop()
+
+
+def test_a_personal_access_token_the_refresh_refuses_fails_the_chunk(png: Path) -> None:
+    server = _label_studio(png, [401])
+    source = ImageSource(label_studio_url=server.url, label_studio_token="a.b.c")
+    try:
+        with pytest.raises(AuthError, match=r"refused the personal access token \(401\)"):
+            source.read("/data/upload/1/a.png")
+    finally:
+        source.close()
+        server.stop()
 
 
 def test_a_body_over_the_limit_is_refused_unread_and_the_next_image_comes_through(
