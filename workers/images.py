@@ -288,12 +288,14 @@ def _relative(query: str) -> str:
 
 
 def _public_address(host: str, allowed: set[str]) -> str:
-    """One address of ``host``; refused when any is internal and not itself allow-listed."""
+    """The first of ``host``'s addresses in the resolver's order (its preference: IPv4
+    first on a worker without IPv6, say); refused when any is internal and not itself
+    allow-listed."""
     try:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError) as exc:
         raise ImageError(f"cannot resolve {host!r}: {exc}", transient=True) from None
-    addresses = sorted({str(info[4][0]).split("%")[0] for info in infos})
+    addresses = list(dict.fromkeys(str(info[4][0]).split("%")[0] for info in infos))
     for address in addresses:
         ip = ipaddress.ip_address(address)
         mapped = getattr(ip, "ipv4_mapped", None)

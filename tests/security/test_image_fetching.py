@@ -199,3 +199,37 @@ def test_a_checked_address_is_reused_for_a_minute_then_looked_up_again(
         source.close()
     assert len(lookups) == 2, "looked up again after a minute, and refused"
     assert v4.hits == ["/image.png"] * 3
+
+
+def _resolving_to(monkeypatch: pytest.MonkeyPatch, answers: list[str]) -> None:
+    """The workers' lookup answers ``answers``, in that order (the connection is pinned to
+    the address it picks, so this is the only lookup made)."""
+
+    def resolver(host: str, *args: object, **kwargs: object) -> list[tuple[object, ...]]:
+        family = {4: socket.AF_INET, 6: socket.AF_INET6}
+        kind = [family[ipaddress.ip_address(a).version] for a in answers]
+        return [(f, socket.SOCK_STREAM, 6, "", (a, 0)) for f, a in zip(kind, answers, strict=True)]
+
+    fake = SimpleNamespace(
+        getaddrinfo=resolver, IPPROTO_TCP=socket.IPPROTO_TCP, gaierror=socket.gaierror
+    )
+    monkeypatch.setattr("workers.images.socket", fake)
+
+
+def test_the_resolvers_order_is_kept_ipv4_first_where_it_puts_it_first(
+    v4: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dual-stack host on a worker without IPv6: the resolver puts the IPv4 address first;
+    sorting the answers put "0:0:...:1" (and a public "2606:..." before "93....") first."""
+    _resolving_to(monkeypatch, ["127.0.0.1", "0:0:0:0:0:0:0:1"])
+    source = ImageSource(allowed_hosts=("images.example.org", "127.0.0.1", "::1"))
+    try:
+        assert source.read(f"http://images.example.org:{v4.port}/image.png") == PNG
+    finally:
+        source.close()
+    # every address is still checked, not only the one connected to
+    _resolving_to(monkeypatch, ["127.0.0.1", "fd00::1"])  # the second a private IPv6
+    source = ImageSource(allowed_hosts=("images.example.org", "127.0.0.1"))
+    with pytest.raises(ImageError, match=r"internal address fd00::1"):
+        source.read(f"http://images.example.org:{v4.port}/image.png")
+    assert v4.hits == ["/image.png"], "no request for the refused host"
