@@ -255,22 +255,24 @@ class ImageSource:
 
 
 def reference_parts(reference: object) -> SplitResult | None:
-    """``reference``'s URL parts; None for no reference or a malformed URL (``read`` says
-    why)."""
+    """``reference``'s URL parts; None for no reference or one ``read`` refuses as
+    malformed (it says why)."""
     if not isinstance(reference, str) or not reference:
         return None
     try:
-        return urlsplit(reference)
-    except ValueError:  # an unclosed ``[``
+        return _split(reference)
+    except ImageError:
         return None
 
 
 def _split(reference: str) -> SplitResult:
-    """``reference``'s parts, or ``ImageError`` for a malformed URL (an unclosed ``[``)."""
+    """``reference``'s parts, or ``ImageError`` for a malformed URL (an unclosed ``[``) or
+    text no URL or file name holds (a lone surrogate, which JSON can carry)."""
     try:
+        reference.encode()
         return urlsplit(reference)
     except ValueError as exc:
-        raise ImageError(f"{reference} is not a valid URL: {exc}") from None
+        raise ImageError(f"{reference!r} is not a valid URL: {exc}") from None
 
 
 def _resolved(path: Path, reference: str) -> Path:

@@ -140,6 +140,7 @@ def test_a_png_broken_past_its_header_is_corrupt_not_a_crash() -> None:
         ("http://localhost:abc/x.png", "Port could not be cast to integer"),
         ("http://[::1/x.png", "Invalid IPv6 URL"),
         ("/data/local-files/?d=a%00.png", "not a valid file name"),
+        ("http://localhost/a\ud800.png", "surrogates not allowed"),  # JSON's "\\ud800"
     ],
 )
 def test_a_malformed_reference_is_refused_for_good(
@@ -153,8 +154,9 @@ def test_a_malformed_reference_is_refused_for_good(
 
 def test_an_unparsable_url_has_no_cache_key_and_no_wait() -> None:
     source = ImageSource(allowed_hosts=("::1",))
-    assert pixel_key(source, "http://[::1/x.png", 32) is None
-    assert not source.remote("http://[::1/x.png"), "read refuses it at once"
+    for reference in ("http://[::1/x.png", "http://[::1]/\ud800.png"):
+        assert pixel_key(source, reference, 32) is None
+        assert not source.remote(reference), "read refuses it at once"
 
 
 def test_http_only_to_allowed_hosts_and_never_a_redirect(server: str) -> None:
