@@ -27,6 +27,8 @@ for that run with a warning, and scoring goes on from the images themselves.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import struct
@@ -41,9 +43,10 @@ import numpy.typing as npt
 
 from workers.images import ImageSource, reference_parts
 
-FORMAT = "p3"
-"""Bumped whenever ``workers.images.decode`` would give other pixels for the same image (p2: an
-MPO photo decoded at the DCT scale a JPEG is; p3: channels last)."""
+FORMAT = "p4"
+"""Bumped whenever ``workers.images.decode`` would give other pixels for the same image, or
+the same image another key (p2: an MPO photo decoded at the DCT scale a JPEG is; p3: channels
+last; p4: a key is the digest of its parts, see :func:`pixel_key`)."""
 BROKEN_NOTE = "pixel cache"
 """How the note of a cache turned off begins (its folder follows)."""
 CACHE_ERRORS = (OSError, lmdb.Error, ValueError)
@@ -303,19 +306,29 @@ def _evicted(
 
 
 def pixel_key(source: ImageSource, reference: str, size: int) -> str | None:
-    """The cache key of ``reference`` at input ``size``; None when it has none (a local file
-    that cannot be stat'ed, a reference ``read`` refuses: reading it will say why)."""
+    """The cache key of ``reference`` at input ``size``: the SHA-256 of what tells its pixels
+    apart (hex, 64 bytes), since LMDB takes keys of at most 511 bytes and a presigned URL alone
+    is longer. None when it has none (a local file that cannot be stat'ed, a reference
+    ``read`` refuses: reading it will say why)."""
+    parts = _key_parts(source, reference, size)
+    if parts is None:
+        return None
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def _key_parts(source: ImageSource, reference: str, size: int) -> list[object] | None:
+    """What :func:`pixel_key` digests (a list: no reference can pass for another's parts)."""
     parts = reference_parts(reference)
     scheme = None if parts is None else parts.scheme
-    head = f"{FORMAT}|{size}"
+    head: list[object] = [FORMAT, size]
     if scheme not in ("", "file", "http", "https"):
         return None
     if scheme in ("http", "https"):
-        return f"{head}|{reference}"
+        return [*head, "url", reference]
     path = source.local_file(reference)
     if path is None and parts is not None and parts.path.startswith("/data/"):
         # served by Label Studio: the same server and reference, the same image
-        return f"{head}|{source.label_studio_url}|{reference}"
+        return [*head, "label-studio", source.label_studio_url, reference]
     if path is None:  # a local path with no image root: ``read`` refuses it
         return None
     try:
@@ -323,4 +336,4 @@ def pixel_key(source: ImageSource, reference: str, size: int) -> str | None:
     except (OSError, ValueError):
         return None
     # the root is in the key: the same reference under another image root is another file
-    return f"{head}|{source.image_root}|{reference}|{stat.st_mtime_ns}|{stat.st_size}"
+    return [*head, "file", str(source.image_root), reference, stat.st_mtime_ns, stat.st_size]

@@ -121,6 +121,32 @@ def test_the_same_reference_under_another_root_or_size_has_its_own_entry(tmp_pat
     assert missing is None, "a file that is not there has no key; reading it says why"
 
 
+def test_a_reference_past_lmdbs_key_size_is_cached_under_its_digest(
+    tmp_path: Path, label_studio: KeptAliveServer
+) -> None:
+    """A presigned URL is longer than the 511 bytes LMDB takes for a key: stored under the
+    reference itself, the first such image turned the cache off for the run."""
+    signature = "&X-Amz-Signature=" + "5f" * 1000
+    items = [(task_id, reference + signature) for task_id, reference in ITEMS[:8]]
+    assert all(len(reference) > 2000 for _, reference in items)
+    source = ImageSource(label_studio_url=label_studio.url)
+    cache = PixelCache(tmp_path, 64 * MB)
+    try:
+        first = score_items(_net(NoDropout), items, source, batch_size=4, cache=cache)
+        assert cache.broken is None, cache.broken
+        assert not first.warnings, first.warnings
+        label_studio.paths.clear()
+        again = score_items(_net(NoDropout), items, source, batch_size=4, cache=cache)
+    finally:
+        cache.close()
+    assert label_studio.paths == [], "the rescoring fetched nothing: every image was cached"
+    assert sorted(again.task_ids) == sorted(first.task_ids) == [t for t, _ in items]
+    key = pixel_key(source, items[0][1], 32)
+    assert key is not None
+    assert len(key) == 64
+    assert pixel_key(source, items[0][1] + "0", 32) != key
+
+
 def test_a_corrupt_cache_is_turned_off_with_a_warning_and_every_image_is_scored(
     tmp_path: Path, label_studio: KeptAliveServer
 ) -> None:
