@@ -48,6 +48,11 @@ TLS_CODES = frozenset(
     }
 )
 """The TLS handshake failed: a certificate put right on the server lets a retry through."""
+MIN_RATE = 256 * 1024
+"""Bytes a second a transfer must average at the least (2 Mbit/s): with the read timeout it
+bounds a whole request (:func:`transfer_timeout_s`). The low-speed limit alone (a byte within
+the read timeout) let a server dripping a byte a second hold a fetch, and its thread, until the
+chunk's time limit."""
 URL_AS_IS = "!#$%&'()*+,/:;=?@[]~"
 """What stands in a URL as it is: the reserved characters and ``%`` (a reference already
 percent-encoded stays so); anything else, a space or a non-ASCII letter of a file name, is
@@ -82,11 +87,12 @@ class Connections:
     down the parent's TLS sessions on the sockets they share.
     """
 
-    __slots__ = ("__weakref__", "_handles", "_lock", "pid", "timeout_s")
+    __slots__ = ("__weakref__", "_handles", "_lock", "pid", "timeout_s", "total_s")
 
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, limit: int) -> None:
         self.pid = os.getpid()
         self.timeout_s = timeout_s
+        self.total_s = transfer_timeout_s(timeout_s, limit)
         self._handles: dict[int, pycurl.Curl] = {}
         self._lock = threading.Lock()
         _LIVE.add(self)
@@ -96,7 +102,7 @@ class Connections:
         ident = threading.get_ident()
         handle = self._handles.get(ident)
         if handle is None:
-            handle = _new_handle(self.timeout_s)
+            handle = _new_handle(self.timeout_s, self.total_s)
             with self._lock:
                 self._handles[ident] = handle
         return handle
@@ -124,7 +130,14 @@ def _keep_inherited() -> None:
 os.register_at_fork(after_in_child=_keep_inherited)
 
 
-def _new_handle(timeout_s: float) -> pycurl.Curl:
+def transfer_timeout_s(timeout_s: float, limit: int) -> float:
+    """The longest one request may take, start to end: the read timeout ``timeout_s`` (to
+    connect and for a first byte) plus ``limit`` bytes at ``MIN_RATE``; 286 s for the
+    workers' 30 s and 64 MiB."""
+    return timeout_s + limit / MIN_RATE
+
+
+def _new_handle(timeout_s: float, total_s: float) -> pycurl.Curl:
     handle = pycurl.Curl()
     handle.setopt(pycurl.NOSIGNAL, 1)  # threads: no alarm signal for timeouts
     handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
@@ -133,6 +146,7 @@ def _new_handle(timeout_s: float) -> pycurl.Curl:
     # no byte for ``timeout_s``: the read timeout (libcurl counts whole seconds)
     handle.setopt(pycurl.LOW_SPEED_LIMIT, 1)
     handle.setopt(pycurl.LOW_SPEED_TIME, max(1, math.ceil(timeout_s)))
+    handle.setopt(pycurl.TIMEOUT_MS, max(1, round(total_s * 1000)))  # the whole transfer
     # the certificates Python's ssl trusts (SSL_CERT_FILE / SSL_CERT_DIR included), not the
     # paths the wheel's own libcurl was built with
     paths = ssl.get_default_verify_paths()

@@ -117,7 +117,7 @@ class ImageSource:
         pid = os.getpid()
         with self._lock:
             if pid not in self._clients:
-                connections = Connections(self.timeout_s)
+                connections = Connections(self.timeout_s, MAX_BYTES)
                 # a source dropped without ``close`` (an error held in a traceback, say)
                 # closes its connections when it goes
                 closer = weakref.finalize(self, connections.close)

@@ -7,13 +7,14 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email.message import Message
 from pathlib import Path
 
 import pytest
 
 from tests.unit.workers.conftest import KeptAliveServer
+from workers.curl import transfer_timeout_s
 from workers.images import ImageError, ImageSource
 
 
@@ -84,33 +85,40 @@ def test_proxies_in_the_environment_are_not_used(
     assert kept_alive.paths == ["/data/upload/1/one.png"]
 
 
+def _on_loopback(serve: Callable[[socket.socket, threading.Event], None]) -> Iterator[str]:
+    """``serve(listener, stop)`` on a thread until the fixture ends (``stop`` set); yields
+    the listener's URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+    thread = threading.Thread(target=serve, args=(listener, stop), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    listener.close()
+
+
 @pytest.fixture
 def silent() -> Iterator[str]:
     """A server that accepts connections and never answers; yields its URL."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
 
-    def accept() -> None:
+    def accept(listener: socket.socket, stop: threading.Event) -> None:
+        accepted: list[socket.socket] = []
         listener.settimeout(0.1)
         while not stop.is_set():
             try:
                 accepted.append(listener.accept()[0])
             except TimeoutError:
                 continue
+        for connection in accepted:
+            connection.close()
 
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
-    stop.set()
-    thread.join()
-    for connection in accepted:
-        connection.close()
-    listener.close()
+    yield from _on_loopback(accept)
 
 
-def test_a_server_that_never_answers_times_out_as_transient(silent: str) -> None:
-    source = ImageSource(label_studio_url=silent, timeout_s=1.0)
+def _failed_within(source: ImageSource, seconds: float) -> ImageError:
+    """The error of reading an image from ``source``, which must come within ``seconds``
+    (read on a thread, so that a read that never ends fails the test rather than hangs)."""
     failed: list[ImageError] = []
 
     def read() -> None:
@@ -124,13 +132,51 @@ def test_a_server_that_never_answers_times_out_as_transient(silent: str) -> None
     reader.start()
     reader.join(timeout=20)
     try:
-        assert not reader.is_alive(), "the read never timed out"
-        assert time.monotonic() - started < 10
-        (error,) = failed
-        assert "cannot fetch" in str(error)
-        assert error.transient, "a server slow to answer may answer a retry"
+        assert not reader.is_alive(), "the read was never cut off"
+        assert time.monotonic() - started < seconds
     finally:
         source.close()
+    (error,) = failed
+    return error
+
+
+def test_a_server_that_never_answers_times_out_as_transient(silent: str) -> None:
+    error = _failed_within(ImageSource(label_studio_url=silent, timeout_s=1.0), 10)
+    assert "cannot fetch" in str(error)
+    assert error.transient, "a server slow to answer may answer a retry"
+
+
+@pytest.fixture
+def dripping() -> Iterator[str]:
+    """A server that answers 200 with a 1000-byte body, a byte every 50 ms (above libcurl's
+    low-speed limit, 50 s for the whole); yields its URL."""
+
+    def serve(listener: socket.socket, stop: threading.Event) -> None:
+        connection, _ = listener.accept()
+        with connection:
+            while b"\r\n\r\n" not in connection.recv(65536):
+                pass
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            for _ in range(1000):
+                if stop.wait(0.05):
+                    return
+                try:
+                    connection.sendall(b"x")
+                except OSError:  # the client gave up
+                    return
+
+    yield from _on_loopback(serve)
+
+
+def test_a_server_dripping_its_answer_is_cut_off_at_the_transfer_bound(
+    dripping: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("workers.images.MAX_BYTES", 1000)
+    # 1 s and 1000 bytes at MIN_RATE: cut off after about a second, not the drip's 50
+    error = _failed_within(ImageSource(label_studio_url=dripping, timeout_s=1.0), 10)
+    assert "cannot fetch" in str(error)
+    assert error.transient, "a server slow today may be quicker at the retry"
+    assert transfer_timeout_s(30.0, 64 * 2**20) == 286.0, "the workers' own bound"
 
 
 def test_a_closed_port_is_transient() -> None:
