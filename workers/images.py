@@ -54,6 +54,11 @@ CORRUPT_IMAGE_ERRORS = (
 )
 """What Pillow raises for bytes it cannot decode: its format plugins parse with ``struct``
 and signal a malformed file with whichever of these their format's parser meets."""
+MAX_PIXELS = 89_478_485
+"""The most pixels Pillow decodes of one image (a JPEG's once its DCT scaling is drawn),
+checked before decoding: its own ``MAX_IMAGE_PIXELS`` (this same number) only warns below
+twice as many, so a 178-megapixel PNG of a few kilobytes was decoded whole, 534 MB of RGB on
+each decoding thread."""
 JPEG_AS_PILLOW = frozenset({"YCbCr", "Gray", "RGB"})
 """JPEG colour spaces libjpeg-turbo turns into the RGB Pillow's ``convert("RGB")`` gives (not
 CMYK or YCCK, which Pillow converts its own way)."""
@@ -498,6 +503,12 @@ def decode_pillow(data: bytes, size: int) -> npt.NDArray[np.uint8]:
             # an MPO (a camera's JPEG with a second frame) is a JPEG to the decoder as well
             if image.format in ("JPEG", "MPO") and min(image.size) >= 2 * size:
                 image.draft("RGB", (size, size))
+            width, height = image.size  # the header's, drafted: nothing decoded yet
+            if width * height > MAX_PIXELS:
+                raise ImageError(
+                    f"image of {width}x{height} pixels is larger than the {MAX_PIXELS} "
+                    "pixels decoded of one image"
+                )
             image.load()
             rgb = image.convert("RGB")
             if rgb.size != (size, size):

@@ -22,7 +22,7 @@ from torch import nn
 
 from planner.errors import AuthError, TransientError
 from tests.unit.workers.conftest import KeptAliveServer, broken_png
-from workers.images import ImageError, ImageSource, decode
+from workers.images import ImageError, ImageSource, decode, decode_pillow
 from workers.inference import score_items
 from workers.pixels import pixel_key
 
@@ -126,6 +126,23 @@ def test_decode_gives_channels_last_bytes_and_refuses_corrupt_bytes(png: Path) -
     assert int(array.max()) == 200
     with pytest.raises(ImageError, match="corrupt"):
         decode(b"\x89PNG\r\n\x1a\nnot really", 16)
+
+
+def test_an_image_over_the_pixel_limit_is_refused_before_it_is_decoded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("workers.images.MAX_PIXELS", 32 * 32)
+    for width, height in ((33, 32), (40, 40), (1025, 1)):
+        buffer = io.BytesIO()
+        Image.fromarray(np.zeros((height, width), np.uint8)).save(buffer, "PNG")
+        with pytest.raises(ImageError, match=rf"{width}x{height} pixels is larger") as refused:
+            decode(buffer.getvalue(), 16)
+        assert not refused.value.transient
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(buffer, "PNG")
+    assert decode(buffer.getvalue(), 16).shape == (16, 16, 3), "at the limit: decoded"
+    # a large JPEG counts what its DCT scaling decodes: 1/8 of 256 each way
+    assert decode_pillow(_jpeg(256, 256), 32).shape == (32, 32, 3)
 
 
 def test_a_png_broken_past_its_header_is_corrupt_not_a_crash() -> None:
