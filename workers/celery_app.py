@@ -78,7 +78,12 @@ def make_app(config: BrokerConfig, *, own: WorkerOwn | None = None) -> Celery:
         items: list[list[Any]],
         batch_size: int | None = None,
     ) -> object:
-        pairs = [(int(task_id), str(reference)) for task_id, reference in items]
+        # a null reference (a task without an image) stays empty: read says "no image
+        # reference", where str() made it a file called "None"
+        pairs = [
+            (int(task_id), "" if reference is None else str(reference))
+            for task_id, reference in items
+        ]
         job = config_from_dict(cfg).with_own(own)
         if batch_size is not None:
             job = replace(job, batch_size=batch_size)

@@ -152,12 +152,15 @@ def _guarded(work: Callable[[], object]) -> Outcome:
 def score_pool_in_child(
     cfg: WorkerConfig,
     project_id: int,
-    items: Sequence[tuple[int, str]],
+    items: Sequence[tuple[int, str | None]],
     *,
     group: ChildGroup | None = None,
 ) -> SimpleNamespace:
-    """``workers.dispatch.score_pool`` in a child process; its ``PoolResult`` as attributes."""
-    pairs = [(int(task_id), str(reference)) for task_id, reference in items]
+    """``workers.dispatch.score_pool`` in a child process; its ``PoolResult`` as attributes.
+    A task without an image (None) is recorded as having no image reference."""
+    pairs = [
+        (int(task_id), "" if reference is None else str(reference)) for task_id, reference in items
+    ]
     fields: dict[str, Any] = run_in_child(_score_pool, cfg, int(project_id), pairs, group=group)
     return SimpleNamespace(**fields)
 

@@ -16,6 +16,8 @@ import pytest
 
 from planner.daemon.embedded import CancelledError, ChildGroup, run_in_child, score_pool_in_child
 from planner.errors import ConfigError, PlannerError, TransientError
+from planner.store import ensure_project, open_store
+from planner.store.scores import load_scores
 from workers.config import WorkerConfig
 
 REPO = Path(__file__).resolve().parents[3]
@@ -93,6 +95,28 @@ def test_errors_of_the_child_come_back_as_the_planners(tmp_path: Path) -> None:
         score_pool_in_child(bad, 1, [(1, "/data/local-files/?d=x.png")])
     with pytest.raises(TransientError, match="child process died"):
         run_in_child(os._exit, 3)
+
+
+def test_a_task_without_an_image_is_unscorable_for_having_no_reference(
+    digit_files: tuple[Path, list[int]], tmp_path: Path
+) -> None:
+    """None crosses to the child as no reference, never as the file name "None"."""
+    root, _ = digit_files
+    url = f"sqlite:///{tmp_path / 'planner.db'}"
+    with open_store(url) as store, store.session() as session:
+        pid = int(ensure_project(session, ls_project_id=1).id or 0)
+    cfg = WorkerConfig(
+        store_url=url,
+        classes=tuple("0123456789"),
+        image_root=root,
+        model="tests.unit.workers.test_scoring:tiny_factory",
+        num_workers=0,
+    )
+    result = score_pool_in_child(cfg, pid, [(1, None), (2, "/data/local-files/?d=digits/0000.png")])
+    assert (result.scored, result.unscorable) == (1, 1)
+    with open_store(url) as store, store.session() as session:
+        scores = load_scores(session, project_id=pid, model_version=result.model_version)
+    assert scores.unscorable == {1: "the task has no image reference"}
 
 
 def test_a_cancelled_group_stops_its_running_child_and_refuses_new_ones() -> None:

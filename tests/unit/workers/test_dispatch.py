@@ -213,6 +213,24 @@ def test_task_messages_carry_neither_secrets_nor_the_senders_pixel_cache() -> No
     assert own.classes == ("a", "b")
 
 
+def test_a_chunk_message_with_a_null_image_records_no_image_reference(
+    project: tuple[Store, int], digit_files: tuple[Path, list[int]]
+) -> None:
+    """A task without an image is null in the JSON message, never the file name "None"."""
+    store, pid = project
+    root, _ = digit_files
+    cfg = worker_config(store, root, model="tests.unit.workers.test_scoring:tiny_factory")
+    task = celery_app.make_app(BrokerConfig(broker_url="redis://127.0.0.1:9/0")).tasks[
+        celery_app.SCORE_TASK
+    ]
+    items = [[1, None], [201, "/data/local-files/?d=digits/0200.png"]]
+    done = task.apply(args=(celery_app.config_to_dict(cfg), pid, items), throw=True).get()
+    assert (done["scored"], done["unscorable"]) == (1, 1)
+    with store.session() as session:
+        scores = load_scores(session, project_id=pid, model_version=str(done["model_version"]))
+    assert scores.unscorable == {1: "the task has no image reference"}
+
+
 class Greedy(nn.Module):
     """Runs out of memory above 4 images, as a CUDA allocator does (not producible on a CPU)."""
 
