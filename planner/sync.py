@@ -40,6 +40,7 @@ from planner.quarantine import refresh as refresh_quarantine
 from planner.store.batches import activate_served, expire_stale
 from planner.store.db import Store, ensure_project
 from planner.store.models import Task
+from planner.store.scores import forget_scores
 from planner.store.sync_state import sync_state
 from planner.store.tasks import (
     TaskUpdate,
@@ -272,8 +273,10 @@ def _apply(
     reading: _Reading,
     counts: _Counts,
 ) -> list[int]:
-    """Store ``tasks``; the ids of those that were new or changed."""
+    """Store ``tasks``; the ids of those that were new or changed. A task showing another
+    image loses its scores: they were the old image's, and it is scored again."""
     written: list[int] = []
+    new_image: list[int] = []
     # A task edited while the listing ran comes twice, the newer copy later: keep that one.
     latest = list({task.id: task for task in tasks}.values())
     existing = tasks_by_ls_id(session, project_id, (t.id for t in latest))
@@ -306,6 +309,8 @@ def _apply(
             annotation_stamp=task.annotation_stamp,
             ls_updated_at=task.updated_at,
         )
+        if row is not None and row.image != image:
+            new_image.append(task.id)
         stored = apply_update(session, project_id, row, update)
         written.append(task.id)
         if row is None:
@@ -314,6 +319,8 @@ def _apply(
             counts.changed += 1
         if stored.state == "quarantined":
             counts.quarantined.append((task.id, stored.problem or "unreadable"))
+    if new_image:
+        forget_scores(session, project_id=project_id, task_ids=new_image)
     session.flush()
     return written
 

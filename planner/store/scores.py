@@ -120,6 +120,23 @@ def unscored(
     return [i for i in wanted if i not in done]
 
 
+def forget_scores(session: Session, *, project_id: int, task_ids: Collection[int]) -> int:
+    """Delete every score of ``task_ids`` (all model versions): they describe images the
+    tasks no longer show, and ``unscored`` then hands each to the next scoring. The rows
+    deleted."""
+    wanted = sorted({int(i) for i in task_ids})
+    deleted = 0
+    for start in range(0, len(wanted), _CHUNK):
+        result = session.execute(
+            delete(ScoreRecord).where(
+                col(ScoreRecord.project_id) == project_id,
+                col(ScoreRecord.ls_task_id).in_(wanted[start : start + _CHUNK]),
+            )
+        )
+        deleted += int(getattr(result, "rowcount", 0) or 0)
+    return deleted
+
+
 def load_scores(
     session: Session,
     *,

@@ -15,6 +15,7 @@ from planner.ports import AnnotationBackend, PushBatch
 from planner.store import Store, open_store
 from planner.store.batches import PlannedItem, active_batch, create_batch, items_of, mark_pushed
 from planner.store.models import Batch, Task
+from planner.store.scores import unscored, write_scores
 from planner.store.tasks import count_table
 from planner.sync import SyncOptions, sync_project
 from tests.unit.integrations.contract import SkipsOne
@@ -138,6 +139,33 @@ def test_edited_task_data_reaches_the_store(fake: FakeLabelStudio, store: Store)
     assert rows[ids[0]].labels == ["Car"], "the labels stay"
     again = sync_project(fake, store, pid, now=NOW + timedelta(minutes=10))
     assert again.changed == 0
+
+
+def test_a_task_showing_another_image_loses_its_scores_and_is_scored_again(
+    fake: FakeLabelStudio, store: Store
+) -> None:
+    pid, ids = _project(fake, 3)
+    first = sync_project(fake, store, pid, now=NOW)
+    with store.session() as session:
+        for version in ("m1", "m2"):
+            write_scores(
+                session,
+                project_id=first.project_id,
+                model_version=version,
+                task_ids=ids,
+                probs=[[0.9, 0.1]] * 3,
+            )
+    (current,) = fake.tasks_by_id(pid, [ids[0]])
+    fake.edit_task_data(ids[0], {**current.data, "image": "/data/replaced.png"})
+    (other,) = fake.tasks_by_id(pid, [ids[1]])
+    fake.edit_task_data(ids[1], {**other.data, "time": "night"})  # same image: scores stay
+    sync_project(fake, store, pid, now=NOW + timedelta(minutes=5))
+    with store.session() as session:
+        for version in ("m1", "m2"):
+            left = unscored(
+                session, project_id=first.project_id, model_version=version, task_ids=ids
+            )
+            assert left == [ids[0]], version
 
 
 def test_bad_data_is_quarantined_and_the_rest_syncs(fake: FakeLabelStudio, store: Store) -> None:
