@@ -299,6 +299,10 @@ class LabelStudioBackend:
         views = self.call(lambda: self._sdk.views.list(project=project_id), "views")
         mine = [v for v in views if (v.data or {}).get("title") == VIEW_TITLE and v.id is not None]
         what = f'the "{VIEW_TITLE}" view of project {project_id}'
+        for extra in mine[1:]:
+            # a second tab of ours: a create retried after a timeout the server had already
+            # committed, or two daemons at once; it would go on serving an old batch
+            self.call(partial(self._sdk.views.delete, id=str(extra.id)), what)
         if mine:
             view = self.call(
                 lambda: self._sdk.views.update(id=str(mine[0].id), project=project_id, data=data),

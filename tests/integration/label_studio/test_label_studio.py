@@ -20,7 +20,7 @@ from sqlmodel import select
 
 from integrations.label_studio.client import LabelStudioBackend
 from integrations.label_studio.launcher import ServerState
-from integrations.label_studio.mapping import RANK_FIELD
+from integrations.label_studio.mapping import RANK_FIELD, VIEW_TITLE, view_data
 from integrations.label_studio.workbench import LabelStudioWorkbench
 from planner.core.counting import count_tasks
 from planner.core.labels import parse_label_config
@@ -287,6 +287,21 @@ def test_the_batch_order_survives_another_model_and_a_changed_model_version(
     again = backend.push_batch(pid, batch)  # takes the project back
     assert (again.created, again.removed) == (0, 0)
     assert backend.project(pid).serving == batch.tag
+
+
+def test_a_second_next_batch_tab_is_removed_by_the_next_push(
+    backend: LabelStudioWorkbench, images: Path
+) -> None:
+    # a create retried after a timeout the server had committed leaves two tabs of ours
+    pid, ids = _project(backend, CLASSIFY, images, 3)
+    first = backend.push_batch(pid, PushBatch("planner-test-b1", [(ids[0], 1)])).view_id
+    stale = backend.sdk.views.create(project=pid, data=view_data(VIEW_TITLE, [ids[2]]))
+    view = backend.push_batch(pid, PushBatch("planner-test-b2", [(ids[1], 1)])).view_id
+    titles = [(v.id, (v.data or {}).get("title")) for v in backend.sdk.views.list(project=pid)]
+    assert [i for i, title in titles if title == VIEW_TITLE] == [first]
+    assert stale.id != first
+    assert view == first
+    assert backend.view_task_ids(pid, view) == [ids[1]]
 
 
 def test_reconciliation_reads_what_a_listing_missed(
