@@ -120,10 +120,12 @@ def broker_config(settings: Settings, *, default_url: str | None = None) -> Brok
 
 def worker_own(settings: Settings) -> WorkerOwn:
     """What a worker takes from its own settings: the store password, the Label Studio token,
-    where each may be sent, and its pixel cache."""
-    from workers.config import WorkerOwn  # noqa: PLC0415
+    where each may be sent, the code a chunk may name as its model, and its pixel cache."""
+    from workers.config import WorkerOwn, is_entry_point  # noqa: PLC0415
 
     password, token = settings.store.password, settings.label_studio.token
+    model = settings.workers.model
+    own_model = (model,) if is_entry_point(model) else ()
     return WorkerOwn(
         store_password=None if password is None else password.get_secret_value(),
         label_studio_token=None if token is None else token.get_secret_value(),
@@ -131,6 +133,7 @@ def worker_own(settings: Settings) -> WorkerOwn:
         pixel_cache_mb=settings.workers.pixel_cache_mb,
         label_studio_url=str(settings.label_studio.url),
         store_url=settings.store.url,
+        entry_points=(*own_model, *settings.workers.entry_points),
     )
 
 

@@ -402,6 +402,10 @@ class WorkerSettings(_Section):
         description="A .pt/.ts/.pt2 file, 'module:function', or 'bootstrap'.",
     )
     weights: Path | None = Field(default=None, description="State dict for 'module:function'.")
+    entry_points: list[str] = Field(
+        default_factory=list,
+        description="Other 'module:function' (or 'module:*') a worker may run for a chunk.",
+    )
     model_dir: Path | None = Field(default=None, description="Watched folder of model files.")
     bootstrap_dir: Path | None = Field(
         default=None, description="Trained bootstrap networks; unset = <artifacts.dir>/bootstrap."

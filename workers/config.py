@@ -13,6 +13,8 @@ from planner.errors import ConfigError
 from planner.settings import COMPILE_MODES, PRECISIONS, WorkerLimitError, worker_time_limits
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
+MODEL_SUFFIXES = (".pt", ".pth", ".ts", ".pt2")
+"""File names ``workers.model`` and a model folder take as model files."""
 SECRET_FIELDS = ("store_password", "label_studio_token")
 OWN_FIELDS = (*SECRET_FIELDS, "pixel_cache_dir", "pixel_cache_mb")
 """``WorkerConfig`` fields a task message never carries: each worker has its own."""
@@ -122,6 +124,13 @@ class WorkerConfig:
                 "token goes only there; give the daemon and the workers the same "
                 "label_studio.url"
             )
+        if is_entry_point(self.model) and not entry_point_allowed(self.model, own.entry_points):
+            raise ConfigError(
+                f"this chunk names the model {self.model!r}, code this worker's own settings "
+                "do not name (workers.model, workers.entry_points): it is not imported; add it "
+                "to the worker's workers.entry_points, or give the daemon and the workers the "
+                "same workers.model"
+            )
         if own.store_password and not same_store(self.store_url, own.store_url):
             raise ConfigError(
                 f"this chunk writes scores to the store {_without_password(self.store_url)!r}, "
@@ -153,6 +162,21 @@ class WorkerOwn:
     """Where the token may be sent (the worker's own ``label_studio.url``)."""
     store_url: str | None = None
     """Where the password may be sent (the worker's own ``store.url``)."""
+    entry_points: tuple[str, ...] = ()
+    """The ``module:function`` models a chunk may name (``module:*``: any of the module's):
+    the worker's own ``workers.model`` and ``workers.entry_points``. A task message could
+    otherwise have the worker import and call any function installed on it."""
+
+
+def is_entry_point(spec: str) -> bool:
+    """Whether ``workers.model = spec`` names code to import (``module:function``), not a
+    model file or the bootstrap network."""
+    return spec != "bootstrap" and Path(spec).suffix not in MODEL_SUFFIXES and ":" in spec
+
+
+def entry_point_allowed(spec: str, allowed: tuple[str, ...]) -> bool:
+    module = spec.partition(":")[0]
+    return spec in allowed or f"{module}:*" in allowed
 
 
 def same_origin(url: str | None, own: str | None) -> bool:

@@ -42,8 +42,8 @@ from torch.export.pt2_archive.constants import (
 )
 
 from planner.errors import ConfigError
+from workers.config import MODEL_SUFFIXES
 
-MODEL_SUFFIXES = (".pt", ".pth", ".ts", ".pt2")
 SETTLE_S = 5.0
 """A folder file younger than this may still be being written; it waits for the next run."""
 

@@ -52,7 +52,9 @@ def _start_worker(
     """``planner worker -c planner.toml`` (or ``run_worker`` called from Python) on ``queue``;
     ``limits``: extra ``[workers]`` lines of its config file."""
     config = log.with_suffix(".toml")
-    config.write_text(f"[workers]\nbroker_url = {REDIS!r}\n{limits}\n")
+    # the chunks name the test's models: the worker's own settings must allow that code
+    entry = f"entry_points = ['{HOOKS}:*']\n"
+    config.write_text(f"[workers]\nbroker_url = {REDIS!r}\n{entry}{limits}\n")
     environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     argv = [PLANNER, "worker", "-c", str(config), "--queues", queue, "--concurrency", "1"]
     if not via_cli:

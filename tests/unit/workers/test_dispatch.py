@@ -220,7 +220,8 @@ def test_a_chunk_message_with_a_null_image_records_no_image_reference(
     store, pid = project
     root, _ = digit_files
     cfg = worker_config(store, root, model="tests.unit.workers.test_scoring:tiny_factory")
-    task = celery_app.make_app(BrokerConfig(broker_url="redis://127.0.0.1:9/0")).tasks[
+    own = WorkerOwn(entry_points=(cfg.model,))
+    task = celery_app.make_app(BrokerConfig(broker_url="redis://127.0.0.1:9/0"), own=own).tasks[
         celery_app.SCORE_TASK
     ]
     items = [[1, None], [201, "/data/local-files/?d=digits/0200.png"]]
@@ -408,3 +409,36 @@ def test_the_stall_window_outlasts_a_redelivered_chunk_run_to_its_hard_limit() -
         WorkerConfig(
             store_url="sqlite://", classes=("a",), time_limit_s=600, visibility_timeout_s=60
         )
+
+
+@pytest.mark.parametrize(
+    ("model", "allowed", "runs"),
+    [
+        ("bootstrap", (), True),
+        ("/models/handed-back.pt2", (), True),
+        ("team.nets:resnet", ("team.nets:resnet",), True),
+        ("team.nets:other", ("team.nets:*",), True),
+        ("os:abort", ("team.nets:resnet",), False),
+        ("team.nets:other", ("team.nets:resnet",), False),
+        ("team.nets.evil:net", ("team.nets:*",), False),
+    ],
+)
+def test_a_chunk_may_name_only_the_code_the_workers_own_settings_name(
+    model: str, allowed: tuple[str, ...], runs: bool
+) -> None:
+    received = WorkerConfig(store_url="sqlite://", classes=("a",), model=model)
+    mine = WorkerOwn(entry_points=allowed)
+    if runs:
+        assert received.with_own(mine).model == model
+    else:
+        with pytest.raises(ConfigError, match="it is not imported; add it"):
+            received.with_own(mine)
+
+
+def test_the_workers_own_model_is_an_entry_point_it_allows(tmp_path: Path) -> None:
+    config = tmp_path / "planner.toml"
+    config.write_text("[workers]\nmodel = 'team.nets:resnet'\nentry_points = ['lab.models:*']\n")
+    own = worker_own(load_settings(config, environ=False))
+    assert own.entry_points == ("team.nets:resnet", "lab.models:*")
+    default = worker_own(load_settings(None, environ=False))
+    assert default.entry_points == (), "bootstrap is no code to allow"
