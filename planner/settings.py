@@ -224,6 +224,10 @@ class PlanningSettings(_Section):
     def _sum_to_one(cls, value: dict[str, float]) -> dict[str, float]:
         if not value:
             raise ValueError("name at least one split, e.g. {train = 0.8, val = 0.1, test = 0.1}")
+        if "total" in value:
+            raise ValueError(
+                "'total' names the sum over the splits in counts; call the split otherwise"
+            )
         total = sum(value.values())
         if not math.isclose(total, 1.0, abs_tol=1e-6):
             raise ValueError(f"ratios sum to {total:g}; they must sum to 1")

@@ -83,18 +83,32 @@ def log_prior_tensor(artifact: LoadedArtifact, classes: Sequence[str]) -> torch.
 def image_weights(
     artifact: LoadedArtifact, image_ids: Sequence[ItemId] | None = None
 ) -> npt.NDArray[np.float64]:
-    """``(N,)`` per-image weights, in the order of ``image_ids`` (default: the artifact's)."""
+    """``(N,)`` per-image weights, in the order of ``image_ids`` (default: the artifact's).
+
+    An id may be given as the artifact's ``splits`` write it (JSON keys are text: ``"17"``) or
+    as the sampler's (``17``). A labelled image the plan leaves out (in ``splits``, but with no
+    class the plan counts: its label is unknown to the label config) weighs 0: never drawn.
+    """
     weights = artifact.image_weights
     if image_ids is None:
         return weights
-    position = {item: i for i, item in enumerate(artifact.data["sampling"]["image_ids"])}
-    missing = [item for item in image_ids if item not in position]
+    sampled = artifact.data["sampling"]["image_ids"]
+    position = {item: i for i, item in enumerate(sampled)}
+    as_text = {str(item): i for i, item in enumerate(sampled)}
+    labelled = artifact.data.get("splits") or {}
+    out: npt.NDArray[np.float64] = np.zeros(len(image_ids), dtype=np.float64)
+    missing = []
+    for k, item in enumerate(image_ids):
+        found = position.get(item, as_text.get(str(item)))
+        if found is not None:
+            out[k] = weights[found]
+        elif str(item) not in labelled:
+            missing.append(item)
     if missing:
         raise InputError(
-            f"{len(missing)} dataset images have no weight in artifact {artifact.version} "
+            f"{len(missing)} dataset images are not in artifact {artifact.version} "
             f"(first: {missing[:5]}); emit artifacts after these images were labelled"
         )
-    out: npt.NDArray[np.float64] = weights[[position[item] for item in image_ids]]
     return out
 
 

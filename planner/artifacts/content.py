@@ -141,7 +141,7 @@ def plan_training(
         sampling = label_sampling_plan(y, resampling, max_categories=max_categories)
         weights = resampling.multipliers[y]
     elif images.presence is not None:
-        factors = repeat_factors(known.classes, images.presence)
+        factors = repeat_factors(known.classes, images.presence, max_repeat=max_oversample)
         sampling = _repeat_plan(factors, max_categories=max_categories)
         weights = factors.image_factors
     else:  # unreachable: TrainImages requires labels or presence
@@ -215,7 +215,10 @@ def build_artifact(
 
 
 def _finite(value: Any) -> Any:
-    """``value`` with NaN and inf turned to None: strict JSON has neither."""
+    """``value`` with NaN and inf turned to None (strict JSON has neither) and numpy scalars
+    turned to Python's (ids from ``np.arange``, say)."""
+    if isinstance(value, np.generic):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Mapping):

@@ -37,6 +37,11 @@ from planner.artifacts.layout import (
     sha256,
 )
 
+VERSION_MODE = 0o755
+FILE_MODE = 0o644
+"""A version's folder and ``LATEST`` as the files in a version are (``open`` with the usual
+umask): the training job, often another user, reads them."""
+
 
 @dataclass(frozen=True, slots=True)
 class WrittenArtifact:
@@ -52,23 +57,48 @@ def write_artifact(folder: str | os.PathLike[str], artifact: Artifact) -> Writte
     """Writes ``artifact`` as the next version in ``folder`` and points ``LATEST`` at it."""
     root = Path(folder)
     _prepare(root)
-    with _locked(root):
-        tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root))
-        try:
-            _write_version(tmp, artifact)
-            checksum = sha256(tmp / MANIFEST_FILE)
-            name = next_version(root)
-            os.rename(tmp, root / name)
-            _fsync_dir(root)
-            _replace_file(root / LATEST_FILE, f"{name}\n".encode())
-        except OSError as exc:
-            raise ArtifactError(
-                f"writing an artifact into {root} failed ({exc.strerror or exc}); the previous "
-                f"version stays the latest. {_fix_for(exc)} and emit again"
-            ) from exc
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    payload = _json(artifact)
+    try:
+        with _locked(root):
+            return _publish(root, artifact, payload)
+    except OSError as exc:
+        raise ArtifactError(
+            f"writing an artifact into {root} failed ({exc.strerror or exc}); the previous "
+            f"version stays the latest. {_fix_for(exc)} and emit again"
+        ) from exc
+
+
+def _publish(root: Path, artifact: Artifact, payload: bytes) -> WrittenArtifact:
+    """Write the version, name it, point ``LATEST`` at it; on any failure nothing of it is
+    left: a version folder ``LATEST`` never named would look newest to a job listing them."""
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root))
+    unannounced: Path | None = None
+    try:
+        # readable by the training job's user, as the files in it are (mkdtemp makes 0700)
+        os.chmod(tmp, VERSION_MODE)
+        _write_version(tmp, artifact, payload)
+        checksum = sha256(tmp / MANIFEST_FILE)
+        name = next_version(root)
+        os.rename(tmp, root / name)
+        unannounced = root / name
+        _fsync_dir(root)
+        _replace_file(root / LATEST_FILE, f"{name}\n".encode())
+        unannounced = None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if unannounced is not None:
+            shutil.rmtree(unannounced, ignore_errors=True)
     return WrittenArtifact(version=name, path=root / name, checksum=checksum)
+
+
+def _json(artifact: Artifact) -> bytes:
+    try:
+        return json.dumps(artifact.data, indent=1, allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(
+            f"the artifact holds a value JSON cannot carry ({exc}); give ids and numbers as "
+            "plain ints, floats and strings"
+        ) from None
 
 
 def _fix_for(exc: OSError) -> str:
@@ -114,8 +144,7 @@ def _locked(root: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the flock
 
 
-def _write_version(tmp: Path, artifact: Artifact) -> None:
-    payload = json.dumps(artifact.data, indent=1, allow_nan=False).encode()
+def _write_version(tmp: Path, artifact: Artifact, payload: bytes) -> None:
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(artifact.image_weights, dtype=np.float64))
     _write_file(tmp / DATA_FILE, payload)
@@ -140,6 +169,7 @@ def _replace_file(path: Path, data: bytes) -> None:
     """Replaces ``path`` atomically: readers see the old content or the new, never a mix."""
     handle, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
     try:
+        os.fchmod(handle, FILE_MODE)  # mkstemp makes 0600: the job reads it as another user
         with os.fdopen(handle, "wb") as out:
             out.write(data)
             out.flush()

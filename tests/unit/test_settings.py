@@ -237,3 +237,10 @@ def test_the_readme_documents_every_setting() -> None:
     assert len(keys) > 50
     missing = [key for key in keys if f"`{key}`" not in readme]
     assert not missing, f"add these to the README's configuration reference: {missing}"
+
+
+def test_a_split_named_total_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "planner.toml"
+    config.write_text("[planning.split_ratios]\ntrain = 0.9\ntotal = 0.1\n")
+    with pytest.raises(ConfigError, match="'total' names the sum over the splits"):
+        load_settings(config, environ=False)

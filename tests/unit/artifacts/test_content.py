@@ -92,3 +92,18 @@ def test_a_naive_timestamp_and_a_stop_reason_without_decision_are_refused() -> N
     with pytest.raises(InputError, match="StopDecision"):
         EmitReason("stop_rule", "quota met")
     assert build_artifact(plan, table=small_table(), splits={}, reason=reason, created_at=NOW)
+
+
+def test_max_oversample_caps_repeat_factors_of_multi_label_data() -> None:
+    # 2,000 images, one of them holding the rare class: LVIS's factor would be sqrt(0.001/0.0005)
+    # at t = 0.001, higher with the median threshold; the cap holds either way
+    presence = np.zeros((2000, 3), dtype=bool)
+    presence[:, 0] = True
+    presence[:1000, 1] = True
+    presence[0, 2] = True
+    images = TrainImages(ids=tuple(range(2000)), presence=presence)
+    table = small_table((2000, 1000, 1))
+    capped = plan_training(table, images, max_oversample=1.2)
+    assert capped.image_weights.max() == pytest.approx(1.2)
+    free = plan_training(table, images, max_oversample=50.0)
+    assert free.image_weights.max() > 1.2

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
 import os
 import subprocess
@@ -16,6 +18,7 @@ from planner.artifacts import (
     list_versions,
     read_artifact,
     write_artifact,
+    writer,
 )
 from tests.unit.artifacts.helpers import small_artifact
 
@@ -141,3 +144,51 @@ def test_two_writers_at_once_get_distinct_complete_versions(tmp_path: Path) -> N
     assert latest_version(tmp_path) == "v0010"
     for version in list_versions(tmp_path):
         assert read_artifact(tmp_path, version).image_weights.size == 2000
+
+
+def test_a_version_is_readable_by_another_user(tmp_path: Path) -> None:
+    written = write_artifact(tmp_path, small_artifact())
+    write_artifact(tmp_path, small_artifact(scale=2))  # LATEST replaced, not only created
+    assert written.path.stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "LATEST").stat().st_mode & 0o777 == 0o644
+    assert all(f.stat().st_mode & 0o044 == 0o044 for f in written.path.iterdir())
+
+
+def test_a_full_disk_before_anything_is_written_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_artifact(tmp_path, small_artifact())
+
+    def full(*_args: object, **_kwargs: object) -> str:  # a full disk, not producible here
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer.tempfile, "mkdtemp", full)
+    with pytest.raises(ArtifactError, match="Free disk space"):
+        write_artifact(tmp_path, small_artifact(scale=2))
+    assert latest_version(tmp_path) == "v0001"
+
+
+def test_a_version_latest_could_not_name_is_taken_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_artifact(tmp_path, small_artifact())
+    replace = writer._replace_file
+
+    def full(path: Path, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer, "_replace_file", full)
+    with pytest.raises(ArtifactError, match="the previous version stays the latest"):
+        write_artifact(tmp_path, small_artifact(scale=2))
+    # a job listing the versions sees none that LATEST never named
+    assert list_versions(tmp_path) == ["v0001"]
+    monkeypatch.setattr(writer, "_replace_file", replace)
+    assert write_artifact(tmp_path, small_artifact(scale=2)).version == "v0002"
+
+
+def test_a_value_json_cannot_carry_is_an_artifact_error(tmp_path: Path) -> None:
+    artifact = small_artifact()
+    bad = dataclasses.replace(artifact, data={**artifact.data, "extra": {1, 2}})
+    with pytest.raises(ArtifactError, match="JSON cannot carry"):
+        write_artifact(tmp_path, bad)
+    assert list_versions(tmp_path) == []

@@ -9,7 +9,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset, WeightedRandomSampler
 
-from planner.artifacts import LoadedArtifact, write_artifact
+from planner.artifacts import (
+    LoadedArtifact,
+    TrainImages,
+    build_artifact,
+    plan_training,
+    write_artifact,
+)
 from planner.errors import InputError
 from planner.training import (
     TwoLevelSampler,
@@ -20,7 +26,13 @@ from planner.training import (
     log_prior_tensor,
     weighted_sampler,
 )
-from tests.unit.artifacts.helpers import CLASSES, small_artifact
+from tests.unit.artifacts.helpers import (
+    CLASSES,
+    NOW,
+    small_artifact,
+    small_table,
+    stop_reason,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -98,8 +110,27 @@ def test_past_the_category_limit_the_two_level_plan_is_used(artifact: LoadedArti
 def test_weights_follow_the_dataset_order(artifact: LoadedArtifact) -> None:
     ids = [109, 100, 106]
     np.testing.assert_allclose(image_weights(artifact, ids), [3.0, 2 / 3, 1.0])
-    with pytest.raises(InputError, match=r"1 dataset images have no weight .*\[555\]"):
+    with pytest.raises(InputError, match=r"1 dataset images are not in artifact .*\[555\]"):
         image_weights(artifact, [100, 555])
+    # ids as the artifact's splits write them (JSON keys are text) find the same weights
+    split_ids = [i for i, split in artifact.data["splits"].items() if split == "train"]
+    assert split_ids[0] == "100"
+    np.testing.assert_allclose(image_weights(artifact, ["109", "100"]), [3.0, 2 / 3])
+
+
+def test_a_labelled_image_the_plan_leaves_out_weighs_nothing(tmp_path: Path) -> None:
+    # task 7 is labelled and in the train split, but with no class the plan counts
+    images = TrainImages(ids=tuple(np.arange(4)), labels=("cat", "cat", "dog", "fox"))
+    table = small_table((2, 1, 1))
+    plan = plan_training(table, images)
+    splits = {**{int(i): "train" for i in images.ids}, 7: "train"}
+    built = build_artifact(plan, table=table, splits=splits, reason=stop_reason(), created_at=NOW)
+    write_artifact(tmp_path, built)
+    loaded = load_latest(tmp_path)
+    assert loaded.data["sampling"]["image_ids"] == [0, 1, 2, 3]  # numpy ids written as ints
+    weights = image_weights(loaded, [int(i) for i in loaded.data["splits"]])
+    assert weights[-1] == 0.0
+    assert (weights[:-1] > 0).all()
 
 
 def test_importing_the_planner_does_not_import_torch() -> None:
