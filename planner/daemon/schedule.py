@@ -9,6 +9,7 @@ start within the misfire grace, an interval job keeps its next run time.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,6 +34,14 @@ log = logging.getLogger("planner.daemon")
 JobName = Literal["sync", "cycle", "report", "housekeeping"]
 JOBS: tuple[JobName, ...] = ("sync", "cycle", "report", "housekeeping")
 JOB_TABLE = "planner_jobs"
+"""The prefix of each daemon key's job table (``planner_jobs_project_3``)."""
+
+
+def job_table(key: str) -> str:
+    """The job table of daemon ``key``: a table a key, for APScheduler runs every due job of
+    its table, and daemons of other projects sharing the database would run each other's (the
+    run failing there: no such daemon in that process), each project losing syncs and reports."""
+    return f"{JOB_TABLE}_{re.sub(r'[^a-z0-9]+', '_', key.lower())}"[:63]
 
 
 class JobRunner(Protocol):
@@ -126,7 +135,7 @@ class Schedule:
         self._closing = threading.Event()
         self._specs = job_specs(schedule)
         self._scheduler = BackgroundScheduler(
-            jobstores={"default": SQLAlchemyJobStore(engine=engine, tablename=JOB_TABLE)},
+            jobstores={"default": SQLAlchemyJobStore(engine=engine, tablename=job_table(key))},
             job_defaults={
                 "coalesce": True,
                 "max_instances": 1,

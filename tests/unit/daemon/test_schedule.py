@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from apscheduler.events import EVENT_JOB_ERROR
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
@@ -203,3 +204,30 @@ def test_a_job_that_nudges_another_does_not_hang_the_shutdown(engine: Engine) ->
     assert not done.is_alive(), "the shutdown hung on a job that called run_soon"
     assert runner.calls["sync"] == 1
     assert not schedule.running
+
+
+def test_daemons_of_two_projects_sharing_a_database_run_only_their_own_jobs(
+    engine: Engine,
+) -> None:
+    fast = ScheduleSettings(sync_interval=timedelta(seconds=0.2))
+    first, second = Runner(), Runner()
+    one = Schedule("project-1", first, fast, engine)
+    two = Schedule("project-2", second, fast, engine)
+    one.start()
+    two.start()
+    failed: list[BaseException] = []
+    for schedule in (one, two):
+        schedule._scheduler.add_listener(
+            lambda event: failed.append(event.exception), EVENT_JOB_ERROR
+        )
+    try:
+        assert _wait(lambda: first.calls["sync"] >= 3 and second.calls["sync"] >= 3, timeout=30)
+        # with one shared table each scheduler saw (and ran) the other's due jobs too: in
+        # another process, where that daemon does not run, they failed and were lost
+        for schedule in (one, two):
+            mine = {job.id for job in schedule._scheduler.get_jobs()}
+            assert mine == {schedule.job_id(name) for name in JOBS}
+    finally:
+        one.shutdown()
+        two.shutdown()
+    assert failed == []
