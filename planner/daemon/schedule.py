@@ -126,6 +126,30 @@ def next_report_time(schedule: ScheduleSettings, after: datetime) -> datetime:
     return fire
 
 
+class _JobStore(SQLAlchemyJobStore):  # type: ignore[misc]
+    """APScheduler's SQLAlchemy job store, surviving a database error where the scheduler's
+    loop does not guard it: an error there (SQLite locked past its busy timeout, a dropped
+    PostgreSQL connection) ended the scheduler's thread while it still said it was running,
+    and the leader held its lease doing nothing. A failed update leaves the job due (it runs
+    again, once); a failed look at the next run time looks again in ``RETRY_S``."""
+
+    RETRY_S = 5.0
+
+    def update_job(self, job: Job) -> None:
+        try:
+            super().update_job(job)
+        except OperationalError as exc:
+            log.warning("could not store the next run of %s: %s", job.id, exc.orig)
+
+    def get_next_run_time(self) -> datetime | None:
+        try:
+            found: datetime | None = super().get_next_run_time()
+        except OperationalError as exc:
+            log.warning("could not read the schedule: %s; trying again shortly", exc.orig)
+            return datetime.now(UTC) + timedelta(seconds=self.RETRY_S)
+        return found
+
+
 class Schedule:
     """The daemon's scheduler: four jobs for one daemon key, stored through ``engine``."""
 
@@ -135,7 +159,7 @@ class Schedule:
         self._closing = threading.Event()
         self._specs = job_specs(schedule)
         self._scheduler = BackgroundScheduler(
-            jobstores={"default": SQLAlchemyJobStore(engine=engine, tablename=job_table(key))},
+            jobstores={"default": _JobStore(engine=engine, tablename=job_table(key))},
             job_defaults={
                 "coalesce": True,
                 "max_instances": 1,

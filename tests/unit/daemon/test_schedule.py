@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections import Counter
@@ -231,3 +232,25 @@ def test_daemons_of_two_projects_sharing_a_database_run_only_their_own_jobs(
         one.shutdown()
         two.shutdown()
     assert failed == []
+
+
+def test_the_schedule_outlives_a_database_locked_past_its_busy_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "planner.db"
+    # a short busy timeout, so the job store's writes fail while another holds the lock
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.05})
+    runner = Runner()
+    schedule = Schedule("p1", runner, ScheduleSettings(sync_interval=timedelta(seconds=1)), engine)
+    schedule.start()
+    try:
+        assert _wait(lambda: runner.calls["sync"] >= 1, timeout=10)
+        locker = sqlite3.connect(path, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")  # another writer: reads go on, writes fail, 3 s
+        time.sleep(3)
+        locker.execute("COMMIT")
+        locker.close()
+        after = runner.calls["sync"]
+        # the scheduler's thread lived through it and goes on running the jobs
+        assert _wait(lambda: runner.calls["sync"] >= after + 2, timeout=15)
+        assert schedule._scheduler._thread.is_alive()
+    finally:
+        schedule.shutdown()
