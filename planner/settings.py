@@ -289,6 +289,13 @@ class ScheduleSettings(_Section):
             raise ValueError("must be a positive duration, e.g. 300 or 'PT5M'")
         return value
 
+    @field_validator("misfire_grace")
+    @classmethod
+    def _whole_seconds(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):  # the scheduler counts it in whole seconds
+            raise ValueError("must be at least 1 second, e.g. 3600 or 'PT1H'")
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:

@@ -62,6 +62,10 @@ def _bearer_ok(environ: Mapping[str, Any], token: str) -> bool:
     return bool(given) and hmac.compare_digest(given.encode(), token.encode())
 
 
+class ListenError(ConfigError):
+    """The metrics port cannot be listened on (taken by another process, say)."""
+
+
 class MetricsServer:
     """``/metrics`` and ``/healthz`` of one daemon on ``host:port``, in a daemon thread."""
 
@@ -79,7 +83,7 @@ class MetricsServer:
         try:
             self._server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_Quiet)
         except OSError as exc:
-            raise ConfigError(
+            raise ListenError(
                 f"the daemon's metrics cannot listen on {host}:{port} ({exc.strerror or exc}); "
                 "choose a free dashboard.metrics_port, or 0 to turn them off"
             ) from None

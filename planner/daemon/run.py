@@ -26,7 +26,7 @@ from planner.core.plan import PlanOptions
 from planner.core.quotas import Quota
 from planner.daemon.embedded import ChildGroup, report_in_child, score_pool_in_child
 from planner.daemon.leader import DEFAULT_TTL_S, LeaderLease, RedisLease, holder_name
-from planner.daemon.metrics import MetricsServer
+from planner.daemon.metrics import ListenError, MetricsServer
 from planner.daemon.schedule import Schedule
 from planner.daemon.service import ProjectDaemon, Scorer, unknown_quotas
 from planner.daemon.stopping import stop_config
@@ -197,9 +197,14 @@ def _metrics(settings: Settings, daemon: ProjectDaemon, schedule: Schedule) -> M
         "leading": schedule.running,
         "label_studio": daemon.health.as_dict(),
     }
-    server = MetricsServer(
-        daemon.telemetry, host=board.host, port=board.metrics_port, token=token, health=health
-    )
+    try:
+        server = MetricsServer(
+            daemon.telemetry, host=board.host, port=board.metrics_port, token=token, health=health
+        )
+    except ListenError as exc:
+        # a standby on the same host finds the leader's port taken: it still stands by
+        log.warning("%s; running without /metrics and /healthz", exc)
+        return None
     return server.start()
 
 

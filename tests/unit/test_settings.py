@@ -244,3 +244,10 @@ def test_a_split_named_total_is_refused(tmp_path: Path) -> None:
     config.write_text("[planning.split_ratios]\ntrain = 0.9\ntotal = 0.1\n")
     with pytest.raises(ConfigError, match="'total' names the sum over the splits"):
         load_settings(config, environ=False)
+
+
+def test_a_misfire_grace_under_a_second_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "planner.toml"
+    config.write_text("[schedule]\nmisfire_grace = 0.5\n")
+    with pytest.raises(ConfigError, match=r"schedule\.misfire_grace.*at least 1 second"):
+        load_settings(config, environ=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -11,7 +12,9 @@ from sqlmodel import select
 
 from planner.core.quotas import Quota
 from planner.daemon.metrics import MetricsServer
+from planner.daemon.run import _metrics
 from planner.errors import ConfigError
+from planner.settings import load_settings
 from planner.store import Store
 from planner.store.models import Project
 from planner.store.tasks import count_table
@@ -76,6 +79,16 @@ def test_metrics_beyond_loopback_need_a_token_and_a_taken_port_is_clear(
     try:
         with pytest.raises(ConfigError, match="metrics_port"):
             MetricsServer(daemon.telemetry, host="127.0.0.1", port=first.port)
+        # a standby on the same host: the daemon goes on without its own metrics
+        settings = load_settings(None, environ=False)
+        board = settings.dashboard.model_copy(update={"metrics_port": first.port})
+        taken = settings.model_copy(update={"dashboard": board})
+        schedule = SimpleNamespace(running=False)
+        assert _metrics(taken, daemon, schedule) is None  # type: ignore[arg-type]
+        # a token missing beyond loopback stays an error that stops the start
+        exposed = board.model_copy(update={"host": "0.0.0.0"})  # noqa: S104
+        with pytest.raises(ConfigError, match="needs a token"):
+            _metrics(settings.model_copy(update={"dashboard": exposed}), daemon, schedule)  # type: ignore[arg-type]
     finally:
         first.stop()
 
