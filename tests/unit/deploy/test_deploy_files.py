@@ -111,3 +111,36 @@ def test_every_planner_variable_in_deploy_is_a_setting() -> None:
             model = sections[section].annotation
             fields = getattr(model, "model_fields", {})
             assert key in fields, f"{path}: {name}: [{section}] has no key {key!r}"
+
+
+def _env(container: dict[str, object]) -> dict[str, str]:
+    return {str(e["name"]): str(e.get("value")) for e in container.get("env", [])}  # type: ignore[attr-defined,union-attr]
+
+
+def test_the_daemon_and_the_dashboard_share_the_reports_and_the_daemon_sees_the_models() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text(encoding="utf-8"))
+    services = compose["services"]
+    for name in ("planner", "dashboard"):
+        folder = services[name]["environment"]["PLANNER_DASHBOARD__REPORTS_DIR"]
+        assert any(v.split(":")[:2] == ["reports", folder] for v in services[name]["volumes"])
+    # the daemon chooses the model from the workers' model folder
+    worker_models = [v for v in services["worker"]["volumes"] if ":/models" in v]
+    assert worker_models[0] in services["planner"]["volumes"]
+    documents = list(yaml.safe_load_all((DEPLOY / "k8s" / "planner.yaml").read_text()))
+    pods = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]
+        for d in documents
+        if d["kind"] == "Deployment"
+    }
+    for name in ("planner-daemon", "planner-dashboard"):
+        folder = _env(pods[name])["PLANNER_DASHBOARD__REPORTS_DIR"]
+        assert any(m["mountPath"] == folder for m in pods[name]["volumeMounts"]), name
+    # the scoring child imports torch: 256 MiB killed it every cycle
+    limit = pods["planner-daemon"]["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi") or int(limit.removesuffix("Mi")) >= 768
+
+
+def test_the_systemd_units_run_where_relative_paths_are_writable() -> None:
+    unit = (DEPLOY / "systemd" / "planner.service").read_text(encoding="utf-8")
+    assert "WorkingDirectory=/var/lib/planner" in unit
+    assert "ReadWritePaths=/var/lib/planner" in unit
