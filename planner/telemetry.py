@@ -24,6 +24,7 @@ class Telemetry:
 
     def __post_init__(self) -> None:
         r = self.registry
+        self._counted: dict[str, set[tuple[str, str]]] = {}
         self.class_count = Gauge(
             "planner_class_count",
             "Labelled count per class and split",
@@ -82,12 +83,21 @@ class Telemetry:
         )
 
     def set_counts(self, kind: str, counts: Mapping[str, Mapping[str, int]]) -> None:
-        """``counts``: ``{split: {class: n}}`` as in ``CountTable.as_dict()[kind]``."""
+        """``counts``: ``{split: {class: n}}`` as in ``CountTable.as_dict()[kind]``; a class
+        or split gone from them (renamed in the label config) leaves the metrics, rather than
+        showing its last value for good."""
+        now = {(name, split) for split, per_class in counts.items() for name in per_class}
+        for name, split in self._counted.get(kind, set()) - now:
+            self.class_count.remove(kind, name, split)
+        self._counted[kind] = now
         for split, per_class in counts.items():
             for name, value in per_class.items():
                 self.class_count.labels(kind=kind, cls=name, split=split).set(value)
 
     def set_quotas(self, progress: Mapping[str, float], deficit: Mapping[str, int]) -> None:
+        """Every quota's progress and deficit; those of quotas no longer given go."""
+        self.quota_progress.clear()
+        self.quota_deficit.clear()
         for name, value in progress.items():
             self.quota_progress.labels(cls=name).set(value)
         for name, value in deficit.items():

@@ -295,10 +295,16 @@ class _TokenGate:
 
 
 def _report_days(root: Path) -> list[str]:
+    """The days with an HTML report, newest first (a day whose report failed has none)."""
     if not root.is_dir():
         return []
     return sorted(
-        (p.name for p in root.iterdir() if p.is_dir() and _DAY.match(p.name)), reverse=True
+        (
+            p.name
+            for p in root.iterdir()
+            if p.is_dir() and _DAY.match(p.name) and (p / "report.html").is_file()
+        ),
+        reverse=True,
     )
 
 

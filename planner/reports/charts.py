@@ -51,7 +51,7 @@ def _quota_chart(report: ReportData) -> Chart:
         y = np.arange(len(classes))
         ax.barh(y, counts, color="#4c72b0", label="count")
         ax.scatter(targets, y, marker="|", s=300, color="#c44e52", label="target", zorder=3)
-        ax.set_yticks(y, classes)
+        ax.set_yticks(y, [_text(c) for c in classes])
         ax.set_title(scope)
         ax.invert_yaxis()
     axes[0].legend(loc="lower right", fontsize="small")
@@ -70,7 +70,8 @@ def _burnup_chart(report: ReportData) -> Chart:
     days = [(t - times[0]).total_seconds() / 86_400 for t in times]
     targets = {r.class_name: r.target for r in report.quotas if r.split == "total"}
     for name in report.burnup[-1].counts:
-        line = ax.plot(days, [p.counts.get(name, 0) for p in report.burnup], label=name)
+        counts = [p.counts.get(name, 0) for p in report.burnup]
+        line = ax.plot(days, counts, label=_text(name))
         target = targets.get(name)
         if target is not None:
             ax.axhline(target, linestyle="--", linewidth=0.8, color=line[0].get_color())
@@ -114,7 +115,14 @@ def _eta_chart(report: ReportData) -> Chart:
 
 
 def _names(rows: Sequence[object]) -> list[str]:
-    return [str(getattr(r, "class_name", "")) for r in rows]
+    return [_text(str(getattr(r, "class_name", ""))) for r in rows]
+
+
+def _text(name: str) -> str:
+    """A class name as matplotlib shows it literally: a ``$`` pair is maths to it (an unknown
+    symbol failed the whole report) and a legend leaves out labels starting with ``_``."""
+    shown = name.replace("$", r"\$")
+    return "\u200b" + shown if shown.startswith("_") else shown
 
 
 def _svg(figure: Figure) -> str:

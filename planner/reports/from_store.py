@@ -113,15 +113,18 @@ def write_report(report: ReportData, folder: Path, *, timezone: str = "UTC") -> 
     """``report.{json,md,html}`` of ``report`` under ``folder/<day in timezone>/``, each file
     replaced atomically (a reader never sees half a report)."""
     day = folder / f"{report.generated_at.astimezone(ZoneInfo(timezone)):%Y-%m-%d}"
+    # every format rendered before any is written: a day never holds some of them
+    texts = [render(report) for render in (render_json, render_markdown, render_html)]
     day.mkdir(parents=True, exist_ok=True)
-    for name, render in zip(REPORT_FILES, (render_json, render_markdown, render_html), strict=True):
-        _atomic_write(day / name, render(report))
+    for name, text in zip(REPORT_FILES, texts, strict=True):
+        _atomic_write(day / name, text)
     return day
 
 
 def _atomic_write(path: Path, text: str) -> None:
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     try:
+        os.fchmod(handle, 0o644)  # mkstemp makes 0600; the dashboard may run as another user
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
             out.flush()

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from html.parser import HTMLParser
 
 import numpy as np
@@ -9,11 +9,19 @@ import pytest
 
 from planner.core.acquisition import entropy
 from planner.core.counting import CountResult
-from planner.core.quotas import deficits
+from planner.core.quotas import Quota, deficits
 from planner.core.selection import select_batch
+from planner.core.table import CountTable
 from planner.errors import InputError
 from planner.examples.traffic import make_example
-from planner.reports import ReportData, build_report, render_html, render_json, render_markdown
+from planner.reports import (
+    ReportData,
+    build_report,
+    charts,
+    render_html,
+    render_json,
+    render_markdown,
+)
 from planner.reports.build import next_from_summary
 from planner.reports.tables import fmt, report_tables
 from tests.unit.reports.conftest import NOW, QUOTAS
@@ -199,3 +207,23 @@ def test_the_next_batch_read_back_from_a_stored_summary_is_the_same(
     assert read_back == direct.next_batch
     assert read_back.selected == 12
     assert [t.shortfall for t in read_back.targets] == [0.0, 5.0, 3.0, 9.0]
+
+
+def test_class_names_with_dollars_or_a_leading_underscore_are_drawn_as_written() -> None:
+    # "$\foo$" is an unknown maths symbol to matplotlib: the whole report failed
+    names = ("$\\foo$ sign", "_hidden", "plain")
+    table = CountTable(names, ("train",), *(np.array([[5, 3, 1]], np.int64),) * 3)
+    quotas = [Quota(name, target=4) for name in names]
+    start = datetime.fromisoformat("2026-11-08T12:00+00:00")
+    report = build_report(
+        project="p",
+        now=start + timedelta(days=2),
+        table=table,
+        quotas=quotas,
+        snapshots=[(start, table), (start + timedelta(days=1), table)],
+    )
+    html = render_html(report)
+    assert html.count("data:image/svg+xml;base64,") >= 2  # the quota chart and the burn-up
+    # matplotlib's legend leaves out labels starting with "_": the class is still shown
+    assert not charts._text("_hidden").startswith("_")
+    assert charts._text("$x$") == "\\$x\\$"

@@ -47,6 +47,17 @@ def test_index_shows_the_latest_report_with_history(config: WebConfig) -> None:
     assert 'href="/reports/2026-11-20/report.html"' in page.text
 
 
+def test_a_day_without_its_html_report_leaves_the_latest_one_shown(config: WebConfig) -> None:
+    # today's report failed after its JSON: yesterday's is the latest there is
+    broken = config.reports_dir / "2026-11-22"
+    broken.mkdir()
+    broken.joinpath("report.json").write_text("{}")
+    page = _client(config).get("/")
+    assert "Wheelchair 12" in page.text
+    assert "No report yet" not in page.text
+    assert "2026-11-22" not in page.text, "a day with no page to show is not linked"
+
+
 def test_reports_are_served_by_day_and_nothing_else(config: WebConfig) -> None:
     client = _client(config)
     assert client.get("/reports/2026-11-20/report.json").json() == {"Wheelchair": 10}
