@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 from sqlmodel import Session
 
+from planner.core.quotas import Quota
 from planner.core.stop_policy import StopDecision, evaluate_stop_rules
 from planner.core.strata import StrataReport, stratify
 from planner.core.table import UNKNOWN
@@ -52,7 +53,7 @@ def report_from_store(
         project=project.title or f"project {ls_project_id}",
         now=now,
         table=table,
-        quotas=options.quotas,
+        quotas=_known_quotas(project, options),
         snapshots=count_history(session, pid, classes, options.splits),
         batches=batches,
         stop=_stop(session, project, options, now=now),
@@ -75,7 +76,7 @@ def _stop(
         session,
         project,
         table,
-        options.quotas,
+        _known_quotas(project, options),
         now=now,
         stop_set=stop_set(session, pid),
         kappa_window=options.stop.kappa_window,
@@ -91,6 +92,13 @@ def _stop(
         triggered_by=stopped.triggered_by,
         reason=f"stopped: {stopped.reason}",
     )
+
+
+def _known_quotas(project: Project, options: ReportOptions) -> list[Quota]:
+    """The quotas whose class the label config has, as the daemon evaluates them (it reports
+    the others, with the classes to choose from, as the project's last error); the stop
+    policy is still that of every configured quota."""
+    return [q for q in options.quotas if q.class_name in project.classes]
 
 
 def _next_batch(session: Session, project_id: int) -> NextBatch | None:

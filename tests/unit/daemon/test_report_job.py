@@ -102,3 +102,22 @@ def test_a_standby_writes_no_report(
     assert leader.report() is not None
     standby = make_daemon(project, store, QUOTAS, leader.scorer, holder="standby", reports=options)
     assert standby.report() is None
+
+
+def test_a_quota_for_a_class_the_label_config_lacks_is_left_out_as_the_daemon_does(
+    store: Store, digit_files: tuple[Path, list[int]], tmp_path: Path
+) -> None:
+    project = digits_project(digit_files[1])
+    quotas = (Quota("1", target=1), Quota("not-a-digit", target=5))
+    options = ReportOptions(folder=tmp_path / "reports", quotas=quotas, splits=SPLITS)
+    daemon = make_daemon(project, store, quotas, TableScorer(store, by_task_id), reports=options)
+    daemon.sync()
+    day = daemon.report()
+    assert day is not None
+    data = json.loads((day / "report.json").read_text())
+    assert {r["class_name"] for r in data["quotas"]} == {"1"}
+    # the daemon stopped on the quota it could evaluate; the report says the same
+    assert daemon.stopped
+    assert data["stop"]["should_stop"] is True
+    quota_rule = next(r for r in data["stop"]["rules"] if r["rule"] == "quota")
+    assert quota_rule["fired"] is True
