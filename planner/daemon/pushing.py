@@ -158,14 +158,25 @@ class Pusher:
             items, summary = planned
             # scoring took long: the lease may have run out; it is ours again only if nobody
             # took it meanwhile (then nobody else can have pushed), else leave the push
-            if not (self.lease.renew() or self.lease.acquire()):
-                log.warning("lost leadership of project %s before pushing", self.ls_project_id)
+            if not self._still_leading():
                 session.rollback()
                 return None
             stored = create_batch(session, project_id, items, summary, at=at)
             batch_id, tag = int(stored.id or 0), stored.tag
         ranked = PushBatch(tag, [(i.ls_task_id, i.rank) for i in items])
         return push_planned(self.store, self.backend, self.ls_project_id, batch_id, ranked, at=at)
+
+    def _still_leading(self) -> bool:
+        """Whether the lease is ours again now; a lease store that cannot answer (Redis
+        down) is no leadership, and no fault of Label Studio's: the push waits."""
+        try:
+            if self.lease.renew() or self.lease.acquire():
+                return True
+        except TransientError as exc:
+            log.warning("cannot check the leader lease of project %s: %s", self.ls_project_id, exc)
+            return False
+        log.warning("lost leadership of project %s before pushing", self.ls_project_id)
+        return False
 
     def _plan(
         self, session: Session, project_id: int, version: str

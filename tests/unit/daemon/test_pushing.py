@@ -15,6 +15,7 @@ from planner.daemon.service import CycleOutcome, ProjectDaemon
 from planner.errors import ConfigError, TransientError
 from planner.ports import PushBatch, PushResult
 from planner.store import Store
+from planner.store.lease import DatabaseLease
 from planner.store.models import Batch, BatchItem, Task
 from tests.unit.daemon.helpers import Project150, TableScorer, by_task_id, digits_project
 from tests.unit.daemon.helpers import make_daemon as _make_daemon
@@ -163,3 +164,31 @@ def test_only_an_outage_backs_off_after_a_failed_push(
         assert outcome.why.startswith("Label Studio refused the batch")
         assert _batch_states(store) == ["expired"]
         assert daemon.cycle().why == "pushed", "the next cycle plans and pushes a new one"
+
+
+class _LeaseStoreDown(DatabaseLease):
+    """A lease held at the cycle's start whose store stops answering before the push (Redis
+    going down while the pool is scored: not producible at that moment here)."""
+
+    def __init__(self, inner: DatabaseLease) -> None:
+        self.__dict__ = inner.__dict__
+
+    def renew(self) -> bool:
+        raise TransientError("Redis leader lease 'project-1': Connection refused")
+
+    def acquire(self) -> bool:
+        raise TransientError("Redis leader lease 'project-1': Connection refused")
+
+
+def test_a_lease_store_down_at_the_push_waits_and_blames_not_label_studio(
+    store: Store, digit_files: tuple[Path, list[int]]
+) -> None:
+    project = digits_project(digit_files[1])
+    daemon = _daemon(project, store, [datetime.now(UTC)])
+    assert daemon.lease.acquire()
+    daemon.lease = _LeaseStoreDown(daemon.lease)  # type: ignore[arg-type]
+    outcome = daemon.cycle()
+    assert outcome.pushed is None
+    assert daemon.health.state == "ok", "Label Studio was not at fault"
+    assert _batch_states(store) == [], "nothing planned was kept for a push that never came"
+    assert project.fake.view_task_ids(project.pid, 1) == []
