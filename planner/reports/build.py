@@ -59,7 +59,10 @@ def build_report(
     if now.tzinfo is None:
         raise InputError(f"now ({now}) is a naive datetime; give it a timezone, e.g. UTC")
     status = deficits(quotas, table)
-    history = sorted([*snapshots, (now, table)], key=lambda point: point[0])
+    # a snapshot stamped after now (the daemon's, committed while this report was read; a
+    # host whose clock runs ahead) says nothing now's table does not: left out, not an error
+    earlier = [(at, snapshot) for at, snapshot in snapshots if at <= now]
+    history = sorted([*earlier, (now, table)], key=lambda point: point[0])
     return ReportData(
         project=project,
         generated_at=now,
@@ -121,13 +124,21 @@ def _class_counts(table: CountTable, statuses: Sequence[ClassStatus]) -> dict[st
 
 
 def _batch_yield(batch: BatchRecord) -> BatchYield:
-    if batch.size < 0 or not 0 <= batch.hits <= max(batch.size, 0):
+    labelled = batch.size if batch.labelled is None else batch.labelled
+    if not 0 <= batch.hits <= labelled <= batch.size:
         raise InputError(
-            f"batch {batch.batch_id}: hits {batch.hits} must be between 0 and its size {batch.size}"
+            f"batch {batch.batch_id}: hits {batch.hits}, labelled {labelled} and size "
+            f"{batch.size} must be in that order, from 0 up"
         )
-    rate = batch.hits / batch.size if batch.size else 0.0
+    rate = batch.hits / labelled if labelled else None
     return BatchYield(
-        batch.batch_id, batch.pushed_at, batch.size, batch.hits, rate, dict(batch.class_hits)
+        batch.batch_id,
+        batch.pushed_at,
+        batch.size,
+        batch.hits,
+        rate,
+        dict(batch.class_hits),
+        labelled=labelled,
     )
 
 

@@ -92,7 +92,9 @@ def _yield_chart(report: ReportData) -> Chart:
     figure = Figure(figsize=(7, 2.8))
     ax = figure.subplots()
     names = [b.batch_id for b in report.batches]
-    ax.bar(names, [b.yield_rate for b in report.batches], color="#55a868")
+    # a batch nothing of which is labelled yet has no bar (NaN), not a bar at 0
+    rates = [np.nan if b.yield_rate is None else b.yield_rate for b in report.batches]
+    ax.bar(names, rates, color="#55a868")
     ax.set_ylabel("yield")
     ax.set_ylim(0, 1)
     alt = "Bar chart of the yield of each batch: " + ", ".join(

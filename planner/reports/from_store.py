@@ -46,7 +46,7 @@ def report_from_store(
     classes = (*project.classes, UNKNOWN)
     table = count_table(session, pid, tuple(project.classes), options.splits)
     batches = [
-        BatchRecord(y.tag, y.pushed_at, y.labelled, y.hits, dict(y.class_hits))
+        BatchRecord(y.tag, y.pushed_at, y.size, y.hits, dict(y.class_hits), labelled=y.labelled)
         for y in batch_yields(session, pid)
     ]
     return build_report(

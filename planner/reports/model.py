@@ -18,13 +18,15 @@ REPORT_SCHEMA_VERSION = 1
 
 @dataclass(frozen=True, slots=True)
 class BatchRecord:
-    """One pushed batch, as the store keeps it: ``hits`` = its items holding a short class."""
+    """One pushed batch, as the store keeps it: ``size`` items, ``labelled`` of them labelled
+    so far (None: all), ``hits`` = labelled items holding a short class."""
 
     batch_id: str
     pushed_at: datetime
     size: int
     hits: int
     class_hits: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    labelled: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +50,16 @@ class BurnupPoint:
 
 @dataclass(frozen=True, slots=True)
 class BatchYield:
+    """``yield_rate``: hits per labelled item; None while none is labelled (no yield yet, which
+    is not a yield of 0)."""
+
     batch_id: str
     pushed_at: datetime
     size: int
     hits: int
-    yield_rate: float
+    yield_rate: float | None
     class_hits: Mapping[str, int]
+    labelled: int = 0
 
 
 @dataclass(frozen=True, slots=True)

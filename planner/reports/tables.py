@@ -105,9 +105,9 @@ def report_tables(report: ReportData) -> tuple[Table, ...]:
                 "batches",
                 "Yield of each batch",
                 "Yield: share of a batch's items holding a class still short of its quota.",
-                ("Batch", "Pushed", "Size", "Hits", "Yield"),
+                ("Batch", "Pushed", "Size", "Labelled", "Hits", "Yield"),
                 tuple(
-                    cells(b.batch_id, b.pushed_at, b.size, b.hits, b.yield_rate)
+                    cells(b.batch_id, b.pushed_at, b.size, b.labelled, b.hits, b.yield_rate)
                     for b in report.batches
                 ),
             )

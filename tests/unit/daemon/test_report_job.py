@@ -63,12 +63,16 @@ def test_the_report_holds_the_numbers_of_the_store(
         total = rows[quota.class_name, "total"]
         assert total["count"] == int(table.images[:, column].sum())
         assert total["target"] == quota.target
-    assert [(b["batch_id"], b["size"], b["hits"]) for b in data["batches"]] == [
-        (y.tag, y.labelled, y.hits) for y in yields
+    assert [(b["batch_id"], b["size"], b["labelled"], b["hits"]) for b in data["batches"]] == [
+        (y.tag, y.size, y.labelled, y.hits) for y in yields
     ]
     assert len(yields) == 3
     assert yields[0].labelled == 10
     assert yields[2].labelled == 0
+    # the batch being labelled has no yield yet: none, not 0 %
+    assert data["batches"][2]["size"] == 10
+    assert data["batches"][2]["yield_rate"] is None
+    assert data["batches"][0]["yield_rate"] == yields[0].hits / 10
     assert len(data["burnup"]) == len(snapshots) + 1, "every stored snapshot, then now"
     assert len(snapshots) >= 3, "a snapshot per change of the counts"
     last = data["burnup"][-1]["counts"]

@@ -227,3 +227,18 @@ def test_class_names_with_dollars_or_a_leading_underscore_are_drawn_as_written()
     # matplotlib's legend leaves out labels starting with "_": the class is still shown
     assert not charts._text("_hidden").startswith("_")
     assert charts._text("$x$") == "\\$x\\$"
+
+
+def test_a_snapshot_stamped_after_now_is_left_out_not_an_error(
+    traffic_counts: CountResult,
+) -> None:
+    now = datetime.fromisoformat("2026-11-08T12:00+00:00")
+    table = traffic_counts.table
+    report = build_report(
+        project="p",
+        now=now,
+        table=table,
+        quotas=QUOTAS,
+        snapshots=[(now - timedelta(days=1), table), (now + timedelta(seconds=1), table)],
+    )
+    assert len(report.burnup) == 2, "yesterday's snapshot, then now"
