@@ -187,6 +187,14 @@ def keep_lease(lease: LeaderLease) -> Iterator[None]:
         lease.release()
 
 
+def finish_jobs(schedule: Schedule, lease: LeaderLease) -> None:
+    """Shut the schedule down, the running job finishing while the lease is still beaten (a
+    job outlasting the lease would otherwise push while a standby took over and pushed too);
+    jobs not started yet are skipped. The lease is released after."""
+    with keep_lease(lease):
+        schedule.shutdown(wait=True)
+
+
 def _metrics(settings: Settings, daemon: ProjectDaemon, schedule: Schedule) -> MetricsServer | None:
     board = settings.dashboard
     if not board.metrics_port:
@@ -257,7 +265,7 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> No
             log.info(
                 "stopped %s running child process(es); their work is redone next time", stopped
             )
-        schedule.shutdown(wait=True)
+        finish_jobs(schedule, lease)
         if metrics is not None:
             metrics.stop()
         lease.release()

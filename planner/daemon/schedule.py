@@ -72,8 +72,9 @@ class _Running:
     the scheduler's locks (APScheduler's own ``shutdown(wait=True)`` waits while holding the
     job-store lock, and a job that calls ``run_soon`` then waits on it forever)."""
 
-    def __init__(self, runner: JobRunner) -> None:
+    def __init__(self, runner: JobRunner, closing: threading.Event) -> None:
         self._runner = runner
+        self._closing = closing
         self._count = 0
         self._idle = threading.Condition()
 
@@ -81,6 +82,9 @@ class _Running:
         run: Callable[[], None] = getattr(self._runner, job)
 
         def counted() -> None:
+            if self._closing.is_set():  # handed to the executor as the shutdown began
+                log.info("%s skipped: the daemon is stopping", job)
+                return
             with self._idle:
                 self._count += 1
             try:
@@ -155,8 +159,8 @@ class Schedule:
 
     def __init__(self, key: str, runner: JobRunner, schedule: ScheduleSettings, engine: Engine):
         self.key = key
-        self._runner = _Running(runner)
         self._closing = threading.Event()
+        self._runner = _Running(runner, self._closing)
         self._specs = job_specs(schedule)
         self._scheduler = BackgroundScheduler(
             jobstores={"default": _JobStore(engine=engine, tablename=job_table(key))},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,9 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
 from planner.daemon import run
-from planner.daemon.run import keep_lease
+from planner.daemon.run import finish_jobs, keep_lease
+from planner.daemon.schedule import Schedule
+from planner.settings import ScheduleSettings
 from planner.store import DatabaseLease, open_store
 
 
@@ -45,3 +48,37 @@ def test_a_lease_free_at_the_start_is_taken_by_the_heartbeat(engine: Engine) -> 
         while not mine.held() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert mine.held()
+
+
+class _SlowSync:
+    """A sync job that outlasts the lease's ttl three times, noting whether it led throughout."""
+
+    def __init__(self, lease: DatabaseLease) -> None:
+        self.lease = lease
+        self.started = threading.Event()
+        self.led_throughout: bool | None = None
+
+    def sync(self) -> None:
+        self.started.set()
+        time.sleep(1.5)
+        self.led_throughout = self.lease.held()
+
+    def cycle(self) -> None: ...
+    def report(self) -> None: ...
+    def housekeeping(self) -> None: ...
+
+
+def test_a_job_running_at_shutdown_finishes_while_the_lease_is_still_held(
+    engine: Engine,
+) -> None:
+    mine = DatabaseLease(engine, "project-1", holder="daemon", ttl_s=0.5)
+    standby = DatabaseLease(engine, "project-1", holder="standby", ttl_s=0.5)
+    assert mine.acquire()
+    job = _SlowSync(mine)
+    schedule = Schedule("project-1", job, ScheduleSettings(), engine)
+    schedule.start()
+    schedule.run_soon("sync")
+    assert job.started.wait(10)
+    finish_jobs(schedule, mine)  # SIGTERM arrived while the sync ran
+    assert job.led_throughout is True, "the lease ran out under the job"
+    assert standby.acquire(), "released once the job was done"

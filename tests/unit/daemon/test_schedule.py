@@ -254,3 +254,12 @@ def test_the_schedule_outlives_a_database_locked_past_its_busy_timeout(tmp_path:
         assert schedule._scheduler._thread.is_alive()
     finally:
         schedule.shutdown()
+
+
+def test_a_job_handed_over_as_the_shutdown_began_is_skipped(engine: Engine) -> None:
+    runner = Runner()
+    schedule = Schedule("p1", runner, ScheduleSettings(), engine)
+    schedule.start()
+    schedule.shutdown()
+    schedule._runner.sync()  # what the executor would call for a job submitted just before
+    assert runner.calls["sync"] == 0
