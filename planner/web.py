@@ -129,6 +129,8 @@ def create_app(
     middleware = []
     if config.token:
         middleware.append(Middleware(BaseHTTPMiddleware, dispatch=_TokenGate(config.token)))
+    else:  # loopback only: no page for another name (a DNS-rebinding site) to read
+        middleware.append(Middleware(BaseHTTPMiddleware, dispatch=_loopback_names_only))
     return Starlette(
         routes=[
             Route("/healthz", views.healthz),
@@ -274,16 +276,18 @@ class _TokenGate:
     ) -> Response:
         if request.url.path in _PUBLIC:
             return await call_next(request)
+        if self._matches(request.query_params.get("token", "")):
+            # a browser link: always off the URL (history, Referer), into a cookie. Lax, not
+            # Strict: a link opened from chat or mail is a cross-site navigation, on which a
+            # Strict cookie is not sent, and the page after the redirect would ask again
+            target = request.url.remove_query_params("token")
+            response = RedirectResponse(str(target), status_code=303)
+            response.set_cookie(COOKIE, self.token, httponly=True, samesite="lax")
+            return response
         header = request.headers.get("authorization", "")
         bearer = header[7:] if header.lower().startswith("bearer ") else ""
         if self._matches(bearer) or self._matches(request.cookies.get(COOKIE, "")):
             return await call_next(request)
-        if self._matches(request.query_params.get("token", "")):
-            # once from a browser link; the cookie keeps the token out of later URLs and logs
-            target = request.url.remove_query_params("token")
-            response = RedirectResponse(str(target), status_code=303)
-            response.set_cookie(COOKIE, self.token, httponly=True, samesite="strict")
-            return response
         return PlainTextResponse(
             "a token is needed: send 'Authorization: Bearer <token>' or open /?token=<token>",
             status_code=401,
@@ -292,6 +296,26 @@ class _TokenGate:
 
     def _matches(self, given: str) -> bool:
         return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
+
+
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+async def _loopback_names_only(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """Without a token the dashboard listens on loopback only, and a page another site gets
+    a browser to load from it must not be readable either: a site whose name resolves to
+    127.0.0.1 (DNS rebinding) sends its own name as the Host. The health check and the
+    webhook, which need no token anyway, answer any name."""
+    host = (request.url.hostname or "").strip("[]").lower()
+    if request.url.path in _PUBLIC or host in LOOPBACK_NAMES:
+        return await call_next(request)
+    return PlainTextResponse(
+        f"this dashboard answers on 127.0.0.1 or localhost, not {host!r}; set dashboard.token "
+        "to serve it under another name",
+        status_code=403,
+    )
 
 
 def _report_days(root: Path) -> list[str]:

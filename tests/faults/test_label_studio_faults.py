@@ -64,7 +64,8 @@ def _shown(rig: Rig, state: str) -> None:
     assert status.label_studio.state == state
     assert status.label_studio_line().startswith(state)
     board = WebConfig(reports_dir=tmp_path / "reports", artifacts_dir=tmp_path / "artifacts")
-    page = TestClient(create_app(board, states=lambda: state_lines(store))).get("/").text
+    app = create_app(board, states=lambda: state_lines(store))
+    page = TestClient(app, base_url="http://127.0.0.1").get("/").text
     if state == "ok":
         assert 'role="alert"' not in page
     else:

@@ -36,7 +36,8 @@ def config(tmp_path: Path) -> WebConfig:
 
 
 def _client(config: WebConfig, **kwargs: object) -> TestClient:
-    return TestClient(create_app(config, **kwargs), follow_redirects=False)  # type: ignore[arg-type]
+    app = create_app(config, **kwargs)  # type: ignore[arg-type]
+    return TestClient(app, base_url="http://127.0.0.1", follow_redirects=False)
 
 
 def test_index_shows_the_latest_report_with_history(config: WebConfig) -> None:
@@ -90,9 +91,15 @@ def test_a_token_protects_everything_but_health_and_webhook(config: WebConfig) -
     assert "token=" not in first.headers["location"]
     assert TOKEN in first.headers["set-cookie"]
     assert "httponly" in first.headers["set-cookie"].lower()
+    # lax: a link opened from chat or mail (a cross-site navigation) still carries it
+    assert "samesite=lax" in first.headers["set-cookie"].lower()
     browser = _client(guarded)
     browser.cookies.set(COOKIE, TOKEN)
     assert browser.get("/artifacts/").status_code == 200
+    # a browser holding the cookie that opens a link with the token still drops it from the URL
+    again = browser.get(f"/?token={TOKEN}")
+    assert again.status_code == 303
+    assert "token=" not in again.headers["location"]
 
 
 def test_exposing_without_a_token_is_refused() -> None:
@@ -131,3 +138,17 @@ def test_health_and_metrics(config: WebConfig) -> None:
     text = client.get("/metrics").text
     assert 'planner_quota_progress{cls="Wheelchair"} 0.25' in text
     assert 'planner_quota_deficit{cls="Wheelchair"} 90.0' in text
+
+
+def test_without_a_token_only_loopback_names_are_answered(config: WebConfig) -> None:
+    app = create_app(config)
+    rebound = TestClient(app, base_url="http://evil.example:8765").get("/")
+    assert rebound.status_code == 403
+    assert "dashboard.token" in rebound.text
+    assert TestClient(app, base_url="http://localhost:8765").get("/").status_code == 200
+    assert TestClient(app, base_url="http://[::1]:8765").get("/").status_code == 200
+    assert TestClient(app, base_url="http://evil.example").get("/healthz").status_code == 200
+    # with a token the token decides, whatever the name
+    guarded = create_app(replace(config, token=TOKEN))
+    named = TestClient(guarded, base_url="http://planner.example")
+    assert named.get("/", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
