@@ -181,7 +181,7 @@ class _Views:
         lines = [
             f"<li>project {pid}: Label Studio {html.escape(line)}</li>"
             for pid, line in found
-            if line != "ok"
+            if line not in ("ok", "unknown")  # unknown: no daemon has watched it yet, no fault
         ]
         return f'<div role="alert"><ul>{"".join(lines)}</ul></div>' if lines else ""
 

@@ -152,3 +152,15 @@ def test_without_a_token_only_loopback_names_are_answered(config: WebConfig) -> 
     guarded = create_app(replace(config, token=TOKEN))
     named = TestClient(guarded, base_url="http://planner.example")
     assert named.get("/", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+def test_the_banner_alerts_on_faults_not_on_projects_no_daemon_watched_yet(
+    config: WebConfig,
+) -> None:
+    lines = [(1, "unknown"), (2, "ok"), (3, "unreachable since 2026-11-21 06:31:00 UTC")]
+    page = _client(config, states=lambda: lines).get("/").text
+    assert 'role="alert"' in page
+    assert "project 3: Label Studio unreachable" in page
+    assert "project 1" not in page
+    quiet = _client(config, states=lambda: lines[:2]).get("/").text
+    assert 'role="alert"' not in quiet
