@@ -53,7 +53,7 @@ def report_from_store(
         project=project.title or f"project {ls_project_id}",
         now=now,
         table=table,
-        quotas=_known_quotas(project, options),
+        quotas=options.quotas,  # a quota for a missing class shows as 0 of its target
         snapshots=count_history(session, pid, classes, options.splits),
         batches=batches,
         stop=_stop(session, project, options, now=now),
@@ -95,9 +95,9 @@ def _stop(
 
 
 def _known_quotas(project: Project, options: ReportOptions) -> list[Quota]:
-    """The quotas whose class the label config has, as the daemon evaluates them (it reports
-    the others, with the classes to choose from, as the project's last error); the stop
-    policy is still that of every configured quota."""
+    """The quotas whose class the label config has: the stop rules are evaluated on these, as
+    the daemon evaluates them (it reports the others, with the classes to choose from, as the
+    project's last error); the stop policy is still that of every configured quota."""
     return [q for q in options.quotas if q.class_name in project.classes]
 
 
