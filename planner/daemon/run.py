@@ -324,6 +324,7 @@ def _receiver(
 
     def on_webhook(_action: str) -> None:
         if schedule.running:  # a standby leaves the sync to the leader
+            daemon.want_sync()  # a job running now (a sync too) syncs again when it ends
             schedule.run_soon("sync")
 
     app = create_app(

@@ -191,6 +191,12 @@ class ProjectDaemon:
             if not self._sync_wanted.is_set():
                 return report
 
+    def want_sync(self) -> None:
+        """Ask for a sync (a webhook) without running one here: the job running now syncs
+        again when it ends, a sync job included, which the scheduler would not start twice
+        (one instance a job) and so would never see the request."""
+        self._sync_wanted.set()
+
     def _locked_sync(self, *, reconcile: bool) -> SyncReport | None:
         with self._surviving_store("sync"):
             if not self._lead() or not self._watch.ready():
