@@ -71,6 +71,7 @@ def write_artifact(folder: str | os.PathLike[str], artifact: Artifact) -> Writte
 def _publish(root: Path, artifact: Artifact, payload: bytes) -> WrittenArtifact:
     """Write the version, name it, point ``LATEST`` at it; on any failure nothing of it is
     left: a version folder ``LATEST`` never named would look newest to a job listing them."""
+    _drop_leftovers(root)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root))
     unannounced: Path | None = None
     try:
@@ -89,6 +90,16 @@ def _publish(root: Path, artifact: Artifact, payload: bytes) -> WrittenArtifact:
         if unannounced is not None:
             shutil.rmtree(unannounced, ignore_errors=True)
     return WrittenArtifact(version=name, path=root / name, checksum=checksum)
+
+
+def _drop_leftovers(root: Path) -> None:
+    """Remove what a writer killed outright (SIGKILL, power lost) left: under the lock no
+    other writer is at work, so every temporary entry is such a leftover."""
+    for entry in root.glob(f"{TMP_PREFIX}*"):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def _json(artifact: Artifact) -> bytes:

@@ -192,3 +192,13 @@ def test_a_value_json_cannot_carry_is_an_artifact_error(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="JSON cannot carry"):
         write_artifact(tmp_path, bad)
     assert list_versions(tmp_path) == []
+
+
+def test_what_a_killed_writer_left_is_removed_by_the_next(tmp_path: Path) -> None:
+    write_artifact(tmp_path, small_artifact())
+    (tmp_path / ".tmp-killed").mkdir()  # a version half written when its writer was killed
+    (tmp_path / ".tmp-killed" / "artifact.json").write_text("{")
+    (tmp_path / ".tmp-latest").write_text("v0")  # LATEST's replacement, never renamed
+    write_artifact(tmp_path, small_artifact(scale=2))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")) == []
+    assert list_versions(tmp_path) == ["v0001", "v0002"]

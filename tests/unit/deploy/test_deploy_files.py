@@ -123,6 +123,9 @@ def test_the_daemon_and_the_dashboard_share_the_reports_and_the_daemon_sees_the_
     for name in ("planner", "dashboard"):
         folder = services[name]["environment"]["PLANNER_DASHBOARD__REPORTS_DIR"]
         assert any(v.split(":")[:2] == ["reports", folder] for v in services[name]["volumes"])
+    # PID 1 reaps orphans (a killed scoring child's DataLoader processes)
+    assert services["planner"]["init"] is True
+    assert services["worker"]["init"] is True
     # the daemon chooses the model from the workers' model folder
     worker_models = [v for v in services["worker"]["volumes"] if ":/models" in v]
     assert worker_models[0] in services["planner"]["volumes"]
@@ -132,6 +135,13 @@ def test_the_daemon_and_the_dashboard_share_the_reports_and_the_daemon_sees_the_
         for d in documents
         if d["kind"] == "Deployment"
     }
+    specs = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]
+        for d in documents
+        if d["kind"] == "Deployment"
+    }
+    assert specs["planner-daemon"]["shareProcessNamespace"] is True
+    assert specs["planner-worker"]["shareProcessNamespace"] is True
     for name in ("planner-daemon", "planner-dashboard"):
         folder = _env(pods[name])["PLANNER_DASHBOARD__REPORTS_DIR"]
         assert any(m["mountPath"] == folder for m in pods[name]["volumeMounts"]), name
