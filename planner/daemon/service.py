@@ -427,8 +427,8 @@ class ProjectDaemon:
             self._record_error(str(exc))
             log.warning("after the sync of project %s: %s", self.ls_project_id, exc)
             return report
-        if not cycling and (done is None or done >= self.cycle_when_done):
-            self.on_cycle_due()
+        if not cycling and (done is None or done >= self.cycle_when_done) and not self.stopped:
+            self.on_cycle_due()  # a stopped project pushes nothing: its cycle would only sync
         return report
 
     def _after_sync(self, project_id: int) -> float | None:

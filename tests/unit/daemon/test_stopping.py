@@ -239,3 +239,22 @@ def test_a_cycle_rechecks_the_rules_after_its_own_sync(
     assert outcome.why.startswith("stopped: stop (quota)")
     assert scorer.calls == 0
     assert list_versions(folder) == ["v0001"]
+
+
+def test_a_stopped_project_asks_for_no_cycle_after_its_syncs(
+    store: Store, digit_files: tuple[Path, list[int]]
+) -> None:
+    # a cycle of a stopped project pushes nothing and would only sync a second time
+    project = digits_project(digit_files[1])
+    daemon = make_daemon(project, store, [Quota("1", target=3)], TableScorer(store, by_task_id))
+    asked: list[str] = []
+    daemon.on_cycle_due = lambda: asked.append("cycle")
+    daemon.sync()
+    assert daemon.stopped
+    daemon.sync()
+    assert asked == []
+    raised = make_daemon(project, store, [Quota("1", target=500)], daemon.scorer, holder="b")
+    daemon.lease.release()
+    raised.on_cycle_due = lambda: asked.append("cycle")
+    raised.sync()
+    assert asked == ["cycle"], "a project short of its quota still asks"
