@@ -162,12 +162,13 @@ class Schedule:
         self._closing = threading.Event()
         self._runner = _Running(runner, self._closing)
         self._specs = job_specs(schedule)
+        self._misfire_s = int(schedule.misfire_grace.total_seconds())
         self._scheduler = BackgroundScheduler(
             jobstores={"default": _JobStore(engine=engine, tablename=job_table(key))},
             job_defaults={
                 "coalesce": True,
                 "max_instances": 1,
-                "misfire_grace_time": int(schedule.misfire_grace.total_seconds()),
+                "misfire_grace_time": self._misfire_s,
             },
             timezone=UTC,
         )
@@ -195,7 +196,11 @@ class Schedule:
         for spec in self._specs:
             job_id = self.job_id(spec.name)
             stored = self._scheduler.get_job(job_id)
-            if stored is not None and _same(stored.trigger, spec.trigger):
+            if (
+                stored is not None
+                and _same(stored.trigger, spec.trigger)
+                and stored.misfire_grace_time == self._misfire_s
+            ):
                 continue  # keep its next run time (and a missed run) across the restart
             self._scheduler.add_job(
                 run_job,

@@ -263,3 +263,16 @@ def test_a_job_handed_over_as_the_shutdown_began_is_skipped(engine: Engine) -> N
     schedule.shutdown()
     schedule._runner.sync()  # what the executor would call for a job submitted just before
     assert runner.calls["sync"] == 0
+
+
+def test_a_changed_misfire_grace_reaches_the_stored_jobs(engine: Engine) -> None:
+    first = Schedule("p9", Runner(), ScheduleSettings(misfire_grace=timedelta(hours=1)), engine)
+    first.start()
+    first.shutdown()
+    second = Schedule("p9", Runner(), ScheduleSettings(misfire_grace=timedelta(hours=6)), engine)
+    second.start()
+    try:
+        graces = {job.misfire_grace_time for job in second._scheduler.get_jobs()}
+        assert graces == {6 * 3600}
+    finally:
+        second.shutdown()
