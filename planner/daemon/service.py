@@ -149,6 +149,8 @@ class ProjectDaemon:
     since its own sync may have read Label Studio before the new annotation."""
     _watch: BackendWatch = field(init=False, repr=False)
     _unknown_quotas_logged: str = field(default="", init=False, repr=False)
+    _scoring_failed: bool = field(default=False, init=False, repr=False)
+    """The last cycle's scoring failed: syncs leave the retry to the scheduled cycle."""
 
     def __post_init__(self) -> None:
         self._watch = BackendWatch(
@@ -325,6 +327,7 @@ class ProjectDaemon:
             )
         if not items:
             return CycleOutcome(None, "no unlabelled task left", sync=report)
+        self._scoring_failed = False
         try:
             version = self.scorer(project_id, items)
             with self.store.session() as session:
@@ -333,6 +336,7 @@ class ProjectDaemon:
                 )
         except PlannerError as exc:
             self.telemetry.failed("cycle")
+            self._scoring_failed = True
             log.warning("cycle of project %s failed: %s", self.ls_project_id, exc)
             return CycleOutcome(None, f"failed, retried next time: {exc}", sync=report)
         try:
@@ -427,8 +431,11 @@ class ProjectDaemon:
             self._record_error(str(exc))
             log.warning("after the sync of project %s: %s", self.ls_project_id, exc)
             return report
-        if not cycling and (done is None or done >= self.cycle_when_done) and not self.stopped:
-            self.on_cycle_due()  # a stopped project pushes nothing: its cycle would only sync
+        due = done is None or done >= self.cycle_when_done
+        # a stopped project pushes nothing: its cycle would only sync; after a failed scoring
+        # the scheduled cycle retries, not every sync (a torch child each sync interval)
+        if not cycling and due and not self._scoring_failed and not self.stopped:
+            self.on_cycle_due()
         return report
 
     def _after_sync(self, project_id: int) -> float | None:

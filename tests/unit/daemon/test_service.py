@@ -36,6 +36,7 @@ from tests.unit.daemon.helpers import (
     by_task_id,
     choice,
     digits_project,
+    label_current_batch,
     make_daemon,
 )
 from workers.config import WorkerConfig
@@ -468,3 +469,29 @@ def test_a_webhook_during_a_sync_gets_a_sync_after_it(
     with store.session() as session:
         row = session.exec(select(Task).where(Task.ls_task_id == late)).one()
         assert row.state == "labelled"
+
+
+def test_after_a_failed_scoring_syncs_leave_the_retry_to_the_scheduled_cycle(
+    store: Store, digit_files: tuple[Path, list[int]]
+) -> None:
+    project = digits_project(digit_files[1])
+    scorer = TableScorer(store, by_task_id)
+    broken = [True]
+
+    def scoring(project_id: int, items: Sequence[tuple[int, str]]) -> str:
+        if broken[0]:
+            raise TransientError("the workers are down")
+        return scorer(project_id, items)
+
+    daemon = make_daemon(project, store, [Quota("7", target=40)], scoring)
+    asked: list[str] = []
+    daemon.on_cycle_due = lambda: asked.append("cycle")
+    assert daemon.cycle().pushed is None  # the scheduled cycle: scoring failed
+    daemon.sync()
+    daemon.sync()
+    assert asked == [], "each sync would start another scoring child"
+    broken[0] = False
+    assert daemon.cycle().pushed is not None  # the next scheduled cycle scores and pushes
+    label_current_batch(project, store)
+    daemon.sync()
+    assert asked == ["cycle"], "with the batch done a sync asks for the next cycle again"
