@@ -299,3 +299,12 @@ def test_the_bootstrap_reads_its_labelled_images_through_the_cache_in_their_orde
     cached = len([row for row in rows[::3] if "missing" not in row[0]])
     assert len(server.paths) - asked == len(rows) - cached, "only the uncached were fetched"
     assert most[0] > 1, "the labelled images were fetched one round trip after another"
+
+
+def test_an_image_whose_host_left_the_allow_list_is_not_served_from_the_cache() -> None:
+    reference = "https://cdn.example.org/a/x.jpg"
+    allowed = ImageSource(allowed_hosts=("CDN.example.org",))
+    assert pixel_key(allowed, reference, 32) is not None
+    # no key: the cached pixels are not looked up, and read refuses the host, saying why
+    assert pixel_key(ImageSource(allowed_hosts=("other.example.org",)), reference, 32) is None
+    assert pixel_key(ImageSource(), reference, 32) is None
