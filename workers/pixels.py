@@ -325,9 +325,9 @@ def _key_parts(source: ImageSource, reference: str, size: int) -> list[object] |
         return None
     if scheme in ("http", "https"):
         host = (parts.hostname or "").lower() if parts is not None else ""
-        if host not in {h.lower() for h in source.allowed_hosts}:
-            return None  # off the allow-list now: no cached pixels either, read refuses it
-        return [*head, "url", reference]
+        # off the allow-list now: no cached pixels either (read refuses it, saying why)
+        allowed = host in {h.lower() for h in source.allowed_hosts}
+        return [*head, "url", reference] if allowed else None
     path = source.local_file(reference)
     if path is None and parts is not None and parts.path.startswith("/data/"):
         # served by Label Studio: the same server and reference, the same image
