@@ -228,9 +228,13 @@ class ImageSource:
             self._access["access"] = _refresh(self._connections(), base_url, token)
         return [f"Authorization: Bearer {self._access['access']}"]
 
+    def allowed_names(self) -> set[str]:
+        """The allow-listed hosts (and addresses), lowercased as ``hostname`` gives them."""
+        return {h.lower() for h in self.allowed_hosts}
+
     def _http(self, url: str, parts: SplitResult) -> bytes:
         host = (parts.hostname or "").lower()
-        allowed = {h.lower() for h in self.allowed_hosts}
+        allowed = self.allowed_names()
         if host not in allowed:
             raise ImageError(f"host {host!r} is not on the allow-list (workers.allowed_hosts)")
         try:

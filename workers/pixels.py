@@ -326,7 +326,7 @@ def _key_parts(source: ImageSource, reference: str, size: int) -> list[object] |
     if scheme in ("http", "https"):
         host = (parts.hostname or "").lower() if parts is not None else ""
         # off the allow-list now: no cached pixels either (read refuses it, saying why)
-        allowed = host in {h.lower() for h in source.allowed_hosts}
+        allowed = host in source.allowed_names()
         return [*head, "url", reference] if allowed else None
     path = source.local_file(reference)
     if path is None and parts is not None and parts.path.startswith("/data/"):
