@@ -231,6 +231,12 @@ def _class_status(quota: Quota, table: CountTable) -> ClassStatus:
     )
 
 
+def known_quotas(quotas: Sequence[Quota], classes: Sequence[str]) -> list[Quota]:
+    """The quotas whose class is one of ``classes`` (a label config's): those the stop rules
+    evaluate while a quota names a class the project lacks."""
+    return [q for q in quotas if q.class_name in classes]
+
+
 def deficits(
     quotas: Sequence[Quota],
     table: CountTable,

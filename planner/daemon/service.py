@@ -29,7 +29,7 @@ from pathlib import Path
 from sqlmodel import Session, select
 
 from planner.core.plan import PlanOptions
-from planner.core.quotas import Quota, deficits
+from planner.core.quotas import Quota, deficits, known_quotas
 from planner.core.stop_policy import StopConfig, StopDecision
 from planner.daemon.leader import LeaderLease
 from planner.daemon.pushing import RETRIED, Pusher, items_to_score, stop_set_items
@@ -450,7 +450,7 @@ class ProjectDaemon:
             classes = tuple(project.classes)
             splits = tuple(self.sync_options.split_ratios)
             table = count_table(session, project_id, classes, splits)
-            quotas = [q for q in self.quotas if q.class_name in classes]
+            quotas = known_quotas(self.quotas, classes)
             status = deficits(quotas, table, known_classes=table.classes)
             self.telemetry.set_counts("images", table.as_dict()["images"])
             self.telemetry.set_quotas(

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 from sqlmodel import Session
 
-from planner.core.quotas import Quota
+from planner.core.quotas import known_quotas
 from planner.core.stop_policy import StopDecision, evaluate_stop_rules
 from planner.core.strata import StrataReport, stratify
 from planner.core.table import UNKNOWN
@@ -76,7 +76,9 @@ def _stop(
         session,
         project,
         table,
-        _known_quotas(project, options),
+        # the stop rules evaluated as the daemon evaluates them: on the quotas of known
+        # classes (the policy is still every configured quota's)
+        known_quotas(options.quotas, project.classes),
         now=now,
         stop_set=stop_set(session, pid),
         kappa_window=options.stop.kappa_window,
@@ -92,13 +94,6 @@ def _stop(
         triggered_by=stopped.triggered_by,
         reason=f"stopped: {stopped.reason}",
     )
-
-
-def _known_quotas(project: Project, options: ReportOptions) -> list[Quota]:
-    """The quotas whose class the label config has: the stop rules are evaluated on these, as
-    the daemon evaluates them (it reports the others, with the classes to choose from, as the
-    project's last error); the stop policy is still that of every configured quota."""
-    return [q for q in options.quotas if q.class_name in project.classes]
 
 
 def _next_batch(session: Session, project_id: int) -> NextBatch | None:
