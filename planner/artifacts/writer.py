@@ -83,7 +83,7 @@ def _publish(root: Path, artifact: Artifact, payload: bytes) -> WrittenArtifact:
         os.rename(tmp, root / name)
         unannounced = root / name
         _fsync_dir(root)
-        _replace_file(root / LATEST_FILE, f"{name}\n".encode())
+        replace_file(root / LATEST_FILE, f"{name}\n".encode())
         unannounced = None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -176,8 +176,9 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(handle.fileno())
 
 
-def _replace_file(path: Path, data: bytes) -> None:
-    """Replaces ``path`` atomically: readers see the old content or the new, never a mix."""
+def replace_file(path: Path, data: bytes) -> None:
+    """Replaces ``path`` atomically (readable by all, fsynced with its folder): readers see the
+    old content or the new, never a mix. The daily report's files are written so too."""
     handle, name = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
     try:
         os.fchmod(handle, FILE_MODE)  # mkstemp makes 0600: the job reads it as another user

@@ -8,8 +8,6 @@ targets and why) and the labelled tasks' metadata (hidden imbalance by strata).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +16,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 from sqlmodel import Session
 
+from planner.artifacts.writer import replace_file
 from planner.core.quotas import known_quotas
 from planner.core.stop_policy import StopDecision, evaluate_stop_rules
 from planner.core.strata import StrataReport, stratify
@@ -120,19 +119,5 @@ def write_report(report: ReportData, folder: Path, *, timezone: str = "UTC") -> 
     texts = [render(report) for render in (render_json, render_markdown, render_html)]
     day.mkdir(parents=True, exist_ok=True)
     for name, text in zip(REPORT_FILES, texts, strict=True):
-        _atomic_write(day / name, text)
+        replace_file(day / name, text.encode("utf-8"))  # a reader never sees half a report
     return day
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        os.fchmod(handle, 0o644)  # mkstemp makes 0600; the dashboard may run as another user
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        Path(temp).replace(path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

@@ -172,17 +172,17 @@ def test_a_version_latest_could_not_name_is_taken_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     write_artifact(tmp_path, small_artifact())
-    replace = writer._replace_file
+    replace = writer.replace_file
 
     def full(path: Path, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(writer, "_replace_file", full)
+    monkeypatch.setattr(writer, "replace_file", full)
     with pytest.raises(ArtifactError, match="the previous version stays the latest"):
         write_artifact(tmp_path, small_artifact(scale=2))
     # a job listing the versions sees none that LATEST never named
     assert list_versions(tmp_path) == ["v0001"]
-    monkeypatch.setattr(writer, "_replace_file", replace)
+    monkeypatch.setattr(writer, "replace_file", replace)
     assert write_artifact(tmp_path, small_artifact(scale=2)).version == "v0002"
 
 
