@@ -34,7 +34,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 
 from planner.errors import TransientError
-from workers.config import OWN_FIELDS, BrokerConfig, WorkerConfig, WorkerOwn
+from workers.config import OWN_FIELDS, BrokerConfig, WorkerConfig, WorkerOwn, chunk_items
 from workers.inference import allow_decode_processes
 from workers.scoring import Resources, halved, out_of_memory, score_chunk
 
@@ -78,12 +78,7 @@ def make_app(config: BrokerConfig, *, own: WorkerOwn | None = None) -> Celery:
         items: list[list[Any]],
         batch_size: int | None = None,
     ) -> object:
-        # a null reference (a task without an image) stays empty: read says "no image
-        # reference", where str() made it a file called "None"
-        pairs = [
-            (int(task_id), "" if reference is None else str(reference))
-            for task_id, reference in items
-        ]
+        pairs = chunk_items(items)
         job = config_from_dict(cfg).with_own(own)
         if batch_size is not None:
             job = replace(job, batch_size=batch_size)

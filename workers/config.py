@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
@@ -166,6 +168,15 @@ class WorkerOwn:
     """The ``module:function`` models a chunk may name (``module:*``: any of the module's):
     the worker's own ``workers.model`` and ``workers.entry_points``. A task message could
     otherwise have the worker import and call any function installed on it."""
+
+
+def chunk_items(items: Iterable[Sequence[Any]]) -> list[tuple[int, str]]:
+    """``(task id, image reference)`` pairs as the scoring reads them: a null reference (a
+    task without an image) stays empty, so reading says "no image reference" (``str`` made it
+    a file called "None")."""
+    return [
+        (int(task_id), "" if reference is None else str(reference)) for task_id, reference in items
+    ]
 
 
 def is_entry_point(spec: str) -> bool:

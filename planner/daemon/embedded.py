@@ -158,9 +158,9 @@ def score_pool_in_child(
 ) -> SimpleNamespace:
     """``workers.dispatch.score_pool`` in a child process; its ``PoolResult`` as attributes.
     A task without an image (None) is recorded as having no image reference."""
-    pairs = [
-        (int(task_id), "" if reference is None else str(reference)) for task_id, reference in items
-    ]
+    from workers.config import chunk_items  # noqa: PLC0415 - the workers' package, lazily
+
+    pairs = chunk_items(items)
     fields: dict[str, Any] = run_in_child(_score_pool, cfg, int(project_id), pairs, group=group)
     return SimpleNamespace(**fields)
 
