@@ -94,12 +94,15 @@ def image_weights(
         return weights
     sampled = artifact.data["sampling"]["image_ids"]
     position = {item: i for i, item in enumerate(sampled)}
-    as_text = {str(item): i for i, item in enumerate(sampled)}
+    as_text: dict[str, int] = {}  # built at the first id not found as it is
     labelled = artifact.data.get("splits") or {}
     out: npt.NDArray[np.float64] = np.zeros(len(image_ids), dtype=np.float64)
     missing = []
     for k, item in enumerate(image_ids):
-        found = position.get(item, as_text.get(str(item)))
+        found = position.get(item)
+        if found is None:
+            as_text = as_text or {str(key): i for i, key in enumerate(sampled)}
+            found = as_text.get(str(item))
         if found is not None:
             out[k] = weights[found]
         elif str(item) not in labelled:
