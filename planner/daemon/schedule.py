@@ -29,19 +29,18 @@ from sqlalchemy.exc import OperationalError
 
 from planner.errors import ConfigError, StoreError
 from planner.settings import ScheduleSettings
+from planner.store.db import JOB_TABLE_PREFIX
 
 log = logging.getLogger("planner.daemon")
 JobName = Literal["sync", "cycle", "report", "housekeeping"]
 JOBS: tuple[JobName, ...] = ("sync", "cycle", "report", "housekeeping")
-JOB_TABLE = "planner_jobs"
-"""The prefix of each daemon key's job table (``planner_jobs_project_3``)."""
 
 
 def job_table(key: str) -> str:
     """The job table of daemon ``key``: a table a key, for APScheduler runs every due job of
     its table, and daemons of other projects sharing the database would run each other's (the
     run failing there: no such daemon in that process), each project losing syncs and reports."""
-    return f"{JOB_TABLE}_{re.sub(r'[^a-z0-9]+', '_', key.lower())}"[:63]
+    return f"{JOB_TABLE_PREFIX}_{re.sub(r'[^a-z0-9]+', '_', key.lower())}"[:63]
 
 
 class JobRunner(Protocol):

@@ -23,9 +23,10 @@ from planner.store.models import Project
 MIGRATIONS = Path(__file__).parent / "migrations"
 # PostgreSQL advisory lock held while migrating, so concurrent ``open_store`` calls queue up.
 _LOCK_KEY = 0x706C616E6E6572  # "planner"
-# Tables in the planner's database that other code owns (APScheduler's job stores, one a
-# daemon: planner_jobs_<key>, and planner_jobs from before).
-FOREIGN_TABLE_PREFIX = "planner_jobs"
+JOB_TABLE_PREFIX = "planner_jobs"
+"""Tables in the planner's database that other code owns: APScheduler's job stores, one a
+daemon (``planner_jobs_project_3``, named by ``planner.daemon.schedule.job_table``), and
+``planner_jobs`` from before."""
 _WAL_TRIES = 40  # about 40 s of tries to switch a new SQLite file to WAL
 
 
@@ -67,7 +68,7 @@ def include_object(
     obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
 ) -> bool:
     """Alembic's filter: autogenerate leaves tables the planner does not own alone."""
-    return not (type_ == "table" and str(name).startswith(FOREIGN_TABLE_PREFIX))
+    return not (type_ == "table" and str(name).startswith(JOB_TABLE_PREFIX))
 
 
 def alembic_config(engine: Engine) -> Config:
