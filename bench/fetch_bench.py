@@ -51,7 +51,8 @@ def measure(n: int, size: int, rounds: int) -> dict[str, list[tuple[float, float
     with tempfile.TemporaryDirectory() as folder:
         make_images(Path(folder), n, size)
         references = [f"/data/local-files/?d={i:06d}.jpg" for i in range(n)]
-        with stand_in("label_studio", folder=folder, latency_s=0.0) as url:
+        with stand_in("label_studio", folder=folder, latency_s=0.0) as served:
+            url = served.url
             source = ImageSource(label_studio_url=url, label_studio_token=TOKEN)
             before = Urllib3Source(label_studio_url=url, label_studio_token=TOKEN)
             headers = {"Authorization": f"Token {TOKEN}"}

@@ -347,18 +347,48 @@ def _serve_forever(kind: str, params: dict[str, Any], ports: Any) -> None:
     server.serve_forever()
 
 
+@dataclass(frozen=True)
+class Served:
+    """A stand-in server: its address and its process."""
+
+    url: str
+    pid: int
+
+    def cpu_s(self) -> float:
+        """The CPU seconds its process has used so far (user and system; Linux's /proc)."""
+        # the fields after the command name, which may hold spaces: utime and stime are 12th, 13th
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def stand_in(kind: str, **params: Any) -> Iterator[str]:
+def stand_in(kind: str, **params: Any) -> Iterator[Served]:
     """A stand-in server in a process of its own, as the real ones are (no shared GIL)."""
     context = multiprocessing.get_context("spawn")
     ports = context.Queue()
     process = context.Process(target=_serve_forever, args=(kind, params, ports), daemon=True)
     process.start()
     try:
-        yield f"http://127.0.0.1:{ports.get(timeout=120)}"
+        assert process.pid is not None
+        yield Served(f"http://127.0.0.1:{ports.get(timeout=120)}", process.pid)
     finally:
         process.terminate()
         process.join(timeout=10)
+
+
+def server_cpu(
+    served: Served, run_once: Callable[[], float], n: int, spent: list[float]
+) -> Callable[[], float]:
+    """``run_once`` that appends to ``spent`` the CPU ``served`` used an image while it ran,
+    in core-milliseconds: the share of the machine a server on another host would not take."""
+
+    def measured() -> float:
+        before = served.cpu_s()
+        rate = run_once()
+        spent.append((served.cpu_s() - before) * 1000 / n)
+        return rate
+
+    return measured
 
 
 def one_at_a_time(backend: str, items: list[tuple[int, str]]) -> float:
@@ -469,6 +499,17 @@ def ratio(measured: dict[str, list[float]], top: str, bottom: str) -> float | No
     return statistics.median(f / b for f, b in pairs)
 
 
+def cached_runs(
+    timed: Callable[[PixelCache | None], float], stack: ExitStack, tmp: Path, megabytes: int
+) -> dict[str, Callable[[], float]]:
+    """Rescoring from a pixel cache the first model version's pass filled, and the full
+    pipeline storing no pixels (what storing them costs)."""
+    warm = PixelCache(tmp / "warm", megabytes * MB)
+    stack.callback(warm.close)
+    timed(warm)
+    return {"rescore": lambda: timed(warm), "full_uncached": lambda: timed(None)}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = pick_device(args.device)
     torch.set_num_threads(args.threads)
@@ -481,9 +522,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     other, other_mode = (compiled, "on") if args.compile == "off" else (model, "off")
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         items = make_images(Path(tmp), args.n, args.size)
-        label_studio = stack.enter_context(
+        served = stack.enter_context(
             stand_in("label_studio", folder=tmp, latency_s=args.latency_ms / 1000)
         )
+        label_studio = served.url
         web_tasks = [(i, f"/data/local-files/?d={Path(p).name}") for i, p in items]
         source = ImageSource(label_studio_url=label_studio, label_studio_token=TOKEN)
         tasks = web_tasks
@@ -499,7 +541,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 threads=args.threads,
                 precision=args.precision,
             )
-        )
+        ).url
         pixels = np.stack([decode(source.read(p), args.size) for _, p in tasks])
         decoded = torch.from_numpy(pixels).permute(0, 3, 1, 2)  # as the workers batch them
         if device.type == "cuda":
@@ -518,17 +560,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pool = Pool(model, tasks, source, kwargs, args.chunk, Path(tmp), args.pixel_cache_mb)
         timed, full = pool.rate, pool.first_pass
 
+        server_ms: list[float] = []  # the stand-in's CPU an image, each full pass
         runs = {
             "forward": lambda: forward_only(engine, decoded, device, args.batch, args.precision),
-            "full": full,
+            "full": server_cpu(served, full, len(tasks), server_ms),
             "single": lambda: one_at_a_time(backend, web_tasks[: args.single]),
         }
         if args.pixel_cache_mb:
-            warm = PixelCache(Path(tmp) / "warm", args.pixel_cache_mb * MB)
-            stack.callback(warm.close)
-            timed(warm)  # the first model version's pass fills it
-            runs["rescore"] = lambda: timed(warm)
-            runs["full_uncached"] = lambda: timed(None)  # what storing the pixels costs
+            runs.update(cached_runs(timed, stack, Path(tmp), args.pixel_cache_mb))
         # what compiling gives, same run
         runs["full_other"] = lambda: full(compile_mode=other_mode)
         runs["forward_other"] = lambda: forward_only(
@@ -578,6 +617,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpus": os.cpu_count() or 0,
         "cpu_model": cpu_model(),
         "load": os.getloadavg()[0],
+        # the warm-up's pass left out, as from the images/s
+        "server_ms": statistics.median(server_ms[1:]) if args.source == "http" else None,
         "torch": torch.__version__,
         "dtype": "float32" if dtype is None else str(dtype).removeprefix("torch."),
         "compiled": args.compile == "on",
@@ -668,6 +709,18 @@ def _compiled(r: dict[str, Any]) -> str:
     )
 
 
+def _server(r: dict[str, Any]) -> str:
+    """What the Label Studio stand-in took of the machine during the full pipeline's passes."""
+    if r.get("server_ms") is None:
+        return ""
+    ms = float(r["server_ms"])
+    share = ms / 1000 * float(r["full"]) / int(r["cpus"])
+    return (
+        f", the stand-in serving the full pipeline's images on {ms:.2f} core-ms an image "
+        f"({share:.0%} of the machine's CPU time while it ran)"
+    )
+
+
 def _decoding(r: dict[str, Any]) -> str:
     if int(r["workers"]):
         return (
@@ -709,10 +762,9 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
         f"forward-only and the ML backend on {r['threads']} torch threads, the full pipeline"
         f"{_pipeline_threads(r)} (`workers.threads`), forward in "
         f"{r.get('dtype', 'float32')} with channels_last{_compiled(r)}, {r['cpus']} CPUs "
-        f"(load average "
-        f"{r['load']:.1f} at the end), torch {r['torch']}; medians of {r['rounds']} interleaved "
-        f"rounds after a warm-up (range: {spread} images/s), ratios the median of each "
-        f"round's ratio. Command: `{command}`",
+        f"(load average {r['load']:.1f} at the end){_server(r)}, torch {r['torch']}; "
+        f"medians of {r['rounds']} interleaved rounds after a warm-up (range: {spread} "
+        f"images/s), ratios the median of each round's ratio. Command: `{command}`",
         "",
         "| pipeline | images/s | ratio | target |",
         "|---|---|---|---|",

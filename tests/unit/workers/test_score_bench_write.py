@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from bench.score_bench import SECTION_END, SECTION_START, write_section
+import os
+import time
+
+from bench.score_bench import (
+    SECTION_END,
+    SECTION_START,
+    Served,
+    _server,
+    server_cpu,
+    write_section,
+)
 
 OTHER = "# Benchmarks\n\n## Label Studio sync\n\nsync figures\n"
 
@@ -29,3 +39,26 @@ def test_an_empty_file_gets_the_section() -> None:
     assert text.startswith(SECTION_START)
     assert "## Scoring throughput" in text
     assert "cpu run" in text
+
+
+def test_the_stand_ins_cpu_is_counted_an_image_of_the_run() -> None:
+    served = Served("http://127.0.0.1:1", os.getpid())  # this process stands in for the server
+    spent: list[float] = []
+
+    def busy() -> float:
+        end = time.process_time() + 0.3
+        while time.process_time() < end:
+            pass
+        return 7.0
+
+    assert server_cpu(served, busy, 10, spent)() == 7.0
+    # 300 ms of CPU over 10 images, read from /proc in clock ticks (10 ms)
+    assert len(spent) == 1
+    assert 28 <= spent[0] <= 60
+
+
+def test_the_block_says_what_the_stand_in_took_of_the_machine() -> None:
+    said = _server({"server_ms": 0.5, "full": 1000.0, "cpus": 2})
+    assert "0.50 core-ms an image" in said
+    assert "(25% of the machine's CPU time" in said
+    assert _server({"server_ms": None, "full": 1000.0, "cpus": 2}) == ""
