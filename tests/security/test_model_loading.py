@@ -120,11 +120,23 @@ def test_a_malicious_saved_bootstrap_network_is_refused(tmp_path: Path, marker: 
     assert not marker.exists()
 
 
+def linear() -> torch.nn.Module:
+    """An entry point whose network has weights to load."""
+    return torch.nn.Linear(3, 2)
+
+
 def test_a_plain_state_dict_still_loads(tmp_path: Path) -> None:
+    saved = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        saved.weight.copy_(torch.arange(6.0).reshape(2, 3))
+        saved.bias.copy_(torch.tensor([0.5, -0.5]))
     weights = tmp_path / "weights.pt"
-    torch.save(torch.nn.Identity().state_dict(), weights)
-    model = load_model(NETWORK, weights=weights)
-    assert model.version.startswith("Identity-")
+    torch.save(saved.state_dict(), weights)
+    model = load_model(f"{__name__}:linear", weights=weights)
+    assert model.version.startswith("linear-")
+    loaded = model.module.state_dict()
+    torch.testing.assert_close(loaded["weight"], saved.weight.detach())
+    torch.testing.assert_close(loaded["bias"], saved.bias.detach())
 
 
 def _exported(path: Path) -> Path:
