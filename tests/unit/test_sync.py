@@ -11,7 +11,7 @@ import pytest
 from sqlmodel import select
 
 from integrations.label_studio.fake import FakeLabelStudio
-from planner.ports import AnnotationBackend, PushBatch
+from planner.ports import PushBatch
 from planner.store import Store, open_store
 from planner.store.batches import PlannedItem, active_batch, create_batch, items_of, mark_pushed
 from planner.store.models import Batch, Task
@@ -55,10 +55,6 @@ def _totals(store: Store, project_id: int) -> dict[str, int]:
     with store.session() as session:
         table = count_table(session, project_id, ("Car", "Wheelchair"), ("train", "val", "test"))
     return dict(zip(table.classes, table.totals("images").tolist(), strict=True))
-
-
-def test_the_fake_satisfies_the_port(fake: FakeLabelStudio) -> None:
-    assert isinstance(fake, AnnotationBackend)
 
 
 def test_first_sync_counts_what_was_annotated(fake: FakeLabelStudio, store: Store) -> None:
