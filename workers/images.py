@@ -2,7 +2,9 @@
 
 Task data is user input: an image reference must never make the worker fetch an arbitrary
 address or read an arbitrary file. Label Studio URLs (``/data/local-files/?d=...``,
-``/data/upload/...``) go to the configured server with its token (a legacy token as
+``/data/upload/...``, and cloud storage objects, ``s3://`` and the like, read through the
+server's ``/tasks/<id>/resolve/`` as its own editor reads them) go to the configured server
+with its token (a legacy token as
 ``Token ...``; a personal access token, a JWT, exchanged at ``/api/token/refresh/`` for a
 short-lived ``Bearer`` access token), or straight to the image root when the worker has it
 mounted; a local path (or ``file:`` URL) only to a regular file under the image root, links
@@ -35,8 +37,10 @@ from PIL import Image
 
 from planner.errors import AuthError, ConfigError, TransientError, UnreachableError
 from workers.curl import Connections, FetchError, request
+from workers.references import STORAGE_SCHEMES, is_resolver, stored_uri
 
 MAX_BYTES = 64 * 1024 * 1024
+
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 ADDRESS_TTL_S = 60.0
@@ -143,6 +147,13 @@ class ImageSource:
         if not isinstance(reference, str) or not reference:
             raise ImageError("the task has no image reference")
         parts = _split(reference)
+        if parts.scheme in STORAGE_SCHEMES:
+            raise ImageError(
+                f"{reference} is a cloud storage object: it is read through Label Studio's "
+                "/tasks/<id>/resolve/, which needs its task (see workers.references)"
+            )
+        if is_resolver(parts):
+            return self._from_storage(reference, parts)
         if parts.scheme in ("", "file") and parts.path.startswith("/data/local-files"):
             return self._local_files(parts.query, reference)
         if parts.scheme in ("", "file") and parts.path.startswith("/data/"):
@@ -158,7 +169,7 @@ class ImageSource:
         refuses a path outside the image root); None where a server sends the image, or
         ``read`` takes no such reference."""
         parts = reference_parts(reference)
-        if parts is None or parts.scheme not in ("", "file"):
+        if parts is None or parts.scheme not in ("", "file") or is_resolver(parts):
             return None
         if parts.path.startswith("/data/local-files"):
             relative = _relative(parts.query)
@@ -176,7 +187,7 @@ class ImageSource:
         parts = reference_parts(reference)
         if parts is None:  # refused by read, no wait
             return False
-        if parts.scheme in ("http", "https"):
+        if parts.scheme in ("http", "https") or is_resolver(parts):
             return True
         served = parts.path.startswith("/data/") and self.local_file(reference) is None
         return parts.scheme in ("", "file") and served
@@ -202,20 +213,50 @@ class ImageSource:
             raise ImageError(f"{reference} points outside the image root; not read")
         return _read_file(resolved)
 
-    def _from_label_studio(self, reference: str) -> bytes:
+    def _from_label_studio(self, reference: str, shown: str | None = None) -> bytes:
+        """``reference`` (a path on the server) from Label Studio with the token; ``shown``:
+        what errors name instead."""
+        shown = shown or reference
         if not self.label_studio_url:
-            raise ImageError(f"{reference} is a Label Studio URL but no server is configured")
+            raise ImageError(f"{shown} is a Label Studio URL but no server is configured")
         url = self.label_studio_url.rstrip("/") + reference
         try:
-            return _get(self._connections(), url, self._auth())
+            return _get(self._connections(), url, self._auth(), shown=shown)
         except _RefusedError as refused:
             if refused.status != 401 or not _is_jwt(self.label_studio_token):
-                raise _token_refused(refused.status, reference, self.label_studio_token) from None
+                raise _token_refused(refused.status, shown, self.label_studio_token) from None
         self._access.clear()  # the access token expired: exchange the refresh token again
         try:
-            return _get(self._connections(), url, self._auth())
+            return _get(self._connections(), url, self._auth(), shown=shown)
         except _RefusedError as refused:
-            raise _token_refused(refused.status, reference, self.label_studio_token) from None
+            raise _token_refused(refused.status, shown, self.label_studio_token) from None
+
+    def _from_storage(self, reference: str, parts: SplitResult) -> bytes:
+        """A cloud storage object through Label Studio's resolver: the bytes it proxies (the
+        storage's "Use pre-signed URLs" off), or the pre-signed URL it redirects to, fetched
+        without the token and only from an allow-listed host, as any other http(s) image."""
+        stored = stored_uri(parts.query) or reference
+        try:
+            return self._from_label_studio(reference, shown=stored)
+        except _RedirectError as moved:
+            target = _split(moved.location)
+            host = (target.hostname or "").lower()
+            if target.scheme not in ("http", "https") or host not in self.allowed_names():
+                raise ImageError(
+                    f"Label Studio sends {stored} from a pre-signed URL on {host or '?'!r}, "
+                    "which is not on workers.allowed_hosts: add that host there, or turn off "
+                    '"Use pre-signed URLs" on the project\'s cloud storage so that Label '
+                    "Studio sends the image itself"
+                ) from None
+            # the pre-signed URL carries a credential: errors name the object instead
+            return self._http(moved.location, target, shown=stored)
+        except _AnswerError as answer:
+            if answer.status != 404:
+                raise
+            raise ImageError(
+                f"Label Studio finds no import storage of this project holding {stored} "
+                "(404): add its bucket as a cloud storage of the project, or the object is gone"
+            ) from None
 
     def _auth(self) -> list[str]:
         token = self.label_studio_token
@@ -232,7 +273,7 @@ class ImageSource:
         """The allow-listed hosts (and addresses), lowercased as ``hostname`` gives them."""
         return {h.lower() for h in self.allowed_hosts}
 
-    def _http(self, url: str, parts: SplitResult) -> bytes:
+    def _http(self, url: str, parts: SplitResult, shown: str | None = None) -> bytes:
         host = (parts.hostname or "").lower()
         allowed = self.allowed_names()
         if host not in allowed:
@@ -249,7 +290,7 @@ class ImageSource:
         port = "" if number is None else f":{number}"
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         target = f"{parts.scheme}://{name}{port}{path}"
-        return _get(self._connections(), target, [], shown=url, connect_to=address)
+        return _get(self._connections(), target, [], shown=shown or url, connect_to=address)
 
     def _address(self, host: str, allowed: set[str]) -> str:
         """``host``'s checked address: the one looked up less than ``ADDRESS_TTL_S`` ago, or
@@ -317,6 +358,22 @@ def _public_address(host: str, allowed: set[str]) -> str:
     if not addresses:
         raise ImageError(f"cannot resolve {host!r}: no address", transient=True)
     return addresses[0]
+
+
+class _AnswerError(ImageError):
+    """The server answered neither the image nor a status worth another try."""
+
+    def __init__(self, url: str, status: int) -> None:
+        super().__init__(f"fetching {url} answered {status}")
+        self.status = status
+
+
+class _RedirectError(ImageError):
+    """The server answered with a redirect, which ``_get`` never follows."""
+
+    def __init__(self, url: str, location: str) -> None:
+        super().__init__(f"{url} redirects to {location}; refused")
+        self.location = location
 
 
 class _RefusedError(ImageError):
@@ -430,13 +487,13 @@ def _get(
         raise ImageError(f"cannot fetch {shown}: {exc}", transient=exc.transient) from None
     status = answer.status
     if status in REDIRECT_STATUS:
-        raise ImageError(f"{shown} redirects to {answer.location}; refused")
+        raise _RedirectError(shown, answer.location or "")
     if status in (401, 403):
         raise _RefusedError(shown, status)
     if status in TRANSIENT_STATUS:
         raise ImageError(f"fetching {shown} answered {status}", transient=True)
     if status != 200:
-        raise ImageError(f"fetching {shown} answered {status}")
+        raise _AnswerError(shown, status)
     if answer.body is None:
         raise ImageError(f"{shown} is larger than {MAX_BYTES} bytes")
     return answer.body

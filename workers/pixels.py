@@ -42,6 +42,7 @@ import numpy as np
 import numpy.typing as npt
 
 from workers.images import ImageSource, reference_parts
+from workers.references import is_resolver
 
 FORMAT = "p4"
 """Bumped whenever ``workers.images.decode`` would give other pixels for the same image, or
@@ -329,7 +330,11 @@ def _key_parts(source: ImageSource, reference: str, size: int) -> list[object] |
         allowed = host in source.allowed_names()
         return [*head, "url", reference] if allowed else None
     path = source.local_file(reference)
-    if path is None and parts is not None and parts.path.startswith("/data/"):
+    if (
+        path is None
+        and parts is not None
+        and (parts.path.startswith("/data/") or is_resolver(parts))
+    ):
         # served by Label Studio: the same server and reference, the same image
         return [*head, "label-studio", source.label_studio_url, reference]
     if path is None:  # a local path with no image root: ``read`` refuses it

@@ -39,6 +39,7 @@ from workers.images import ImageSource
 from workers.inference import Decoders, iter_scores, keep_heap, read_pixels
 from workers.models import ScoringModel, choose_model, load_model
 from workers.pixels import PixelCache
+from workers.references import through_label_studio
 
 log = logging.getLogger("planner.workers")
 
@@ -224,7 +225,8 @@ def _labelled_rows(
     for task in sorted(tasks, key=lambda t: t.ls_task_id):
         known = [name for name in task.labels if name in cfg.classes]
         if len(known) == 1:
-            rows.append((task.image, cfg.classes.index(known[0])))
+            image = through_label_studio(task.ls_task_id, task.image or "")
+            rows.append((image, cfg.classes.index(known[0])))
     return rows
 
 
