@@ -12,6 +12,12 @@ the reason in the report and the log, and tried again at the next sync. That pas
 expires batches older than ``batch_ttl``. Each sync marks the pushed batch active once the
 project serves it.
 
+No store transaction is open during a Label Studio call (on SQLite it would hold the write
+lock, starving the workers and the leader lease; on PostgreSQL it holds row locks and vacuum
+back): the listing is stored a chunk per transaction with the watermark it reached, the
+reconciliation reads between transactions, and the label config's hash is stored last, so a
+sync cut short resumes from the last chunk (a full one starts over).
+
 A task whose data cannot be read in full, or uses labels the config lacks, is stored as
 ``quarantined`` with the problem and what to do, and held apart (``planner.quarantine``); the
 rest of the project syncs on. New labelled tasks get a split (stratified, never moved).
@@ -122,7 +128,10 @@ def sync_project(
 ) -> SyncReport:
     """One sync pass; safe to repeat (a second pass right after changes nothing).
 
-    ``progress`` (a progress display) is called with the number of tasks listed so far.
+    No store transaction stays open across a Label Studio call: each chunk of the listing is
+    committed with the watermark it reached (a sync cut short resumes from there), and the
+    reconciliation's listings run between transactions. ``progress`` (a progress display) is
+    called with the number of tasks listed so far.
     """
     opts = options or SyncOptions()
     remote = backend.project(ls_project_id)
@@ -135,45 +144,36 @@ def sync_project(
         state = sync_state(session, project_id)
         activate_served(session, project_id, remote.serving, at=now)
         # A changed label config changes what every annotation means: read everything again.
+        # The new hash is stored only once the whole pass is: one cut short reads all again.
         full = state.watermark is None or project.label_config_hash != config_hash
-        project.label_config_hash, project.classes = config_hash, list(schema.classes)
-        project.label_kinds = sorted({control.kind for control in schema.controls})
-        after = None if full or state.watermark is None else state.watermark - opts.overlap
-        counts = _Counts()
-        reading = _Reading(image_key, schema, opts, force=full)
-        watermark = state.watermark
-        batch: list[RemoteTask] = []
-
-        def apply(tasks: list[RemoteTask]) -> datetime | None:
-            _apply(session, project_id, tasks, reading, counts)
-            stamps = [t.updated_at for t in tasks if watermark is None or t.updated_at > watermark]
-            return max(stamps) if stamps else watermark
-
-        listing = backend.iter_tasks(ls_project_id, updated_after=after, page_size=opts.page_size)
-        for listed, task in enumerate(listing, start=1):
-            batch.append(task)
-            if progress is not None:
-                progress(listed)
-            if len(batch) >= 1000:
-                watermark, batch = apply(batch), []
-        watermark = apply(batch)
-        found = _Reconciled()
-        due = (
-            state.last_reconcile_at is None or now - state.last_reconcile_at >= opts.reconcile_every
-        )
-        if full or reconcile or due:
-            found = _reconcile(backend, session, (ls_project_id, project_id), reading, counts)
+        start, last_reconcile = state.watermark, state.last_reconcile_at
+    after = None if full or start is None else start - opts.overlap
+    counts = _Counts()
+    reading = _Reading(image_key, schema, opts, force=full)
+    ids = (ls_project_id, project_id)
+    reached = _read_listing(backend, store, ids, (reading, counts), after=after, progress=progress)
+    due = last_reconcile is None or now - last_reconcile >= opts.reconcile_every
+    found = _Reconciled()
+    if full or reconcile or due:
+        found = _reconcile(backend, store, ids, reading, counts)
+    with store.session() as session:
+        state = sync_state(session, project_id)
+        if found.ran:
             # skipped: due again at the next sync
             state.last_reconcile_at = now if found.problem is None else None
             if opts.batch_ttl is not None:
                 stale = expire_stale(session, project_id, now=now, ttl=opts.batch_ttl)
                 found.expired = [b.tag for b in stale]
-        problem = found.problem
         newly = _assign_splits(session, project_id, schema, opts)
         refresh_quarantine(session, project_id, now=now)
-        state.watermark, state.last_sync_at, state.last_error = watermark, now, problem
+        state.watermark = _later(state.watermark, reached)
+        state.last_sync_at, state.last_error = now, found.problem
+        project = ensure_project(session, ls_project_id=ls_project_id, title=remote.title)
+        project.label_config_hash, project.classes = config_hash, list(schema.classes)
+        project.label_kinds = sorted({control.kind for control in schema.controls})
         if full:
             state.last_full_sync_at = now
+        watermark = state.watermark
     return SyncReport(
         project_id=project_id,
         full=full,
@@ -187,12 +187,63 @@ def sync_project(
         watermark=watermark,
         recovered=tuple(found.recovered),
         expired_batches=tuple(found.expired),
-        problem=problem,
+        problem=found.problem,
     )
+
+
+def _read_listing(
+    backend: AnnotationBackend,
+    store: Store,
+    ids: tuple[int, int],
+    how: tuple[_Reading, _Counts],
+    *,
+    after: datetime | None,
+    progress: Callable[[int], None] | None,
+) -> datetime | None:
+    """List the tasks changed after ``after`` and store them a chunk per transaction, each
+    with the watermark it reached: the listing is oldest change first, so a failed page
+    leaves the watermark before every task not yet read."""
+    ls_project_id, project_id = ids
+    watermark: datetime | None = None
+    chunk: list[RemoteTask] = []
+    size = max(1, how[0].opts.page_size)
+    listing = backend.iter_tasks(ls_project_id, updated_after=after, page_size=size)
+    for listed, task in enumerate(listing, start=1):
+        chunk.append(task)
+        if progress is not None:
+            progress(listed)
+        if len(chunk) >= size:
+            watermark, chunk = _commit_chunk(store, project_id, chunk, how), []
+    if chunk:
+        watermark = _commit_chunk(store, project_id, chunk, how)
+    return watermark
+
+
+def _commit_chunk(
+    store: Store,
+    project_id: int,
+    chunk: list[RemoteTask],
+    how: tuple[_Reading, _Counts],
+) -> datetime | None:
+    """Store ``chunk`` and move the stored watermark to its newest ``updated_at``, in one
+    transaction; the watermark now stored."""
+    reading, counts = how
+    with store.session() as session:
+        _apply(session, project_id, chunk, reading, counts)
+        state = sync_state(session, project_id)
+        state.watermark = _later(state.watermark, max(t.updated_at for t in chunk))
+        return state.watermark
+
+
+def _later(one: datetime | None, other: datetime | None) -> datetime | None:
+    if one is None or other is None:
+        return other if one is None else one
+    return max(one, other)
 
 
 @dataclass
 class _Reconciled:
+    ran: bool = False
     deleted: list[int] = field(default_factory=list)
     recovered: list[int] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
@@ -201,27 +252,32 @@ class _Reconciled:
 
 def _reconcile(
     backend: AnnotationBackend,
-    session: Session,
+    store: Store,
     ids: tuple[int, int],
     reading: _Reading,
     counts: _Counts,
 ) -> _Reconciled:
     """Compare every task id and ``updated_at`` with the store (``ids``: the Label Studio and
     the planner project): deleted tasks are marked, tasks missing or behind read by id. An
-    incomplete list changes nothing (the problem is returned)."""
+    incomplete list changes nothing (the problem is returned). Label Studio is read between
+    transactions; the first one makes the reconciliation due until the sync's last one says
+    it ran, so a pass cut short is done again at the next sync."""
     ls_project_id, project_id = ids
     try:
         stamps = backend.task_stamps(ls_project_id)
     except IncompleteListingError as exc:  # a task missing from it may well exist
         problem = f"reconciliation skipped, retried at the next sync: {exc}"
         log.warning("project %s: %s", ls_project_id, problem)
-        return _Reconciled(problem=problem)
-    deleted = mark_deleted(session, project_id, set(stamps))
-    behind = _behind(session, project_id, stamps)
+        return _Reconciled(ran=True, problem=problem)
+    with store.session() as session:
+        sync_state(session, project_id).last_reconcile_at = None
+        deleted = mark_deleted(session, project_id, set(stamps))
+        behind = _behind(session, project_id, stamps)
     # the watermark stays the listing's: the next sync reads the recent ones again
     listed = list(backend.tasks_by_id(ls_project_id, behind))
-    recovered = _apply(session, project_id, listed, reading, counts)
-    return _Reconciled(deleted=deleted, recovered=recovered)
+    with store.session() as session:
+        recovered = _apply(session, project_id, listed, reading, counts)
+    return _Reconciled(ran=True, deleted=deleted, recovered=recovered)
 
 
 def _behind(session: Session, project_id: int, stamps: dict[int, datetime]) -> list[int]:
