@@ -4,9 +4,11 @@ The first sync lists every task. Later ones ask only for tasks whose ``updated_a
 watermark, minus a safety overlap (clocks and transactions commit out of order). Label Studio
 bumps ``updated_at`` on the planner's own prediction pushes too, so a task counts as changed only
 when its annotations did (ids and their ``updated_at``). Deleted tasks are invisible to that
-filter, and a listing whose pages shift while it runs (a task edited meanwhile moves to the end)
-can skip one: every ``reconcile_every`` the full list of ids and ``updated_at`` is compared with
-the store, deleted tasks are marked and tasks missing or behind are read by id. A full list
+filter, and a listing whose pages shift while it runs can skip one (it is paged by offset: a
+task edited meanwhile moves to the end, the rest move back one place, and the task at the page
+edge is never read): every ``reconcile_every``, and right away when a listing returns a task
+twice (the mark of such a shift), the full list of ids and ``updated_at`` is compared with the
+store, deleted tasks are marked and tasks missing or behind are read by id. A full list
 that comes back short of the server's total marks nothing deleted: that pass is skipped, with
 the reason in the report and the log, and tried again at the next sync. That pass also
 expires batches older than ``batch_ttl``. Each sync marks the pushed batch active once the
@@ -151,10 +153,10 @@ def sync_project(
     counts = _Counts()
     reading = _Reading(image_key, schema, opts, force=full)
     ids = (ls_project_id, project_id)
-    reached = _read_listing(backend, store, ids, (reading, counts), after=after, progress=progress)
+    listing = _read_listing(backend, store, ids, (reading, counts), after=after, progress=progress)
     due = last_reconcile is None or now - last_reconcile >= opts.reconcile_every
     found = _Reconciled()
-    if full or reconcile or due:
+    if full or reconcile or due or listing.shifted:
         found = _reconcile(backend, store, ids, reading, counts)
     with store.session() as session:
         state = sync_state(session, project_id)
@@ -166,7 +168,7 @@ def sync_project(
                 found.expired = [b.tag for b in stale]
         newly = _assign_splits(session, project_id, schema, opts)
         refresh_quarantine(session, project_id, now=now)
-        state.watermark = _later(state.watermark, reached)
+        state.watermark = _later(state.watermark, listing.watermark)
         state.last_sync_at, state.last_error = now, found.problem
         project = ensure_project(session, ls_project_id=ls_project_id, title=remote.title)
         project.label_config_hash, project.classes = config_hash, list(schema.classes)
@@ -191,6 +193,14 @@ def sync_project(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Listed:
+    watermark: datetime | None
+    """The newest ``updated_at`` listed (and committed)."""
+    shifted: bool
+    """A task came twice: its pages shifted while they were read, which skips one task."""
+
+
 def _read_listing(
     backend: AnnotationBackend,
     store: Store,
@@ -199,24 +209,36 @@ def _read_listing(
     *,
     after: datetime | None,
     progress: Callable[[int], None] | None,
-) -> datetime | None:
+) -> _Listed:
     """List the tasks changed after ``after`` and store them a chunk per transaction, each
     with the watermark it reached: the listing is oldest change first, so a failed page
     leaves the watermark before every task not yet read."""
     ls_project_id, project_id = ids
     watermark: datetime | None = None
+    seen: set[int] = set()
+    shifted = False
     chunk: list[RemoteTask] = []
     size = max(1, how[0].opts.page_size)
     listing = backend.iter_tasks(ls_project_id, updated_after=after, page_size=size)
     for listed, task in enumerate(listing, start=1):
+        shifted = shifted or task.id in seen
+        seen.add(task.id)
         chunk.append(task)
         if progress is not None:
             progress(listed)
         if len(chunk) >= size:
-            watermark, chunk = _commit_chunk(store, project_id, chunk, how), []
+            watermark = _commit_chunk(store, project_id, chunk, how, shifted=shifted)
+            chunk = []
     if chunk:
-        watermark = _commit_chunk(store, project_id, chunk, how)
-    return watermark
+        watermark = _commit_chunk(store, project_id, chunk, how, shifted=shifted)
+    if shifted:
+        log.info(
+            "project %s: a task came twice in the listing (edited while it was read, so "
+            "its pages shifted and one task may have slipped past): comparing every "
+            "task's updated_at with the store now",
+            ls_project_id,
+        )
+    return _Listed(watermark, shifted)
 
 
 def _commit_chunk(
@@ -224,14 +246,20 @@ def _commit_chunk(
     project_id: int,
     chunk: list[RemoteTask],
     how: tuple[_Reading, _Counts],
+    *,
+    shifted: bool,
 ) -> datetime | None:
     """Store ``chunk`` and move the stored watermark to its newest ``updated_at``, in one
-    transaction; the watermark now stored."""
+    transaction; the watermark now stored. A shifted listing also makes the reconciliation
+    due, in the same transaction: a sync cut short before comparing still compares next time.
+    """
     reading, counts = how
     with store.session() as session:
         _apply(session, project_id, chunk, reading, counts)
         state = sync_state(session, project_id)
         state.watermark = _later(state.watermark, max(t.updated_at for t in chunk))
+        if shifted:
+            state.last_reconcile_at = None
         return state.watermark
 
 

@@ -12,7 +12,7 @@ the same checks.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -67,6 +67,9 @@ class FakeLabelStudio:
         self._users = itertools.count(OWNER + 1)
         self.unreachable = False
         """Set to make every call raise ``UnreachableError``, like a server that is down."""
+        self.between_pages: Callable[[int], None] | None = None
+        """Called by ``iter_tasks`` with the number of pages read so far before it reads the
+        next one: a test changes tasks there, as annotators do while a listing runs."""
 
     # -- AnnotationBackend -------------------------------------------------------------
     def project(self, project_id: int) -> RemoteProject:
@@ -76,10 +79,26 @@ class FakeLabelStudio:
     def iter_tasks(
         self, project_id: int, *, updated_after: datetime | None = None, page_size: int = 500
     ) -> Iterator[RemoteTask]:
-        tasks = sorted(self._project(project_id).tasks.values(), key=lambda t: t.updated_at)
-        for task in tasks:
-            if updated_after is None or task.updated_at > updated_after:
-                yield task
+        """Pages as Label Studio's: each an offset into the order as it is when that page is
+        read, so a task changed or deleted between two pages (``between_pages``) shifts the
+        rest, and one task at the page edge is skipped."""
+        state = self._project(project_id)
+        page_size = max(1, page_size)
+        for page in itertools.count():
+            if page and self.between_pages is not None:
+                self.between_pages(page)
+            tasks = sorted(
+                (
+                    t
+                    for t in state.tasks.values()
+                    if updated_after is None or t.updated_at > updated_after
+                ),
+                key=lambda t: (t.updated_at, t.id),
+            )
+            rows = tasks[page * page_size : (page + 1) * page_size]
+            yield from rows
+            if len(rows) < page_size:
+                return
 
     def task_ids(self, project_id: int) -> set[int]:
         return set(self._project(project_id).tasks)

@@ -296,3 +296,29 @@ def test_a_pushed_batch_goes_active_when_served_and_expires_with_age(
         row = session.exec(select(Batch).where(Batch.tag == tag)).one()
         assert row.state == "expired"
         assert active_batch(session, first.project_id) is None
+
+
+def test_a_listing_shifted_by_an_edit_is_compared_with_the_store_at_once(
+    fake: FakeLabelStudio, store: Store
+) -> None:
+    pid, ids = _project(fake, 8)
+    first = sync_project(fake, store, pid, now=NOW)
+    annotations = [fake.annotate(task, choice("Car")) for task in ids[:6]]
+    edited = iter(annotations)
+
+    def edit_the_oldest(pages_read: int) -> None:  # while the planner reads the second page
+        if pages_read == 1:
+            fake.update_annotation(next(edited), choice("Wheelchair"))
+
+    fake.between_pages = edit_the_oldest
+    listed = [t.id for t in fake.iter_tasks(pid, updated_after=first.watermark, page_size=2)]
+    # the edited task moved to the end, the rest one place back: ids[2] slipped past page 2
+    assert listed == [ids[0], ids[1], ids[3], ids[4], ids[5], ids[0]]
+    options = SyncOptions(page_size=2, overlap=timedelta(0))
+    report = sync_project(fake, store, pid, now=NOW + timedelta(minutes=5), options=options)
+    # the sync's own listing: 1 2 | ids[1] edited | 4 5 | 0 1: ids[3] slipped past
+    assert report.recovered == (ids[3],), "not left for the reconciliation hours later"
+    assert _totals(store, first.project_id) == {"Car": 4, "Wheelchair": 2, "unknown": 0}
+    fake.between_pages = None
+    again = sync_project(fake, store, pid, now=NOW + timedelta(minutes=6), options=options)
+    assert (again.new, again.changed, again.recovered) == (0, 0, ())
