@@ -470,7 +470,7 @@ def _print_analysis(result: Analysis) -> None:
     tasks = data["tasks"]
     out.print(
         f"tasks: {tasks['labelled']} labelled, {tasks['unlabelled']} unlabelled, "
-        f"{tasks['quarantined']} quarantined"
+        f"{tasks['skipped']} skipped, {tasks['quarantined']} quarantined"
     )
     rows = [
         [name, *(_fmt(table.of(kind)[s, c]) for s in range(len(table.splits)))]
@@ -705,6 +705,7 @@ def status(
                 f"{p.ls_project_id} {p.title}",
                 str(p.tasks["labelled"]),
                 str(p.tasks["unlabelled"]),
+                str(p.tasks["skipped"]),
                 str(p.tasks["quarantined"]),
                 "never" if p.last_sync_at is None else f"{p.last_sync_at:%Y-%m-%d %H:%M} UTC",
                 p.last_error or "",
@@ -717,6 +718,7 @@ def status(
             "project",
             "labelled",
             "unlabelled",
+            "skipped",
             "quarantined",
             "last sync",
             "error",

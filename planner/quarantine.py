@@ -211,6 +211,8 @@ def _release_why(entry: QuarantineEntry, task: Task | None) -> str | None:
         return "the task was deleted in Label Studio"
     if entry.kind == IMAGE and task.image != entry.image:
         return "another image was set in Label Studio; the next cycle scores it"
+    if entry.kind == IMAGE and task.state == "skipped":
+        return "Label Studio closed the task without a label (it is not served again)"
     if entry.kind == IMAGE and task.state != "unlabelled":
         return "the task was labelled in Label Studio"
     return None

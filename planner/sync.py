@@ -63,6 +63,8 @@ log = logging.getLogger("planner.sync")
 DEFAULT_OVERLAP = timedelta(seconds=5)
 DEFAULT_RECONCILE = timedelta(hours=6)
 DEFAULT_BATCH_TTL = timedelta(days=7)
+_PRESENT = ("unlabelled", "labelled", "skipped", "quarantined")
+"""Task states of tasks Label Studio has (every one but ``deleted``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,8 +313,7 @@ def _reconcile(
 def _behind(session: Session, project_id: int, stamps: dict[int, datetime]) -> list[int]:
     """Tasks the store lacks or holds an older ``updated_at`` of than Label Studio."""
     stored = {
-        row.ls_task_id: row.ls_updated_at
-        for row in tasks_in_state(session, project_id, "unlabelled", "labelled", "quarantined")
+        row.ls_task_id: row.ls_updated_at for row in tasks_in_state(session, project_id, *_PRESENT)
     }
     behind = []
     for task, at in stamps.items():
@@ -377,6 +378,8 @@ def _apply(
             image,
             meta,
         )
+        # Label Studio may finish or reopen a task without a new annotation (its skip_queue)
+        same = same and not _reopened_or_closed(row, task)
         if row is not None and same and row.state != "deleted" and not reading.force:
             row.ls_updated_at = task.updated_at  # a prediction push
             counts.unchanged += 1
@@ -407,6 +410,13 @@ def _apply(
         forget_scores(session, project_id=project_id, task_ids=new_image)
     session.flush()
     return written
+
+
+def _reopened_or_closed(row: Task | None, task: RemoteTask) -> bool:
+    """Whether Label Studio's ``is_labeled`` disagrees with the stored unlabelled state."""
+    if row is None or row.state not in ("unlabelled", "skipped"):
+        return False
+    return (row.state == "skipped") != task.is_labeled
 
 
 def _assign_splits(

@@ -29,6 +29,9 @@ from planner.ports import (
 )
 
 OWNER = 1
+REQUEUE_FOR_OTHERS, IGNORE_SKIPPED = "REQUEUE_FOR_OTHERS", "IGNORE_SKIPPED"
+"""Label Studio's skip_queue settings the fake knows: its default, and the one where a skip
+finishes the task (counts toward ``is_labeled``)."""
 """The user id the fake's token belongs to (the real launcher's preset user is the first)."""
 
 
@@ -55,6 +58,7 @@ class _Project:
     model_version: str | None = None
     ranks: dict[int, int] = field(default_factory=dict)
     webhooks: dict[int, Webhook] = field(default_factory=dict)
+    skip_queue: str = REQUEUE_FOR_OTHERS
 
 
 class FakeLabelStudio:
@@ -169,6 +173,15 @@ class FakeLabelStudio:
             ids.append(task_id)
         return ids
 
+    def set_skip_queue(self, project_id: int, skip_queue: str) -> None:
+        """Set the project's skip_queue (``IGNORE_SKIPPED``: a skip finishes the task). Like
+        Label Studio, ``is_labeled`` is counted again for every task and ``updated_at`` stays."""
+        state = self._project(project_id)
+        state.skip_queue = skip_queue
+        for task_id, task in state.tasks.items():
+            finished = _finished(task.annotations, skip_queue)
+            state.tasks[task_id] = replace(task, is_labeled=finished)
+
     def create_annotator(self, email: str) -> int:
         return next(self._users)
 
@@ -195,8 +208,9 @@ class FakeLabelStudio:
         }
         task = state.tasks[task_id]
         annotations = [*task.annotations, annotation]
+        finished = _finished(annotations, state.skip_queue)
         state.tasks[task_id] = replace(
-            task, annotations=annotations, updated_at=when, is_labeled=_finished(annotations)
+            task, annotations=annotations, updated_at=when, is_labeled=finished
         )
         return annotation_id
 
@@ -289,8 +303,11 @@ class FakeLabelStudio:
         return self._now
 
 
-def _finished(annotations: Sequence[Mapping[str, Any]]) -> bool:
-    """Label Studio's ``is_labeled`` at overlap 1: a non-skipped annotation (skips requeue)."""
+def _finished(annotations: Sequence[Mapping[str, Any]], skip_queue: str) -> bool:
+    """Label Studio's ``is_labeled`` at overlap 1: a non-skipped annotation (skips requeue),
+    or any annotation where skips count as completed (``IGNORE_SKIPPED``)."""
+    if skip_queue == IGNORE_SKIPPED:
+        return bool(annotations)
     return any(not a.get("was_cancelled") for a in annotations)
 
 

@@ -27,6 +27,10 @@ class Workbench(AnnotationBackend, Protocol):
 
     def import_tasks(self, project_id: int, tasks: Sequence[Mapping[str, Any]]) -> list[int]: ...
 
+    def set_skip_queue(self, project_id: int, skip_queue: str) -> None:
+        """Set the project's skip_queue (``IGNORE_SKIPPED``: a skip finishes the task)."""
+        ...
+
     def create_annotator(self, email: str) -> int: ...
 
     def annotate(
@@ -75,6 +79,13 @@ class LabelStudioWorkbench(LabelStudioBackend):
             lambda: self.sdk.projects.create(title=title, label_config=label_config), "project"
         )
         return int(project.id)
+
+    def set_skip_queue(self, project_id: int, skip_queue: str) -> None:
+        """Set the project's skip_queue (``IGNORE_SKIPPED``: a skip finishes the task)."""
+        self.call(
+            lambda: self.sdk.projects.update(id=project_id, skip_queue=skip_queue),
+            f"project {project_id} skip_queue",
+        )
 
     def connect_local_storage(self, project_id: int, path: str) -> int:
         """A Local import storage over ``path`` so its ``/data/local-files/?d=`` URLs are served.

@@ -32,7 +32,7 @@ from planner.core.regions import Problem, TaskId, UnknownLabel, problem
 from planner.core.resolution import ResolutionPolicy, as_policy
 from planner.core.rle import DEFAULT_MAX_PIXELS
 from planner.core.table import COUNT_KINDS, UNKNOWN, CountKind, CountTable
-from planner.core.task_labels import TaskLabels, TaskStatus, label_task
+from planner.core.task_labels import TASK_STATUSES, TaskLabels, TaskStatus, label_task
 from planner.errors import InputError
 
 __all__ = [
@@ -73,9 +73,9 @@ class CountResult:
         return {split: per_split[split] for split in self.table.splits}
 
     def status_counts(self) -> dict[str, int]:
-        """How many tasks are labelled, unlabelled and quarantined."""
+        """How many tasks are labelled, unlabelled, skipped and quarantined."""
         counts = Counter(task.status for task in self.tasks)
-        return {status: counts[status] for status in ("labelled", "unlabelled", "quarantined")}
+        return {status: counts[status] for status in TASK_STATUSES}
 
     @property
     def unknown(self) -> tuple[UnknownLabel, ...]:

@@ -2,10 +2,12 @@
 
 One annotation per task is counted, chosen by a ``ResolutionPolicy`` among the non-cancelled
 ones (see ``planner.core.resolution``). A task with no annotations, or only cancelled
-(skipped) ones, is unlabelled. A submitted annotation with an empty result labels the task
-with no class: a background image. A task whose structure is broken, or whose every annotation
-is malformed, is quarantined. Pixels are summed over the task's regions per class and rounded
-to whole pixels once per task.
+(skipped) ones, is unlabelled; but one Label Studio nevertheless counts finished
+(``is_labeled``: a skip counts as done in a project whose skip_queue is "Ignore skipped") is
+``skipped``: it will not be served again, so no batch may offer it, and it counts nowhere. A
+submitted annotation with an empty result labels the task with no class: a background image.
+A task whose structure is broken, or whose every annotation is malformed, is quarantined.
+Pixels are summed over the task's regions per class and rounded to whole pixels once per task.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from planner.core.resolution import (
 )
 from planner.core.rle import DEFAULT_MAX_PIXELS
 
-TaskStatus = Literal["labelled", "unlabelled", "quarantined"]
+TaskStatus = Literal["labelled", "unlabelled", "skipped", "quarantined"]
+TASK_STATUSES: tuple[TaskStatus, ...] = ("labelled", "unlabelled", "skipped", "quarantined")
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +45,8 @@ class TaskLabels:
     """What one task contributes: its classes, instances and pixels, and how it was decided.
 
     ``reason`` is the resolution reason for a labelled task (``ground_truth``, ``majority``,
-    ...) or why it is not (``no_annotations``, ``all_cancelled``, ``all_annotations_malformed``,
+    ...) or why it is not (``no_annotations``, ``all_cancelled``, ``finished_unlabelled`` (skipped:
+    Label Studio counts it finished without a counted annotation), ``all_annotations_malformed``,
     ``malformed_task``, ``duplicate_id``).
     """
 
@@ -173,6 +177,8 @@ def label_task(
         if malformed:
             status: TaskStatus = "quarantined"
             reason = "all_annotations_malformed"
+        elif task.get("is_labeled") is True:
+            status, reason = "skipped", "finished_unlabelled"
         else:
             status, reason = "unlabelled", "all_cancelled" if cancelled else "no_annotations"
         return TaskLabels(task_id, status, reason, problems=tuple(problems))

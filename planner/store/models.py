@@ -14,7 +14,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
-TASK_STATES = ("unlabelled", "labelled", "quarantined", "deleted")
+TASK_STATES = ("unlabelled", "labelled", "skipped", "quarantined", "deleted")
 BATCH_STATES = ("planned", "pushed", "active", "completed", "superseded", "expired")
 ITEM_STATES = ("planned", "pushed", "active", "completed", "expired")
 

@@ -10,13 +10,14 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from integrations.label_studio.fake import FakeLabelStudio
+from integrations.label_studio.fake import IGNORE_SKIPPED, FakeLabelStudio
 from planner.ports import PushBatch
+from planner.status import project_statuses
 from planner.store import Store, open_store
 from planner.store.batches import PlannedItem, active_batch, create_batch, items_of, mark_pushed
 from planner.store.models import Batch, Task
 from planner.store.scores import unscored, write_scores
-from planner.store.tasks import count_table
+from planner.store.tasks import count_table, unlabelled_ids
 from planner.sync import SyncOptions, sync_project
 from tests.unit.integrations.contract import SkipsOne
 
@@ -322,3 +323,41 @@ def test_a_listing_shifted_by_an_edit_is_compared_with_the_store_at_once(
     fake.between_pages = None
     again = sync_project(fake, store, pid, now=NOW + timedelta(minutes=6), options=options)
     assert (again.new, again.changed, again.recovered) == (0, 0, ())
+
+
+def _states(store: Store) -> dict[int, str]:
+    with store.session() as session:
+        return {t.ls_task_id: t.state for t in session.exec(select(Task)).all()}
+
+
+def test_a_task_label_studio_finished_with_a_skip_leaves_the_pool(
+    fake: FakeLabelStudio, store: Store
+) -> None:
+    pid, ids = _project(fake, 4)
+    fake.set_skip_queue(pid, IGNORE_SKIPPED)  # a skip completes the task: never served again
+    fake.annotate(ids[0], [], cancelled=True)
+    report = sync_project(fake, store, pid, now=NOW)
+    assert _states(store)[ids[0]] == "skipped"
+    with store.session() as session:
+        assert unlabelled_ids(session, report.project_id) == ids[1:], "no batch offers it"
+        (status,) = project_statuses(session)
+    assert (status.tasks["skipped"], status.tasks["unlabelled"]) == (1, 3)
+    assert _totals(store, report.project_id) == {"Car": 0, "Wheelchair": 0, "unknown": 0}
+    fake.annotate(ids[0], choice("Car"))
+    sync_project(fake, store, pid, now=NOW + timedelta(minutes=5))
+    assert _states(store)[ids[0]] == "labelled"
+    assert _totals(store, report.project_id)["Car"] == 1
+
+
+def test_a_task_finished_by_a_changed_skip_queue_leaves_the_pool_when_next_listed(
+    fake: FakeLabelStudio, store: Store
+) -> None:
+    pid, ids = _project(fake, 3)
+    fake.annotate(ids[0], [], cancelled=True)
+    sync_project(fake, store, pid, now=NOW)
+    assert _states(store)[ids[0]] == "unlabelled", "requeued for others: still served"
+    fake.set_skip_queue(pid, IGNORE_SKIPPED)  # is_labeled counted again; updated_at stays
+    fake.push_batch(pid, PushBatch("planner-b1", [(ids[0], 1)]))  # its rank write bumps it
+    report = sync_project(fake, store, pid, now=NOW + timedelta(minutes=5))
+    assert report.changed == 1
+    assert _states(store)[ids[0]] == "skipped"

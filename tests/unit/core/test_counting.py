@@ -82,7 +82,12 @@ def test_hand_counted_project() -> None:
     assert counts["images"]["test"] == dict.fromkeys(table.classes, 0)
     assert counts["pixels"][UNASSIGNED] == {**dict.fromkeys(table.classes, 0), "Car": 100}
     assert result.labelled == {"train": 2, "val": 1, "test": 1, UNASSIGNED: 1}
-    assert result.status_counts() == {"labelled": 5, "unlabelled": 1, "quarantined": 1}
+    assert result.status_counts() == {
+        "labelled": 5,
+        "unlabelled": 1,
+        "skipped": 0,
+        "quarantined": 1,
+    }
     assert dict(result.split_of_task) == {
         1: "train",
         2: "train",
@@ -187,7 +192,12 @@ def test_malformed_task_does_not_stop_the_count() -> None:
     tasks: list[Any] = [None, "task", task(2, annotation([box("Car")])), {"annotations": []}]
     result = count_tasks(tasks, schema(), split_of="train")
     assert result.table.totals("instances").sum() == 1
-    assert result.status_counts() == {"labelled": 1, "unlabelled": 0, "quarantined": 3}
+    assert result.status_counts() == {
+        "labelled": 1,
+        "unlabelled": 0,
+        "skipped": 0,
+        "quarantined": 3,
+    }
 
 
 def test_rare_children_merge_per_image() -> None:

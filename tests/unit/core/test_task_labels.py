@@ -99,6 +99,11 @@ def test_cancelled_annotations_count_nothing() -> None:
             "all_cancelled",
         ),
         (task(1), "unlabelled", "no_annotations"),
+        (  # a skip under skip_queue "Ignore skipped": Label Studio serves it no more
+            {**task(1, annotation([], cancelled=True)), "is_labeled": True},
+            "skipped",
+            "finished_unlabelled",
+        ),
         ({"id": 1, "data": {}, "annotations": None}, "unlabelled", "no_annotations"),
         ({"id": 1, "data": {}}, "unlabelled", "no_annotations"),
     ],

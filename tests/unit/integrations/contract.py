@@ -255,6 +255,25 @@ def check_deleted_tasks_are_left_out_of_a_push(wb: Workbench) -> None:
     assert wb.project(pid).serving == "planner-contract-b2"
 
 
+def check_a_skip_finishes_a_task_where_skips_are_ignored(wb: Workbench) -> None:
+    pid, ids = project(wb, 3)
+    wb.set_skip_queue(pid, "IGNORE_SKIPPED")
+    annotator = wb.create_annotator(f"skipper-{uuid.uuid4().hex[:8]}@example.com")
+    other = wb.create_annotator(f"other-{uuid.uuid4().hex[:8]}@example.com")
+    wb.annotate(ids[0], [], cancelled=True, annotator=annotator)
+    (task,) = wb.tasks_by_id(pid, [ids[0]])
+    assert task.is_labeled, "the skip completed the task"
+    served = []
+    for _ in range(2):
+        served.append(wb.next_task(pid, annotator=other))
+        wb.annotate(int(served[-1] or 0), choice("Car"), annotator=other)
+    assert sorted(served) == [ids[1], ids[2]], "Label Studio serves it to nobody again"
+    assert wb.next_task(pid, annotator=other) is None
+    schema = parse_label_config(wb.project(pid).label_config)
+    counted = count_tasks([task.as_task_dict()], schema, split_of="train")
+    assert counted.status_counts()["skipped"] == 1, "neither labelled nor in the pool"
+
+
 CHECKS: list[Callable[[Workbench], None]] = [
     check_the_ports_are_implemented,
     check_project_and_missing_project,
@@ -268,4 +287,5 @@ CHECKS: list[Callable[[Workbench], None]] = [
     check_a_new_batch_supersedes_the_old,
     check_a_bad_batch_changes_nothing,
     check_deleted_tasks_are_left_out_of_a_push,
+    check_a_skip_finishes_a_task_where_skips_are_ignored,
 ]
