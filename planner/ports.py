@@ -42,6 +42,10 @@ class RemoteTask:
     annotations: Sequence[Mapping[str, Any]] = ()
     meta: Mapping[str, Any] = field(default_factory=dict)
     is_labeled: bool = False
+    from_own_predictions: tuple[int, ...] = ()
+    """Ids of annotations made from the planner's own predictions with nothing in them (Label
+    Studio's "Create Annotations From Predictions" on the batch's empty predictions): no one
+    looked at the image, so they are no labels."""
 
     def __post_init__(self) -> None:
         if self.updated_at.tzinfo is None:

@@ -22,7 +22,9 @@ sync cut short resumes from the last chunk (a full one starts over).
 
 A task whose data cannot be read in full, or uses labels the config lacks, is stored as
 ``quarantined`` with the problem and what to do, and held apart (``planner.quarantine``); the
-rest of the project syncs on. New labelled tasks get a split (stratified, never moved).
+rest of the project syncs on. Empty annotations made from the planner's own batch predictions
+("Create Annotations From Predictions") are no labels: they are left out, and a task they alone
+would label is quarantined. New labelled tasks get a split (stratified, never moved).
 """
 
 from __future__ import annotations
@@ -30,17 +32,19 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 from sqlmodel import Session
 
 from planner.core.labels import LabelSchema, object_fields, parse_label_config
+from planner.core.regions import problem
 from planner.core.resolution import ResolutionPolicy
 from planner.core.splits import assign_splits
 from planner.core.table import UNKNOWN
-from planner.core.task_labels import label_task
+from planner.core.task_labels import TaskLabels, label_task
 from planner.errors import IncompleteListingError
 from planner.ports import AnnotationBackend, RemoteTask
 from planner.quarantine import hold_apart
@@ -385,8 +389,7 @@ def _apply(
             counts.unchanged += 1
             continue
         as_dict = task.as_task_dict()
-        labels = label_task(as_dict, reading.schema, policy=reading.opts.policy)
-        labels = hold_apart(labels, as_dict, reading.schema)
+        labels = _labels(task, as_dict, reading)
         update = TaskUpdate(
             ls_task_id=task.id,
             image=image,
@@ -410,6 +413,28 @@ def _apply(
         forget_scores(session, project_id=project_id, task_ids=new_image)
     session.flush()
     return written
+
+
+def _labels(task: RemoteTask, as_dict: dict[str, Any], reading: _Reading) -> TaskLabels:
+    """What the task contributes; annotations made from the planner's own (empty) predictions
+    are left out, and a task they alone would label is held apart, saying what to do."""
+    made = set(task.from_own_predictions)
+    if made:
+        as_dict["annotations"] = [a for a in as_dict["annotations"] if a.get("id") not in made]
+    labels = label_task(as_dict, reading.schema, policy=reading.opts.policy)
+    labels = hold_apart(labels, as_dict, reading.schema)
+    if not made:
+        return labels
+    what = (
+        f"annotation(s) {', '.join(map(str, sorted(made)))} were made from the planner's own "
+        "batch predictions (Create Annotations From Predictions), which hold no labels"
+    )
+    log.warning("task %s: %s; they are not counted", task.id, what)
+    if labels.status in {"labelled", "quarantined"}:
+        return labels
+    fix = "delete them in Label Studio and label the task; the next sync releases it"
+    found = replace(problem(task.id, what, "annotation"), fix=fix)
+    return TaskLabels(task.id, "quarantined", "from_own_predictions", problems=(found,))
 
 
 def _reopened_or_closed(row: Task | None, task: RemoteTask) -> bool:

@@ -17,7 +17,12 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from integrations.label_studio.mapping import TAG_PREFIX, WEBHOOK_ACTIONS, batch_scores
+from integrations.label_studio.mapping import (
+    TAG_PREFIX,
+    WEBHOOK_ACTIONS,
+    batch_scores,
+    from_own_predictions,
+)
 from planner.core.labels import parse_label_config
 from planner.errors import ConfigError, GoneError, UnreachableError
 from planner.ports import (
@@ -100,7 +105,7 @@ class FakeLabelStudio:
                 key=lambda t: (t.updated_at, t.id),
             )
             rows = tasks[page * page_size : (page + 1) * page_size]
-            yield from rows
+            yield from (_as_listed(state, t) for t in rows)
             if len(rows) < page_size:
                 return
 
@@ -111,10 +116,10 @@ class FakeLabelStudio:
         return {t.id: t.updated_at for t in self._project(project_id).tasks.values()}
 
     def tasks_by_id(self, project_id: int, ids: Iterable[int]) -> Iterator[RemoteTask]:
-        tasks = self._project(project_id).tasks
+        state = self._project(project_id)
         for task_id in sorted(set(ids)):
-            if task_id in tasks:
-                yield tasks[task_id]
+            if task_id in state.tasks:
+                yield _as_listed(state, state.tasks[task_id])
 
     def push_batch(self, project_id: int, batch: PushBatch) -> PushResult:
         """Like the real one, ``updated_at`` included: deletes and rank writes move it."""
@@ -229,6 +234,27 @@ class FakeLabelStudio:
                     return
         raise ConfigError(f"annotation {annotation_id} does not exist")
 
+    def annotations_from_predictions(self, project_id: int) -> int:
+        """Label Studio's "Create Annotations From Predictions" action on every task (asked
+        without a model version, as the SDK does): for each prediction not yet turned into
+        one, an annotation with its result (the planner's are empty) and
+        ``parent_prediction``; how many were made."""
+        state = self._project(project_id)
+        parents = {a.get("parent_prediction") for t in state.tasks.values() for a in t.annotations}
+        made = 0
+        for prediction_id, prediction in sorted(state.predictions.items()):
+            if prediction_id in parents:
+                continue
+            annotation_id = self.annotate(prediction.task, [])
+            task = state.tasks[prediction.task]
+            annotations = [
+                {**a, "parent_prediction": prediction_id} if a["id"] == annotation_id else a
+                for a in task.annotations
+            ]
+            state.tasks[prediction.task] = replace(task, annotations=annotations)
+            made += 1
+        return made
+
     def delete_task(self, task_id: int) -> None:
         state = self._owner(task_id)
         del state.tasks[task_id]
@@ -309,6 +335,17 @@ def _finished(annotations: Sequence[Mapping[str, Any]], skip_queue: str) -> bool
     if skip_queue == IGNORE_SKIPPED:
         return bool(annotations)
     return any(not a.get("was_cancelled") for a in annotations)
+
+
+def _as_listed(state: _Project, task: RemoteTask) -> RemoteTask:
+    """The task as the listing shows it: which annotations came from the planner's predictions
+    (a deleted prediction's children lose the link, as Label Studio's SET_NULL does)."""
+    predictions = [
+        {"id": pid, "model_version": p.model_version}
+        for pid, p in state.predictions.items()
+        if p.task == task.id
+    ]
+    return replace(task, from_own_predictions=from_own_predictions(task.annotations, predictions))
 
 
 def _open(task: RemoteTask, user: int) -> bool:

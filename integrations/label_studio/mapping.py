@@ -81,6 +81,31 @@ def remote_task(raw: Any) -> RemoteTask:
         annotations=annotations,
         meta=dict(data.get("meta") or {}),
         is_labeled=bool(data.get("is_labeled")),
+        from_own_predictions=from_own_predictions(annotations, data.get("predictions") or []),
+    )
+
+
+def from_own_predictions(
+    annotations: Sequence[Mapping[str, Any]], predictions: Sequence[Any]
+) -> tuple[int, ...]:
+    """Ids of the annotations whose ``parent_prediction`` is one of the planner's predictions
+    (``TAG_PREFIX``) and whose result is empty, as "Create Annotations From Predictions" makes
+    them from a batch. The task listing must carry its predictions' ids and model versions."""
+    own = set()
+    for raw in predictions:
+        prediction = as_dict(raw)
+        if str(prediction.get("model_version") or "").startswith(TAG_PREFIX):
+            own.add(prediction.get("id"))
+    return tuple(
+        sorted(
+            int(a["id"])
+            for a in annotations
+            if "id" in a
+            and a.get("parent_prediction") is not None
+            and a.get("parent_prediction") in own
+            and not a.get("result")
+            and not a.get("was_cancelled")
+        )
     )
 
 

@@ -49,6 +49,10 @@ class Workbench(AnnotationBackend, Protocol):
 
     def delete_task(self, task_id: int) -> None: ...
 
+    def annotations_from_predictions(self, project_id: int) -> int:
+        """Label Studio's "Create Annotations From Predictions" on every task (how many)."""
+        ...
+
     def edit_task_data(self, task_id: int, data: Mapping[str, Any]) -> None:
         """Replace the task's data, as someone editing it in Label Studio does."""
         ...
@@ -160,6 +164,20 @@ class LabelStudioWorkbench(LabelStudioBackend):
             lambda: self.sdk.annotations.update(id=annotation_id, result=[dict(r) for r in result]),
             f"annotation {annotation_id}",
         )
+
+    def annotations_from_predictions(self, project_id: int) -> int:
+        """Label Studio's "Create Annotations From Predictions" on every task, as an annotation
+        lead runs it from the Data Manager; how many annotations the project gained."""
+        before = sum(len(t.annotations) for t in self.iter_tasks(project_id))
+        self.call(
+            lambda: self.sdk.actions.create(
+                id="predictions_to_annotations",
+                project=project_id,
+                selected_items={"all": True, "excluded": []},
+            ),
+            f"annotations from predictions of project {project_id}",
+        )
+        return sum(len(t.annotations) for t in self.iter_tasks(project_id)) - before
 
     def delete_task(self, task_id: int) -> None:
         self.call(lambda: self.sdk.tasks.delete(id=str(task_id)), f"task {task_id}")

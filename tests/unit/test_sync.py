@@ -17,7 +17,7 @@ from planner.store import Store, open_store
 from planner.store.batches import PlannedItem, active_batch, create_batch, items_of, mark_pushed
 from planner.store.models import Batch, Task
 from planner.store.scores import unscored, write_scores
-from planner.store.tasks import count_table, unlabelled_ids
+from planner.store.tasks import count_table, tasks_in_state, unlabelled_ids
 from planner.sync import SyncOptions, sync_project
 from tests.unit.integrations.contract import SkipsOne
 
@@ -361,3 +361,25 @@ def test_a_task_finished_by_a_changed_skip_queue_leaves_the_pool_when_next_liste
     report = sync_project(fake, store, pid, now=NOW + timedelta(minutes=5))
     assert report.changed == 1
     assert _states(store)[ids[0]] == "skipped"
+
+
+def test_annotations_made_from_the_planners_predictions_are_no_labels(
+    fake: FakeLabelStudio, store: Store
+) -> None:
+    pid, ids = _project(fake, 4)
+    first = sync_project(fake, store, pid, now=NOW)
+    fake.push_batch(pid, PushBatch("planner-b1", [(ids[0], 1), (ids[1], 2)]))
+    fake.annotate(ids[1], choice("Car"))
+    fake.annotations_from_predictions(pid)  # "Create Annotations From Predictions"
+    sync_project(fake, store, pid, now=NOW + timedelta(minutes=5))
+    with store.session() as session:
+        rows = {t.ls_task_id: t for t in session.exec(select(Task)).all()}
+    assert rows[ids[0]].state == "quarantined", "held apart, not a background image"
+    assert "Create Annotations From Predictions" in str(rows[ids[0]].problem)
+    assert "delete them in Label Studio" in str(rows[ids[0]].problem)
+    assert (rows[ids[1]].state, rows[ids[1]].labels) == ("labelled", ["Car"])
+    assert _totals(store, first.project_id) == {"Car": 1, "Wheelchair": 0, "unknown": 0}
+    with store.session() as session:
+        assert sorted(
+            t.ls_task_id for t in tasks_in_state(session, first.project_id, "labelled")
+        ) == [ids[1]]

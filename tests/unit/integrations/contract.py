@@ -274,6 +274,27 @@ def check_a_skip_finishes_a_task_where_skips_are_ignored(wb: Workbench) -> None:
     assert counted.status_counts()["skipped"] == 1, "neither labelled nor in the pool"
 
 
+def check_annotations_made_from_the_planners_predictions_are_named(wb: Workbench) -> None:
+    pid, ids = project(wb, 4)
+    wb.push_batch(pid, PushBatch("planner-contract-b1", [(ids[0], 1), (ids[1], 2)]))
+    wb.predict(ids[2], 0.5, "someone-elses-model")
+    wb.annotate(ids[1], choice("Car"))
+    assert wb.annotations_from_predictions(pid) == 3
+    tasks = {t.id: t for t in wb.iter_tasks(pid)}
+    made = {t: [int(a["id"]) for a in tasks[t].annotations if not a["result"]] for t in ids}
+    assert [tasks[t].from_own_predictions for t in ids] == [
+        tuple(made[ids[0]]),
+        tuple(made[ids[1]]),
+        (),  # another model's prediction: its annotation is someone else's business
+        (),
+    ]
+    assert len(made[ids[0]]) == len(made[ids[1]]) == 1
+    assert tasks[ids[0]].is_labeled, "Label Studio takes the empty annotation for a label"
+    assert {t.id: t.from_own_predictions for t in wb.tasks_by_id(pid, ids[:2])} == {
+        t: tuple(made[t]) for t in ids[:2]
+    }
+
+
 CHECKS: list[Callable[[Workbench], None]] = [
     check_the_ports_are_implemented,
     check_project_and_missing_project,
@@ -288,4 +309,5 @@ CHECKS: list[Callable[[Workbench], None]] = [
     check_a_bad_batch_changes_nothing,
     check_deleted_tasks_are_left_out_of_a_push,
     check_a_skip_finishes_a_task_where_skips_are_ignored,
+    check_annotations_made_from_the_planners_predictions_are_named,
 ]
