@@ -33,6 +33,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.fields import FieldInfo
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -55,6 +56,8 @@ SECRET_KEYS = (
     "dashboard.webhook_secret",
 )
 """Dotted keys that may hold a secret: refused in the TOML file."""
+_SECRET_NAMES = frozenset(dotted.partition(".")[2] for dotted in SECRET_KEYS)
+_MASK = "**********"
 
 Positive = Annotated[float, Field(gt=0)]
 
@@ -79,6 +82,38 @@ def _read_secret(value: SecretStr | None, path: Path | None, key: str) -> Secret
     return SecretStr(text)
 
 
+def field_errors(model: str, problems: list[tuple[str, object, str]]) -> ValidationError:
+    """A section validator's ``(key, value, message)`` problems, each keyed by its own key.
+
+    A ``ValueError`` raised by a model validator is reported against the whole section with
+    the section's input as its value, and that input holds the section's secrets.
+    """
+    return ValidationError.from_exception_data(
+        model,
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("value_error", "{reason}", {"reason": message}),
+                loc=(key,),
+                input=value,
+            )
+            for key, value, message in problems
+        ],
+    )
+
+
+def _resolve_secrets(section: BaseModel, *keys: str) -> None:
+    """Each of ``keys`` from the environment's value or read from its ``<key>_file``."""
+    problems: list[tuple[str, object, str]] = []
+    for key in keys:
+        path = getattr(section, f"{key}_file")
+        try:
+            object.__setattr__(section, key, _read_secret(getattr(section, key), path, key))
+        except ValueError as exc:
+            problems.append((f"{key}_file", str(path), str(exc)))
+    if problems:
+        raise field_errors(type(section).__name__, problems)
+
+
 class LabelStudioSettings(_Section):
     """Where the Label Studio project lives and how to authenticate."""
 
@@ -94,8 +129,7 @@ class LabelStudioSettings(_Section):
 
     @model_validator(mode="after")
     def _resolve_token(self) -> LabelStudioSettings:
-        token = _read_secret(self.token, self.token_file, "token")
-        object.__setattr__(self, "token", token)
+        _resolve_secrets(self, "token")
         return self
 
 
@@ -122,9 +156,7 @@ class StoreSettings(_Section):
 
     @model_validator(mode="after")
     def _resolve_password(self) -> StoreSettings:
-        object.__setattr__(
-            self, "password", _read_secret(self.password, self.password_file, "password")
-        )
+        _resolve_secrets(self, "password")
         return self
 
 
@@ -347,9 +379,7 @@ class DashboardSettings(_Section):
 
     @model_validator(mode="after")
     def _resolve_secrets(self) -> DashboardSettings:
-        object.__setattr__(self, "token", _read_secret(self.token, self.token_file, "token"))
-        secret = _read_secret(self.webhook_secret, self.webhook_secret_file, "webhook_secret")
-        object.__setattr__(self, "webhook_secret", secret)
+        _resolve_secrets(self, "token", "webhook_secret")
         return self
 
 
@@ -602,6 +632,19 @@ _PLAIN = {
 }
 
 
+def _masked(value: object) -> object:
+    """``value`` as it may be shown: secrets at any depth masked, URLs without credentials."""
+    if isinstance(value, str):
+        return _URL_CREDENTIALS.sub(r"\1***@", value)
+    if isinstance(value, dict):
+        return {
+            k: _MASK if str(k).lower() in _SECRET_NAMES else _masked(v) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_masked(v) for v in value]
+    return value
+
+
 def _error_lines(error: ValidationError) -> list[str]:
     lines = []
     for item in error.errors(include_url=False):
@@ -615,9 +658,7 @@ def _error_lines(error: ValidationError) -> list[str]:
         else:
             message = _PLAIN.get(item["type"], message)
         secret = any(word in key for word in ("token", "password", "secret"))
-        if isinstance(value, str):
-            value = _URL_CREDENTIALS.sub(r"\1***@", value)
-        shown = "" if secret else f" = {value!r}"
+        shown = "" if secret else f" = {_masked(value)!r}"
         lines.append(f"{key}{shown}: {message}")
     return lines
 

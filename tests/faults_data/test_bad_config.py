@@ -210,3 +210,16 @@ def test_run_says_at_start_which_quota_names_no_class(
     assert "quotas ['a2'] name no class of Label Studio project" in done.stderr
     assert "one of ['A']" in done.stderr
     assert "'a'" not in done.stderr, "the environment's PLANNER_QUOTAS__A__TARGET is quota A's"
+
+
+def test_config_check_shows_no_secret_beside_an_unreadable_secret_file(tmp_path: Path) -> None:
+    config = tmp_path / "leak.toml"
+    config.write_text(f'[dashboard]\nwebhook_secret_file = "{tmp_path / "missing"}"\n')
+    done = _run(
+        ["config", "check", "-c", str(config)],
+        {"PLANNER_DASHBOARD__TOKEN": "SUPERSECRET-DASH"},
+        tmp_path,
+    )
+    line = _refused(done)
+    assert "SUPERSECRET-DASH" not in done.stdout + done.stderr
+    assert "dashboard.webhook_secret_file: cannot read" in done.stderr, line

@@ -251,3 +251,37 @@ def test_a_misfire_grace_under_a_second_is_refused(tmp_path: Path) -> None:
     config.write_text("[schedule]\nmisfire_grace = 0.5\n")
     with pytest.raises(ConfigError, match=r"schedule\.misfire_grace.*at least 1 second"):
         load_settings(config, environ=False)
+
+
+@pytest.mark.parametrize(
+    ("section", "file_key", "secret_env"),
+    [
+        ("dashboard", "webhook_secret_file", "PLANNER_DASHBOARD__TOKEN"),
+        ("dashboard", "token_file", "PLANNER_DASHBOARD__WEBHOOK_SECRET"),
+        ("label_studio", "token_file", "PLANNER_DASHBOARD__TOKEN"),
+        ("store", "password_file", "PLANNER_DASHBOARD__WEBHOOK_SECRET"),
+    ],
+)
+def test_an_unreadable_secret_file_names_its_key_and_shows_no_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, section: str, file_key: str, secret_env: str
+) -> None:
+    # the section's input holds the secrets the environment gave it beside the missing file
+    path = write(tmp_path, f'[{section}]\n{file_key} = "{tmp_path / "missing"}"\n')
+    monkeypatch.setenv(secret_env, "SUPERSECRET-1")
+    monkeypatch.setenv("PLANNER_LABEL_STUDIO__URL", "http://user:URLPASS-2@127.0.0.1:8080")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    text = str(info.value)
+    assert "SUPERSECRET-1" not in text
+    assert "URLPASS-2" not in text
+    lines = text.splitlines()[1:]
+    assert len(lines) == 1, lines
+    assert lines[0].strip().startswith(f"{section}.{file_key}: cannot read"), lines
+
+
+def test_a_section_shown_whole_masks_its_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PLANNER_DASHBOARD", '[1, {"token": "SUPERSECRET-3"}]')
+    with pytest.raises(ConfigError) as info:
+        load_settings(None)
+    assert "SUPERSECRET-3" not in str(info.value)
+    assert "'token': '**********'" in str(info.value)
