@@ -387,6 +387,9 @@ Precision = Literal["auto", "float32", "bfloat16", "float16"]
 PRECISIONS: tuple[Precision, ...] = ("auto", "float32", "bfloat16", "float16")
 CompileMode = Literal["auto", "on", "off"]
 COMPILE_MODES: tuple[CompileMode, ...] = ("auto", "on", "off")
+BROKER_SCHEMES = ("redis://", "rediss://")
+"""What ``workers.broker_url`` may start with: the Celery broker and the daemon's lease."""
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 
 
 class WorkerLimitError(ValueError):
@@ -436,7 +439,9 @@ class WorkerSettings(_Section):
     """Scoring workers: where jobs come from, which model, how to read images."""
 
     broker_url: str | None = Field(
-        default=None, description="Redis URL of the Celery broker; unset = score in-process."
+        default=None,
+        description="Redis URL of the Celery broker (redis:// or rediss://); unset or empty = "
+        "score in-process.",
     )
     model: str = Field(
         default="bootstrap",
@@ -467,7 +472,7 @@ class WorkerSettings(_Section):
         "on a GPU (at most 16).",
     )
     mc_passes: int = Field(default=0, ge=0, description="MC-dropout passes (BALD); 0 = off.")
-    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N.")
+    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps.")
     precision: Precision = Field(
         default="auto",
         description="Forward-pass dtype: auto (bf16 on a GPU or a bf16 CPU), float32, bfloat16, "
@@ -504,6 +509,27 @@ class WorkerSettings(_Section):
         validate_default=True,
         description="Redelivery delay of a chunk whose worker died; unset = hard limit + 10 %.",
     )
+
+    @field_validator("broker_url")
+    @classmethod
+    def _redis_broker(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():  # PLANNER_WORKERS__BROKER_URL= unsets it
+            return None
+        if not value.startswith(BROKER_SCHEMES):
+            raise ValueError(
+                "write a Redis URL such as 'redis://127.0.0.1:6379/0' (rediss:// for TLS), "
+                "or leave it unset to score in-process"
+            )
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _torch_device(cls, value: str) -> str:
+        if not _DEVICE.fullmatch(value):
+            raise ValueError(
+                "write auto, cpu, cuda, cuda:N (N the GPU's index, e.g. cuda:0) or mps"
+            )
+        return value
 
     @field_validator("num_workers", mode="before")
     @classmethod

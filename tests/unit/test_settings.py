@@ -285,3 +285,40 @@ def test_a_section_shown_whole_masks_its_secrets(monkeypatch: pytest.MonkeyPatch
         load_settings(None)
     assert "SUPERSECRET-3" not in str(info.value)
     assert "'token': '**********'" in str(info.value)
+
+
+UNUSABLE_WORKERS = [  # key, value, what the message suggests
+    ("broker_url", "http://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+    ("broker_url", "amqp://guest@127.0.0.1//", "rediss://"),
+    ("device", "gpu", "cuda:N"),
+    ("device", "cuda:x", "cuda:N"),
+    ("device", "CUDA", "cuda:N"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "words"), UNUSABLE_WORKERS)
+def test_a_broker_or_device_the_workers_cannot_use_is_refused_at_load(
+    tmp_path: Path, key: str, value: str, words: str
+) -> None:
+    path = write(tmp_path, f'[workers]\n{key} = "{value}"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ=False)
+    line = str(info.value).splitlines()[1].strip()
+    assert line.startswith(f"workers.{key} = {value!r}: write"), line
+    assert words in line
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12", "mps"])
+def test_every_device_the_workers_pick_is_accepted(tmp_path: Path, device: str) -> None:
+    path = write(tmp_path, f'[workers]\ndevice = "{device}"\n')
+    assert load_settings(path, environ=False).workers.device == device
+
+
+def test_redis_brokers_are_accepted_and_an_empty_one_is_unset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for url in ("redis://127.0.0.1:6379/0", "rediss://redis.example:6380/1"):
+        path = write(tmp_path, f'[workers]\nbroker_url = "{url}"\n')
+        assert load_settings(path).workers.broker_url == url
+    monkeypatch.setenv("PLANNER_WORKERS__BROKER_URL", "")
+    assert load_settings(path).workers.broker_url is None, "scores in-process"
