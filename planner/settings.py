@@ -11,7 +11,9 @@ Environment overrides use ``PLANNER_`` and ``__`` between levels, e.g.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import re
 import tomllib
 from datetime import timedelta
@@ -38,17 +40,25 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
+from planner.config_sources import (
+    ENV_PREFIX,
+    Sources,
+    bad_json_variables,
+    error_lines,
+    setting_variables,
+    unknown_variables,
+)
 from planner.core.table import CountKind
 from planner.core.weights import WeightScheme
 from planner.errors import ConfigError
 
-ENV_PREFIX = "PLANNER_"
+log = logging.getLogger(__name__)
 CONFIG_ENV = "PLANNER_CONFIG"
 """Environment variable naming the TOML file when ``--config`` is not given."""
 
-_URL_CREDENTIALS = re.compile(r"(//[^/:@]*:)[^/@]*@")
 SECRET_KEYS = (
     "label_studio.token",
     "store.password",
@@ -57,7 +67,6 @@ SECRET_KEYS = (
 )
 """Dotted keys that may hold a secret: refused in the TOML file."""
 _SECRET_NAMES = frozenset(dotted.partition(".")[2] for dotted in SECRET_KEYS)
-_MASK = "**********"
 
 Positive = Annotated[float, Field(gt=0)]
 
@@ -650,47 +659,12 @@ def _without_secrets(data: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
-_PLAIN = {
-    # pydantic's own words name a Python class; these say what to write instead
-    "path_type": "expected a path, as a string such as 'var/artifacts'",
-    "time_delta_type": "expected a duration: seconds (300) or ISO 8601 ('PT5M')",
-    "time_delta_parsing": "expected a duration: seconds (300) or ISO 8601 ('PT5M')",
-}
-
-
-def _masked(value: object) -> object:
-    """``value`` as it may be shown: secrets at any depth masked, URLs without credentials."""
-    if isinstance(value, str):
-        return _URL_CREDENTIALS.sub(r"\1***@", value)
-    if isinstance(value, dict):
-        return {
-            k: _MASK if str(k).lower() in _SECRET_NAMES else _masked(v) for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [_masked(v) for v in value]
-    return value
-
-
-def _error_lines(error: ValidationError) -> list[str]:
-    lines = []
-    for item in error.errors(include_url=False):
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        value = item.get("input")
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown key; check the spelling against the configuration reference"
-        elif item["type"] == "literal_error":
-            message = message.replace("Input should be", "allowed:")
-        else:
-            message = _PLAIN.get(item["type"], message)
-        secret = any(word in key for word in ("token", "password", "secret"))
-        shown = "" if secret else f" = {_masked(value)!r}"
-        lines.append(f"{key}{shown}: {message}")
-    return lines
-
-
-def _config_error(lines: list[str], source: str) -> ConfigError:
-    return ConfigError(f"invalid configuration in {source}:\n  " + "\n  ".join(lines))
+def _config_error(lines: list[tuple[str, bool]], path: Path | None) -> ConfigError:
+    places = [str(path)] if path is not None and not all(env for _, env in lines) else []
+    if path is None or any(env for _, env in lines):
+        places.append("the environment")
+    text = "\n  ".join(line for line, _ in lines)
+    return ConfigError(f"invalid configuration in {' and '.join(places)}:\n  {text}")
 
 
 def load_settings(path: Path | None = None, *, environ: bool = True) -> Settings:
@@ -700,7 +674,6 @@ def load_settings(path: Path | None = None, *, environ: bool = True) -> Settings
     ``environ=False`` ignores ``PLANNER_*`` variables (tests, ``planner config check --file``).
     """
     data: dict[str, Any] = {}
-    source = "the environment"
     if path is not None:
         source = str(path)
         try:
@@ -714,14 +687,22 @@ def load_settings(path: Path | None = None, *, environ: bool = True) -> Settings
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     # A secret in the file is one bad line among the others, not a reason to check nothing else.
-    secret_lines = _toml_secret_lines(data)
+    secret_lines = [(line, False) for line in _toml_secret_lines(data)]
     data = _without_secrets(data)
+    variables = setting_variables(os.environ) if environ else {}
+    for warning in unknown_variables(variables, Settings):
+        log.warning(warning)
     try:
         settings = Settings(**data) if environ else _FileOnlySettings(**data)
     except ValidationError as exc:
-        raise _config_error(secret_lines + _error_lines(exc), source) from None
+        found = error_lines(exc, Sources(variables), Settings, _SECRET_NAMES)
+        raise _config_error(secret_lines + found, path) from None
+    except SettingsError as exc:  # a table or list from the environment that is not JSON
+        field = re.search(r'field "([^"]+)"', str(exc))
+        bad = bad_json_variables(field.group(1) if field else "", variables, os.environ, Settings)
+        raise _config_error([(line, True) for line in bad or [str(exc)]], path) from None
     if secret_lines:
-        raise _config_error(secret_lines, source)
+        raise _config_error(secret_lines, path)
     return settings
 
 
@@ -740,6 +721,7 @@ class _FileOnlySettings(Settings):
 
 __all__ = [
     "CONFIG_ENV",
+    "ENV_PREFIX",
     "ArtifactSettings",
     "DashboardSettings",
     "LabelStudioSettings",

@@ -223,3 +223,22 @@ def test_config_check_shows_no_secret_beside_an_unreadable_secret_file(tmp_path:
     line = _refused(done)
     assert "SUPERSECRET-DASH" not in done.stdout + done.stderr
     assert "dashboard.webhook_secret_file: cannot read" in done.stderr, line
+
+
+def test_config_check_names_the_variable_a_bad_value_came_from(tmp_path: Path) -> None:
+    config = _config(tmp_path, "[planning]\nbatch_size = 5\n")
+    done = _run(
+        ["config", "check", "-c", str(config)], {"PLANNER_PLANNING__BATCH_SIZE": "abc"}, tmp_path
+    )
+    _refused(done, "in the environment")
+    assert "planning.batch_size = 'abc'" in done.stderr
+    assert "(from PLANNER_PLANNING__BATCH_SIZE)" in done.stderr
+    misspelt = _run(
+        ["config", "check", "-c", str(config)], {"PLANNER_PLANING__BATCH_SIZE": "3"}, tmp_path
+    )
+    assert misspelt.returncode == 0, misspelt.stderr
+    assert "configuration is valid" in misspelt.stdout
+    assert (
+        "PLANNER_PLANING__BATCH_SIZE names no setting and is ignored; "
+        "did you mean PLANNER_PLANNING__BATCH_SIZE?"
+    ) in misspelt.stderr

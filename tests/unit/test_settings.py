@@ -322,3 +322,80 @@ def test_redis_brokers_are_accepted_and_an_empty_one_is_unset(
         assert load_settings(path).workers.broker_url == url
     monkeypatch.setenv("PLANNER_WORKERS__BROKER_URL", "")
     assert load_settings(path).workers.broker_url is None, "scores in-process"
+
+
+def test_a_bad_value_names_the_source_it_came_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "[planning]\nbatch_size = 5\n")
+    monkeypatch.setenv("PLANNER_PLANNING__BATCH_SIZE", "abc")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    header, line = str(info.value).splitlines()
+    assert header == "invalid configuration in the environment:", "not the file"
+    assert line.strip().startswith("planning.batch_size = 'abc': ")
+    assert line.endswith(" (from PLANNER_PLANNING__BATCH_SIZE)")
+
+    path = write(tmp_path, "[planning]\nseed = -1\n")
+    monkeypatch.setenv("PLANNER_SCHEDULE__SYNC_INTERVAL", "soon")
+    monkeypatch.delenv("PLANNER_PLANNING__BATCH_SIZE")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    header, *lines = str(info.value).splitlines()
+    assert header == f"invalid configuration in {path} and the environment:"
+    assert "(from PLANNER_SCHEDULE__SYNC_INTERVAL)" in lines[1]
+    assert "PLANNER_" not in lines[0]
+
+
+def test_an_unknown_planner_variable_is_a_warning_naming_the_closest_setting(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("PLANNER_PLANING__BATCH_SIZE", "3")
+    monkeypatch.setenv("PLANNER_NOTHING_LIKE_IT", "1")
+    for own in ("PLANNER_CONFIG", "PLANNER_LS_HOME", "PLANNER_TEST_HOOK_DIR"):
+        monkeypatch.setenv(own, "/tmp/x")  # read by the planner or its tests, not settings
+    with caplog.at_level("WARNING", logger="planner.settings"):
+        settings = load_settings(None)
+    assert settings.planning.batch_size == 100
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("PLANNER_NOTHING_LIKE_IT names no setting and is ignored")
+    assert warnings[1] == (
+        "PLANNER_PLANING__BATCH_SIZE names no setting and is ignored; "
+        "did you mean PLANNER_PLANNING__BATCH_SIZE?"
+    )
+    caplog.clear()
+    load_settings(None, environ=False)
+    assert not caplog.records, "the environment is not read"
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("PLANNER_PLANNING__STRATA_FIELDS", 'a list is read from the environment as JSON, e.g. ["'),
+        ("PLANNER_DASHBOARD", "PLANNER_DASHBOARD__KEY"),
+    ],
+)
+def test_a_list_or_table_from_the_environment_that_is_not_json_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, name: str, words: str
+) -> None:
+    monkeypatch.setenv(name, "time")
+    monkeypatch.setenv("PLANNER_PLANNING__BATCH_SIZE", "not json, but no table either")
+    with pytest.raises(ConfigError) as info:
+        load_settings(None)
+    lines = str(info.value).splitlines()[1:]
+    assert len(lines) == 1, lines
+    assert lines[0].strip().startswith(f"{name}: ")
+    assert words in lines[0]
+
+
+def test_an_unknown_key_names_the_closest_one(tmp_path: Path) -> None:
+    path = write(tmp_path, '[quotas.Car]\ntarget = 3\ncritcality = 2\n[workers]\ndevise = "cpu"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ=False)
+    lines = str(info.value).splitlines()[1:]
+    assert lines[0].endswith(
+        "unknown key; check the spelling against the configuration "
+        "reference; did you mean criticality?"
+    )
+    assert lines[1].endswith("did you mean device?")

@@ -1,0 +1,196 @@
+"""Where a setting came from, and what to say when it is bad.
+
+The configuration has two sources, the TOML file and ``PLANNER_*`` environment variables, the
+environment winning. A bad value is reported against the one it came from: the variable's
+name, or the line of the file. A ``PLANNER_*`` variable naming no section is ignored by
+pydantic-settings; :func:`unknown_variables` words a warning for each, with the closest name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Union, get_args, get_origin
+
+from pydantic import BaseModel, ValidationError
+
+ENV_PREFIX = "PLANNER_"
+NESTING = "__"
+OWN_VARIABLES = frozenset({"PLANNER_CONFIG", "PLANNER_LS_HOME"})
+"""``PLANNER_*`` variables the planner reads that are no setting: the config file's path and
+the Label Studio launcher's home."""
+TEST_HOOKS = "PLANNER_TEST_"
+"""The prefix of the test suite's crash and pause points, which are no setting either."""
+
+Loc = tuple[str, ...]
+
+_URL_CREDENTIALS = re.compile(r"(//[^/:@]*:)[^/@]*@")
+_MASK = "**********"
+_PLAIN = {
+    # pydantic's own words name a Python class; these say what to write instead
+    "path_type": "expected a path, as a string such as 'var/artifacts'",
+    "time_delta_type": "expected a duration: seconds (300) or ISO 8601 ('PT5M')",
+    "time_delta_parsing": "expected a duration: seconds (300) or ISO 8601 ('PT5M')",
+}
+
+
+def setting_variables(environ: Mapping[str, str]) -> dict[str, Loc]:
+    """The ``PLANNER_*`` variables meant as settings, each with its lowercased key path."""
+    return {
+        name: tuple(name[len(ENV_PREFIX) :].lower().split(NESTING))
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX)
+        and name.upper() not in OWN_VARIABLES
+        and not name.upper().startswith(TEST_HOOKS)
+    }
+
+
+def _inner(annotation: Any) -> Any:
+    """``annotation`` less ``Annotated`` and ``None``: ``Annotated[int, ...] | None`` is int."""
+    if get_origin(annotation) is Annotated:
+        return _inner(get_args(annotation)[0])
+    args = [arg for arg in get_args(annotation) if arg is not type(None)]
+    if get_origin(annotation) in (Union, types.UnionType) and len(args) == 1:
+        return _inner(args[0])
+    return annotation
+
+
+def annotation_at(model: type[BaseModel], path: Loc) -> Any:
+    """The type the key at ``path`` takes (case-insensitive), or None where no key is there."""
+    annotation: Any = model
+    for part in path:
+        annotation = _inner(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            fields = {name.lower(): field for name, field in annotation.model_fields.items()}
+            if part.lower() not in fields:
+                return None
+            annotation = fields[part.lower()].annotation
+        elif get_origin(annotation) is dict:
+            annotation = get_args(annotation)[1]
+        else:
+            return None
+    return annotation
+
+
+def _shape(annotation: Any) -> str | None:
+    """``"table"``, ``"list"`` or None: how a key of this type is written (JSON in a variable)."""
+    inner = _inner(annotation)
+    if (isinstance(inner, type) and issubclass(inner, BaseModel)) or get_origin(inner) is dict:
+        return "table"
+    return "list" if get_origin(inner) is list else None
+
+
+def unknown_variables(variables: Mapping[str, Loc], settings: type[BaseModel]) -> list[str]:
+    """A warning for each variable that names no section of ``settings`` (it is ignored)."""
+    sections = list(settings.model_fields)
+    warnings = []
+    for name, path in sorted(variables.items()):
+        if path[0] in sections:
+            continue  # a wrong key inside a section is a validation error
+        close = difflib.get_close_matches(path[0], sections, n=1)
+        if close:
+            spelled = ENV_PREFIX + close[0].upper() + name[len(ENV_PREFIX) + len(path[0]) :]
+            hint = f"did you mean {spelled}?"
+        else:
+            hint = f"settings are {ENV_PREFIX}<SECTION>{NESTING}<KEY>, sections " + ", ".join(
+                sections
+            )
+        warnings.append(f"{name} names no setting and is ignored; {hint}")
+    return warnings
+
+
+def bad_json_variables(
+    field: str, variables: Mapping[str, Loc], environ: Mapping[str, str], settings: type[BaseModel]
+) -> list[str]:
+    """What to write instead, for each variable under ``field`` that gives a table or a list
+    something that is not JSON."""
+    lines = []
+    for name, path in sorted(variables.items()):
+        shape = _shape(annotation_at(settings, path)) if path[0] == field else None
+        if shape is None:
+            continue
+        try:
+            json.loads(environ[name])
+        except ValueError:
+            example = '["time", "camera"]' if shape == "list" else '{"key": 1}'
+            lines.append(
+                f"{name}: a {shape} is read from the environment as JSON, e.g. {example}"
+                + (f"; or set one key at a time as {name}{NESTING}KEY" if shape == "table" else "")
+            )
+    return lines
+
+
+@dataclass(frozen=True, slots=True)
+class Sources:
+    """What is known of where the values came from."""
+
+    variables: Mapping[str, Loc]
+
+
+def _origin(loc: Loc, sources: Sources) -> tuple[str, bool]:
+    """`` (from PLANNER_X)`` for the value at ``loc``, and whether the environment gave it."""
+    wanted = tuple(part.lower() for part in loc)
+    setting = [name for name, path in sources.variables.items() if wanted[: len(path)] == path]
+    if setting:
+        return f" (from {max(setting, key=lambda name: len(sources.variables[name]))})", True
+    under = sorted(
+        name for name, path in sources.variables.items() if path[: len(wanted)] == wanted
+    )
+    if under and wanted:
+        return f" (from {', '.join(under)})", True
+    return "", False
+
+
+def masked(value: object, secret_names: frozenset[str]) -> object:
+    """``value`` as it may be shown: secrets at any depth masked, URLs without credentials."""
+    if isinstance(value, str):
+        return _URL_CREDENTIALS.sub(r"\1***@", value)
+    if isinstance(value, dict):
+        return {
+            k: _MASK if str(k).lower() in secret_names else masked(v, secret_names)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [masked(v, secret_names) for v in value]
+    return value
+
+
+def _spelling(loc: Loc, settings: type[BaseModel]) -> str:
+    """The closest key beside the unknown one at ``loc``, as ``"; did you mean KEY?"``."""
+    holder = _inner(annotation_at(settings, loc[:-1]))
+    if not (isinstance(holder, type) and issubclass(holder, BaseModel)):
+        return ""
+    close = difflib.get_close_matches(loc[-1].lower(), list(holder.model_fields), n=1)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def error_lines(
+    error: ValidationError,
+    sources: Sources,
+    settings: type[BaseModel],
+    secret_names: frozenset[str],
+) -> list[tuple[str, bool]]:
+    """One line for each error (key, value, what is allowed, where it came from), and
+    whether the environment gave that value."""
+    lines = []
+    for item in error.errors(include_url=False):
+        loc = tuple(str(part) for part in item["loc"])
+        key = ".".join(loc) or "(top level)"
+        value = item.get("input")
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key; check the spelling against the configuration reference"
+            message += _spelling(loc, settings)
+        elif item["type"] == "literal_error":
+            message = message.replace("Input should be", "allowed:")
+        else:
+            message = _PLAIN.get(item["type"], message)
+        secret = any(word in key for word in ("token", "password", "secret"))
+        shown = "" if secret else f" = {masked(value, secret_names)!r}"
+        origin, from_env = _origin(loc, sources)
+        lines.append((f"{key}{shown}: {message}{origin}", from_env))
+    return lines
