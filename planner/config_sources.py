@@ -11,12 +11,16 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import tomllib
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
+
+from planner.errors import ConfigError
 
 ENV_PREFIX = "PLANNER_"
 NESTING = "__"
@@ -36,6 +40,36 @@ _PLAIN = {
     "time_delta_type": "expected a duration: seconds (300) or ISO 8601 ('PT5M')",
     "time_delta_parsing": "expected a duration: seconds (300) or ISO 8601 ('PT5M')",
 }
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """The TOML file at ``path`` as data; :class:`ConfigError` says why it cannot be read."""
+    source = str(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {source!r} does not exist; pass the path of an existing file "
+            "with --config (the configuration reference is in README.md)"
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(
+            f"cannot read config {source}: it is a folder; pass the path of a TOML file"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read config {source}: {exc.strerror or exc}; check its permissions, or "
+            "pass the path of a readable TOML file"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"cannot read config {source}: byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start} is not UTF-8; save the file as UTF-8 (TOML files are UTF-8)"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
 
 
 def setting_variables(environ: Mapping[str, str]) -> dict[str, Loc]:

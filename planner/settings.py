@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import re
-import tomllib
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -48,6 +47,7 @@ from planner.config_sources import (
     Sources,
     bad_json_variables,
     error_lines,
+    read_config,
     setting_variables,
     unknown_variables,
 )
@@ -675,17 +675,7 @@ def load_settings(path: Path | None = None, *, environ: bool = True) -> Settings
     """
     data: dict[str, Any] = {}
     if path is not None:
-        source = str(path)
-        try:
-            with path.open("rb") as handle:
-                data = tomllib.load(handle)
-        except FileNotFoundError:
-            raise ConfigError(
-                f"config file {source!r} does not exist; pass the path of an existing file "
-                "with --config (the configuration reference is in README.md)"
-            ) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+        data = read_config(path)
     # A secret in the file is one bad line among the others, not a reason to check nothing else.
     secret_lines = [(line, False) for line in _toml_secret_lines(data)]
     data = _without_secrets(data)

@@ -242,3 +242,11 @@ def test_config_check_names_the_variable_a_bad_value_came_from(tmp_path: Path) -
         "PLANNER_PLANING__BATCH_SIZE names no setting and is ignored; "
         "did you mean PLANNER_PLANNING__BATCH_SIZE?"
     ) in misspelt.stderr
+
+
+def test_config_check_of_an_unreadable_file_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    done = _run(["config", "check", "-c", str(tmp_path)], {}, tmp_path)
+    _refused(done, "cannot read config", "it is a folder")
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b"\xff\xfe[planning]\n")
+    _refused(_run(["config", "check", "-c", str(latin)], {}, tmp_path), "is not UTF-8")

@@ -399,3 +399,15 @@ def test_an_unknown_key_names_the_closest_one(tmp_path: Path) -> None:
         "reference; did you mean criticality?"
     )
     assert lines[1].endswith("did you mean device?")
+
+
+def test_a_config_that_cannot_be_read_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cannot read config .*: it is a folder; pass the path"):
+        load_settings(tmp_path)
+    utf16 = tmp_path / "utf16.toml"
+    utf16.write_bytes("[planning]\nseed = 1\n".encode("utf-16"))  # starts with \xff\xfe
+    with pytest.raises(ConfigError, match=r"byte 0xff at offset 0 is not UTF-8; save the file"):
+        load_settings(utf16)
+    # reading /proc/self/mem at offset 0 fails with EIO, as a failing disk would
+    with pytest.raises(ConfigError, match="cannot read config /proc/self/mem: Input/output error"):
+        load_settings(Path("/proc/self/mem"))
