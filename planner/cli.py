@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 import uvicorn
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -76,7 +77,8 @@ def _reported() -> Iterator[None]:
     try:
         yield
     except PlannerError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        # escaped: a message may quote TOML, whose [table] rich would take for a style
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
         raise typer.Exit(code=2) from None
 
 

@@ -34,6 +34,7 @@ Loc = tuple[str, ...]
 
 _URL_CREDENTIALS = re.compile(r"(//[^/:@]*:)[^/@]*@")
 _MASK = "**********"
+_NOT_A_TABLE = frozenset({"model_type", "model_attributes_type", "dict_type"})
 _PLAIN = {
     # pydantic's own words name a Python class; these say what to write instead
     "path_type": "expected a path, as a string such as 'var/artifacts'",
@@ -42,8 +43,9 @@ _PLAIN = {
 }
 
 
-def read_config(path: Path) -> dict[str, Any]:
-    """The TOML file at ``path`` as data; :class:`ConfigError` says why it cannot be read."""
+def read_config(path: Path) -> tuple[dict[str, Any], dict[Loc, int]]:
+    """The TOML file at ``path`` as data, and the line of each key (see :func:`key_lines`);
+    :class:`ConfigError` says why it cannot be read."""
     source = str(path)
     try:
         text = path.read_bytes().decode("utf-8")
@@ -67,7 +69,7 @@ def read_config(path: Path) -> dict[str, Any]:
             f"{exc.start} is not UTF-8; save the file as UTF-8 (TOML files are UTF-8)"
         ) from None
     try:
-        return tomllib.loads(text)
+        return tomllib.loads(text), key_lines(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
 
@@ -158,19 +160,68 @@ def bad_json_variables(
     return lines
 
 
+_PART = r"\"([^\"]*)\"|'([^']*)'|([A-Za-z0-9_-]+)"
+_KEY = re.compile(rf"((?:{_PART})(?:\s*\.\s*(?:{_PART}))*)\s*=")
+
+
+def key_lines(text: str) -> dict[Loc, int]:
+    """The line (from 1) of each table header and key of a TOML text, by its key path.
+
+    A cheap scan rather than a parser: enough to point at a bad key; a key inside an inline
+    table or an array of tables is found by the key holding it.
+    """
+    lines: dict[Loc, int] = {}
+    table: Loc = ()
+    in_string = False
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        quotes = line.count('"""') + line.count("'''")  # a multi-line string opens or closes
+        if in_string:
+            in_string = quotes % 2 == 0
+            continue
+        if not line or line.startswith("#"):
+            continue
+        header = re.fullmatch(r"\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?", line)
+        if header:
+            table = _dotted(header.group(1))
+            lines.setdefault(table, number)
+            continue
+        key = _KEY.match(line)
+        if key:
+            lines.setdefault(table + _dotted(key.group(1)), number)
+        in_string = quotes % 2 == 1
+    return lines
+
+
+def _dotted(key: str) -> Loc:
+    return tuple("".join(groups) for groups in re.findall(_PART, key))
+
+
 @dataclass(frozen=True, slots=True)
 class Sources:
     """What is known of where the values came from."""
 
     variables: Mapping[str, Loc]
+    lines: Mapping[Loc, int]
+
+
+def _variable(loc: Loc, sources: Sources) -> str | None:
+    """The variable that set the value at ``loc``, if the environment did."""
+    wanted = tuple(part.lower() for part in loc)
+    setting = [name for name, path in sources.variables.items() if wanted[: len(path)] == path]
+    return max(setting, key=lambda name: len(sources.variables[name])) if setting else None
 
 
 def _origin(loc: Loc, sources: Sources) -> tuple[str, bool]:
-    """`` (from PLANNER_X)`` for the value at ``loc``, and whether the environment gave it."""
+    """`` (from PLANNER_X)`` or `` (line N)`` for the value at ``loc``, and whether the
+    environment gave it."""
+    variable = _variable(loc, sources)
+    if variable is not None:
+        return f" (from {variable})", True
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in sources.lines:
+            return f" (line {sources.lines[loc[:end]]})", False
     wanted = tuple(part.lower() for part in loc)
-    setting = [name for name, path in sources.variables.items() if wanted[: len(path)] == path]
-    if setting:
-        return f" (from {max(setting, key=lambda name: len(sources.variables[name]))})", True
     under = sorted(
         name for name, path in sources.variables.items() if path[: len(wanted)] == wanted
     )
@@ -202,6 +253,23 @@ def _spelling(loc: Loc, settings: type[BaseModel]) -> str:
     return f"; did you mean {close[0]}?" if close else ""
 
 
+def _not_a_table(loc: Loc, value: object, variable: str | None) -> str:
+    """What to write where a table (a section, a quota) was given something else."""
+    if variable is not None:
+        if len(loc) == 2 and loc[0] == "quotas" and isinstance(value, int | str):
+            return f"a quota is a table; set {variable}{NESTING}TARGET={value} instead"
+        return f'expected a table: JSON such as {{"key": 1}}, or set {variable}{NESTING}KEY'
+    if len(loc) == 2 and loc[0] == "quotas":
+        target = value if isinstance(value, int) else "N"
+        return (
+            f"a quota is a table; write [quotas.{loc[1]}] with target = {target} on the next "
+            "line (and splits, min_per_cycle, criticality as needed)"
+        )
+    if loc == ("quotas",):
+        return "expected tables; write a [quotas.<Class>] table for each class, with target = N"
+    return f"expected a table; write [{'.'.join(loc)}] with its keys on the lines below"
+
+
 def error_lines(
     error: ValidationError,
     sources: Sources,
@@ -221,6 +289,8 @@ def error_lines(
             message += _spelling(loc, settings)
         elif item["type"] == "literal_error":
             message = message.replace("Input should be", "allowed:")
+        elif item["type"] in _NOT_A_TABLE:
+            message = _not_a_table(loc, value, _variable(loc, sources))
         else:
             message = _PLAIN.get(item["type"], message)
         secret = any(word in key for word in ("token", "password", "secret"))

@@ -184,10 +184,11 @@ class QuotaSettings(_Section):
         if self.target is None and not self.splits:
             raise ValueError("give a target or per-split targets (splits = {train = ...})")
         if self.target is not None and sum(self.splits.values()) > self.target:
-            raise ValueError(
+            message = (
                 f"per-split targets sum to {sum(self.splits.values())}, above target "
                 f"{self.target}; raise target or lower the split targets"
             )
+            raise field_errors("QuotaSettings", [("splits", self.splits, message)])
         return self
 
 
@@ -636,17 +637,18 @@ class _EnvQuotaNames(PydanticBaseSettingsSource):
         return data | {"quotas": {spelled.get(k.lower(), k): v for k, v in quotas.items()}}
 
 
-def _toml_secret_lines(data: dict[str, Any]) -> list[str]:
-    lines = []
+def _toml_secret_lines(data: dict[str, Any], lines: dict[tuple[str, ...], int]) -> list[str]:
+    found = []
     for dotted in SECRET_KEYS:
         section, _, key = dotted.partition(".")
         if isinstance(data.get(section), dict) and key in data[section]:
             env = f"{ENV_PREFIX}{section.upper()}__{key.upper()}"
-            lines.append(
+            line = lines.get((section, key))
+            found.append(
                 f"{dotted}: secrets are not read from the config file; set {env} "
-                f"or {dotted}_file = '/path/to/file'"
+                f"or {dotted}_file = '/path/to/file'" + (f" (line {line})" if line else "")
             )
-    return lines
+    return found
 
 
 def _without_secrets(data: dict[str, Any]) -> dict[str, Any]:
@@ -674,10 +676,11 @@ def load_settings(path: Path | None = None, *, environ: bool = True) -> Settings
     ``environ=False`` ignores ``PLANNER_*`` variables (tests, ``planner config check --file``).
     """
     data: dict[str, Any] = {}
+    lines: dict[tuple[str, ...], int] = {}
     if path is not None:
-        data = read_config(path)
+        data, lines = read_config(path)
     # A secret in the file is one bad line among the others, not a reason to check nothing else.
-    secret_lines = [(line, False) for line in _toml_secret_lines(data)]
+    secret_lines = [(line, False) for line in _toml_secret_lines(data, lines)]
     data = _without_secrets(data)
     variables = setting_variables(os.environ) if environ else {}
     for warning in unknown_variables(variables, Settings):
@@ -685,7 +688,7 @@ def load_settings(path: Path | None = None, *, environ: bool = True) -> Settings
     try:
         settings = Settings(**data) if environ else _FileOnlySettings(**data)
     except ValidationError as exc:
-        found = error_lines(exc, Sources(variables), Settings, _SECRET_NAMES)
+        found = error_lines(exc, Sources(variables, lines), Settings, _SECRET_NAMES)
         raise _config_error(secret_lines + found, path) from None
     except SettingsError as exc:  # a table or list from the environment that is not JSON
         field = re.search(r'field "([^"]+)"', str(exc))

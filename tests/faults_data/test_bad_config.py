@@ -250,3 +250,11 @@ def test_config_check_of_an_unreadable_file_exits_2_without_a_traceback(tmp_path
     latin = tmp_path / "latin.toml"
     latin.write_bytes(b"\xff\xfe[planning]\n")
     _refused(_run(["config", "check", "-c", str(latin)], {}, tmp_path), "is not UTF-8")
+
+
+def test_config_check_prints_the_table_a_quota_needs(tmp_path: Path) -> None:
+    config = _config(tmp_path, "[quotas]\nPed = 5\n")
+    done = _run(["config", "check", "-c", str(config)], {}, tmp_path)
+    _refused(done)
+    assert "quotas.Ped = 5: a quota is a table; write [quotas.Ped] with target = 5" in done.stderr
+    assert "(line 4)" in done.stderr

@@ -137,7 +137,7 @@ def test_toml_syntax_error_and_missing_file(tmp_path: Path) -> None:
 
 def test_quota_split_targets_above_total_are_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "[quotas.Crack]\ntarget = 10\nsplits = { train = 20 }\n")
-    with pytest.raises(ConfigError, match=r"quotas\.Crack.*sum to 20, above target 10"):
+    with pytest.raises(ConfigError, match=r"quotas\.Crack\.splits = .*sum to 20, above target 10"):
         load_settings(path)
 
 
@@ -396,9 +396,9 @@ def test_an_unknown_key_names_the_closest_one(tmp_path: Path) -> None:
     lines = str(info.value).splitlines()[1:]
     assert lines[0].endswith(
         "unknown key; check the spelling against the configuration "
-        "reference; did you mean criticality?"
+        "reference; did you mean criticality? (line 3)"
     )
-    assert lines[1].endswith("did you mean device?")
+    assert lines[1].endswith("did you mean device? (line 5)")
 
 
 def test_a_config_that_cannot_be_read_is_a_config_error(tmp_path: Path) -> None:
@@ -411,3 +411,56 @@ def test_a_config_that_cannot_be_read_is_a_config_error(tmp_path: Path) -> None:
     # reading /proc/self/mem at offset 0 fails with EIO, as a failing disk would
     with pytest.raises(ConfigError, match="cannot read config /proc/self/mem: Input/output error"):
         load_settings(Path("/proc/self/mem"))
+
+
+def test_a_bad_key_names_its_line_in_the_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """# a comment quoting \"\"\" is no string
+[planning]
+batch_size = -5
+strata_fields = [
+  "time",
+]
+"seed" = -1
+
+[quotas.Car]
+target = 5
+splits = { train = 10 }
+[dashboard]
+token = "abc"
+[workers]
+device = "gpu"
+""",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ=False)
+    lines = [line.strip() for line in str(info.value).splitlines()[1:]]
+    assert lines[0].startswith("dashboard.token: secrets are not read")
+    assert [line.rsplit(" (", 1)[1] for line in lines] == [
+        "line 13)",
+        "line 3)",
+        "line 7)",
+        "line 11)",
+        "line 15)",
+    ], lines
+    assert lines[3].startswith("quotas.Car.splits = {'train': 10}: per-split targets sum to 10")
+
+
+def test_a_bare_number_as_a_quota_says_to_write_a_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path, "[quotas]\nPed = 5\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert str(info.value).splitlines()[1].strip() == (
+        "quotas.Ped = 5: a quota is a table; write [quotas.Ped] with target = 5 on the next "
+        "line (and splits, min_per_cycle, criticality as needed) (line 2)"
+    )
+    monkeypatch.setenv("PLANNER_QUOTAS__PED", "5")
+    with pytest.raises(ConfigError) as info:
+        load_settings(None)
+    assert str(info.value).splitlines()[1].strip() == (
+        "quotas.ped = 5: a quota is a table; set PLANNER_QUOTAS__PED__TARGET=5 instead "
+        "(from PLANNER_QUOTAS__PED)"
+    )
