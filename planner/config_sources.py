@@ -43,16 +43,22 @@ _PLAIN = {
 }
 
 
-def read_config(path: Path) -> tuple[dict[str, Any], dict[Loc, int]]:
+def read_config(
+    path: Path, *, named_by: str | None = None
+) -> tuple[dict[str, Any], dict[Loc, int]]:
     """The TOML file at ``path`` as data, and the line of each key (see :func:`key_lines`);
-    :class:`ConfigError` says why it cannot be read."""
+    :class:`ConfigError` says why it cannot be read. ``named_by``: the variable that named
+    the file, when one did."""
     source = str(path)
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
+        fix = "pass the path of an existing file with --config"
+        if named_by is not None:
+            fix = f"named by ${named_by}: point ${named_by} at an existing file, or unset it"
         raise ConfigError(
-            f"config file {source!r} does not exist; pass the path of an existing file "
-            "with --config (the configuration reference is in README.md)"
+            f"config file {source!r} does not exist; {fix} (the configuration reference is in "
+            "README.md)"
         ) from None
     except IsADirectoryError:
         raise ConfigError(

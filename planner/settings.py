@@ -512,7 +512,9 @@ class WorkerSettings(_Section):
     retry_backoff_max_s: float = Field(default=300.0, gt=0, description="Longest retry delay.")
     time_limit_s: int = Field(default=3 * 3600, ge=2, description="Hard time limit of a chunk.")
     soft_time_limit_s: int | None = Field(
-        default=None, validate_default=True, description="Soft limit; unset = hard - 60 s."
+        default=None,
+        validate_default=True,
+        description="Soft limit; unset = hard - 60 s (- a tenth under 600 s).",
     )
     visibility_timeout_s: int | None = Field(
         default=None,
@@ -678,7 +680,10 @@ def load_settings(path: Path | None = None, *, environ: bool = True) -> Settings
     data: dict[str, Any] = {}
     lines: dict[tuple[str, ...], int] = {}
     if path is not None:
-        data, lines = read_config(path)
+        named = os.environ.get(CONFIG_ENV) if environ else None
+        data, lines = read_config(
+            path, named_by=CONFIG_ENV if named and Path(named) == path else None
+        )
     # A secret in the file is one bad line among the others, not a reason to check nothing else.
     secret_lines = [(line, False) for line in _toml_secret_lines(data, lines)]
     data = _without_secrets(data)

@@ -258,3 +258,8 @@ def test_config_check_prints_the_table_a_quota_needs(tmp_path: Path) -> None:
     _refused(done)
     assert "quotas.Ped = 5: a quota is a table; write [quotas.Ped] with target = 5" in done.stderr
     assert "(line 4)" in done.stderr
+
+
+def test_config_check_names_planner_config_when_its_file_is_missing(tmp_path: Path) -> None:
+    done = _run(["config", "check"], {"PLANNER_CONFIG": str(tmp_path / "nope.toml")}, tmp_path)
+    _refused(done, "does not exist; named by $PLANNER_CONFIG")

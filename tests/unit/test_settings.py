@@ -464,3 +464,30 @@ def test_a_bare_number_as_a_quota_says_to_write_a_table(
         "quotas.ped = 5: a quota is a table; set PLANNER_QUOTAS__PED__TARGET=5 instead "
         "(from PLANNER_QUOTAS__PED)"
     )
+
+
+def test_a_missing_file_named_by_planner_config_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "nope.toml"
+    monkeypatch.setenv("PLANNER_CONFIG", str(missing))
+    with pytest.raises(ConfigError, match=r"named by \$PLANNER_CONFIG: point \$PLANNER_CONFIG at"):
+        load_settings(missing)
+    with pytest.raises(ConfigError, match="pass the path of an existing file with --config"):
+        load_settings(tmp_path / "other.toml")  # --config, whatever the variable says
+
+
+def test_the_readme_gives_the_soft_time_limit_the_code_derives() -> None:
+    from planner.settings import worker_time_limits
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if "`workers.soft_time_limit_s` |" in line)
+    minus = "\N{MINUS SIGN}"
+    assert f"hard {minus} 60 s; under 600 s, hard {minus} a tenth of it (rounded down" in row
+    assert [worker_time_limits(hard, None, None)[1] for hard in (2, 10, 599, 600, 10800)] == [
+        1,
+        9,
+        540,
+        540,
+        10740,
+    ]
