@@ -144,9 +144,16 @@ class LabelStudioBackend:
         self, project_id: int, query: Mapping[str, Any], page_size: int = 500
     ) -> Iterator[Any]:
         what = f"tasks of project {project_id}"
+        # resolve_uri=False: the server otherwise rewrites storage references (s3://, gs://,
+        # azure) into its own resolve links, and every URL into a file-proxy link when the
+        # project has task_data_login; the planner stores, and writes back, the raw data.
         pager = self.call(
             lambda: self._sdk.tasks.list(
-                project=project_id, page_size=page_size, fields="all", query=json.dumps(query)
+                project=project_id,
+                page_size=page_size,
+                fields="all",
+                query=json.dumps(query),
+                resolve_uri=False,
             ),
             what,
         )
@@ -166,6 +173,7 @@ class LabelStudioBackend:
         for page in itertools.count(1):
             params: dict[str, object] = {"project": project_id, "page": page}
             params |= {"page_size": _STAMP_PAGE, "fields": "task_only", "include": "id,updated_at"}
+            params["resolve_uri"] = "false"  # the data is not sent, but would still be resolved
             try:
                 data = self.get("/api/tasks/", params=params)
             except GoneError:

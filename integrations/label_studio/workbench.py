@@ -205,7 +205,10 @@ class LabelStudioWorkbench(LabelStudioBackend):
         """Task ids of a Data Manager view, in its order."""
         what = f"tasks of view {view_id}"
         pager = self.call(
-            lambda: self.sdk.tasks.list(project=project_id, view=view_id, fields="task_only"), what
+            lambda: self.sdk.tasks.list(
+                project=project_id, view=view_id, fields="task_only", resolve_uri=False
+            ),
+            what,
         )
         return [int(t.id) for t in self.iterate(pager, what)]
 

@@ -338,3 +338,24 @@ def test_the_image_is_the_field_the_image_tag_names(
         with store.session() as session:
             row = session.exec(select(Task).where(Task.ls_task_id == task)).one()
     assert row.image == "/data/upload/1/car.png"
+
+
+def test_a_push_keeps_the_tasks_own_references(backend: LabelStudioWorkbench) -> None:
+    # A listing that resolves URIs (the server's default) rewrites storage references into
+    # resolve links and, with task_data_login, every URL into a file-proxy link (community
+    # edition has no such route: it answers 500); the push would write them back over the
+    # task's own data. No S3 storage here (it checks its bucket online): task_data_login it is.
+    pid = backend.create_project(f"refs-{uuid.uuid4().hex[:8]}", CLASSIFY)
+    backend.sdk.projects.update(id=pid, task_data_login="reader", task_data_password="secret")
+    own = [
+        {"image": "s3://bucket/photos/0001.jpg"},
+        {"image": "https://images.example.com/0002.jpg", "source": "gs://other/0002.jpg"},
+    ]
+    ids = backend.import_tasks(pid, [{"data": data} for data in own])
+    backend.push_batch(pid, PushBatch("planner-test-b1", [(ids[1], 1), (ids[0], 2)]))
+    stored = backend.get("/api/tasks/", params={"project": pid, "resolve_uri": "false"})["tasks"]
+    assert {t["id"]: {k: v for k, v in t["data"].items() if k != RANK_FIELD} for t in stored} == {
+        ids[0]: own[0],
+        ids[1]: own[1],
+    }
+    assert {t.id: dict(t.data) for t in backend.iter_tasks(pid)} == dict(zip(ids, own, strict=True))
