@@ -201,13 +201,17 @@ class LabelStudioBackend:
     def push_batch(self, project_id: int, batch: PushBatch) -> PushResult:
         """Predictions scored by rank, Uncertainty sampling on the batch tag, a "Next batch" tab.
 
-        New predictions go in one bulk import. Earlier planner predictions (other tags,
-        duplicates, stale scores) are deleted; predictions of other models are never touched.
-        Each batch task's rank goes into its data (``RANK_FIELD``, which the tab orders by) and
-        leaves the tasks of an older batch. Prediction deletes and rank writes bump the tasks'
-        ``updated_at``; pushing the same batch again writes nothing. Tasks deleted since the
-        batch was planned are left out (``PushResult.missing``); with none left, nothing is
-        written.
+        The steps keep the project serving a batch all along: stale and duplicate predictions
+        of this tag go first (one prediction per task and tag), the new ones come in one bulk
+        import, then the ranks, the project's model_version and the tab; only then are the
+        earlier batches' planner predictions deleted (before, the project's model_version
+        would name a tag with none left, and sampling falls back to random). Predictions of
+        other models are never touched. Each batch task's rank goes into its data
+        (``RANK_FIELD``, which the tab orders by) and leaves the tasks of an older batch.
+        Prediction deletes and rank writes bump the tasks' ``updated_at``; pushing the same
+        batch again writes nothing, and a push cut short anywhere is finished by the next.
+        Tasks deleted since the batch was planned are left out (``PushResult.missing``); with
+        none left, nothing is written.
         """
         scores, missing = batch_scores(batch, self.task_ids(project_id))
         if not scores:  # every task is gone: leave the server serving what it serves
@@ -215,17 +219,22 @@ class LabelStudioBackend:
         what = f"predictions of project {project_id}"
         existing = self.call(lambda: self._sdk.predictions.list(project=project_id), what)
         keep: set[int] = set()
-        removed = 0
+        superseded: list[int] = []
         for old in existing:
             version, task = old.model_version or "", int(old.task or 0)
             if not version.startswith(TAG_PREFIX):
                 continue
-            current = version == batch.tag and task in scores and task not in keep
-            if current and abs(float(old.score or 0.0) - scores[task]) < 1e-9:
+            if version != batch.tag:
+                superseded.append(int(old.id))
+                continue
+            if (
+                task in scores
+                and task not in keep
+                and abs(float(old.score or 0.0) - scores[task]) < 1e-9
+            ):
                 keep.add(task)
                 continue
-            self.call(partial(self._sdk.predictions.delete, id=int(old.id)), what)
-            removed += int(version != batch.tag)
+            self._delete_prediction(int(old.id), what)
         fresh = [
             PredictionRequest(task=task, result=[], score=score, model_version=batch.tag)
             for task, score in scores.items()
@@ -246,7 +255,13 @@ class LabelStudioBackend:
             f"project {project_id} sampling",
         )
         view_id = self._upsert_view(project_id, ranked)
+        for prediction in superseded:
+            self._delete_prediction(prediction, what)
+        removed = len(superseded)
         return PushResult(created=len(fresh), removed=removed, view_id=view_id, missing=missing)
+
+    def _delete_prediction(self, prediction_id: int, what: str) -> None:
+        self.call(lambda: self._sdk.predictions.delete(id=prediction_id), what)
 
     def _write_ranks(self, project_id: int, ranks: Mapping[int, str]) -> None:
         """Set ``RANK_FIELD`` on the batch tasks and remove it from every other task.

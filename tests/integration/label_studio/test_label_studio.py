@@ -32,6 +32,7 @@ from planner.store.models import Task
 from planner.store.tasks import count_table
 from planner.sync import sync_project
 from tests.unit.integrations.contract import SkipsOne
+from tests.unit.integrations.contract import project as small_project
 
 pytestmark = pytest.mark.integration
 
@@ -359,3 +360,33 @@ def test_a_push_keeps_the_tasks_own_references(backend: LabelStudioWorkbench) ->
         ids[1]: own[1],
     }
     assert {t.id: dict(t.data) for t in backend.iter_tasks(pid)} == dict(zip(ids, own, strict=True))
+
+
+def test_a_push_cut_short_leaves_the_project_serving_the_last_batch(
+    backend: LabelStudioWorkbench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pid, ids = small_project(backend, 6)
+    old = PushBatch("planner-test-b1", [(ids[4], 1), (ids[2], 2)])
+    backend.push_batch(pid, old)
+    new = PushBatch("planner-test-b2", [(ids[1], 1), (ids[3], 2)])
+
+    def down(**_: Any) -> None:  # the server gone at this step: no real way to time that
+        raise httpx.ConnectError("connection refused")
+
+    monkeypatch.setattr(backend.sdk.projects, "update", down)
+    with pytest.raises(TransientError, match="cannot reach"):
+        backend.push_batch(pid, new)
+    monkeypatch.undo()
+    # the project still names b1, and b1's predictions are there to serve it by
+    assert backend.project(pid).serving == old.tag
+    versions = {(task, version) for task, version, _ in backend.list_predictions(pid)}
+    assert {(ids[4], old.tag), (ids[2], old.tag)} <= versions
+    # as another user: /next/ locks the task it serves for its user
+    annotator = backend.create_annotator(f"meanwhile-{uuid.uuid4().hex[:8]}@example.com")
+    assert backend.next_task(pid, annotator=annotator) == ids[4]
+    done = backend.push_batch(pid, new)  # the next push finishes it
+    assert (done.created, done.removed) == (0, 2)
+    assert sorted(backend.list_predictions(pid)) == sorted(
+        [(ids[1], new.tag, 1 / 3), (ids[3], new.tag, 2 / 3)]
+    )
+    assert (backend.project(pid).serving, backend.next_task(pid)) == (new.tag, ids[1])
