@@ -8,6 +8,7 @@ refresh token the SDK exchanges at ``/api/token/refresh/`` for a short-lived acc
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -246,7 +247,11 @@ class LabelStudioBackend:
             )
             _pause_for_tests()
         ranked = sorted(scores, key=scores.__getitem__)
-        self._write_ranks(project_id, {task: rank_value(i) for i, task in enumerate(ranked, 1)})
+        ranks = {task: rank_value(i) for i, task in enumerate(ranked, 1)}
+        gone = self._write_ranks(project_id, ranks)
+        if gone:  # deleted since the listing: out of the batch, like those deleted before
+            ranked = [task for task in ranked if task not in gone]
+            missing = tuple(sorted({*missing, *gone}))
         # The server accepts a model_version only once predictions carry it.
         self.call(
             lambda: self._sdk.projects.update(
@@ -261,10 +266,13 @@ class LabelStudioBackend:
         return PushResult(created=len(fresh), removed=removed, view_id=view_id, missing=missing)
 
     def _delete_prediction(self, prediction_id: int, what: str) -> None:
-        self.call(lambda: self._sdk.predictions.delete(id=prediction_id), what)
+        # a 404: deleted already, by someone else or by a first try whose answer timed out
+        with contextlib.suppress(GoneError):
+            self.call(lambda: self._sdk.predictions.delete(id=prediction_id), what)
 
-    def _write_ranks(self, project_id: int, ranks: Mapping[int, str]) -> None:
-        """Set ``RANK_FIELD`` on the batch tasks and remove it from every other task.
+    def _write_ranks(self, project_id: int, ranks: Mapping[int, str]) -> set[int]:
+        """Set ``RANK_FIELD`` on the batch tasks and remove it from every other task; the batch
+        tasks deleted meanwhile (not listed, or gone at their write).
 
         ``tasks.update`` replaces the whole data dict, so each write sends the task's data back
         with only the rank changed; tasks already holding the right rank are not written.
@@ -282,15 +290,20 @@ class LabelStudioBackend:
             for raw in self._list(project_id, {"filters": _any_of(items)}):
                 task = remote_task(raw)
                 current[task.id] = (task, rank_of(raw))
+        gone = set(ranks) - set(current)
         for task_id, (task, rank) in sorted(current.items()):
             want = ranks.get(task_id)
             if rank == want:
                 continue
             data = dict(task.data) | ({} if want is None else {RANK_FIELD: want})
-            self.call(
-                partial(self._sdk.tasks.update, id=str(task_id), data=data),
-                f"rank of task {task_id}",
-            )
+            try:
+                self.call(
+                    partial(self._sdk.tasks.update, id=str(task_id), data=data),
+                    f"rank of task {task_id}",
+                )
+            except GoneError:
+                gone.add(task_id)  # deleted since the listing
+        return gone & set(ranks)
 
     def ensure_webhook(self, project_id: int, url: str, *, secret: str) -> int:
         """One active webhook of the project to ``url``; created, updated or left as it is."""

@@ -390,3 +390,36 @@ def test_a_push_cut_short_leaves_the_project_serving_the_last_batch(
         [(ids[1], new.tag, 1 / 3), (ids[3], new.tag, 2 / 3)]
     )
     assert (backend.project(pid).serving, backend.next_task(pid)) == (new.tag, ids[1])
+
+
+def test_a_404_inside_a_push_is_one_thing_gone_not_the_project(
+    backend: LabelStudioWorkbench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pid, ids = small_project(backend, 5)
+    backend.push_batch(pid, PushBatch("planner-test-b1", [(ids[0], 1), (ids[1], 2)]))
+    sdk = backend.sdk
+    delete, update = sdk.predictions.delete, sdk.tasks.update
+    timed_out: list[int] = []
+
+    def delete_then_time_out(*, id: int) -> None:
+        delete(id=id)  # the server deletes it; its answer is lost on the way back
+        if not timed_out:
+            timed_out.append(id)
+            raise httpx.ReadTimeout("timed out")
+
+    def deleted_meanwhile(*, id: str, data: Any) -> Any:
+        if int(id) == ids[3]:
+            backend.delete_task(ids[3])  # someone deletes it between the listing and the PATCH
+        return update(id=id, data=data)
+
+    monkeypatch.setattr(sdk.predictions, "delete", delete_then_time_out)
+    monkeypatch.setattr(sdk.tasks, "update", deleted_meanwhile)
+    batch = PushBatch("planner-test-b2", [(ids[2], 1), (ids[3], 2), (ids[4], 3)])
+    pushed = backend.push_batch(pid, batch)
+    monkeypatch.undo()
+    assert timed_out, "a delete was retried after its first try had committed"
+    assert (pushed.removed, pushed.missing) == (2, (ids[3],))
+    assert pushed.view_id is not None
+    assert backend.view_task_ids(pid, pushed.view_id) == [ids[2], ids[4]]
+    assert {v for _, v, _ in backend.list_predictions(pid)} == {batch.tag}
+    assert backend.project(pid).serving == batch.tag
