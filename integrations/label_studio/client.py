@@ -242,8 +242,10 @@ class LabelStudioBackend:
             if task not in keep
         ]
         if fresh:
-            self.call(
-                lambda: self._sdk.projects.import_predictions(id=project_id, request=fresh), what
+            self.post(
+                lambda: self._sdk.projects.import_predictions(id=project_id, request=fresh),
+                what,
+                then="the next push keeps what landed and imports the rest",
             )
             _pause_for_tests()
         ranked = sorted(scores, key=scores.__getitem__)
@@ -319,7 +321,11 @@ class LabelStudioBackend:
         hooks = self.call(lambda: self._sdk.webhooks.list(project=str(project_id)), what)
         mine = [as_dict(h) for h in hooks if h.url == url and int(h.project or 0) == project_id]
         if not mine:
-            made = self.call(lambda: self._sdk.webhooks.create(project=project_id, **wanted), what)
+            made = self.post(
+                lambda: self._sdk.webhooks.create(project=project_id, **wanted),
+                what,
+                then="the next registration finds it by its URL",
+            )
             return int(made.id)
         first, *extra = mine
         for duplicate in extra:
@@ -345,7 +351,11 @@ class LabelStudioBackend:
                 what,
             )
         else:
-            view = self.call(lambda: self._sdk.views.create(project=project_id, data=data), what)
+            view = self.post(
+                lambda: self._sdk.views.create(project=project_id, data=data),
+                what,
+                then="the next push finds it and updates it",
+            )
         return int(view.id)
 
     # -- plumbing (also used by workbench.py) ------------------------------------------------
@@ -377,11 +387,21 @@ class LabelStudioBackend:
             if page is None or not page.items:
                 return
 
-    def call(self, action: Callable[[], _T], what: str) -> _T:
+    def post(self, action: Callable[[], _T], what: str, *, then: str) -> _T:
+        """``call`` for a create the server may have committed when its answer is lost (a
+        timeout, a cut connection, a 5xx): tried once, never repeated blindly (that would
+        create it twice); the ``TransientError`` says that ``then`` the caller, idempotent,
+        finds what landed and completes the rest."""
+        try:
+            return self.call(action, what, attempts=1)
+        except TransientError as exc:
+            raise type(exc)(f"{exc}; not sent again, as it may have landed: {then}") from None
+
+    def call(self, action: Callable[[], _T], what: str, *, attempts: int | None = None) -> _T:
         """``action()`` with SDK errors translated; transient ones retried a few times."""
         retrying = Retrying(
             retry=retry_if_exception_type(TransientError),
-            stop=stop_after_attempt(self._attempts),
+            stop=stop_after_attempt(attempts or self._attempts),
             wait=wait_exponential(multiplier=0.5, max=5),
             reraise=True,
         )

@@ -423,3 +423,47 @@ def test_a_404_inside_a_push_is_one_thing_gone_not_the_project(
     assert backend.view_task_ids(pid, pushed.view_id) == [ids[2], ids[4]]
     assert {v for _, v, _ in backend.list_predictions(pid)} == {batch.tag}
     assert backend.project(pid).serving == batch.tag
+
+
+def _answer_lost(create: Any) -> Any:
+    """``create``, whose server commits it and whose answer is then lost on the way back."""
+
+    def landed_then_lost(*args: Any, **kwargs: Any) -> Any:
+        create(*args, **kwargs)
+        raise httpx.ReadTimeout("timed out")
+
+    return landed_then_lost
+
+
+def test_a_create_whose_answer_is_lost_is_not_sent_twice(
+    backend: LabelStudioWorkbench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a retry would make a second one
+    pid, ids = small_project(backend, 3)
+    sdk = backend.sdk
+    imports = sdk.projects.import_predictions
+    monkeypatch.setattr(sdk.projects, "import_predictions", _answer_lost(imports))
+    monkeypatch.setattr(sdk.views, "create", _answer_lost(sdk.views.create))
+    monkeypatch.setattr(sdk.webhooks, "create", _answer_lost(sdk.webhooks.create))
+    batch = PushBatch("planner-test-b1", [(ids[2], 1), (ids[0], 2)])
+    with pytest.raises(TransientError, match=r"not sent again.*next push keeps what landed"):
+        backend.push_batch(pid, batch)
+    assert sorted(backend.list_predictions(pid)) == [
+        (ids[0], batch.tag, 2 / 3),
+        (ids[2], batch.tag, 1 / 3),
+    ]
+    monkeypatch.setattr(sdk.projects, "import_predictions", imports)
+    with pytest.raises(TransientError, match="next push finds it"):
+        backend.push_batch(pid, batch)
+    url = "http://127.0.0.1:9/webhook/label-studio"
+    with pytest.raises(TransientError, match="finds it by its URL"):
+        backend.ensure_webhook(pid, url, secret="s")
+    monkeypatch.undo()
+    views = [v for v in sdk.views.list(project=pid) if (v.data or {}).get("title") == VIEW_TITLE]
+    assert len(views) == 1
+    assert len(backend.list_webhooks(pid)) == 1
+    done = backend.push_batch(pid, batch)  # the next push completes what the first left
+    assert (done.created, done.view_id) == (0, views[0].id)
+    assert len(backend.list_predictions(pid)) == 2
+    assert backend.view_task_ids(pid, views[0].id) == [ids[2], ids[0]]
+    assert backend.ensure_webhook(pid, url, secret="s") == backend.list_webhooks(pid)[0][0]
