@@ -15,7 +15,6 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from functools import partial
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -72,23 +71,41 @@ class LabelStudioBackend:
         self._attempts = attempts
         self._timeout_s = timeout_s
         self._http = httpx.Client(timeout=timeout_s)
-        self._sdk: Any = self._client(token)
+        self._token = token
+        try:
+            self._sdk: Any = self._client(token)
+        except PlannerError:
+            self._http.close()
+            raise
 
     def _client(self, token: str) -> Any:
         # The SDK's models are Any here: mapping.py turns what it returns into our types. The
         # base client, not ``LabelStudio``: its export and label-interface extensions import
-        # pandas and friends (about 60 MB a daemon would carry for nothing).
-        return LabelStudioBase(
-            base_url=self.url,
-            api_key=token,
-            timeout=self._timeout_s,
-            max_retries=0,  # retries are ours (tenacity), with the errors translated
-            httpx_client=self._http,
+        # pandas and friends (about 60 MB a daemon would carry for nothing). It checks a
+        # personal access token's expiry as it is built (ApiError 401): translated too.
+        try:
+            return self._build(token)
+        except _Unauthorized as exc:
+            raise exc.error from None
+
+    def _build(self, token: str) -> Any:
+        return self._once(
+            lambda: LabelStudioBase(
+                # the trailing slash keeps a path prefix (https://host/label-studio/) in the
+                # URL the SDK refreshes tokens at (urljoin); its other URLs are joined by hand
+                base_url=f"{self.url}/",
+                api_key=token,
+                timeout=self._timeout_s,
+                max_retries=0,  # retries are ours (tenacity), with the errors translated
+                httpx_client=self._http,
+            ),
+            "a connection",
         )
 
     def use_token(self, token: str) -> None:
         """Authenticate with ``token`` from now on (a rotated token), on the same connections."""
         self._sdk = self._client(token)
+        self._token = token
 
     @property
     def sdk(self) -> Any:
@@ -299,13 +316,21 @@ class LabelStudioBackend:
                 continue
             data = dict(task.data) | ({} if want is None else {RANK_FIELD: want})
             try:
-                self.call(
-                    partial(self._sdk.tasks.update, id=str(task_id), data=data),
-                    f"rank of task {task_id}",
-                )
+                self._update_task(task_id, data)
             except GoneError:
                 gone.add(task_id)  # deleted since the listing
         return gone & set(ranks)
+
+    def _update_task(self, task_id: int, data: Mapping[str, Any]) -> None:
+        # the SDK looked up at each try: a 401 rebuilds it (``call``)
+        self.call(
+            lambda: self._sdk.tasks.update(id=str(task_id), data=dict(data)),
+            f"rank of task {task_id}",
+        )
+
+    def _delete(self, kind: str, item_id: int | str, what: str) -> None:
+        """Delete the SDK's ``kind`` (``views``, ``webhooks``) ``item_id``."""
+        self.call(lambda: getattr(self._sdk, kind).delete(id=item_id), what)
 
     def ensure_webhook(self, project_id: int, url: str, *, secret: str) -> int:
         """One active webhook of the project to ``url``; created, updated or left as it is."""
@@ -329,11 +354,11 @@ class LabelStudioBackend:
             return int(made.id)
         first, *extra = mine
         for duplicate in extra:
-            self.call(partial(self._sdk.webhooks.delete, id=int(duplicate["id"])), what)
+            self._delete("webhooks", int(duplicate["id"]), what)
         current = {key: first.get(key) for key in wanted}
         current["actions"] = sorted(current["actions"] or [])
         if current != {**wanted, "actions": sorted(WEBHOOK_ACTIONS)}:
-            self.call(partial(self._sdk.webhooks.update, id=int(first["id"]), **wanted), what)
+            self.call(lambda: self._sdk.webhooks.update(id=int(first["id"]), **wanted), what)
         return int(first["id"])
 
     def _upsert_view(self, project_id: int, ordered_ids: Sequence[int]) -> int:
@@ -344,7 +369,7 @@ class LabelStudioBackend:
         for extra in mine[1:]:
             # a second tab of ours: a create retried after a timeout the server had already
             # committed, or two daemons at once; it would go on serving an old batch
-            self.call(partial(self._sdk.views.delete, id=str(extra.id)), what)
+            self._delete("views", str(extra.id), what)
         if mine:
             view = self.call(
                 lambda: self._sdk.views.update(id=str(mine[0].id), project=project_id, data=data),
@@ -361,10 +386,12 @@ class LabelStudioBackend:
     # -- plumbing (also used by workbench.py) ------------------------------------------------
     def get(self, path: str, params: Mapping[str, Any] | None = None) -> Any:
         """GET a JSON endpoint the SDK has no method for, with errors translated."""
-        wrapper = self._sdk._client_wrapper  # the SDK's authenticated httpx wrapper
+        # the SDK's authenticated httpx wrapper, read at each try (a 401 rebuilds the client)
         return self.call(
             lambda: _json(
-                wrapper.httpx_client.request(path.lstrip("/"), method="GET", params=params)
+                self._sdk._client_wrapper.httpx_client.request(
+                    path.lstrip("/"), method="GET", params=params
+                )
             ),
             path,
         )
@@ -398,7 +425,24 @@ class LabelStudioBackend:
             raise type(exc)(f"{exc}; not sent again, as it may have landed: {then}") from None
 
     def call(self, action: Callable[[], _T], what: str, *, attempts: int | None = None) -> _T:
-        """``action()`` with SDK errors translated; transient ones retried a few times."""
+        """``action()`` with SDK errors translated; transient ones retried a few times.
+
+        A 401 with a personal access token rebuilds the client once (the SDK then fetches a
+        fresh access token: the cached one may be revoked, or expired by the server's clock
+        but not by ours) and tries ``action`` once more.
+        """
+        try:
+            return self._retried(action, what, attempts)
+        except _Unauthorized as exc:
+            if not _is_jwt(self._token):
+                raise exc.error from None
+        self._sdk = self._client(self._token)
+        try:
+            return self._retried(action, what, attempts)
+        except _Unauthorized as exc:
+            raise exc.error from None
+
+    def _retried(self, action: Callable[[], _T], what: str, attempts: int | None) -> _T:
         retrying = Retrying(
             retry=retry_if_exception_type(TransientError),
             stop=stop_after_attempt(attempts or self._attempts),
@@ -414,7 +458,13 @@ class LabelStudioBackend:
         try:
             return action()
         except ApiError as exc:
-            raise translate(exc.status_code or 0, str(exc.body), self.url, what) from None
+            error = translate(exc.status_code or 0, str(exc.body), self.url, what)
+            if exc.status_code == 401:
+                raise _Unauthorized(error) from None
+            raise error from None
+        except json.JSONDecodeError:
+            # an answer that is not JSON where the SDK reads it itself (the token refresh)
+            raise translate(200, "", self.url, what) from None
         except httpx.TimeoutException as exc:
             raise SlowError(
                 f"Label Studio at {self.url} did not answer in time ({type(exc).__name__}) "
@@ -425,6 +475,19 @@ class LabelStudioBackend:
                 f"cannot reach Label Studio at {self.url} ({type(exc).__name__}) while asking "
                 f"for {what}; check label_studio.url and that the server is running"
             ) from None
+
+
+class _Unauthorized(Exception):  # noqa: N818 - never leaves this module: carries the AuthError
+    """A 401 inside ``call``, which may get a fresh access token and try again."""
+
+    def __init__(self, error: PlannerError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _is_jwt(token: str) -> bool:
+    """A personal access token (a JWT refresh token), not a legacy one."""
+    return token.count(".") == 2
 
 
 PAUSE_AFTER_PREDICTIONS = "PLANNER_TEST_PAUSE_AFTER_PREDICTIONS"
@@ -464,11 +527,14 @@ def _json(response: httpx.Response) -> Any:
 def translate(status: int, body: str, url: str, what: str) -> PlannerError:
     """The planner error for an HTTP answer of Label Studio (pure; tested without a server)."""
     if status == 401:
+        said = f" ({body[:200]})" if body else ""
         return AuthError(
-            f"Label Studio at {url} rejected the token (401) for {what}; set label_studio.token "
-            "(PLANNER_LABEL_STUDIO__TOKEN or label_studio.token_file) to a personal access "
-            "token, or to a legacy token if the organization enables legacy tokens "
-            "(Organization > API Tokens settings; `label-studio start --enable-legacy-api-token`)"
+            f"Label Studio at {url} rejected the token (401) for {what}{said}; set "
+            "label_studio.token (PLANNER_LABEL_STUDIO__TOKEN or label_studio.token_file) to a "
+            "personal access token (they expire: make a new one under Account & Settings > "
+            "Personal Access Token), or to a legacy token if the organization enables legacy "
+            "tokens (Organization > API Tokens settings; `label-studio start "
+            "--enable-legacy-api-token`)"
         )
     if status == 403:
         return AuthError(

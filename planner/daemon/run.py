@@ -30,7 +30,7 @@ from planner.daemon.metrics import ListenError, MetricsServer
 from planner.daemon.schedule import Schedule
 from planner.daemon.service import ProjectDaemon, Scorer, unknown_quotas
 from planner.daemon.stopping import stop_config
-from planner.errors import ConfigError, PlannerError, StoreError, TransientError
+from planner.errors import AuthError, ConfigError, PlannerError, StoreError, TransientError
 from planner.outputs import emit_options, report_options
 from planner.params import quotas_from_settings
 from planner.ports import AnnotationBackend
@@ -150,8 +150,12 @@ def token_refresher(settings: Settings, backend: LabelStudioBackend) -> Callable
         fresh = reread_token(settings)
         if fresh is None or fresh == used[0]:
             return False
-        backend.use_token(fresh)
         used[0] = fresh
+        try:
+            backend.use_token(fresh)
+        except AuthError as exc:  # e.g. an expired personal access token, refused as read
+            log.warning("the token in label_studio.token_file is refused too: %s", exc)
+            return False
         return True
 
     return refresh

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+import jwt
 import numpy as np
 import pytest
 from PIL import Image
@@ -25,7 +26,7 @@ from integrations.label_studio.workbench import LabelStudioWorkbench
 from planner.core.counting import count_tasks
 from planner.core.labels import parse_label_config
 from planner.core.rle_encode import encode_mask
-from planner.errors import ConfigError, LabelConfigError, TransientError
+from planner.errors import AuthError, ConfigError, LabelConfigError, TransientError
 from planner.ports import PushBatch
 from planner.store import open_store
 from planner.store.models import Task
@@ -33,6 +34,7 @@ from planner.store.tasks import count_table
 from planner.sync import sync_project
 from tests.unit.integrations.contract import SkipsOne
 from tests.unit.integrations.contract import project as small_project
+from tests.unit.integrations.test_client_errors import personal_token
 
 pytestmark = pytest.mark.integration
 
@@ -467,3 +469,32 @@ def test_a_create_whose_answer_is_lost_is_not_sent_twice(
     assert len(backend.list_predictions(pid)) == 2
     assert backend.view_task_ids(pid, views[0].id) == [ids[2], ids[0]]
     assert backend.ensure_webhook(pid, url, secret="s") == backend.list_webhooks(pid)[0][0]
+
+
+def test_a_personal_access_token_the_server_refuses_says_what_to_do(
+    label_studio: ServerState,
+) -> None:
+    forged = personal_token(timedelta(days=1))  # a JWT, not signed by this server
+    with (
+        LabelStudioBackend(label_studio.url, forged, timeout_s=10) as connection,
+        pytest.raises(AuthError, match=r"(?s)rejected the token \(401\).*Personal Access Token"),
+    ):
+        connection.project(1)
+
+
+def test_a_refused_access_token_is_refreshed_once(
+    label_studio: ServerState, personal_access_token: str, backend: LabelStudioWorkbench
+) -> None:
+    pid = backend.create_project(f"pat-{uuid.uuid4().hex[:8]}", CLASSIFY)
+    with LabelStudioBackend(label_studio.url, personal_access_token) as personal:
+        assert personal.project(pid).id == pid
+        # an access token the SDK still holds valid but the server no longer takes (its clock
+        # ahead of ours, a revoked token): forged here, as neither can be made to order
+        claims = {
+            "token_type": "access",
+            "user_id": 1,
+            "exp": datetime.now(UTC) + timedelta(hours=1),
+        }
+        tokens = personal.sdk._client_wrapper._tokens_client
+        tokens._access_token = jwt.encode(claims, "a key this server never signed with, 32+")
+        assert personal.project(pid).id == pid

@@ -5,8 +5,11 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
+import jwt
 import pytest
 
 from integrations.label_studio.client import LabelStudioBackend, translate
@@ -70,3 +73,43 @@ def test_a_url_that_is_not_label_studio_says_so(html_server: str) -> None:
             backend.project(1)
         with pytest.raises(ConfigError, match="other than Label Studio's JSON"):
             backend.task_ids(1)
+
+
+def personal_token(expires_in: timedelta) -> str:
+    """A JWT refresh token shaped like Label Studio's personal access tokens (unsigned by it)."""
+    claims = {"token_type": "refresh", "user_id": 1, "exp": datetime.now(UTC) + expires_in}
+    return jwt.encode(claims, "not the key of any Label Studio, 32+ bytes", algorithm="HS256")
+
+
+def test_an_expired_personal_access_token_says_what_to_do() -> None:
+    # the SDK refuses it as the client is built, before any request
+    with pytest.raises(AuthError, match=r"(?s)expired.*Personal Access Token"):
+        LabelStudioBackend("http://127.0.0.1:9", personal_token(timedelta(days=-1)))
+
+
+class _Recorder(_HtmlPage):
+    paths: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        self.paths.append(self.path)
+        self.do_GET()
+
+
+def test_the_token_is_refreshed_under_the_urls_path() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/label-studio"
+    try:
+        token = personal_token(timedelta(days=1))
+        # an HTML page where the refresh's JSON should be: our error, not a JSONDecodeError
+        with (
+            LabelStudioBackend(url, token, timeout_s=5) as backend,
+            pytest.raises(ConfigError, match="other than Label Studio's JSON"),
+        ):
+            backend.project(1)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert _Recorder.paths[0] == "/label-studio/api/token/refresh/"
