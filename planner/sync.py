@@ -148,6 +148,7 @@ def sync_project(
     config_hash = hashlib.sha256(remote.label_config.encode()).hexdigest()
     with store.session() as session:
         project = ensure_project(session, ls_project_id=ls_project_id, title=remote.title)
+        project.title = remote.title  # a row the daemon made before it reached Label Studio
         project_id = int(project.id or 0)
         state = sync_state(session, project_id)
         activate_served(session, project_id, remote.serving, at=now)

@@ -3,7 +3,9 @@
 ``BackendWatch`` holds the ``planner.health`` state of one project's Label Studio. A failed
 call moves it to the fault it shows and sets the next try; until then ``ready()`` is False and
 the jobs leave Label Studio alone. Each change goes to ``/metrics`` and to the store (where
-``planner status`` and the dashboard read it); a successful sync returns it to ok.
+``planner status`` and the dashboard read it); a successful sync returns it to ok. A failure
+before the project's first sync creates its row, so a daemon that never reached Label Studio
+shows as failing instead of not at all.
 """
 
 from __future__ import annotations
@@ -13,12 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlmodel import select
-
 from planner.errors import PlannerError, StoreError
 from planner.health import BackendHealth
-from planner.store import Store
-from planner.store.models import Project
+from planner.store import Store, ensure_project
 from planner.store.sync_state import record_backend_health
 from planner.telemetry import Telemetry
 
@@ -79,9 +78,8 @@ class BackendWatch:
     def _record(self) -> None:
         try:
             with self.store.session() as session:
-                query = select(Project).where(Project.ls_project_id == self.ls_project_id)
-                row = session.exec(query).first()
-                if row is not None:
-                    record_backend_health(session, int(row.id or 0), self.health)
+                # before the first sync too: the sync fills in the title and label config
+                row = ensure_project(session, ls_project_id=self.ls_project_id)
+                record_backend_health(session, int(row.id or 0), self.health)
         except PlannerError:
             log.exception("could not record the Label Studio state")

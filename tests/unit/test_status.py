@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,13 +12,19 @@ from typer.testing import CliRunner
 
 from integrations.label_studio.fake import FakeLabelStudio
 from planner.cli import app
-from planner.store import open_store
+from planner.core.quotas import Quota
+from planner.daemon.service import ProjectDaemon
+from planner.store import DatabaseLease, open_store
 from planner.store.sync_state import record_sync_error
 from planner.sync import sync_project
 
 CONFIG = """<View><Image name="image" value="$image"/>
 <Choices name="kind" toName="image"><Choice value="Car"/><Choice value="Wheelchair"/></Choices>
 </View>"""
+
+
+def _never_scores(_project_id: int, _items: Sequence[tuple[int, str]]) -> str:
+    raise AssertionError("no cycle runs in these tests")
 
 
 def test_status_reports_counts_and_fails_the_check_when_sync_is_stale(
@@ -60,3 +67,43 @@ def test_the_check_says_unhealthy_with_exit_1_when_the_store_is_unreachable(
     assert "unhealthy" in checked.output
     # without --check it is an error like any other command's
     assert runner.invoke(app, ["status"]).exit_code == 2
+
+
+def test_a_daemon_that_never_reached_label_studio_fails_the_check(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PLANNER_STORE__URL", store_url)
+    fake = FakeLabelStudio()
+    pid = fake.create_project("traffic", CONFIG)
+    fake.unreachable = True  # down from the daemon's start: no sync has made the project row
+    runner = CliRunner()
+    now = [datetime.now(UTC)]
+    with open_store(store_url) as store:
+        daemon = ProjectDaemon(
+            backend=fake,
+            store=store,
+            ls_project_id=pid,
+            quotas=[Quota("Car", target=1)],
+            scorer=_never_scores,
+            lease=DatabaseLease(store.engine, f"project-{pid}", holder="first"),
+            clock=lambda: now[0],
+        )
+        started = runner.invoke(app, ["status", "--check", "--json"])
+        assert started.exit_code == 0, "a daemon that has not failed yet is not unhealthy"
+        assert daemon.sync() is None
+        down = runner.invoke(app, ["status", "--check", "--json"])
+        assert down.exit_code == 1, down.output
+        data = json.loads(down.stdout)
+        assert data["unhealthy"] == [pid]
+        (shown,) = data["projects"]
+        assert shown["last_sync_at"] is None
+        assert shown["label_studio"]["state"] == "unreachable"
+        assert shown["label_studio"]["failures"] == 1
+        assert "cannot reach the fake Label Studio" in shown["last_error"]
+        fake.unreachable = False
+        now[0] += timedelta(minutes=1)  # past the backoff
+        assert daemon.sync() is not None
+        back = runner.invoke(app, ["status", "--check", "--json"])
+        assert back.exit_code == 0, back.output
+        (shown,) = json.loads(back.stdout)["projects"]
+        assert (shown["title"], shown["label_studio"]["state"]) == ("traffic", "ok")
