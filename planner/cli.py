@@ -34,7 +34,7 @@ from planner.core.weights import NORMALISATIONS, SCHEMES
 from planner.cycle_once import run_one_cycle
 from planner.daemon.run import run_daemon
 from planner.demo_offline import OfflineDemo, run_offline_demo
-from planner.errors import ConfigError, InputError, PlannerError, TransientError
+from planner.errors import ConfigError, InputError, PlannerError, StoreSchemaError, TransientError
 from planner.init_config import ProjectCheck, check_project, config_template
 from planner.offline import resample_figures, weights_figures
 from planner.outputs import emit_artifacts, report_options, write_daily_report
@@ -540,10 +540,11 @@ def serve(
         settings = load_settings(_config_path(config))
         board = settings.dashboard
         web = WebConfig.from_settings(settings, host=host)
-        # not migrated here: the daemon owns the schema; a database down shows on the page
+        # not migrated, nor created, here: the daemon owns the schema; a database down or not
+        # there yet shows on the page
         password = settings.store.password
         secret = None if password is None else password.get_secret_value()
-        store = Store(make_engine(settings.store.url, password=secret))
+        store = Store(make_engine(settings.store.url, password=secret, create=False))
         application = create_app(web, on_webhook=_webhook_seen, states=lambda: state_lines(store))
     err.print(f"dashboard on http://{web.host}:{port or board.port}/")
     uvicorn.run(application, host=web.host, port=port or board.port, log_level="warning")
@@ -688,12 +689,13 @@ def status(
     with _reported():
         settings = load_settings(_config_path(config))
         try:
-            with open_settings_store(settings) as store, store.session() as session:
+            read = open_settings_store(settings, read_only=True)
+            with read as store, store.session() as session:
                 found = project_statuses(session)
-        except TransientError as exc:
+        except (TransientError, StoreSchemaError) as exc:
             if not check:
                 raise
-            # a health check: the store being down is unhealthy (1), not a usage error (2)
+            # a health check: the store down or not there is unhealthy (1), not a usage error (2)
             err.print(f"[bold red]unhealthy:[/] {exc}", markup=True, highlight=False)
             raise typer.Exit(code=1) from None
     allowed = settings.schedule.sync_interval * 3
@@ -814,7 +816,8 @@ def quotas(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     with _reported():
         settings = load_settings(_config_path(config))
         project_id = _project_id(settings)
-        with open_settings_store(settings) as store, store.session() as session:
+        read = open_settings_store(settings, read_only=True)
+        with read as store, store.session() as session:
             data = report_from_store(
                 session, project_id, report_options(settings), now=datetime.now(UTC)
             )
@@ -903,7 +906,7 @@ def report(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     with _reported():
         settings = load_settings(_config_path(config))
         with (
-            open_settings_store(settings) as store,
+            open_settings_store(settings, read_only=True) as store,
             _working("writing the quota report", enabled=not as_json),
         ):
             day = write_daily_report(

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from planner.errors import ConfigError
 from planner.settings import Settings
-from planner.store import Store, open_store
+from planner.store import Store, open_existing_store, open_store
 from planner.sync import SyncOptions
 
 if TYPE_CHECKING:
@@ -43,9 +43,12 @@ def reread_token(settings: Settings) -> str | None:
         return None
 
 
-def open_settings_store(settings: Settings) -> Store:
+def open_settings_store(settings: Settings, *, read_only: bool = False) -> Store:
+    """The store of ``settings``, migrated; ``read_only``: as it is, nothing created (the
+    commands that only read it: ``planner.store.open_existing_store``)."""
     password = settings.store.password
-    return open_store(
+    opener = open_existing_store if read_only else open_store
+    return opener(
         settings.store.url, password=None if password is None else password.get_secret_value()
     )
 

@@ -3,7 +3,8 @@
     PlannerError
     ├── ConfigError (ValueError)          a setting is missing or invalid; names key, value, fix
     │   ├── AuthError                     a service rejected the token (401/403)
-    │   └── GoneError                     the watched project does not exist (404)
+    │   ├── GoneError                     the watched project does not exist (404)
+    │   └── StoreSchemaError              the planner database is missing, or at another schema
     ├── InputError (ValueError)           input data the planner cannot use; says what to do
     │   ├── LabelConfigError              a Label Studio label config the planner cannot read
     │   └── AnnotationError               a malformed annotation result (quarantined, never fatal)
@@ -50,6 +51,11 @@ class AuthError(ConfigError):
 
 class GoneError(ConfigError):
     """The watched project is gone (deleted, or the id is wrong)."""
+
+
+class StoreSchemaError(ConfigError):
+    """A command that only reads found no planner database (a missing SQLite file, no tables)
+    or one at another schema revision; ``planner run`` creates and migrates it."""
 
 
 class UnreachableError(TransientError):

@@ -1,4 +1,6 @@
-"""Opening the store: an engine for SQLite or PostgreSQL, migrated to the newest revision."""
+"""Opening the store: an engine for SQLite or PostgreSQL, migrated to the newest revision
+(``open_store``), or for commands that only read, as the daemon left it (``open_existing_store``:
+nothing created, nothing migrated)."""
 
 from __future__ import annotations
 
@@ -7,17 +9,22 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event, make_url, text
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import URL, create_engine, event, make_url, text
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session, select
 
-from planner.errors import ConfigError, StoreError, TransientError
+from planner.errors import ConfigError, StoreError, StoreSchemaError, TransientError
 from planner.store.models import Project
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -86,18 +93,23 @@ connection the daemon's memory grew by that much a cycle until the caches filled
 docs/reliability.md)."""
 
 
-def make_engine(url: str, *, password: str | None = None) -> Engine:
-    """An engine for ``url``; a SQLite file's folder is created, PostgreSQL gets ``password``."""
+def make_engine(url: str, *, password: str | None = None, create: bool = True) -> Engine:
+    """An engine for ``url``; PostgreSQL gets ``password``. A SQLite file's folder is created
+    (and the file at the first connection); without ``create`` a missing file is not: a
+    connection to it fails."""
     try:
         parsed = make_url(url)
     except Exception as exc:
         raise ConfigError(f"store.url {url!r} is not a database URL: {exc}") from None
     if parsed.drivername.startswith("sqlite"):
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_file(parsed)
+        if path is not None and create:
+            path.expanduser().parent.mkdir(parents=True, exist_ok=True)
         args = {"timeout": 30, "cached_statements": SQLITE_CACHED_STATEMENTS}
         engine = create_engine(parsed, connect_args=args)
         event.listen(engine, "connect", _sqlite_pragmas)
+        if path is not None and not create:
+            event.listen(engine, "do_connect", partial(_existing_file_only, path))
         return engine
     if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
@@ -106,6 +118,21 @@ def make_engine(url: str, *, password: str | None = None) -> Engine:
     engine = create_engine(parsed, pool_pre_ping=True)
     event.listen(engine, "handle_error", _failed_ping_is_disconnect)
     return engine
+
+
+def sqlite_file(url: URL) -> Path | None:
+    """The file of a SQLite URL; None for an in-memory database or another backend."""
+    if not url.drivername.startswith("sqlite") or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
+
+
+def _existing_file_only(
+    path: Path, _dialect: object, _record: object, cargs: list[Any], cparams: dict[str, Any]
+) -> None:
+    """Open the file read-write but never create it (SQLite's ``mode=rw``)."""
+    cargs[:] = [f"file:{quote(str(path))}?mode=rw"]
+    cparams["uri"] = True
 
 
 def _failed_ping_is_disconnect(context: ExceptionContext) -> None:
@@ -145,14 +172,47 @@ def open_store(url: str, *, password: str | None = None) -> Store:
         _upgrade(engine)
     except OperationalError as exc:
         engine.dispose()
-        raise TransientError(
-            f"cannot open the planner database {engine.url.render_as_string(hide_password=True)}: "
-            f"{' '.join(str(exc.orig).split())}; check store.url and that the database is running"
-        ) from None
+        raise _cannot_open(engine, exc) from None
     except SQLAlchemyError as exc:
         engine.dispose()
         raise ConfigError(f"cannot migrate the planner database: {exc}") from None
     return Store(engine)
+
+
+def open_existing_store(url: str, *, password: str | None = None) -> Store:
+    """Connect to the store ``planner run`` created, to read it: no SQLite file or folder is
+    created and nothing migrated (a daemon of another version may be using it). A missing
+    file or a schema at another revision raises ``StoreSchemaError``, saying what to do."""
+    engine = make_engine(url, password=password, create=False)
+    shown = engine.url.render_as_string(hide_password=True)
+    path = sqlite_file(engine.url)
+    if path is not None and not path.is_file():
+        raise StoreSchemaError(
+            f"the planner database {path} does not exist: `planner run` creates it when it "
+            "first starts; check store.url"
+        )
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    except OperationalError as exc:
+        engine.dispose()
+        raise _cannot_open(engine, exc) from None
+    head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+    if current != head:
+        engine.dispose()
+        found = "has no planner tables" if current is None else f"is at revision {current}"
+        raise StoreSchemaError(
+            f"the planner database {shown} {found}, this planner reads revision {head}: "
+            "`planner run` of this version creates or migrates it when it starts; check store.url"
+        )
+    return Store(engine)
+
+
+def _cannot_open(engine: Engine, exc: OperationalError) -> TransientError:
+    return TransientError(
+        f"cannot open the planner database {engine.url.render_as_string(hide_password=True)}: "
+        f"{' '.join(str(exc.orig).split())}; check store.url and that the database is running"
+    )
 
 
 def _upgrade(engine: Engine) -> None:

@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from alembic import command
+from alembic.migration import MigrationContext
 from typer.testing import CliRunner
 
 from integrations.label_studio.fake import FakeLabelStudio
@@ -15,6 +17,7 @@ from planner.cli import app
 from planner.core.quotas import Quota
 from planner.daemon.service import ProjectDaemon
 from planner.store import DatabaseLease, open_store
+from planner.store.db import alembic_config
 from planner.store.sync_state import record_sync_error
 from planner.sync import sync_project
 
@@ -107,3 +110,44 @@ def test_a_daemon_that_never_reached_label_studio_fails_the_check(
         assert back.exit_code == 0, back.output
         (shown,) = json.loads(back.stdout)["projects"]
         assert (shown["title"], shown["label_studio"]["state"]) == ("traffic", "ok")
+
+
+def test_the_check_creates_no_database_and_fails_without_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "not-yet"
+    monkeypatch.setenv("PLANNER_STORE__URL", f"sqlite:///{folder / 'planner.db'}")
+    runner = CliRunner()
+    checked = runner.invoke(app, ["status", "--check"])
+    assert checked.exit_code == 1, checked.output
+    assert "does not exist: `planner run` creates it" in checked.output
+    monkeypatch.setenv("PLANNER_LABEL_STUDIO__PROJECT_ID", "3")
+    monkeypatch.setenv("PLANNER_DASHBOARD__REPORTS_DIR", str(tmp_path / "reports"))
+    for reading in ("status", "quotas", "report"):
+        refused = runner.invoke(app, [reading])
+        assert refused.exit_code == 2, refused.output
+        assert "does not exist: `planner run` creates it" in refused.output
+    assert not folder.exists(), "a read-only command made the database's folder"
+    folder.mkdir()
+    assert runner.invoke(app, ["status", "--check"]).exit_code == 1
+    assert list(folder.iterdir()) == [], "nor the file in a folder that exists"
+
+
+def test_status_reads_the_store_as_it_is_without_migrating_it(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PLANNER_STORE__URL", store_url)
+    runner = CliRunner()
+    with open_store(store_url) as store:
+        assert runner.invoke(app, ["status", "--check"]).exit_code == 0
+        command.downgrade(alembic_config(store.engine), "0005")
+        behind = runner.invoke(app, ["status", "--check"])
+        assert behind.exit_code == 1, behind.output
+        assert "is at revision 0005, this planner reads revision" in behind.output
+        with store.engine.connect() as connection:
+            revision = MigrationContext.configure(connection).get_current_revision()
+        assert revision == "0005", "status migrated the store it only reads"
+        command.downgrade(alembic_config(store.engine), "base")
+        empty = runner.invoke(app, ["status"])
+        assert empty.exit_code == 2
+        assert "has no planner tables" in empty.output

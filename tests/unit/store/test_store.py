@@ -17,9 +17,14 @@ from sqlalchemy import Column, Float, LargeBinary, MetaData, String, Table, insp
 from sqlalchemy.exc import StatementError
 from sqlmodel import SQLModel, select
 
-from planner.errors import ConfigError, TransientError
-from planner.store import Store, ensure_project, open_store
-from planner.store.db import SQLITE_CACHED_STATEMENTS, alembic_config, include_object
+from planner.errors import ConfigError, StoreError, StoreSchemaError, TransientError
+from planner.store import Store, ensure_project, open_existing_store, open_store
+from planner.store.db import (
+    SQLITE_CACHED_STATEMENTS,
+    alembic_config,
+    include_object,
+    make_engine,
+)
 from planner.store.models import Project, StopEventRecord
 
 
@@ -101,6 +106,23 @@ def test_a_sqlite_file_gets_its_folder(tmp_path: Path) -> None:
     with open_store(f"sqlite:///{path}"):
         pass
     assert path.is_file()
+
+
+def test_an_engine_to_read_creates_no_sqlite_file_or_folder(tmp_path: Path) -> None:
+    # the dashboard's engine: a page asking before the daemon made the store creates nothing
+    for path in (tmp_path / "deep" / "planner.db", tmp_path / "a b.db"):
+        store = Store(make_engine(f"sqlite:///{path}", create=False))
+        with pytest.raises(StoreError, match="unable to open"), store.session() as session:
+            session.exec(select(Project)).all()
+        store.dispose()
+        assert list(tmp_path.iterdir()) == []
+    sqlite3.connect(path).close()  # made, not yet migrated: as a daemon starts
+    with pytest.raises(StoreSchemaError, match="has no planner tables"):
+        open_existing_store(f"sqlite:///{path}")
+    open_store(f"sqlite:///{path}").dispose()
+    with open_existing_store(f"sqlite:///{path}") as read, read.session() as session:
+        assert session.exec(select(Project)).all() == []
+    assert [p.name for p in tmp_path.iterdir()] == ["a b.db"]
 
 
 def test_an_unreachable_database_is_a_transient_error() -> None:
