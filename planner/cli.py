@@ -731,6 +731,9 @@ def status(
         ]
         _show(_table("Projects", columns, rows))
         for p in found:
+            if p.config_warning:
+                warning = escape(p.config_warning)  # it names [quotas.<Class>] sections
+                out.print(f"project {p.ls_project_id}: [yellow]warning:[/] {warning}")
             if p.held_apart:
                 out.print(f"project {p.ls_project_id}: {p.held_apart} tasks held apart; latest:")
             for held in p.latest_held:

@@ -36,6 +36,8 @@ class ProjectStatus:
     """Tasks held apart for bad data or a bad image (``planner.quarantine``)."""
     latest_held: tuple[HeldTask, ...] = ()
     """The newest of them, with what to do."""
+    config_warning: str | None = None
+    """A setting to fix that leaves the syncs working (quotas naming no class); not stale."""
 
     def stale(self, now: datetime, allowed: timedelta) -> bool:
         """No successful sync within ``allowed``, or the last one failed."""
@@ -57,6 +59,7 @@ class ProjectStatus:
             "label_studio": None if self.label_studio is None else self.label_studio.as_dict(),
             "held_apart": self.held_apart,
             "latest_held": [h.as_dict() for h in self.latest_held],
+            "config_warning": self.config_warning,
         }
 
     def label_studio_line(self) -> str:
@@ -97,6 +100,7 @@ def project_statuses(session: Session) -> list[ProjectStatus]:
                 label_studio=backend_health(sync),
                 held_apart=count_held_apart(session, pid),
                 latest_held=tuple(held_apart(session, pid, limit=LATEST_HELD)),
+                config_warning=None if sync is None else sync.config_warning,
             )
         )
     return found

@@ -47,7 +47,7 @@ from planner.store.events import record_model_version, stop_fired
 from planner.store.models import Project
 from planner.store.snapshots import annotations_used, snapshot_counts
 from planner.store.stop_set import DEFAULT_SIZE
-from planner.store.sync_state import record_sync_error
+from planner.store.sync_state import record_sync_error, sync_state
 from planner.store.tasks import count_table
 from planner.sync import SyncOptions, SyncReport, sync_project
 from planner.telemetry import Telemetry
@@ -478,20 +478,22 @@ class ProjectDaemon:
             )
             self.last_decision = decision
             self.telemetry.set_stop(decision)
-        self._report_unknown_quotas(classes)
+            self._report_unknown_quotas(session, project_id, classes)
         self.telemetry.stopped.set(1 if stopped else 0)
         if stopped:
             self._emit_pending(project_id)
         return done
 
-    def _report_unknown_quotas(self, classes: Sequence[str]) -> None:
-        """Record (after every sync) and log (once per set of names) the quotas that name no
-        class of the label config."""
+    def _report_unknown_quotas(
+        self, session: Session, project_id: int, classes: Sequence[str]
+    ) -> None:
+        """Record (after every sync, as the config warning: the sync itself worked) and log
+        (once per set of names) the quotas that name no class of the label config."""
         problem = unknown_quotas(self.quotas, classes, self.ls_project_id)
+        sync_state(session, project_id).config_warning = problem
         if problem is None:
             self._unknown_quotas_logged = ""
             return
-        self._record_error(problem)
         if problem != self._unknown_quotas_logged:
             log.warning("%s", problem)
             self._unknown_quotas_logged = problem

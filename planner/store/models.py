@@ -88,6 +88,9 @@ class SyncState(SQLModel, table=True):
     last_full_sync_at: datetime | None = _time(nullable=True)
     last_reconcile_at: datetime | None = _time(nullable=True)
     last_error: str | None = None
+    config_warning: str | None = None
+    """A setting to fix that leaves the syncs working (quotas naming no class of the label
+    config); not a sync error, so no health check fails on it."""
     # The daemon's view of Label Studio (planner.health): state, since when, failed calls in a
     # row and the next try; None before the daemon has called it.
     ls_state: str | None = None

@@ -6,6 +6,7 @@ import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -16,7 +17,7 @@ from integrations.label_studio.fake import FakeLabelStudio
 from planner.cli import app
 from planner.core.quotas import Quota
 from planner.daemon.service import ProjectDaemon
-from planner.store import DatabaseLease, open_store
+from planner.store import DatabaseLease, Store, open_store
 from planner.store.db import alembic_config
 from planner.store.sync_state import record_sync_error
 from planner.sync import sync_project
@@ -26,8 +27,24 @@ CONFIG = """<View><Image name="image" value="$image"/>
 </View>"""
 
 
+@pytest.fixture
+def traffic(store_url: str, monkeypatch: pytest.MonkeyPatch) -> tuple[FakeLabelStudio, int]:
+    """A project in the in-memory Label Studio; the commands read ``store_url``."""
+    monkeypatch.setenv("PLANNER_STORE__URL", store_url)
+    fake = FakeLabelStudio()
+    return fake, fake.create_project("traffic", CONFIG)
+
+
 def _never_scores(_project_id: int, _items: Sequence[tuple[int, str]]) -> str:
     raise AssertionError("no cycle runs in these tests")
+
+
+def _daemon(
+    fake: FakeLabelStudio, pid: int, store: Store, *quotas: Quota, **extra: Any
+) -> ProjectDaemon:
+    """A project daemon over the in-memory Label Studio that never scores."""
+    lease = DatabaseLease(store.engine, f"project-{pid}", holder="first")
+    return ProjectDaemon(fake, store, pid, quotas, _never_scores, lease, **extra)
 
 
 def test_status_reports_counts_and_fails_the_check_when_sync_is_stale(
@@ -73,24 +90,14 @@ def test_the_check_says_unhealthy_with_exit_1_when_the_store_is_unreachable(
 
 
 def test_a_daemon_that_never_reached_label_studio_fails_the_check(
-    store_url: str, monkeypatch: pytest.MonkeyPatch
+    store_url: str, traffic: tuple[FakeLabelStudio, int]
 ) -> None:
-    monkeypatch.setenv("PLANNER_STORE__URL", store_url)
-    fake = FakeLabelStudio()
-    pid = fake.create_project("traffic", CONFIG)
+    fake, pid = traffic
     fake.unreachable = True  # down from the daemon's start: no sync has made the project row
     runner = CliRunner()
     now = [datetime.now(UTC)]
     with open_store(store_url) as store:
-        daemon = ProjectDaemon(
-            backend=fake,
-            store=store,
-            ls_project_id=pid,
-            quotas=[Quota("Car", target=1)],
-            scorer=_never_scores,
-            lease=DatabaseLease(store.engine, f"project-{pid}", holder="first"),
-            clock=lambda: now[0],
-        )
+        daemon = _daemon(fake, pid, store, Quota("Car", target=1), clock=lambda: now[0])
         started = runner.invoke(app, ["status", "--check", "--json"])
         assert started.exit_code == 0, "a daemon that has not failed yet is not unhealthy"
         assert daemon.sync() is None
@@ -151,3 +158,28 @@ def test_status_reads_the_store_as_it_is_without_migrating_it(
         empty = runner.invoke(app, ["status"])
         assert empty.exit_code == 2
         assert "has no planner tables" in empty.output
+
+
+def test_a_quota_naming_no_class_is_a_warning_that_fails_no_check(
+    store_url: str, traffic: tuple[FakeLabelStudio, int]
+) -> None:
+    fake, pid = traffic
+    runner = CliRunner()
+    with open_store(store_url) as store:
+        misspelt = _daemon(fake, pid, store, Quota("Car", target=9), Quota("wheelchair", target=9))
+        for _ in range(2):
+            assert misspelt.sync() is not None
+        checked = runner.invoke(app, ["status", "--check", "--json"])
+        assert checked.exit_code == 0, checked.output
+        data = json.loads(checked.stdout)
+        assert data["unhealthy"] == []
+        (shown,) = data["projects"]
+        assert shown["last_error"] is None
+        assert "'wheelchair' is 'Wheelchair' spelled in another case" in shown["config_warning"]
+        text = runner.invoke(app, ["status", "--check"])
+        assert text.exit_code == 0, text.output
+        assert f"project {pid}: warning: quotas ['wheelchair']" in " ".join(text.output.split())
+        assert "Rename each [quotas.<Class>] section" in text.output
+        assert _daemon(fake, pid, store, Quota("Wheelchair", target=9)).sync() is not None
+        fixed = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+        assert fixed["projects"][0]["config_warning"] is None, "the fixed config clears it"

@@ -25,7 +25,7 @@ from planner.store.db import (
     include_object,
     make_engine,
 )
-from planner.store.models import Project, StopEventRecord
+from planner.store.models import Project, StopEventRecord, SyncState
 
 
 def _diff(store: Store) -> list[object]:
@@ -75,6 +75,30 @@ def test_migrations_go_down_and_up_again(store: Store) -> None:
         inspect(store.engine).get_table_names()
     )
     assert _diff(store) == []
+
+
+def test_the_config_warning_column_is_added_to_a_store_with_data(store: Store) -> None:
+    config = alembic_config(store.engine)
+    command.downgrade(config, "0006")
+    with store.session() as session:  # the project table is as it was at 0006
+        pid = ensure_project(session, ls_project_id=3).id
+    with store.engine.begin() as connection:
+        row = {"pid": pid, "e": "Label Studio unreachable"}
+        connection.execute(
+            text(
+                "INSERT INTO syncstate (project_id, last_error, ls_failures) VALUES (:pid, :e, 2)"
+            ),
+            row,
+        )
+    command.upgrade(config, "head")
+    with store.session() as session:
+        (state,) = session.exec(select(SyncState)).all()
+    assert (state.last_error, state.ls_failures) == ("Label Studio unreachable", 2), "kept"
+    assert state.config_warning is None
+    command.downgrade(config, "0006")
+    assert "config_warning" not in {
+        c["name"] for c in inspect(store.engine).get_columns("syncstate")
+    }
 
 
 def test_times_come_back_aware_and_in_utc(store: Store) -> None:
