@@ -7,7 +7,8 @@ report run in child processes (``planner.daemon.embedded``): this process never 
 
 With ``dashboard.webhook_secret`` set it also serves the dashboard and the webhook receiver on
 ``dashboard.host``/``port``: a Label Studio webhook asks for an early sync (the poll stays the
-source of truth); with ``dashboard.webhook_url`` it registers the project's webhook there.
+source of truth); with ``dashboard.webhook_url`` it registers the project's webhook there, at
+the start or, if Label Studio could not take it then, after the next successful sync.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -226,6 +228,14 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> No
     project_id = settings.label_studio.project_id
     if project_id is None:
         raise ConfigError("label_studio.project_id is not set; the daemon watches one project")
+    board = settings.dashboard
+    if board.webhook_url is not None and board.webhook_secret is None:
+        # no receiver is served without the secret: the webhook would call nothing
+        raise ConfigError(
+            "dashboard.webhook_url is set but dashboard.webhook_secret is not: the daemon "
+            "serves the webhook receiver only with a secret. Set PLANNER_DASHBOARD__WEBHOOK_SECRET "
+            "or dashboard.webhook_secret_file, or remove dashboard.webhook_url"
+        )
     stop = stop or threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -311,6 +321,35 @@ def _check(backend: LabelStudioBackend, project_id: int, quotas: Sequence[Quota]
         log.warning("%s", problem)
 
 
+@dataclass
+class WebhookRegistration:
+    """The project's webhook, registered until it once succeeds: at the start, and after each
+    successful sync until then (Label Studio down at the start, or refusing the URL)."""
+
+    backend: AnnotationBackend
+    project_id: int
+    url: str
+    secret: str
+    done: bool = False
+    _said: str = field(default="", init=False, repr=False)
+
+    def ensure(self) -> None:
+        if self.done:
+            return
+        try:
+            self.backend.ensure_webhook(self.project_id, self.url, secret=self.secret)
+        except PlannerError as exc:  # the poll still syncs; only the early trigger is lost
+            if str(exc) != self._said:  # once per reason, not every sync
+                log.warning(
+                    "could not register the Label Studio webhook (retried after the next sync): %s",
+                    exc,
+                )
+                self._said = str(exc)
+            return
+        self.done = True
+        log.info("Label Studio webhook of project %s calls %s", self.project_id, self.url)
+
+
 def _receiver(
     settings: Settings, backend: LabelStudioBackend, daemon: ProjectDaemon, schedule: Schedule
 ) -> BackgroundServer | None:
@@ -321,10 +360,9 @@ def _receiver(
     project_id = daemon.ls_project_id
     if board.webhook_url is not None:
         secret = board.webhook_secret.get_secret_value()
-        try:
-            backend.ensure_webhook(project_id, str(board.webhook_url), secret=secret)
-        except PlannerError as exc:  # the poll still syncs; only the early trigger is lost
-            log.warning("could not register the Label Studio webhook: %s", exc)
+        webhook = WebhookRegistration(backend, project_id, str(board.webhook_url), secret)
+        webhook.ensure()
+        daemon.on_synced = webhook.ensure  # Label Studio down now: after a later sync
 
     def on_webhook(_action: str) -> None:
         if schedule.running:  # a standby leaves the sync to the leader

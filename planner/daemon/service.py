@@ -133,6 +133,9 @@ class ProjectDaemon:
     telemetry: Telemetry = field(default_factory=Telemetry)
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
     on_cycle_due: Callable[[], None] = lambda: None
+    on_synced: Callable[[], None] = lambda: None
+    """Called after each successful sync: Label Studio answers (``run.py`` registers the
+    webhook then, if it could not at the start)."""
     retry_backoff_max_s: float = 300.0
     """Longest wait between two tries while Label Studio fails (``schedule.retry_backoff_max``)."""
     retry_backoff_base_s: float = BACKOFF_BASE_S
@@ -422,6 +425,7 @@ class ProjectDaemon:
             self._watch.failed(exc)
             return None
         self._watch.ok()
+        self.on_synced()
         self.last_sync = report
         self.telemetry.synced(self.clock())
         try:
