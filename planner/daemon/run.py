@@ -321,6 +321,23 @@ def _check(backend: LabelStudioBackend, project_id: int, quotas: Sequence[Quota]
         log.warning("%s", problem)
 
 
+TASKS_DELETED = "TASKS_DELETED"
+"""The webhook action of deleted tasks, which only a reconciling sync sees."""
+
+
+def webhook_trigger(daemon: ProjectDaemon, schedule: Schedule) -> Callable[[str], None]:
+    """What a Label Studio webhook does: an early sync, reconciling when tasks were deleted
+    (the incremental listing does not show them; housekeeping's reconcile is hours away)."""
+
+    def on_webhook(action: str) -> None:
+        if schedule.running:  # a standby leaves the sync to the leader
+            # a job running now (a sync too) syncs again when it ends
+            daemon.want_sync(reconcile=action == TASKS_DELETED)
+            schedule.run_soon("sync")
+
+    return on_webhook
+
+
 @dataclass
 class WebhookRegistration:
     """The project's webhook, registered until it once succeeds: at the start, and after each
@@ -364,15 +381,10 @@ def _receiver(
         webhook.ensure()
         daemon.on_synced = webhook.ensure  # Label Studio down now: after a later sync
 
-    def on_webhook(_action: str) -> None:
-        if schedule.running:  # a standby leaves the sync to the leader
-            daemon.want_sync()  # a job running now (a sync too) syncs again when it ends
-            schedule.run_soon("sync")
-
     app = create_app(
         WebConfig.from_settings(settings),
         telemetry=daemon.telemetry,
-        on_webhook=on_webhook,
+        on_webhook=webhook_trigger(daemon, schedule),
         states=lambda: [(project_id, health_line(daemon.health))],
     )
     try:

@@ -150,6 +150,11 @@ class ProjectDaemon:
     _sync_wanted: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     """A sync was asked for (a webhook) while another job ran; that job syncs when it ends,
     since its own sync may have read Label Studio before the new annotation."""
+    _reconcile_wanted: threading.Event = field(
+        default_factory=threading.Event, init=False, repr=False
+    )
+    """The sync asked for must reconcile (tasks were deleted, which an incremental listing
+    does not show); kept until a sync has reconciled."""
     _watch: BackendWatch = field(init=False, repr=False)
     _unknown_quotas_logged: str = field(default="", init=False, repr=False)
     _scoring_failed: bool = field(default=False, init=False, repr=False)
@@ -189,17 +194,25 @@ class ProjectDaemon:
                     )
                     return None
             self._sync_wanted.clear()  # this sync serves every request made until now
+            wanted = self._reconcile_wanted.is_set()
+            self._reconcile_wanted.clear()
+            report = None
             try:
-                report = self._locked_sync(reconcile=reconcile)
+                report = self._locked_sync(reconcile=reconcile or wanted)
             finally:
+                if wanted and report is None:  # not synced (backing off, not leading): later
+                    self._reconcile_wanted.set()
                 self._busy.release()
             if not self._sync_wanted.is_set():
                 return report
 
-    def want_sync(self) -> None:
+    def want_sync(self, *, reconcile: bool = False) -> None:
         """Ask for a sync (a webhook) without running one here: the job running now syncs
         again when it ends, a sync job included, which the scheduler would not start twice
-        (one instance a job) and so would never see the request."""
+        (one instance a job) and so would never see the request. ``reconcile``: tasks were
+        deleted; the sync compares every task id (requests coalesce into one)."""
+        if reconcile:
+            self._reconcile_wanted.set()
         self._sync_wanted.set()
 
     def _locked_sync(self, *, reconcile: bool) -> SyncReport | None:

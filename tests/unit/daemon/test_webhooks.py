@@ -1,5 +1,5 @@
 """What `planner run` does with Label Studio's webhook: it registers it once Label Studio takes
-it; the in-memory Label Studio and a SQLite store."""
+it, and a deleted task's webhook reconciles; the in-memory Label Studio and a SQLite store."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlmodel import select
 
 from planner.core.quotas import Quota
-from planner.daemon.run import WebhookRegistration, run_daemon
+from planner.daemon.run import WebhookRegistration, run_daemon, webhook_trigger
 from planner.daemon.service import ProjectDaemon
 from planner.errors import ConfigError
 from planner.settings import load_settings
 from planner.store import Store
+from planner.store.models import Task
 from planner.web import SECRET_HEADER
 from tests.unit.daemon.helpers import (
     Project150,
@@ -27,6 +29,18 @@ from tests.unit.daemon.helpers import (
 
 URL = "http://planner.internal:8765/webhook/label-studio"
 TARGETS = [i % 10 for i in range(40)]
+
+
+class _Schedule:
+    """The schedule as the webhook sees it: the leader's (running); the jobs asked for."""
+
+    running = True
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def run_soon(self, name: str) -> None:
+        self.asked.append(name)
 
 
 def _daemon(store: Store, project: Project150, now: list[datetime]) -> ProjectDaemon:
@@ -89,3 +103,31 @@ webhook_url = "{URL}"
     with pytest.raises(ConfigError, match=r"webhook_url is set but dashboard\.webhook_secret"):
         run_daemon(load_settings(config), stop=stopped)
     assert not (tmp_path / "planner.db").exists(), "refused before anything was written"
+
+
+def _state(store: Store, task_id: int) -> str:
+    with store.session() as session:
+        return session.exec(select(Task.state).where(Task.ls_task_id == task_id)).one()
+
+
+def test_a_tasks_deleted_webhook_reconciles(store: Store) -> None:
+    project = digits_project(TARGETS, labelled=10, tasks=40)
+    now = [datetime.now(UTC)]
+    daemon = _daemon(store, project, now)
+    schedule = _Schedule()
+    trigger = webhook_trigger(daemon, schedule)
+    assert daemon.sync() is not None  # the first sync reconciles; the next one is hours away
+    gone = project.ids[-1]
+    project.fake.delete_task(gone)
+    trigger("ANNOTATION_CREATED")
+    assert daemon.sync() is not None  # the sync job the webhook asked for
+    assert _state(store, gone) == "unlabelled", "an incremental sync does not see deletions"
+    project.fake.unreachable = True
+    trigger("TASKS_DELETED")
+    trigger("TASKS_DELETED")
+    assert schedule.asked == ["sync"] * 3
+    assert daemon.sync() is None  # Label Studio down: the reconcile waits for the next sync
+    project.fake.unreachable = False
+    now[0] += timedelta(minutes=1)
+    assert daemon.sync() is not None
+    assert _state(store, gone) == "deleted"
