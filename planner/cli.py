@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from planner import __version__
 from planner.analysis import Analysis
 from planner.analysis import analyze as run_analysis
 from planner.artifacts import EmitReason
+from planner.artifacts.writer import replace_file
 from planner.connect import connect, open_settings_store, sync_options
 from planner.core.select_result import REASONS
 from planner.core.weights import NORMALISATIONS, SCHEMES
@@ -198,8 +200,9 @@ def init(
                 raise ConfigError(
                     f"{path} exists; pass --force to overwrite it, or --check to check it"
                 )
-            _write_text(path, config_template(given))
-        settings = load_settings(path)
+            settings = _write_config(path, config_template(given))
+        else:
+            settings = load_settings(path)
     if not check_only and not as_json:
         out.print(f"wrote {path}")
     try:
@@ -209,7 +212,8 @@ def init(
         err.print(f"fix it in {path} or the environment, then run `planner init --check -c {path}`")
         raise typer.Exit(code=2) from None
     if not check_only:  # the classes found become the commented quota examples
-        _write_text(path, config_template(given, classes=found.classes))
+        with _reported():
+            _write_config(path, config_template(given, classes=found.classes))
     if as_json:
         _print_json({"config": str(path), "written": not check_only, **found.as_dict()})
         return
@@ -231,12 +235,23 @@ def _check_project(settings: Settings) -> ProjectCheck:
         return check_project(backend, settings, project_id)
 
 
-def _write_text(path: Path, text: str) -> None:
+def _write_config(path: Path, text: str) -> Settings:
+    """Replace ``path`` with ``text`` (atomically) once it loads as the configuration, the
+    environment included; a bad --url, --project-id or --token-file leaves the file as it was."""
+    with tempfile.TemporaryDirectory(prefix="planner-init-") as folder:
+        draft = Path(folder, path.name)  # paths in a config are read from the working folder
+        draft.write_text(text, encoding="utf-8")
+        try:
+            settings = load_settings(draft)
+        except ConfigError as exc:
+            said = str(exc).replace(str(draft), str(path))
+            raise ConfigError(f"{said}\nnothing was written to {path}") from None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        replace_file(path, text.encode("utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror}; choose another --config") from None
+    return settings
 
 
 _SHORT_SCHEME = {

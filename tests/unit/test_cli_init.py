@@ -117,3 +117,29 @@ def test_init_without_a_token_or_project_says_which_to_set(tmp_path: Path) -> No
     assert "label_studio.project_id is not set" in no_token.output
     fixed = runner.invoke(app, ["init", "-c", str(path), "--force", "--project-id", "2"])
     assert "PLANNER_LABEL_STUDIO__TOKEN" in fixed.output
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--url", "notaurl", "label_studio.url = 'notaurl'"),
+        ("--project-id", "-1", "label_studio.project_id = -1"),
+        ("--token-file", "no-such-token-file", "token_file"),
+    ],
+)
+def test_init_force_with_a_bad_value_leaves_the_old_config(
+    tmp_path: Path, option: str, value: str, says: str
+) -> None:
+    path = tmp_path / "planner.toml"
+    path.write_text(config_template({"url": "http://ls.example:8080", "project_id": 4}), "utf-8")
+    before = path.read_bytes()
+    result = runner.invoke(app, ["init", "-c", str(path), "--force", option, value])
+    assert result.exit_code == 2, result.output
+    assert says in result.output
+    assert f"nothing was written to {path}" in result.output
+    assert path.read_bytes() == before
+    assert sorted(tmp_path.iterdir()) == [path], "no temporary file is left beside it"
+    fresh = tmp_path / "new" / "planner.toml"
+    refused = runner.invoke(app, ["init", "-c", str(fresh), option, value])
+    assert refused.exit_code == 2, refused.output
+    assert not fresh.exists()
