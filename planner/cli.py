@@ -79,8 +79,7 @@ def _reported() -> Iterator[None]:
     try:
         yield
     except PlannerError as exc:
-        # escaped: a message may quote TOML, whose [table] rich would take for a style
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(code=2) from None
 
 
@@ -125,11 +124,12 @@ def _print_json(data: Any) -> None:
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> Table:
-    table = Table(title=title, title_justify="left")
+    """Every cell and the title as written: a class name or a stored error may hold [ ]."""
+    table = Table(title=escape(title), title_justify="left")
     for index, column in enumerate(columns):
-        table.add_column(column, justify="left" if index == 0 else "right")
+        table.add_column(escape(column), justify="left" if index == 0 else "right")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(escape(cell) for cell in row))
     return table
 
 
@@ -204,12 +204,15 @@ def init(
         else:
             settings = load_settings(path)
     if not check_only and not as_json:
-        out.print(f"wrote {path}")
+        out.print(f"wrote {path}", markup=False)
     try:
         found = _check_project(settings)
     except PlannerError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
-        err.print(f"fix it in {path} or the environment, then run `planner init --check -c {path}`")
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        err.print(
+            f"fix it in {path} or the environment, then run `planner init --check -c {path}`",
+            markup=False,
+        )
         raise typer.Exit(code=2) from None
     if not check_only:  # the classes found become the commented quota examples
         with _reported():
@@ -218,14 +221,15 @@ def init(
         _print_json({"config": str(path), "written": not check_only, **found.as_dict()})
         return
     out.print(
-        f"Label Studio project {found.project_id} ({found.title}) at {settings.label_studio.url}"
+        f"Label Studio project {found.project_id} ({found.title}) at {settings.label_studio.url}",
+        markup=False,
     )
     for tag, name, labels in found.controls:
-        out.print(f"  {tag} {name!r}: {', '.join(labels)}")
+        out.print(f"  {tag} {name!r}: {', '.join(labels)}", markup=False)
     for name in found.unknown_quotas:
         out.print(
-            f"[yellow]warning:[/] quota {name!r} names no class of the label config; "
-            f"rename it to one of: {', '.join(found.classes)}"
+            f"[yellow]warning:[/] quota {escape(repr(name))} names no class of the label "
+            f"config; rename it to one of: {escape(', '.join(found.classes))}"
         )
 
 
@@ -319,7 +323,10 @@ def weights(
     ]
     _show(_table(f"Class weights (* chosen: {scheme})", columns, rows))
     if figures["empty"]:
-        out.print(f"classes with no examples (given the largest weight): {figures['empty']}")
+        out.print(
+            f"classes with no examples (given the largest weight): {figures['empty']}",
+            markup=False,
+        )
 
 
 @app.command()
@@ -356,7 +363,9 @@ def resample(
     title = f"Resampling plan: {figures['total']} of {figures['target']} images per epoch"
     _show(_table(title, ["class", "count", "effective", "multiplier"], rows))
     if figures["capped"]:
-        out.print(f"at the {_fmt(max_oversample)}x cap: {', '.join(figures['capped'])}")
+        out.print(
+            f"at the {_fmt(max_oversample)}x cap: {', '.join(figures['capped'])}", markup=False
+        )
     if figures["shortfall"]:
         out.print(
             f"[yellow]the epoch is {figures['shortfall']} images short of the target: every "
@@ -514,15 +523,20 @@ def _print_analysis(result: Analysis) -> None:
     _show(_table(f"Quotas ({result.quotas.overall_progress:.0%} overall)", columns, status_rows))
     if result.strata is not None:
         for flag in result.strata.flags[:8]:
-            out.print(f"[yellow]hidden imbalance:[/] {flag.reason}")
+            out.print(f"[yellow]hidden imbalance:[/] {escape(flag.reason)}")
     for control, labels in data["unknown_labels"].items():
-        out.print(f"[yellow]unknown labels[/] in {control}: {labels} (counted as 'unknown')")
+        out.print(
+            f"[yellow]unknown labels[/] in {escape(control)}: {escape(str(labels))} "
+            "(counted as 'unknown')"
+        )
     for item in data["problems"][:5]:
-        out.print(f"[yellow]task {item['task_id']}:[/] {item['what']} - {item['fix']}")
+        said = escape(f"{item['what']} - {item['fix']}")
+        out.print(f"[yellow]task {escape(str(item['task_id']))}:[/] {said}")
     weights = data["weights"]["classes"]
     out.print(
         f"{result.options.weight_scheme} class weights: "
-        + ", ".join(f"{name} {row['weight']:.3g}" for name, row in weights.items())
+        + ", ".join(f"{name} {row['weight']:.3g}" for name, row in weights.items()),
+        markup=False,
     )
 
 
@@ -533,13 +547,16 @@ def _print_batch(result: OfflineDemo) -> None:
     rows = [[name, f"{share[name]:.1%}", f"{truth[name] / len(batch.picks):.1%}"] for name in truth]
     _show(_table(f"Next batch: {len(batch.picks)} images", ["class", "pool", "batch"], rows))
     reasons = ", ".join(f"{reason} {batch.count(reason)}" for reason in REASONS)
-    out.print(f"why: {reasons}")
+    out.print(f"why: {reasons}", markup=False)
     for pick in batch.picks[:5]:
-        out.print(f"  #{pick.rank} task {pick.id}: {pick.reason_text} (p={pick.probability:.2f})")
+        out.print(
+            f"  #{pick.rank} task {pick.id}: {pick.reason_text} (p={pick.probability:.2f})",
+            markup=False,
+        )
     for event in result.stop:
         if event.rule == "quota":
             state = "fired" if event.fired else "not yet"
-            out.print(f"stop rule 'quota': {state} - {event.reason}")
+            out.print(f"stop rule 'quota': {state} - {event.reason}", markup=False)
 
 
 @app.command()
@@ -561,14 +578,14 @@ def serve(
         secret = None if password is None else password.get_secret_value()
         store = Store(make_engine(settings.store.url, password=secret, create=False))
         application = create_app(web, on_webhook=_webhook_seen, states=lambda: state_lines(store))
-    err.print(f"dashboard on http://{web.host}:{port or board.port}/")
+    err.print(f"dashboard on http://{web.host}:{port or board.port}/", markup=False)
     uvicorn.run(application, host=web.host, port=port or board.port, log_level="warning")
 
 
 def _webhook_seen(action: str) -> None:
     # Only `planner run` can sync early (it serves its own receiver when
     # dashboard.webhook_secret is set); a separate dashboard records the call.
-    err.print(f"Label Studio webhook: {action}")
+    err.print(f"Label Studio webhook: {action}", markup=False)
 
 
 ls_app = typer.Typer(help="A local Label Studio for the demo and tests.", no_args_is_help=True)
@@ -581,7 +598,7 @@ def ls_install() -> None:
     """Install label-studio 1.23.2 into its own virtual environment (once per machine)."""
     with _reported():
         where = launcher.install()
-    out.print(f"label-studio {launcher.VERSION} in {where}")
+    out.print(f"label-studio {launcher.VERSION} in {where}", markup=False)
 
 
 @ls_app.command("start")
@@ -594,7 +611,8 @@ def ls_start(
     with _reported():
         state = launcher.start(data, document_root=images, port=port)
     out.print(
-        f"Label Studio at {state.url} (user {state.user}, token in {data / launcher.STATE_FILE})"
+        f"Label Studio at {state.url} (user {state.user}, token in {data / launcher.STATE_FILE})",
+        markup=False,
     )
 
 
@@ -611,7 +629,7 @@ def ls_status(data: DataOption = Path("var/label-studio")) -> None:
     if state is None or not launcher.healthy(state.url):
         out.print("not running")
         raise typer.Exit(code=3)
-    out.print(f"running at {state.url}")
+    out.print(f"running at {state.url}", markup=False)
 
 
 @app.command()
@@ -649,7 +667,7 @@ def sync(
         f"{len(report.deleted)} deleted, {report.newly_labelled} newly labelled"
     )
     for task_id, problem in report.quarantined[:20]:
-        out.print(f"[yellow]task {task_id} quarantined:[/] {problem}")
+        out.print(f"[yellow]task {task_id} quarantined:[/] {escape(problem)}")
 
 
 def _project_id(settings: Settings) -> int:
@@ -711,7 +729,7 @@ def status(
             if not check:
                 raise
             # a health check: the store down or not there is unhealthy (1), not a usage error (2)
-            err.print(f"[bold red]unhealthy:[/] {exc}", markup=True, highlight=False)
+            err.print(f"[bold red]unhealthy:[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(code=1) from None
     allowed = settings.schedule.sync_interval * 3
     now = datetime.now(UTC)
@@ -752,8 +770,9 @@ def status(
             if p.held_apart:
                 out.print(f"project {p.ls_project_id}: {p.held_apart} tasks held apart; latest:")
             for held in p.latest_held:
-                out.print(f"  [yellow]task {held.task_id}[/] ({held.kind}): {held.problem}")
-                out.print(f"    what to do: {held.fix}")
+                said = escape(f"({held.kind}): {held.problem}")
+                out.print(f"  [yellow]task {held.task_id}[/] {said}")
+                out.print(f"    what to do: {held.fix}", markup=False)
     if check and unhealthy:
         raise typer.Exit(code=1)
 
@@ -783,9 +802,9 @@ def cycle(
     outcome, batch = done.outcome, done.batch
     if outcome.pushed is not None:
         again = " (a half-pushed batch of an earlier run, finished)" if outcome.recovered else ""
-        out.print(f"[bold]pushed batch {outcome.pushed}[/]{again}")
+        out.print(f"[bold]pushed batch {escape(str(outcome.pushed))}[/]{again}")
     else:
-        out.print(f"no batch pushed: {outcome.why}")
+        out.print(f"no batch pushed: {outcome.why}", markup=False)
     if outcome.sync is not None:
         s = outcome.sync
         out.print(f"sync: {s.seen} tasks read, {s.newly_labelled} newly labelled")
@@ -793,7 +812,8 @@ def cycle(
         reasons = ", ".join(f"{name} {count}" for name, count in batch.reasons.items())
         out.print(
             f"batch {batch.tag}: {batch.size} tasks, {batch.done:.0%} labelled"
-            + (f"; by reason: {reasons}" if reasons else "")
+            + (f"; by reason: {reasons}" if reasons else ""),
+            markup=False,
         )
         rows = [
             [name, _fmt(short, 3), _fmt(expected, 3)] for name, short, expected in batch.targets
@@ -801,10 +821,10 @@ def cycle(
         if rows:
             _show(_table("Classes it targets", ["class", "shortfall", "expected picks"], rows))
     if outcome.model_version:
-        out.print(f"model: {outcome.model_version}")
+        out.print(f"model: {outcome.model_version}", markup=False)
     if outcome.stop is not None:
         state = "stop" if outcome.stop.should_stop else "go on"
-        out.print(f"stop rules: {state} - {outcome.stop.reason}")
+        out.print(f"stop rules: {state} - {outcome.stop.reason}", markup=False)
 
 
 @contextmanager
@@ -867,7 +887,7 @@ def quotas(config: ConfigOption = None, as_json: JsonOption = False) -> None:
     title = f"Quotas of {data.project} ({data.overall_progress:.0%} overall)"
     _show(_table(title, columns, rows))
     if not lines:
-        out.print("no quota is set; add [quotas.<Class>] tables to the config")
+        out.print("no quota is set; add [quotas.<Class>] tables to the config", markup=False)
 
 
 def _eta_text(eta: EtaRow | None) -> str:
@@ -915,7 +935,7 @@ def emit(
             {"version": written.version, "path": str(written.path), "checksum": written.checksum}
         )
         return
-    out.print(f"artifacts {written.version} in {written.path}")
+    out.print(f"artifacts {written.version} in {written.path}", markup=False)
 
 
 @app.command()
@@ -940,4 +960,4 @@ def report(config: ConfigOption = None, as_json: JsonOption = False) -> None:
             }
         )
         return
-    out.print(f"report in {day}")
+    out.print(f"report in {day}", markup=False)

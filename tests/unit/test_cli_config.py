@@ -35,6 +35,15 @@ def test_config_check_reports_bad_lines_with_exit_2(tmp_path: Path) -> None:
     assert "planning.batch_size = 0" in result.output
 
 
+@pytest.mark.parametrize("value", ["[red]x", "[/x]"])
+def test_an_error_is_printed_as_written_not_as_markup(tmp_path: Path, value: str) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'[planning]\ncount_kind = "{value}"\n', encoding="utf-8")
+    result = runner.invoke(app, ["config", "check", "-c", str(bad)])
+    assert result.exit_code == 2, result.output
+    assert f"planning.count_kind = '{value}'" in result.output
+
+
 def test_config_check_reports_a_secret_among_the_other_bad_lines(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(

@@ -108,6 +108,18 @@ def test_quotas_equal_the_stores_counts_and_deficits(synced: str) -> None:
     assert cells[2:6] == ["6", "20", "14", "30%"]
 
 
+def test_quotas_without_a_quota_say_which_tables_to_add(
+    synced: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = Path(os.environ["PLANNER_CONFIG"]).read_text(encoding="utf-8")
+    bare = tmp_path / "no-quotas.toml"
+    bare.write_text(config.split("[quotas.")[0], encoding="utf-8")
+    monkeypatch.setenv("PLANNER_CONFIG", str(bare))
+    result = runner.invoke(app, ["quotas"])
+    assert result.exit_code == 0, result.output
+    assert "no quota is set; add [quotas.<Class>] tables to the config" in result.output
+
+
 def test_quotas_before_any_sync_says_to_sync(synced: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PLANNER_LABEL_STUDIO__PROJECT_ID", "999")
     result = runner.invoke(app, ["quotas"])

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from integrations.label_studio.fake import FakeLabelStudio
 from planner.cli import app
 from planner.core.quotas import Quota
-from planner.daemon.service import ProjectDaemon
+from planner.daemon.service import ProjectDaemon, unknown_quotas
 from planner.store import DatabaseLease, Store, open_store
 from planner.store.db import alembic_config
 from planner.store.sync_state import record_sync_error
@@ -183,3 +183,22 @@ def test_a_quota_naming_no_class_is_a_warning_that_fails_no_check(
         assert _daemon(fake, pid, store, Quota("Wheelchair", target=9)).sync() is not None
         fixed = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
         assert fixed["projects"][0]["config_warning"] is None, "the fixed config clears it"
+
+
+def test_the_error_column_shows_the_daemons_message_as_written(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PLANNER_STORE__URL", store_url)
+    fake = FakeLabelStudio()
+    pid = fake.create_project("traffic [night]", CONFIG)
+    fake.import_tasks(pid, [{"data": {"image": f"/{i}.png"}} for i in range(3)])
+    problem = unknown_quotas([Quota("car", 10)], ("Car", "Wheelchair"), pid)
+    assert problem is not None
+    with open_store(store_url) as store:
+        report = sync_project(fake, store, pid, now=datetime.now(UTC))
+        with store.session() as session:
+            record_sync_error(session, report.project_id, problem)
+        shown = CliRunner().invoke(app, ["status"])
+    assert shown.exit_code == 0, shown.output
+    assert "[quotas.<Class>]" in shown.output
+    assert "traffic [night]" in shown.output
