@@ -6,9 +6,11 @@ Exit codes: 0 success, 2 bad input or configuration (the message says what to fi
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -46,7 +48,7 @@ from planner.status import project_statuses, quota_lines, state_lines
 from planner.store import Store
 from planner.store.db import make_engine
 from planner.sync import sync_project
-from planner.web import WebConfig, create_app
+from planner.web import WebConfig, bound_socket, create_app
 
 if TYPE_CHECKING:
     from planner.reports.model import EtaRow
@@ -565,7 +567,9 @@ def serve(
     host: Annotated[
         str | None, typer.Option(help="Listen address (default: dashboard.host).")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Listen port (default: dashboard.port).")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Listen port (default: dashboard.port).")
+    ] = None,
 ) -> None:
     """Serve the read-only dashboard: reports, artifacts, /healthz and /metrics."""
     with _reported():
@@ -578,8 +582,35 @@ def serve(
         secret = None if password is None else password.get_secret_value()
         store = Store(make_engine(settings.store.url, password=secret, create=False))
         application = create_app(web, on_webhook=_webhook_seen, states=lambda: state_lines(store))
-    err.print(f"dashboard on http://{web.host}:{port or board.port}/", markup=False)
-    uvicorn.run(application, host=web.host, port=port or board.port, log_level="warning")
+        where = board.port if port is None else port
+        listening = _listen(
+            web.host, where, host_from_flag=host is not None, port_from_flag=port is not None
+        )
+    err.print(f"dashboard on http://{web.host}:{where}/", markup=False)
+    server = uvicorn.Server(uvicorn.Config(application, log_level="warning"))
+    server.run(sockets=[listening])
+    if not server.started:  # uvicorn logged why (an app that failed its startup)
+        raise typer.Exit(code=1)
+
+
+def _listen(host: str, port: int, *, host_from_flag: bool, port_from_flag: bool) -> socket.socket:
+    """The dashboard's bound socket; a host or port it cannot have is a ConfigError naming
+    the flag or setting to change (uvicorn would print its own error and exit 3)."""
+    try:
+        return bound_socket(host, port)
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+            change = (
+                f"{'--host' if host_from_flag else 'dashboard.host'} to an address of this machine"
+            )
+        else:
+            change = (
+                f"{'--port' if port_from_flag else 'dashboard.port'}, or stop what listens there"
+            )
+        raise ConfigError(
+            f"the dashboard cannot listen on {host}:{port} ({why}); change {change}"
+        ) from None
 
 
 def _webhook_seen(action: str) -> None:

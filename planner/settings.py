@@ -387,6 +387,17 @@ class DashboardSettings(_Section):
     )
     reports_dir: Path = Field(default=Path("var/reports"), description="Daily reports folder.")
 
+    @field_validator("metrics_port")
+    @classmethod
+    def _apart_from_the_dashboard(cls, value: int, info: ValidationInfo) -> int:
+        if value and value == info.data.get("port"):
+            # `planner run` binds the metrics first, then finds its webhook receiver's port taken
+            raise ValueError(
+                "is dashboard.port too, where `planner run` serves the webhook receiver; "
+                "choose another port, or 0 to turn the metrics off"
+            )
+        return value
+
     @model_validator(mode="after")
     def _resolve_secrets(self) -> DashboardSettings:
         _resolve_secrets(self, "token", "webhook_secret")

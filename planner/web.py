@@ -225,18 +225,28 @@ class _Views:
         return Response(status_code=204)
 
 
+def bound_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` for uvicorn to listen on (IPv6 when ``host`` has a
+    colon); ``OSError`` when the port is taken or the host is not an address of this machine."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class BackgroundServer:
     """An app served by uvicorn in a daemon thread; ``stop()`` ends it."""
 
     def __init__(self, app: ASGIApp, host: str, port: int, *, timeout_s: float = 10.0) -> None:
         # Bound here, so a taken port is this caller's error and not a dying thread's.
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._socket = socket.socket(family, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            self._socket.bind((host, port))
+            self._socket = bound_socket(host, port)
         except OSError as exc:
-            self._socket.close()
             raise TransientError(
                 f"could not listen on {host}:{port} ({exc.strerror}); change dashboard.host / "
                 "dashboard.port, or stop what listens there"

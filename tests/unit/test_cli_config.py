@@ -44,6 +44,17 @@ def test_an_error_is_printed_as_written_not_as_markup(tmp_path: Path, value: str
     assert f"planning.count_kind = '{value}'" in result.output
 
 
+def test_config_check_refuses_metrics_on_the_dashboards_port(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[dashboard]\nport = 9100\nmetrics_port = 9100\n", encoding="utf-8")
+    result = runner.invoke(app, ["config", "check", "-c", str(bad)])
+    assert result.exit_code == 2, result.output
+    assert "dashboard.metrics_port = 9100: is dashboard.port too" in result.output
+    off = tmp_path / "off.toml"
+    off.write_text("[dashboard]\nport = 9100\nmetrics_port = 0\n", encoding="utf-8")
+    assert runner.invoke(app, ["config", "check", "-c", str(off)]).exit_code == 0
+
+
 def test_config_check_reports_a_secret_among_the_other_bad_lines(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(

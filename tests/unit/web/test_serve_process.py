@@ -63,3 +63,43 @@ def test_serve_beyond_loopback_without_token_exits_2(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "needs a token" in done.stderr
+
+
+def _serve(tmp_path: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PLANNER, "serve", *args],
+        env=_env(tmp_path, PLANNER_DASHBOARD__TOKEN="t0ken-for-test", **extra),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_serve_on_a_taken_port_says_which_to_change_with_exit_2(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        by_flag = _serve(tmp_path, "--port", port)
+        by_setting = _serve(tmp_path, PLANNER_DASHBOARD__PORT=port)
+    for done, key in ((by_flag, "--port"), (by_setting, "dashboard.port")):
+        assert done.returncode == 2, done.stderr
+        assert f"cannot listen on 127.0.0.1:{port} (Address already in use)" in done.stderr
+        assert f"change {key}, or stop what listens there" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_serve_on_a_host_it_cannot_have_says_to_change_it_with_exit_2(tmp_path: Path) -> None:
+    done = _serve(tmp_path, "--port", str(_free_port()), PLANNER_DASHBOARD__HOST="not a host")
+    assert done.returncode == 2, done.stderr
+    assert "cannot listen on not a host:" in done.stderr
+    assert "change dashboard.host to an address of this machine" in done.stderr
+
+
+def test_serve_refuses_a_port_out_of_range_with_exit_2(tmp_path: Path) -> None:
+    for port in ("70000", "0"):
+        done = _serve(tmp_path, "--port", port)
+        assert done.returncode == 2, done.stderr
+        assert "Invalid value for '--port'" in done.stderr
+        assert "Traceback" not in done.stderr
