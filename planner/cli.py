@@ -291,7 +291,10 @@ def weights(
     max_ratio: Annotated[
         float | None, typer.Option(help="Clip every weight to at most this times the smallest.")
     ] = None,
-    tau: Annotated[float, typer.Option(help="Temperature of the log-prior adjustment.")] = 1.0,
+    tau: Annotated[
+        float,
+        typer.Option(help="Scale of the logit adjustment, tau x log-prior (Menon et al.: 1)."),
+    ] = 1.0,
     as_json: JsonOption = False,
 ) -> None:
     """Class weights under every scheme, focal-loss alpha and log-priors for the given counts."""
@@ -312,7 +315,7 @@ def weights(
         _print_json(figures)
         return
     short = {s: _SHORT_SCHEME.get(s, s) + ("*" if s == scheme else "") for s in SCHEMES}
-    columns = ["class", "count", *short.values(), "focal_a", "log_prior"]
+    columns = ["class", "count", *short.values(), "focal_a", "log_prior", "adjust"]
     rows = [
         [
             name,
@@ -320,10 +323,16 @@ def weights(
             *(_fmt(row[s], 3) for s in SCHEMES),
             _fmt(row["focal_alpha"], 3),
             _fmt(row["log_prior"], 3),
+            _fmt(row["adjustment"], 3),
         ]
         for name, row in figures["classes"].items()
     ]
     _show(_table(f"Class weights (* chosen: {scheme})", columns, rows))
+    out.print(
+        f"adjust = tau x log_prior (tau {_fmt(tau)}): add it to the logits in the loss, or "
+        "subtract it from them at prediction time (logit adjustment)",
+        markup=False,
+    )
     if figures["empty"]:
         out.print(
             f"classes with no examples (given the largest weight): {figures['empty']}",

@@ -25,7 +25,8 @@ def weights_figures(
     max_ratio: float | None = None,
     tau: float = 1.0,
 ) -> dict[str, Any]:
-    """Every weight scheme side by side, the chosen one's focal alpha, and the log-priors.
+    """Every weight scheme side by side, the chosen one's focal alpha, the log-priors and the
+    logit adjustment ``tau * log_prior`` (what a training job adds to its logits).
 
     ``normalise`` and ``max_ratio`` apply to every scheme alike so the columns stay comparable;
     ``None`` keeps each scheme's own convention.
@@ -44,6 +45,7 @@ def weights_figures(
             "focal_alpha": float(alpha[i]),
             "prior": float(priors.priors[i]),
             "log_prior": float(priors.log_priors[i]),
+            "adjustment": float(priors.adjustment[i]),
         }
         for i, name in enumerate(chosen.classes)
     }

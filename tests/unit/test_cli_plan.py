@@ -90,6 +90,21 @@ def test_weights_lists_every_scheme_focal_alpha_and_log_priors() -> None:
     assert classes["a"]["log_prior"] == pytest.approx(np.log(classes["a"]["prior"]))
 
 
+def test_tau_scales_the_logit_adjustment_and_leaves_the_priors() -> None:
+    by_tau: dict[str, dict[str, dict[str, float]]] = {
+        tau: _json(["weights", "--counts", "a=4000,b=300", "--tau", tau])["classes"]  # type: ignore[misc]
+        for tau in ("0", "1", "2.5")
+    }
+    for tau, classes in by_tau.items():
+        for name, row in classes.items():
+            assert row["log_prior"] == by_tau["1"][name]["log_prior"]
+            assert row["adjustment"] == pytest.approx(float(tau) * row["log_prior"])
+    table = runner.invoke(app, ["weights", "--counts", "a=4000,b=300", "--tau", "2.5"])
+    assert table.exit_code == 0, table.output
+    assert f"{by_tau['2.5']['b']['adjustment']:.3g}" in table.output
+    assert "adjust = tau x log_prior (tau 2.5)" in table.output
+
+
 def test_weights_options_reach_every_scheme() -> None:
     data = _json(["weights", "--counts", "a=1000,b=1", "--normalise", "mean", "--max-ratio", "10"])
     classes = data["classes"]
