@@ -231,6 +231,17 @@ def _class_status(quota: Quota, table: CountTable) -> ClassStatus:
     )
 
 
+def case_hint(names: Sequence[str], classes: Sequence[str]) -> str:
+    """`` ('car' is 'Car' spelled in another case)`` for each of ``names`` that is one of
+    ``classes`` but for case; empty when none is."""
+    hints = []
+    for name in names:
+        alike = [c for c in classes if c.lower() == name.lower()]
+        if alike:
+            hints.append(f"{name!r} is {alike[0]!r} spelled in another case")
+    return f" ({'; '.join(hints)})" if hints else ""
+
+
 def known_quotas(quotas: Sequence[Quota], classes: Sequence[str]) -> list[Quota]:
     """The quotas whose class is one of ``classes`` (a label config's): those the stop rules
     evaluate while a quota names a class the project lacks."""
@@ -257,13 +268,14 @@ def deficits(
     if repeated:
         raise InputError(f"more than one quota for {repeated}; keep one quota per class")
     if known_classes is not None:
-        known = set(known_classes)
-        for name in names:
-            if name not in known:
-                raise InputError(
-                    f"quota names class {name!r}, which the label schema does not define; "
-                    f"known classes: {sorted(known)}"
-                )
+        known = sorted(set(known_classes))
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise InputError(
+                f"quotas {unknown} name classes the label schema does not define"
+                f"{case_hint(unknown, known)}; known classes: {known}. Rename each to one of "
+                "them (class names are case-sensitive), or add the class to the label config"
+            )
     by_name = {q.class_name: q for q in quotas}
     ordered = [by_name[c] for c in table.classes if c in by_name]
     ordered += [q for q in quotas if q.class_name not in table.classes]

@@ -29,7 +29,7 @@ from pathlib import Path
 from sqlmodel import Session, select
 
 from planner.core.plan import PlanOptions
-from planner.core.quotas import Quota, deficits, known_quotas
+from planner.core.quotas import Quota, case_hint, deficits, known_quotas
 from planner.core.stop_policy import StopConfig, StopDecision
 from planner.daemon.leader import LeaderLease
 from planner.daemon.pushing import RETRIED, Pusher, items_to_score, stop_set_items
@@ -94,17 +94,11 @@ def unknown_quotas(
     unknown = [q.class_name for q in quotas if q.class_name not in classes]
     if not unknown:
         return None
-    hints = []
-    for name in unknown:
-        alike = [c for c in classes if c.lower() == name.lower()]
-        if alike:
-            hints.append(f"{name!r} is {alike[0]!r} spelled in another case")
-    hint = f" ({'; '.join(hints)})" if hints else ""
     return (
         f"quotas {unknown} name no class of Label Studio project {ls_project_id}'s label "
-        f"config{hint}; they are left out of the quota counts and the stop rules, the other "
-        f"quotas count. Rename each [quotas.<Class>] section to one of {list(classes)} "
-        "(class names are case-sensitive), or add the class to the label config"
+        f"config{case_hint(unknown, classes)}; they are left out of the quota counts and the "
+        f"stop rules, the other quotas count. Rename each [quotas.<Class>] section to one of "
+        f"{list(classes)} (class names are case-sensitive), or add the class to the label config"
     )
 
 

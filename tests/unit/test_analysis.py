@@ -142,6 +142,27 @@ def test_analyze_command_reads_an_export(tmp_path: Path, example: Any) -> None:
     assert "Wheelchair" in table.output
 
 
+def test_analyze_names_every_quota_the_config_lacks_at_once(
+    tmp_path: Path, example: Any, no_planner_env: None
+) -> None:
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(example.tasks), encoding="utf-8")
+    label_config = tmp_path / "config.xml"
+    label_config.write_text(example.label_config, encoding="utf-8")
+    config = tmp_path / "planner.toml"
+    config.write_text(
+        "[quotas.Car]\ntarget = 10\n[quotas.car]\ntarget = 10\n[quotas.Wheelchar]\ntarget = 5\n",
+        encoding="utf-8",
+    )
+    args = ["analyze", str(export), "--label-config", str(label_config), "-c", str(config)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "quotas ['car', 'Wheelchar'] name classes the label schema does not define" in (
+        result.output
+    )
+    assert "('car' is 'Car' spelled in another case)" in result.output
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [("{not json", "is not JSON"), ('{"id": 1}', "expected a list of tasks")],
