@@ -382,6 +382,11 @@ def resample(
             f"[yellow]the epoch is {figures['shortfall']} images short of the target: every "
             "class is at its cap; raise --max-oversample or lower --target[/]"
         )
+    if figures["excess"]:
+        out.print(
+            f"[yellow]the epoch is {figures['excess']} images over the target: without "
+            "undersampling every image is kept; drop --no-undersample or raise --target[/]"
+        )
 
 
 def _choose(value: str, allowed: tuple[_T, ...], option: str) -> _T:
@@ -444,6 +449,12 @@ def demo(
     if offline:
         _offline_demo(config, as_json)
         return
+    if config is not None:  # the live demo writes the config of the project it creates
+        with _reported():
+            raise InputError(
+                f"--config {config} is for `planner demo --offline`; the live demo writes its "
+                f"own config (under --workdir {workdir}): leave --config out, or add --offline"
+            )
     # imported here: the live demo pulls in the SDK and the daemon
     from planner.demo_display import live_progress, print_summary  # noqa: PLC0415
     from planner.demo_live import LiveDemoOptions, run_live_demo  # noqa: PLC0415

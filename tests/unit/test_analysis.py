@@ -124,6 +124,17 @@ def test_demo_command_prints_tables_and_json() -> None:
     assert sum(data["batch_truth"].values()) == data["batch"]["selected"]
 
 
+def test_the_live_demo_refuses_a_config_it_would_not_read(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("", encoding="utf-8")
+    # were the config let through, the demo would stop at once: no folder can be made here
+    workdir = blocker / "demo"
+    args = ["demo", "-c", str(EXAMPLE_CONFIG), "--workdir", str(workdir)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "is for `planner demo --offline`; the live demo writes its own config" in result.output
+
+
 def test_analyze_command_reads_an_export(tmp_path: Path, example: Any) -> None:
     export = tmp_path / "export.json"
     export.write_text(json.dumps(example.tasks), encoding="utf-8")

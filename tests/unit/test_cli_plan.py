@@ -59,6 +59,12 @@ def test_resample_without_undersampling_keeps_every_image() -> None:
     assert isinstance(classes, dict)
     assert all(row["effective"] >= row["count"] for row in classes.values())
     assert data["excess"] == int(data["total"]) - 8000 > 0
+    args = ["resample", "--counts", EXERCISE_1, "--target", "8000", "--no-undersample"]
+    text = runner.invoke(app, args)
+    assert text.exit_code == 0, text.output
+    assert f"the epoch is {data['excess']} images over the target: without undersampling" in (
+        text.output
+    )
 
 
 def test_weights_balanced_equals_scikit_learn() -> None:
