@@ -161,7 +161,7 @@ class Pusher:
             if not self._still_leading():
                 session.rollback()
                 return None
-            stored = create_batch(session, project_id, items, summary, at=at)
+            stored = create_batch(session, project_id, items, summary, at=at, model_version=version)
             batch_id, tag = int(stored.id or 0), stored.tag
         ranked = PushBatch(tag, [(i.ls_task_id, i.rank) for i in items])
         return push_planned(self.store, self.backend, self.ls_project_id, batch_id, ranked, at=at)

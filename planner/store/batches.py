@@ -84,8 +84,10 @@ def create_batch(
     summary: dict[str, object],
     *,
     at: datetime,
+    model_version: str | None = None,
 ) -> Batch:
-    """A new planned batch, numbered after the project's last one; ranks and tasks unique."""
+    """A new planned batch, numbered after the project's last one; ranks and tasks unique.
+    ``model_version``: the scores it was planned from (pruning keeps them while it is open)."""
     ids = [i.ls_task_id for i in items]
     if len(set(ids)) != len(ids):
         raise InputError("a batch lists each task once; deduplicate the planned items")
@@ -97,6 +99,7 @@ def create_batch(
         tag=f"planner-p{project_id}-b{number:05d}",
         summary=summary,
         created_at=at,
+        model_version=model_version,
     )
     session.add(batch)
     session.flush()

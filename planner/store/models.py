@@ -108,6 +108,8 @@ class Batch(SQLModel, table=True):
     created_at: datetime = _time(nullable=False, default=now)
     pushed_at: datetime | None = _time(nullable=True)
     closed_at: datetime | None = _time(nullable=True)
+    model_version: str | None = None
+    """The model version whose scores the batch was planned from (None before 0007)."""
 
 
 class BatchItem(SQLModel, table=True):

@@ -12,10 +12,11 @@ from sqlalchemy import delete
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from planner.errors import InputError
-from planner.store.models import ModelVersionRecord, ScoreRecord, now
+from planner.store.batches import OPEN
+from planner.store.models import Batch, ModelVersionRecord, ScoreRecord, now
 
 _CHUNK = 2000
 
@@ -191,29 +192,27 @@ def load_scores(
 def prune_scores(
     session: Session, *, project_id: int, keep: int, protect: Collection[str] = ()
 ) -> dict[str, int]:
-    """Delete the score rows of every model version but the newest ``keep`` (by when the
-    version was recorded) and those in ``protect``; the rows deleted per version.
+    """Delete the score rows of every model version but the newest ``keep`` (by their newest
+    score row), the newest recorded version, the versions open batches were planned from and
+    those in ``protect``; the rows deleted per version.
 
     A new model version scores the whole pool again, so without this the store grows by a
-    pool's worth of probabilities and embeddings per model. Versions with scores but no
-    record yet (a worker still scoring a model the daemon has not recorded) are the newest
-    and stay."""
+    pool's worth of probabilities and embeddings per model. A version with scores but no
+    record (a worker still scoring a model the daemon has not recorded, or a scoring that
+    failed before it was recorded) ranks by when it last wrote: one still scoring is the
+    newest and stays, an abandoned one falls behind the versions scored since and goes."""
     if keep < 1:
         raise InputError(f"prune_scores keeps at least one model version, got keep={keep}")
-    scored = set(
-        session.exec(
-            select(ScoreRecord.model_version).where(ScoreRecord.project_id == project_id).distinct()
-        ).all()
-    )
-    recorded = session.exec(
-        select(ModelVersionRecord.version)
-        .where(ModelVersionRecord.project_id == project_id)
-        .order_by(col(ModelVersionRecord.created_at).desc(), col(ModelVersionRecord.id).desc())
+    last_written = session.execute(
+        sa_select(col(ScoreRecord.model_version), func.max(col(ScoreRecord.created_at)))
+        .where(col(ScoreRecord.project_id) == project_id)
+        .group_by(col(ScoreRecord.model_version))
     ).all()
-    known = set(recorded)
-    newest_first = sorted(v for v in scored if v not in known)
-    newest_first += [v for v in recorded if v in scored]
-    kept = set(newest_first[:keep]) | set(protect)
+    newest_first = [
+        str(version)
+        for version, _ in sorted(last_written, key=lambda r: (r[1], r[0]), reverse=True)
+    ]
+    kept = set(newest_first[:keep]) | set(protect) | _in_use(session, project_id)
     deleted: dict[str, int] = {}
     for version in newest_first:
         if version in kept:
@@ -226,3 +225,22 @@ def prune_scores(
         )
         deleted[version] = int(getattr(result, "rowcount", 0) or 0)
     return deleted
+
+
+def _in_use(session: Session, project_id: int) -> set[str]:
+    """The newest recorded model version (the daemon's current model) and those the open
+    batches were planned from."""
+    newest = session.exec(
+        select(ModelVersionRecord.version)
+        .where(ModelVersionRecord.project_id == project_id)
+        .order_by(col(ModelVersionRecord.created_at).desc(), col(ModelVersionRecord.id).desc())
+        .limit(1)
+    ).all()
+    planned = session.exec(
+        select(Batch.model_version).where(
+            Batch.project_id == project_id,
+            col(Batch.state).in_(OPEN),
+            col(Batch.model_version).is_not(None),
+        )
+    ).all()
+    return {str(v) for v in (*newest, *planned) if v is not None}

@@ -7,12 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-from sqlmodel import func, select
+from sqlmodel import col, func, select, update
 
 from planner.errors import InputError
 from planner.store import Store, load_scores, prune_scores, unscored, write_scores
+from planner.store.batches import PlannedItem, create_batch, move_batch
 from planner.store.events import record_model_version
-from planner.store.models import ScoreRecord
+from planner.store.models import Batch, ScoreRecord
 
 
 def test_scores_are_written_once_and_read_back(store: Store, project_id: int) -> None:
@@ -234,6 +235,78 @@ def test_pruning_keeps_the_newest_recorded_versions_and_the_protected_ones(
         again = load_scores(session, project_id=project_id, model_version="m5")
     assert again.task_ids.tolist() == [1, 2, 3], "kept versions read back whole"
     assert again.unscorable == {9: "image 404"}
+
+
+def _scored(
+    store: Store, project_id: int, version: str, at: datetime, *, recorded: bool = True
+) -> None:
+    """Scores of ``version`` written at ``at`` (and the version recorded then, if ``recorded``)."""
+    with store.session() as session:
+        write_scores(
+            session,
+            project_id=project_id,
+            model_version=version,
+            task_ids=[1, 2],
+            probs=np.full((2, 2), 0.5, dtype=np.float32),
+        )
+        session.execute(
+            update(ScoreRecord)
+            .where(col(ScoreRecord.model_version) == version)
+            .values(created_at=at)
+        )
+        if recorded:
+            record_model_version(
+                session, project_id=project_id, version=version, source="test", at=at
+            )
+
+
+def test_abandoned_unrecorded_versions_are_pruned_and_the_current_model_kept(
+    store: Store, project_id: int
+) -> None:
+    """Scorings that failed before their version was recorded left scores behind: they rank by
+    when they wrote, behind the models scored since (they ranked newest, by name, and the
+    current model's scores were the ones deleted)."""
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    for i in range(4):
+        _scored(store, project_id, f"boot-000{i + 1}", base + timedelta(hours=i), recorded=False)
+    for i, version in enumerate(["model-a", "model-b", "model-c"]):
+        _scored(store, project_id, version, base + timedelta(days=i + 1))
+    with store.session() as session:
+        deleted = prune_scores(session, project_id=project_id, keep=4)
+    assert deleted == {"boot-0001": 2, "boot-0002": 2, "boot-0003": 2}
+    assert set(_score_versions(store, project_id)) == {"model-a", "model-b", "model-c", "boot-0004"}
+
+
+def test_pruning_keeps_the_current_model_and_the_open_batch_model(
+    store: Store, project_id: int
+) -> None:
+    """Outside the ``keep`` newest, the newest recorded version (the daemon's model) and the
+    version an open batch was planned from stay; a scoring in progress (newest, unrecorded)
+    ranks first."""
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    for i, version in enumerate(["old", "planned-from", "between", "current"]):
+        _scored(store, project_id, version, base + timedelta(days=i))
+    _scored(store, project_id, "scoring", base + timedelta(days=9), recorded=False)
+    with store.session() as session:
+        batch = create_batch(
+            session,
+            project_id,
+            [PlannedItem(1, 1, "uncertain")],
+            {},
+            at=base,
+            model_version="planned-from",
+        )
+        move_batch(batch, "pushed", at=base)
+        move_batch(batch, "active", at=base)
+    with store.session() as session:
+        deleted = prune_scores(session, project_id=project_id, keep=1)
+    assert deleted == {"between": 2, "old": 2}
+    with store.session() as session:
+        for open_batch in session.exec(select(Batch)).all():
+            move_batch(open_batch, "completed", at=base)
+    with store.session() as session:
+        assert prune_scores(session, project_id=project_id, keep=1) == {"planned-from": 2}
+    assert set(_score_versions(store, project_id)) == {"current", "scoring"}
 
 
 def test_pruning_keeps_at_least_one_version(store: Store, project_id: int) -> None:
