@@ -152,6 +152,9 @@ class ScoreRecord(SQLModel, table=True):
     created_at: datetime = _time(nullable=False, default=now)
     bald: float | None = None
     """BALD from the worker's MC-dropout passes (normalised to [0, 1]); None without them."""
+    image_digest: str | None = None
+    """``scores.image_digest`` of the image reference the row was scored from; None: not
+    known (rows from before revision 0008), taken for the task's image."""
 
 
 class ArtifactRecord(SQLModel, table=True):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import delete
+from sqlalchemy import and_, delete
 from sqlalchemy import select as sa_select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -16,9 +17,11 @@ from sqlmodel import Session, col, func, select
 
 from planner.errors import InputError
 from planner.store.batches import OPEN
-from planner.store.models import Batch, ModelVersionRecord, ScoreRecord, now
+from planner.store.models import Batch, ModelVersionRecord, ScoreRecord, Task, now
 
 _CHUNK = 2000
+_SCORED = ["n_classes", "probs", "dim", "embedding", "unscorable", "bald", "image_digest"]
+_SCORED.append("created_at")  # what replacing a row of another image overwrites
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +46,16 @@ def write_scores(
     embeddings: npt.ArrayLike | None = None,
     unscorable: Mapping[int, str] | None = None,
     bald: npt.ArrayLike | None = None,
+    images: Mapping[int, str] | None = None,
 ) -> int:
     """Store ``probs: (n, c)`` (and ``embeddings: (n, d)``, ``bald: (n,)``) for ``task_ids``;
     rows already stored for this version are left as they are, so a redelivered chunk writes
-    nothing. Returns the rows inserted."""
+    nothing. Returns the rows written.
+
+    ``images``: the image reference each task was scored from. A row whose task shows another
+    image by now (a sync saw it change while the chunk was scored) is not written: it
+    describes the old image, and the task is scored again. A stored row of another image is
+    replaced."""
     rows: list[dict[str, object]] = []
     ids = [int(i) for i in task_ids]
     if ids:
@@ -85,6 +94,7 @@ def write_scores(
                 "bald": None,
             }
         )
+    rows = _current(session, project_id, rows, images)
     if not rows:
         return 0
     # One order for every writer: two workers inserting overlapping chunks then wait on
@@ -95,11 +105,19 @@ def write_scores(
         values.update(project_id=project_id, model_version=model_version, created_at=stamp)
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     keys = ["project_id", "ls_task_id", "model_version"]
-    statement = (
-        insert(ScoreRecord)
-        .on_conflict_do_nothing(index_elements=keys)
-        # RETURNING counts what was inserted (rowcount is unreliable for batched inserts)
-        .returning(col(ScoreRecord.ls_task_id))
+    insert_rows = insert(ScoreRecord)
+    new, stored = insert_rows.excluded, col(ScoreRecord.image_digest)
+    statement = insert_rows.on_conflict_do_update(
+        index_elements=keys,
+        set_={name: new[name] for name in _SCORED},
+        # only a row of another image is replaced: a redelivered chunk changes nothing
+        where=and_(
+            stored.is_not(None),
+            new.image_digest.is_not(None),
+            stored != new.image_digest,
+        ),
+    ).returning(  # RETURNING counts what was written (rowcount is unreliable when batched)
+        col(ScoreRecord.ls_task_id)
     )
     # executemany with RETURNING: SQLAlchemy batches the rows into multi-row INSERTs itself.
     return len(session.connection().execute(statement, rows).all())
@@ -108,17 +126,74 @@ def write_scores(
 def unscored(
     session: Session, *, project_id: int, model_version: str, task_ids: Sequence[int]
 ) -> list[int]:
-    """The ids of ``task_ids`` with no row for ``model_version``, in input order."""
+    """The ids of ``task_ids`` with no row for ``model_version`` of the image the task shows
+    now, in input order."""
     wanted = [int(i) for i in task_ids]
     done: set[int] = set()
     for start in range(0, len(wanted), _CHUNK):
-        query = select(ScoreRecord.ls_task_id).where(
-            ScoreRecord.project_id == project_id,
-            ScoreRecord.model_version == model_version,
-            col(ScoreRecord.ls_task_id).in_(wanted[start : start + _CHUNK]),
+        chunk = wanted[start : start + _CHUNK]
+        query = sa_select(col(ScoreRecord.ls_task_id), col(ScoreRecord.image_digest)).where(
+            col(ScoreRecord.project_id) == project_id,
+            col(ScoreRecord.model_version) == model_version,
+            col(ScoreRecord.ls_task_id).in_(chunk),
         )
-        done.update(session.exec(query).all())
+        scored = {int(i): digest for i, digest in session.execute(query).all()}
+        shown = _images(session, project_id, list(scored))
+        done.update(
+            i
+            for i, digest in scored.items()
+            if digest is None or i not in shown or digest == image_digest(shown[i])
+        )
     return [i for i in wanted if i not in done]
+
+
+def image_digest(reference: str) -> str:
+    """What a score row keeps of the image reference it was scored from (a reference can be
+    a long URL, or a whole image as a data: URL)."""
+    return hashlib.blake2b(reference.encode(), digest_size=16).hexdigest()
+
+
+def _images(
+    session: Session, project_id: int, task_ids: Sequence[int], *, lock: bool = False
+) -> dict[int, str]:
+    """The image reference each of ``task_ids`` shows now (tasks not stored left out).
+    ``lock``: share-locked until the transaction ends (PostgreSQL), so a sync changing one
+    waits for the scores written meanwhile, and then forgets them."""
+    query = (
+        select(Task.ls_task_id, Task.image)
+        .where(Task.project_id == project_id, col(Task.ls_task_id).in_(task_ids))
+        .order_by(col(Task.ls_task_id))  # locked in one order by every writer
+    )
+    if lock:
+        query = query.with_for_update(read=True)
+    return {int(i): str(image) for i, image in session.exec(query).all()}
+
+
+def _current(
+    session: Session,
+    project_id: int,
+    rows: list[dict[str, object]],
+    images: Mapping[int, str] | None,
+) -> list[dict[str, object]]:
+    """``rows`` with the digest of the image each was scored from; those whose task shows
+    another image now are left out."""
+    if images is None:
+        for values in rows:
+            values["image_digest"] = None
+        return rows
+    ids = sorted({int(values["ls_task_id"]) for values in rows})  # type: ignore[call-overload]
+    shown: dict[int, str] = {}
+    for start in range(0, len(ids), _CHUNK):
+        shown.update(_images(session, project_id, ids[start : start + _CHUNK], lock=True))
+    kept = []
+    for values in rows:
+        task_id = int(values["ls_task_id"])  # type: ignore[call-overload]
+        reference = images.get(task_id)
+        if reference is not None and task_id in shown and shown[task_id] != reference:
+            continue  # scored from an image the task no longer shows
+        values["image_digest"] = None if reference is None else image_digest(reference)
+        kept.append(values)
+    return kept
 
 
 def forget_scores(session: Session, *, project_id: int, task_ids: Collection[int]) -> int:
