@@ -86,6 +86,19 @@ connection the daemon's memory grew by that much a cycle until the caches filled
 docs/reliability.md)."""
 
 
+POSTGRES_CONNECT_ARGS: dict[str, int] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+"""libpq's settings for every PostgreSQL connection unless ``store.url`` names them: a server
+that accepts the connection and never answers (a hung host, a firewall dropping packets) fails
+the connect in 10 s instead of hanging ``open_store`` and the job for good, and a connection
+whose server vanished mid-query is found dead within about a minute."""
+
+
 def make_engine(url: str, *, password: str | None = None) -> Engine:
     """An engine for ``url``; a SQLite file's folder is created, PostgreSQL gets ``password``."""
     try:
@@ -103,7 +116,8 @@ def make_engine(url: str, *, password: str | None = None) -> Engine:
         parsed = parsed.set(drivername="postgresql+psycopg")
     if password:
         parsed = parsed.set(password=password)
-    engine = create_engine(parsed, pool_pre_ping=True)
+    args = {k: v for k, v in POSTGRES_CONNECT_ARGS.items() if k not in parsed.query}
+    engine = create_engine(parsed, pool_pre_ping=True, connect_args=args)
     event.listen(engine, "handle_error", _failed_ping_is_disconnect)
     return engine
 

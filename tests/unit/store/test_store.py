@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import re
+import socket
 import sqlite3
+import threading
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -19,7 +22,12 @@ from sqlmodel import SQLModel, select
 
 from planner.errors import ConfigError, TransientError
 from planner.store import Store, ensure_project, open_store
-from planner.store.db import SQLITE_CACHED_STATEMENTS, alembic_config, include_object
+from planner.store.db import (
+    POSTGRES_CONNECT_ARGS,
+    SQLITE_CACHED_STATEMENTS,
+    alembic_config,
+    include_object,
+)
 from planner.store.models import Project, StopEventRecord
 
 
@@ -106,6 +114,32 @@ def test_a_sqlite_file_gets_its_folder(tmp_path: Path) -> None:
 def test_an_unreachable_database_is_a_transient_error() -> None:
     with pytest.raises(TransientError, match=r"check store\.url"):
         open_store("postgresql+psycopg://postgres@127.0.0.1:1/none")
+
+
+def test_a_server_that_never_answers_is_a_transient_error_within_the_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A listener that accepts connections and says nothing (a hung host) hung open_store,
+    and the daemon's job with it, for good."""
+    monkeypatch.setitem(POSTGRES_CONNECT_ARGS, "connect_timeout", 2)  # libpq's least
+    failed: list[BaseException] = []
+
+    def connect(port: int) -> None:
+        try:
+            open_store(f"postgresql+psycopg://postgres@127.0.0.1:{port}/none")
+        except BaseException as exc:
+            failed.append(exc)
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        opening = threading.Thread(target=connect, args=(silent.getsockname()[1],), daemon=True)
+        opening.start()
+        opening.join(10)
+        assert not opening.is_alive(), "open_store still waits for a server that never answers"
+    assert len(failed) == 1
+    assert isinstance(failed[0], TransientError)
+    assert re.search(r"timeout.*check store\.url", str(failed[0]))
 
 
 def test_a_malformed_url_is_a_config_error() -> None:
