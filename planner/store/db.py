@@ -11,6 +11,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event, make_url, text
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
@@ -166,6 +168,9 @@ def open_store(url: str, *, password: str | None = None) -> Store:
     except SQLAlchemyError as exc:
         engine.dispose()
         raise ConfigError(f"cannot migrate the planner database: {exc}") from None
+    except BaseException:
+        engine.dispose()
+        raise
     return Store(engine)
 
 
@@ -185,10 +190,22 @@ def _upgrade(engine: Engine) -> None:
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
             config = alembic_config(engine)
             config.attributes["connection"] = connection
+            _refuse_newer(connection, ScriptDirectory.from_config(config))
             command.upgrade(config, "head")
     finally:
         if target is not engine:
             target.dispose()
+
+
+def _refuse_newer(connection: Connection, scripts: ScriptDirectory) -> None:
+    """A database a newer planner migrated is at a revision this one does not know."""
+    known = {script.revision for script in scripts.walk_revisions()}
+    for revision in MigrationContext.configure(connection).get_current_heads():
+        if revision not in known:
+            raise ConfigError(
+                f"the planner database is at revision {revision}, newer than this planner "
+                f"(latest {scripts.get_current_head()}); upgrade the planner"
+            )
 
 
 def _sqlite_autocommit_driver(connection: object, _record: object) -> None:

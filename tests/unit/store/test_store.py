@@ -80,6 +80,20 @@ def test_migrations_go_down_and_up_again(store: Store) -> None:
     assert _diff(store) == []
 
 
+def test_a_database_of_a_newer_planner_is_refused_and_left_alone(store: Store) -> None:
+    """Alembic's "Can't locate revision identified by '9999'" said nothing of what to do."""
+    with store.engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    head = ScriptDirectory.from_config(alembic_config(store.engine)).get_current_head()
+    why = f"at revision 9999, newer than this planner \\(latest {head}\\); upgrade the planner"
+    with pytest.raises(ConfigError, match=why):
+        open_store(store.engine.url.render_as_string(hide_password=False))
+    with store.engine.connect() as connection:
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
+            ("9999",)
+        ]
+
+
 def test_times_come_back_aware_and_in_utc(store: Store) -> None:
     when = datetime(2026, 3, 29, 3, 30, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
     with store.session() as session:
