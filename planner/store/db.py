@@ -176,11 +176,26 @@ def open_store(url: str, *, password: str | None = None) -> Store:
 
 def _upgrade(engine: Engine) -> None:
     """``alembic upgrade head`` in one transaction that a second process waits for."""
+    with migrating(engine) as connection:
+        config = alembic_config(engine)
+        config.attributes["connection"] = connection
+        _refuse_newer(connection, ScriptDirectory.from_config(config))
+        command.upgrade(config, "head")
+
+
+@contextmanager
+def migrating(engine: Engine) -> Iterator[Connection]:
+    """A connection to ``engine``'s database in one transaction to migrate in (``env.py``
+    takes one for an ``alembic_config`` without a connection); a second process migrating
+    waits for it.
+
+    PostgreSQL: an advisory lock. A SQLite file: pysqlite runs DDL outside any transaction, so
+    a separate engine that opens ``BEGIN IMMEDIATE`` itself makes the migration atomic and
+    takes the write lock first (a second process waits and then finds the schema current);
+    its connections leave foreign keys off, as SQLite's table copies (Alembic's batch mode)
+    need: with them on, dropping the old copy of a table other rows point at fails halfway."""
     target = engine
     if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-        # pysqlite runs DDL outside any transaction; a separate engine that opens
-        # ``BEGIN IMMEDIATE`` itself makes the upgrade atomic and takes the write lock
-        # first, so a second process waits and then finds the schema current.
         target = create_engine(engine.url, connect_args={"timeout": 30}, poolclass=NullPool)
         event.listen(target, "connect", _sqlite_autocommit_driver)
         event.listen(target, "begin", _sqlite_begin_immediate)
@@ -188,10 +203,7 @@ def _upgrade(engine: Engine) -> None:
         with target.begin() as connection:
             if connection.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
-            config = alembic_config(engine)
-            config.attributes["connection"] = connection
-            _refuse_newer(connection, ScriptDirectory.from_config(config))
-            command.upgrade(config, "head")
+            yield connection
     finally:
         if target is not engine:
             target.dispose()
@@ -210,6 +222,7 @@ def _refuse_newer(connection: Connection, scripts: ScriptDirectory) -> None:
 
 def _sqlite_autocommit_driver(connection: object, _record: object) -> None:
     connection.isolation_level = None  # type: ignore[attr-defined]
+    connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[attr-defined]
 
 
 def _sqlite_begin_immediate(connection: Connection) -> None:
