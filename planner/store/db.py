@@ -8,16 +8,19 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event, make_url, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
-from sqlmodel import Session, select
+from sqlmodel import Session, SQLModel, select
 
 from planner.errors import ConfigError, StoreError, TransientError
 from planner.store.models import Project
@@ -230,11 +233,25 @@ def _sqlite_begin_immediate(connection: Connection) -> None:
 
 
 def ensure_project(session: Session, *, ls_project_id: int, title: str = "") -> Project:
-    """The project row for a Label Studio project, created on first use."""
-    found = session.exec(select(Project).where(Project.ls_project_id == ls_project_id)).first()
-    if found is not None:
-        return found
-    project = Project(ls_project_id=ls_project_id, title=title)
-    session.add(project)
-    session.flush()
-    return project
+    """The project row for a Label Studio project, created on first use (by whichever of two
+    processes starting together gets there first)."""
+    query = select(Project).where(Project.ls_project_id == ls_project_id)
+    found = session.exec(query).first()
+    if found is None:
+        insert_missing(session, Project(ls_project_id=ls_project_id, title=title), "ls_project_id")
+        found = session.exec(query).one()
+    return found
+
+
+def dialect_insert(session: Session) -> Any:
+    """The INSERT construct of the session's database, which has ``on_conflict_do_*``."""
+    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+def insert_missing(session: Session, row: SQLModel, *keys: str) -> None:
+    """Insert ``row`` unless a row with the same ``keys`` (a unique index) is there, one that
+    another transaction is inserting included: PostgreSQL waits for it, then inserts nothing.
+    Reading first and inserting after raised IntegrityError when two writers raced."""
+    values = {k: v for k, v in row.model_dump().items() if v is not None}
+    insert = dialect_insert(session)(type(row)).values(**values)
+    session.execute(insert.on_conflict_do_nothing(index_elements=list(keys)))

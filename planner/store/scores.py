@@ -11,12 +11,11 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import and_, delete
 from sqlalchemy import select as sa_select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, col, func, select
 
 from planner.errors import InputError
 from planner.store.batches import OPEN
+from planner.store.db import dialect_insert
 from planner.store.models import Batch, ModelVersionRecord, ScoreRecord, Task, now
 
 _CHUNK = 2000
@@ -103,9 +102,8 @@ def write_scores(
     stamp = now()
     for values in rows:
         values.update(project_id=project_id, model_version=model_version, created_at=stamp)
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     keys = ["project_id", "ls_task_id", "model_version"]
-    insert_rows = insert(ScoreRecord)
+    insert_rows = dialect_insert(session)(ScoreRecord)
     new, stored = insert_rows.excluded, col(ScoreRecord.image_digest)
     statement = insert_rows.on_conflict_do_update(
         index_elements=keys,
