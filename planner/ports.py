@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from planner.core.finite import finite_json
 from planner.errors import InputError
 
 WEBHOOK_SECRET_HEADER = "X-Planner-Secret"  # noqa: S105 - a header name, not a secret
@@ -50,6 +51,10 @@ class RemoteTask:
     def __post_init__(self) -> None:
         if self.updated_at.tzinfo is None:
             raise InputError(f"task {self.id}: updated_at must be timezone-aware")
+        # NaN and inf (an empty CSV cell) become None as they arrive: the planner stores task
+        # data as JSON, and a sync compares what it lists with what it stored
+        object.__setattr__(self, "data", finite_json(self.data))
+        object.__setattr__(self, "meta", finite_json(self.meta))
 
     @property
     def annotation_ids(self) -> tuple[int, ...]:

@@ -311,6 +311,7 @@ def score_chunk(
                     embeddings=part.embeddings,
                     bald=part.bald,
                     unscorable=part.unscorable,
+                    images=wanted,  # a task showing another image by now is not written
                 )
             scored, unscorable = scored + len(part.task_ids), unscorable + len(part.unscorable)
             deferred.update(part.deferred)

@@ -12,7 +12,6 @@ plan); multi-label and detection images get their repeat factor ``r(I)``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from planner.core.finite import finite_json
 from planner.core.priors import FocalAlpha, FocalLoss, LogPriors, focal_alpha, log_priors
 from planner.core.repeat_factors import repeat_factors
 from planner.core.resampling import DEFAULT_MAX_OVERSAMPLE, ResamplingPlan, resampling_plan
@@ -211,18 +211,4 @@ def build_artifact(
         },
         "splits": {str(item): split for item, split in splits.items()},
     }
-    return Artifact(data=_finite(data), image_weights=plan.image_weights.copy())
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with NaN and inf turned to None (strict JSON has neither) and numpy scalars
-    turned to Python's (ids from ``np.arange``, say)."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
+    return Artifact(data=finite_json(data), image_weights=plan.image_weights.copy())

@@ -28,7 +28,7 @@ from planner.store.batches import PlannedItem, create_batch, expire, finish_push
 from planner.store.models import Batch, Project, Task
 from planner.store.scores import load_scores
 from planner.store.stop_set import ensure_stop_set, stop_set
-from planner.store.tasks import count_table, mark_gone, tasks_in_state, unlabelled_ids
+from planner.store.tasks import count_table, mark_gone, task_images, unlabelled_ids
 
 log = logging.getLogger("planner.daemon")
 LABELLED_TO_SCORE = 20_000
@@ -105,13 +105,13 @@ def stop_set_items(
         rng = np.random.default_rng(seed)
         ids = ensure_stop_set(session, project_id, pool, size=size, rng=rng, at=at)
     rows = session.exec(
-        select(Task).where(
+        select(Task.ls_task_id, Task.image).where(
             Task.project_id == project_id,
             col(Task.ls_task_id).in_(ids),
             col(Task.state).in_(("unlabelled", "labelled")),
         )
     ).all()
-    return sorted((t.ls_task_id, t.image) for t in rows)
+    return sorted((int(i), str(image)) for i, image in rows)
 
 
 def items_to_score(
@@ -121,7 +121,7 @@ def items_to_score(
     successive models can be compared on it) and up to ``LABELLED_TO_SCORE`` labelled tasks
     (the latest; the planner measures neighbours and novelty against them); empty when no
     task is left to label."""
-    pool = {t.ls_task_id: t.image for t in tasks_in_state(session, project_id, "unlabelled")}
+    pool = dict(task_images(session, project_id, "unlabelled"))
     if not pool:
         return []
     pool |= dict(stop_set_items(session, project_id, size=stop_set_size, seed=seed, at=at))
@@ -161,7 +161,7 @@ class Pusher:
             if not self._still_leading():
                 session.rollback()
                 return None
-            stored = create_batch(session, project_id, items, summary, at=at)
+            stored = create_batch(session, project_id, items, summary, at=at, model_version=version)
             batch_id, tag = int(stored.id or 0), stored.tag
         ranked = PushBatch(tag, [(i.ls_task_id, i.rank) for i in items])
         return push_planned(self.store, self.backend, self.ls_project_id, batch_id, ranked, at=at)
@@ -184,7 +184,7 @@ class Pusher:
         project = session.get(Project, project_id)
         classes = tuple(project.classes) if project else ()
         scores = load_scores(session, project_id=project_id, model_version=version)
-        open_ids = {t.ls_task_id for t in tasks_in_state(session, project_id, "unlabelled")}
+        open_ids = set(unlabelled_ids(session, project_id))
         keep = np.array([int(i) in open_ids for i in scores.task_ids], dtype=bool)
         if not keep.any():
             return None

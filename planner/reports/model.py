@@ -7,11 +7,12 @@ The JSON is the source of truth; the HTML and Markdown renderings show the same 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from planner.core.finite import finite_json
 
 REPORT_SCHEMA_VERSION = 1
 
@@ -177,16 +178,8 @@ class ReportData:
 
 def report_dict(report: ReportData) -> dict[str, Any]:
     """The report as strict JSON data: datetimes as ISO 8601, NaN and inf as None."""
-    return _plain(dataclasses.asdict(report))  # type: ignore[no-any-return]
+    return finite_json(dataclasses.asdict(report), _iso)  # type: ignore[no-any-return]
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
+def _iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value

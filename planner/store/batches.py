@@ -17,10 +17,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, func, select, update
 
 from planner.errors import InputError
-from planner.store.models import Batch, BatchItem, Task
+from planner.store.models import Batch, BatchItem, Project, Task
 
 OPEN = ("planned", "pushed", "active")
 ITEM_MOVES: dict[str, tuple[str, ...]] = {
@@ -84,11 +84,17 @@ def create_batch(
     summary: dict[str, object],
     *,
     at: datetime,
+    model_version: str | None = None,
 ) -> Batch:
-    """A new planned batch, numbered after the project's last one; ranks and tasks unique."""
+    """A new planned batch, numbered after the project's last one; ranks and tasks unique.
+    ``model_version``: the scores it was planned from (pruning keeps them while it is open)."""
     ids = [i.ls_task_id for i in items]
     if len(set(ids)) != len(ids):
         raise InputError("a batch lists each task once; deduplicate the planned items")
+    # The project's row, locked until the transaction ends (SQLite: the write lock), numbers
+    # batches one writer at a time: two reading the last number together both took its next
+    # one, and the second insert failed.
+    session.execute(update(Project).where(col(Project.id) == project_id).values(id=col(Project.id)))
     last = session.exec(select(func.max(Batch.number)).where(Batch.project_id == project_id)).one()
     number = int(last or 0) + 1
     batch = Batch(
@@ -97,6 +103,7 @@ def create_batch(
         tag=f"planner-p{project_id}-b{number:05d}",
         summary=summary,
         created_at=at,
+        model_version=model_version,
     )
     session.add(batch)
     session.flush()

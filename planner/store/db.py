@@ -19,10 +19,12 @@ from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import URL, create_engine, event, make_url, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
-from sqlmodel import Session, select
+from sqlmodel import Session, SQLModel, select
 
 from planner.errors import ConfigError, StoreError, StoreSchemaError, TransientError
 from planner.store.models import Project
@@ -93,6 +95,19 @@ connection the daemon's memory grew by that much a cycle until the caches filled
 docs/reliability.md)."""
 
 
+POSTGRES_CONNECT_ARGS: dict[str, int] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+"""libpq's settings for every PostgreSQL connection unless ``store.url`` names them: a server
+that accepts the connection and never answers (a hung host, a firewall dropping packets) fails
+the connect in 10 s instead of hanging ``open_store`` and the job for good, and a connection
+whose server vanished mid-query is found dead within about a minute."""
+
+
 def make_engine(url: str, *, password: str | None = None, create: bool = True) -> Engine:
     """An engine for ``url``; PostgreSQL gets ``password``. A SQLite file's folder is created
     (and the file at the first connection); without ``create`` a missing file is not: a
@@ -115,7 +130,8 @@ def make_engine(url: str, *, password: str | None = None, create: bool = True) -
         parsed = parsed.set(drivername="postgresql+psycopg")
     if password:
         parsed = parsed.set(password=password)
-    engine = create_engine(parsed, pool_pre_ping=True)
+    args = {k: v for k, v in POSTGRES_CONNECT_ARGS.items() if k not in parsed.query}
+    engine = create_engine(parsed, pool_pre_ping=True, connect_args=args)
     event.listen(engine, "handle_error", _failed_ping_is_disconnect)
     return engine
 
@@ -176,6 +192,9 @@ def open_store(url: str, *, password: str | None = None) -> Store:
     except SQLAlchemyError as exc:
         engine.dispose()
         raise ConfigError(f"cannot migrate the planner database: {exc}") from None
+    except BaseException:
+        engine.dispose()
+        raise
     return Store(engine)
 
 
@@ -217,11 +236,26 @@ def _cannot_open(engine: Engine, exc: OperationalError) -> TransientError:
 
 def _upgrade(engine: Engine) -> None:
     """``alembic upgrade head`` in one transaction that a second process waits for."""
+    with migrating(engine) as connection:
+        config = alembic_config(engine)
+        config.attributes["connection"] = connection
+        _refuse_newer(connection, ScriptDirectory.from_config(config))
+        command.upgrade(config, "head")
+
+
+@contextmanager
+def migrating(engine: Engine) -> Iterator[Connection]:
+    """A connection to ``engine``'s database in one transaction to migrate in (``env.py``
+    takes one for an ``alembic_config`` without a connection); a second process migrating
+    waits for it.
+
+    PostgreSQL: an advisory lock. A SQLite file: pysqlite runs DDL outside any transaction, so
+    a separate engine that opens ``BEGIN IMMEDIATE`` itself makes the migration atomic and
+    takes the write lock first (a second process waits and then finds the schema current);
+    its connections leave foreign keys off, as SQLite's table copies (Alembic's batch mode)
+    need: with them on, dropping the old copy of a table other rows point at fails halfway."""
     target = engine
     if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-        # pysqlite runs DDL outside any transaction; a separate engine that opens
-        # ``BEGIN IMMEDIATE`` itself makes the upgrade atomic and takes the write lock
-        # first, so a second process waits and then finds the schema current.
         target = create_engine(engine.url, connect_args={"timeout": 30}, poolclass=NullPool)
         event.listen(target, "connect", _sqlite_autocommit_driver)
         event.listen(target, "begin", _sqlite_begin_immediate)
@@ -229,16 +263,26 @@ def _upgrade(engine: Engine) -> None:
         with target.begin() as connection:
             if connection.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
-            config = alembic_config(engine)
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            yield connection
     finally:
         if target is not engine:
             target.dispose()
 
 
+def _refuse_newer(connection: Connection, scripts: ScriptDirectory) -> None:
+    """A database a newer planner migrated is at a revision this one does not know."""
+    known = {script.revision for script in scripts.walk_revisions()}
+    for revision in MigrationContext.configure(connection).get_current_heads():
+        if revision not in known:
+            raise ConfigError(
+                f"the planner database is at revision {revision}, newer than this planner "
+                f"(latest {scripts.get_current_head()}); upgrade the planner"
+            )
+
+
 def _sqlite_autocommit_driver(connection: object, _record: object) -> None:
     connection.isolation_level = None  # type: ignore[attr-defined]
+    connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[attr-defined]
 
 
 def _sqlite_begin_immediate(connection: Connection) -> None:
@@ -246,11 +290,25 @@ def _sqlite_begin_immediate(connection: Connection) -> None:
 
 
 def ensure_project(session: Session, *, ls_project_id: int, title: str = "") -> Project:
-    """The project row for a Label Studio project, created on first use."""
-    found = session.exec(select(Project).where(Project.ls_project_id == ls_project_id)).first()
-    if found is not None:
-        return found
-    project = Project(ls_project_id=ls_project_id, title=title)
-    session.add(project)
-    session.flush()
-    return project
+    """The project row for a Label Studio project, created on first use (by whichever of two
+    processes starting together gets there first)."""
+    query = select(Project).where(Project.ls_project_id == ls_project_id)
+    found = session.exec(query).first()
+    if found is None:
+        insert_missing(session, Project(ls_project_id=ls_project_id, title=title), "ls_project_id")
+        found = session.exec(query).one()
+    return found
+
+
+def dialect_insert(session: Session) -> Any:
+    """The INSERT construct of the session's database, which has ``on_conflict_do_*``."""
+    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+def insert_missing(session: Session, row: SQLModel, *keys: str) -> None:
+    """Insert ``row`` unless a row with the same ``keys`` (a unique index) is there, one that
+    another transaction is inserting included: PostgreSQL waits for it, then inserts nothing.
+    Reading first and inserting after raised IntegrityError when two writers raced."""
+    values = {k: v for k, v in row.model_dump().items() if v is not None}
+    insert = dialect_insert(session)(type(row)).values(**values)
+    session.execute(insert.on_conflict_do_nothing(index_elements=list(keys)))

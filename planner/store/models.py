@@ -14,6 +14,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
+from planner.core.finite import finite_json
+
 TASK_STATES = ("unlabelled", "labelled", "skipped", "quarantined", "deleted")
 BATCH_STATES = ("planned", "pushed", "active", "completed", "superseded", "expired")
 ITEM_STATES = ("planned", "pushed", "active", "completed", "expired")
@@ -38,6 +40,17 @@ class UtcDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+class FiniteJson(TypeDecorator[Any]):
+    """JSON with NaN and inf stored as null (``finite_json``): PostgreSQL refuses them, and
+    SQLite's copy, read back, never equals what was written."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return finite_json(value)
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -47,7 +60,7 @@ def _time(**kwargs: Any) -> Any:
 
 
 def _json(**kwargs: Any) -> Any:
-    return Field(sa_column=Column(JSON, **kwargs))
+    return Field(sa_column=Column(FiniteJson(), **kwargs))
 
 
 class Project(SQLModel, table=True):
@@ -111,6 +124,8 @@ class Batch(SQLModel, table=True):
     created_at: datetime = _time(nullable=False, default=now)
     pushed_at: datetime | None = _time(nullable=True)
     closed_at: datetime | None = _time(nullable=True)
+    model_version: str | None = None
+    """The model version whose scores the batch was planned from (None before 0007)."""
 
 
 class BatchItem(SQLModel, table=True):
@@ -140,6 +155,9 @@ class ScoreRecord(SQLModel, table=True):
     created_at: datetime = _time(nullable=False, default=now)
     bald: float | None = None
     """BALD from the worker's MC-dropout passes (normalised to [0, 1]); None without them."""
+    image_digest: str | None = None
+    """``scores.image_digest`` of the image reference the row was scored from; None: not
+    known (rows from before revision 0008), taken for the task's image."""
 
 
 class ArtifactRecord(SQLModel, table=True):

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import delete
+from sqlalchemy import and_, delete
 from sqlalchemy import select as sa_select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from planner.errors import InputError
-from planner.store.models import ModelVersionRecord, ScoreRecord, now
+from planner.store.batches import OPEN
+from planner.store.db import dialect_insert
+from planner.store.models import Batch, ModelVersionRecord, ScoreRecord, Task, now
 
 _CHUNK = 2000
+_SCORED = ["n_classes", "probs", "dim", "embedding", "unscorable", "bald", "image_digest"]
+_SCORED.append("created_at")  # what replacing a row of another image overwrites
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +45,16 @@ def write_scores(
     embeddings: npt.ArrayLike | None = None,
     unscorable: Mapping[int, str] | None = None,
     bald: npt.ArrayLike | None = None,
+    images: Mapping[int, str] | None = None,
 ) -> int:
     """Store ``probs: (n, c)`` (and ``embeddings: (n, d)``, ``bald: (n,)``) for ``task_ids``;
     rows already stored for this version are left as they are, so a redelivered chunk writes
-    nothing. Returns the rows inserted."""
+    nothing. Returns the rows written.
+
+    ``images``: the image reference each task was scored from. A row whose task shows another
+    image by now (a sync saw it change while the chunk was scored) is not written: it
+    describes the old image, and the task is scored again. A stored row of another image is
+    replaced."""
     rows: list[dict[str, object]] = []
     ids = [int(i) for i in task_ids]
     if ids:
@@ -84,6 +93,7 @@ def write_scores(
                 "bald": None,
             }
         )
+    rows = _current(session, project_id, rows, images)
     if not rows:
         return 0
     # One order for every writer: two workers inserting overlapping chunks then wait on
@@ -92,13 +102,20 @@ def write_scores(
     stamp = now()
     for values in rows:
         values.update(project_id=project_id, model_version=model_version, created_at=stamp)
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     keys = ["project_id", "ls_task_id", "model_version"]
-    statement = (
-        insert(ScoreRecord)
-        .on_conflict_do_nothing(index_elements=keys)
-        # RETURNING counts what was inserted (rowcount is unreliable for batched inserts)
-        .returning(col(ScoreRecord.ls_task_id))
+    insert_rows = dialect_insert(session)(ScoreRecord)
+    new, stored = insert_rows.excluded, col(ScoreRecord.image_digest)
+    statement = insert_rows.on_conflict_do_update(
+        index_elements=keys,
+        set_={name: new[name] for name in _SCORED},
+        # only a row of another image is replaced: a redelivered chunk changes nothing
+        where=and_(
+            stored.is_not(None),
+            new.image_digest.is_not(None),
+            stored != new.image_digest,
+        ),
+    ).returning(  # RETURNING counts what was written (rowcount is unreliable when batched)
+        col(ScoreRecord.ls_task_id)
     )
     # executemany with RETURNING: SQLAlchemy batches the rows into multi-row INSERTs itself.
     return len(session.connection().execute(statement, rows).all())
@@ -107,17 +124,74 @@ def write_scores(
 def unscored(
     session: Session, *, project_id: int, model_version: str, task_ids: Sequence[int]
 ) -> list[int]:
-    """The ids of ``task_ids`` with no row for ``model_version``, in input order."""
+    """The ids of ``task_ids`` with no row for ``model_version`` of the image the task shows
+    now, in input order."""
     wanted = [int(i) for i in task_ids]
     done: set[int] = set()
     for start in range(0, len(wanted), _CHUNK):
-        query = select(ScoreRecord.ls_task_id).where(
-            ScoreRecord.project_id == project_id,
-            ScoreRecord.model_version == model_version,
-            col(ScoreRecord.ls_task_id).in_(wanted[start : start + _CHUNK]),
+        chunk = wanted[start : start + _CHUNK]
+        query = sa_select(col(ScoreRecord.ls_task_id), col(ScoreRecord.image_digest)).where(
+            col(ScoreRecord.project_id) == project_id,
+            col(ScoreRecord.model_version) == model_version,
+            col(ScoreRecord.ls_task_id).in_(chunk),
         )
-        done.update(session.exec(query).all())
+        scored = {int(i): digest for i, digest in session.execute(query).all()}
+        shown = _images(session, project_id, list(scored))
+        done.update(
+            i
+            for i, digest in scored.items()
+            if digest is None or i not in shown or digest == image_digest(shown[i])
+        )
     return [i for i in wanted if i not in done]
+
+
+def image_digest(reference: str) -> str:
+    """What a score row keeps of the image reference it was scored from (a reference can be
+    a long URL, or a whole image as a data: URL)."""
+    return hashlib.blake2b(reference.encode(), digest_size=16).hexdigest()
+
+
+def _images(
+    session: Session, project_id: int, task_ids: Sequence[int], *, lock: bool = False
+) -> dict[int, str]:
+    """The image reference each of ``task_ids`` shows now (tasks not stored left out).
+    ``lock``: share-locked until the transaction ends (PostgreSQL), so a sync changing one
+    waits for the scores written meanwhile, and then forgets them."""
+    query = (
+        select(Task.ls_task_id, Task.image)
+        .where(Task.project_id == project_id, col(Task.ls_task_id).in_(task_ids))
+        .order_by(col(Task.ls_task_id))  # locked in one order by every writer
+    )
+    if lock:
+        query = query.with_for_update(read=True)
+    return {int(i): str(image) for i, image in session.exec(query).all()}
+
+
+def _current(
+    session: Session,
+    project_id: int,
+    rows: list[dict[str, object]],
+    images: Mapping[int, str] | None,
+) -> list[dict[str, object]]:
+    """``rows`` with the digest of the image each was scored from; those whose task shows
+    another image now are left out."""
+    if images is None:
+        for values in rows:
+            values["image_digest"] = None
+        return rows
+    ids = sorted({int(values["ls_task_id"]) for values in rows})  # type: ignore[call-overload]
+    shown: dict[int, str] = {}
+    for start in range(0, len(ids), _CHUNK):
+        shown.update(_images(session, project_id, ids[start : start + _CHUNK], lock=True))
+    kept = []
+    for values in rows:
+        task_id = int(values["ls_task_id"])  # type: ignore[call-overload]
+        reference = images.get(task_id)
+        if reference is not None and task_id in shown and shown[task_id] != reference:
+            continue  # scored from an image the task no longer shows
+        values["image_digest"] = None if reference is None else image_digest(reference)
+        kept.append(values)
+    return kept
 
 
 def forget_scores(session: Session, *, project_id: int, task_ids: Collection[int]) -> int:
@@ -191,29 +265,27 @@ def load_scores(
 def prune_scores(
     session: Session, *, project_id: int, keep: int, protect: Collection[str] = ()
 ) -> dict[str, int]:
-    """Delete the score rows of every model version but the newest ``keep`` (by when the
-    version was recorded) and those in ``protect``; the rows deleted per version.
+    """Delete the score rows of every model version but the newest ``keep`` (by their newest
+    score row), the newest recorded version, the versions open batches were planned from and
+    those in ``protect``; the rows deleted per version.
 
     A new model version scores the whole pool again, so without this the store grows by a
-    pool's worth of probabilities and embeddings per model. Versions with scores but no
-    record yet (a worker still scoring a model the daemon has not recorded) are the newest
-    and stay."""
+    pool's worth of probabilities and embeddings per model. A version with scores but no
+    record (a worker still scoring a model the daemon has not recorded, or a scoring that
+    failed before it was recorded) ranks by when it last wrote: one still scoring is the
+    newest and stays, an abandoned one falls behind the versions scored since and goes."""
     if keep < 1:
         raise InputError(f"prune_scores keeps at least one model version, got keep={keep}")
-    scored = set(
-        session.exec(
-            select(ScoreRecord.model_version).where(ScoreRecord.project_id == project_id).distinct()
-        ).all()
-    )
-    recorded = session.exec(
-        select(ModelVersionRecord.version)
-        .where(ModelVersionRecord.project_id == project_id)
-        .order_by(col(ModelVersionRecord.created_at).desc(), col(ModelVersionRecord.id).desc())
+    last_written = session.execute(
+        sa_select(col(ScoreRecord.model_version), func.max(col(ScoreRecord.created_at)))
+        .where(col(ScoreRecord.project_id) == project_id)
+        .group_by(col(ScoreRecord.model_version))
     ).all()
-    known = set(recorded)
-    newest_first = sorted(v for v in scored if v not in known)
-    newest_first += [v for v in recorded if v in scored]
-    kept = set(newest_first[:keep]) | set(protect)
+    newest_first = [
+        str(version)
+        for version, _ in sorted(last_written, key=lambda r: (r[1], r[0]), reverse=True)
+    ]
+    kept = set(newest_first[:keep]) | set(protect) | _in_use(session, project_id)
     deleted: dict[str, int] = {}
     for version in newest_first:
         if version in kept:
@@ -226,3 +298,22 @@ def prune_scores(
         )
         deleted[version] = int(getattr(result, "rowcount", 0) or 0)
     return deleted
+
+
+def _in_use(session: Session, project_id: int) -> set[str]:
+    """The newest recorded model version (the daemon's current model) and those the open
+    batches were planned from."""
+    newest = session.exec(
+        select(ModelVersionRecord.version)
+        .where(ModelVersionRecord.project_id == project_id)
+        .order_by(col(ModelVersionRecord.created_at).desc(), col(ModelVersionRecord.id).desc())
+        .limit(1)
+    ).all()
+    planned = session.exec(
+        select(Batch.model_version).where(
+            Batch.project_id == project_id,
+            col(Batch.state).in_(OPEN),
+            col(Batch.model_version).is_not(None),
+        )
+    ).all()
+    return {str(v) for v in (*newest, *planned) if v is not None}

@@ -15,9 +15,8 @@ import numpy as np
 from sqlmodel import Session, col, select
 
 from planner.core.table import CountTable
-from planner.store.batches import items_of
 from planner.store.events import count_snapshots, record_counts
-from planner.store.models import Batch, CountSnapshot, Task
+from planner.store.models import Batch, BatchItem, CountSnapshot, Task
 
 SNAPSHOT_AT_LEAST_EVERY = timedelta(days=1)
 KINDS = ("images", "instances", "pixels")
@@ -133,9 +132,19 @@ def batch_yields(session: Session, project_id: int) -> list[BatchYield]:
         .where(Batch.project_id == project_id, col(Batch.pushed_at).is_not(None))
         .order_by(col(Batch.number))
     )
+    batches = session.exec(query).all()
+    # every batch's items in one query, not one a batch
+    items_by_batch: dict[int, list[BatchItem]] = {}
+    all_items = session.exec(
+        select(BatchItem)
+        .join(Batch, col(Batch.id) == col(BatchItem.batch_id))
+        .where(Batch.project_id == project_id, col(Batch.pushed_at).is_not(None))
+    ).all()
+    for item in all_items:
+        items_by_batch.setdefault(item.batch_id, []).append(item)
     found = []
-    for batch in session.exec(query).all():
-        items = items_of(session, int(batch.id or 0))
+    for batch in batches:
+        items = items_by_batch.get(int(batch.id or 0), [])
         done = [i for i in items if i.state == "completed"]
         short = short_classes(batch.summary)
         class_hits = {name: sum(name in i.found for i in done) for name in short}

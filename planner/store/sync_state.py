@@ -8,6 +8,7 @@ from sqlmodel import Session
 
 from planner.errors import InputError
 from planner.health import BackendHealth
+from planner.store.db import insert_missing
 from planner.store.models import SyncState
 
 
@@ -15,9 +16,8 @@ def sync_state(session: Session, project_id: int) -> SyncState:
     """The project's sync row, created empty (no watermark: the next sync reads all)."""
     found = session.get(SyncState, project_id)
     if found is None:
-        found = SyncState(project_id=project_id)
-        session.add(found)
-        session.flush()
+        insert_missing(session, SyncState(project_id=project_id), "project_id")
+        found = session.get_one(SyncState, project_id)
     return found
 
 

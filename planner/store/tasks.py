@@ -7,11 +7,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlmodel import Session, col, select
+from sqlmodel import update as sql_update
 
 from planner.core.counting import tabulate
 from planner.core.table import UNKNOWN, CountTable
 from planner.core.task_labels import TaskLabels
 from planner.store.models import Task, now
+
+_CHUNK = 1000  # ids per IN list
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +33,8 @@ class TaskUpdate:
 def tasks_by_ls_id(session: Session, project_id: int, ids: Iterable[int]) -> dict[int, Task]:
     wanted = list(ids)
     found: dict[int, Task] = {}
-    for start in range(0, len(wanted), 1000):
-        chunk = wanted[start : start + 1000]
+    for start in range(0, len(wanted), _CHUNK):
+        chunk = wanted[start : start + _CHUNK]
         rows = session.exec(
             select(Task).where(Task.project_id == project_id, col(Task.ls_task_id).in_(chunk))
         ).all()
@@ -104,24 +107,47 @@ def upsert_tasks(
 
 
 def mark_deleted(session: Session, project_id: int, alive: set[int]) -> list[int]:
-    """Tasks no longer in Label Studio become ``deleted`` (kept, for the history)."""
-    rows = session.exec(
-        select(Task).where(Task.project_id == project_id, Task.state != "deleted")
+    """Tasks no longer in Label Studio become ``deleted`` (kept, for the history); their ids,
+    ascending."""
+    stored = session.exec(
+        select(Task.ls_task_id).where(Task.project_id == project_id, Task.state != "deleted")
     ).all()
-    return _mark_deleted([row for row in rows if row.ls_task_id not in alive])
+    return _mark_deleted(session, project_id, [int(i) for i in stored if int(i) not in alive])
 
 
 def mark_gone(session: Session, project_id: int, ids: Iterable[int]) -> list[int]:
     """The named tasks, which Label Studio said it no longer has, become ``deleted``."""
-    rows = tasks_by_ls_id(session, project_id, ids).values()
-    return _mark_deleted([row for row in rows if row.state != "deleted"])
+    wanted = sorted({int(i) for i in ids})
+    gone: list[int] = []
+    for start in range(0, len(wanted), _CHUNK):
+        gone.extend(
+            session.exec(
+                select(Task.ls_task_id).where(
+                    Task.project_id == project_id,
+                    Task.state != "deleted",
+                    col(Task.ls_task_id).in_(wanted[start : start + _CHUNK]),
+                )
+            ).all()
+        )
+    return _mark_deleted(session, project_id, gone)
 
 
-def _mark_deleted(gone: Sequence[Task]) -> list[int]:
-    for row in gone:
-        row.state = "deleted"
-        row.synced_at = now()
-    return [row.ls_task_id for row in gone]
+def _mark_deleted(session: Session, project_id: int, gone: Iterable[int]) -> list[int]:
+    """One UPDATE per chunk of ids, not a loaded row each (a reconciliation of a large project
+    loaded every task); rows this session holds are updated too."""
+    ids = sorted(gone)
+    stamp = now()
+    for start in range(0, len(ids), _CHUNK):
+        session.execute(
+            sql_update(Task)
+            .where(
+                col(Task.project_id) == project_id,
+                col(Task.ls_task_id).in_(ids[start : start + _CHUNK]),
+            )
+            .values(state="deleted", synced_at=stamp)
+            .execution_options(synchronize_session="fetch")
+        )
+    return ids
 
 
 def tasks_in_state(session: Session, project_id: int, *states: str) -> list[Task]:
@@ -135,6 +161,14 @@ def task_ids_in_state(session: Session, project_id: int, *states: str) -> list[i
         Task.project_id == project_id, col(Task.state).in_(states)
     )
     return [int(i) for i in session.exec(query.order_by(col(Task.ls_task_id)))]
+
+
+def task_images(session: Session, project_id: int, *states: str) -> list[tuple[int, str]]:
+    """``(Label Studio id, image reference)`` of the project's tasks in ``states``, ascending."""
+    query = select(Task.ls_task_id, Task.image).where(
+        Task.project_id == project_id, col(Task.state).in_(states)
+    )
+    return [(int(i), str(image)) for i, image in session.exec(query.order_by(col(Task.ls_task_id)))]
 
 
 def labelled_ids(session: Session, project_id: int) -> list[int]:

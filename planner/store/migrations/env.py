@@ -8,7 +8,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import planner.store.models  # noqa: F401 - registers the tables on SQLModel.metadata
-from planner.store.db import include_object
+from planner.store.db import include_object, migrating
 
 
 def _run(connection: Any) -> None:
@@ -27,7 +27,7 @@ def _run(connection: Any) -> None:
 config = context.config
 given = config.attributes.get("connection")
 if given is None:
-    with config.attributes["engine"].begin() as connection:
+    with migrating(config.attributes["engine"]) as connection:
         _run(connection)
 else:
     _run(given)

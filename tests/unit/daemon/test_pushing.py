@@ -89,6 +89,9 @@ def test_tasks_deleted_before_the_push_are_left_out_and_the_rest_is_served(
     assert daemon.health.state == "ok"
     assert daemon.sync() is not None, "the next job syncs"
     assert _batch_states(store) == ["active"]
+    with store.session() as session:  # score pruning keeps the scores it was planned from
+        assert outcome.model_version
+        assert session.exec(select(Batch.model_version)).all() == [outcome.model_version]
 
 
 def test_a_batch_whose_tasks_are_all_gone_expires_unpushed_and_the_daemon_goes_on(

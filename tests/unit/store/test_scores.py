@@ -7,12 +7,14 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-from sqlmodel import func, select
+from sqlmodel import col, func, select, update
 
 from planner.errors import InputError
 from planner.store import Store, load_scores, prune_scores, unscored, write_scores
+from planner.store.batches import PlannedItem, create_batch, move_batch
 from planner.store.events import record_model_version
-from planner.store.models import ScoreRecord
+from planner.store.models import Batch, ScoreRecord, Task
+from planner.store.scores import forget_scores
 
 
 def test_scores_are_written_once_and_read_back(store: Store, project_id: int) -> None:
@@ -101,6 +103,74 @@ def test_unscored_lists_the_missing_ids_in_input_order(store: Store, project_id:
         )
         assert done == [16, 9]  # an unscorable row counts as scored: it will not be retried
         assert unscored(session, project_id=project_id, model_version="m2", task_ids=[12]) == [12]
+
+
+def _show(store: Store, project_id: int, task_id: int, image: str) -> None:
+    """Task ``task_id`` shows ``image`` now (a sync stored it)."""
+    with store.session() as session:
+        query = select(Task).where(Task.project_id == project_id, Task.ls_task_id == task_id)
+        task = session.exec(query).first() or Task(project_id=project_id, ls_task_id=task_id)
+        task.image = image
+        session.add(task)
+
+
+def _write(store: Store, project_id: int, value: float, images: dict[int, str] | None) -> int:
+    with store.session() as session:
+        return write_scores(
+            session,
+            project_id=project_id,
+            model_version="m",
+            task_ids=[5, 6],
+            probs=np.full((2, 2), value),
+            images=images,
+        )
+
+
+def _unscored(store: Store, project_id: int) -> list[int]:
+    with store.session() as session:
+        return unscored(session, project_id=project_id, model_version="m", task_ids=[5, 6])
+
+
+def test_scores_of_an_image_the_task_no_longer_shows_are_not_kept(
+    store: Store, project_id: int
+) -> None:
+    """A chunk in flight for a task's old image wrote after the sync forgot its scores: the
+    insert then counted the task scored, and the old image's scores stood for the new one."""
+    _show(store, project_id, 5, "/img/new.png")
+    _show(store, project_id, 6, "/img/six.png")
+    with store.session() as session:
+        forget_scores(session, project_id=project_id, task_ids=[5])
+    old = {5: "/img/old.png", 6: "/img/six.png"}
+    assert _write(store, project_id, 0.1, old) == 1, "only task 6's row: 5 shows another image"
+    assert _unscored(store, project_id) == [5]
+    assert _write(store, project_id, 0.9, {5: "/img/new.png", 6: "/img/six.png"}) == 1
+    assert _unscored(store, project_id) == []
+    assert _write(store, project_id, 0.5, {5: "/img/new.png", 6: "/img/six.png"}) == 0
+    with store.session() as session:
+        scores = load_scores(session, project_id=project_id, model_version="m")
+    np.testing.assert_allclose(scores.probs, [[0.9, 0.9], [0.1, 0.1]])
+
+
+def test_a_row_of_another_image_counts_unscored_and_is_replaced(
+    store: Store, project_id: int
+) -> None:
+    """The write's check and the sync's change crossed (SQLite reads outside the write
+    transaction): the row of the old image is taken for unscored and the rescoring replaces
+    it. A row from before image digests (None) counts as the task's image."""
+    _show(store, project_id, 5, "/img/old.png")
+    assert _write(store, project_id, 0.1, {5: "/img/old.png"}) == 2
+    _show(store, project_id, 5, "/img/new.png")
+    with store.session() as session:
+        session.execute(
+            update(ScoreRecord).where(col(ScoreRecord.ls_task_id) == 6).values(image_digest=None)
+        )
+    _show(store, project_id, 6, "/img/six.png")
+    assert _unscored(store, project_id) == [5]
+    assert _write(store, project_id, 0.9, {5: "/img/new.png", 6: "/img/six.png"}) == 1
+    assert _unscored(store, project_id) == []
+    with store.session() as session:
+        scores = load_scores(session, project_id=project_id, model_version="m")
+    np.testing.assert_allclose(scores.probs, [[0.9, 0.9], [0.1, 0.1]])
 
 
 def test_versions_and_projects_are_kept_apart(store: Store, project_id: int) -> None:
@@ -234,6 +304,78 @@ def test_pruning_keeps_the_newest_recorded_versions_and_the_protected_ones(
         again = load_scores(session, project_id=project_id, model_version="m5")
     assert again.task_ids.tolist() == [1, 2, 3], "kept versions read back whole"
     assert again.unscorable == {9: "image 404"}
+
+
+def _scored(
+    store: Store, project_id: int, version: str, at: datetime, *, recorded: bool = True
+) -> None:
+    """Scores of ``version`` written at ``at`` (and the version recorded then, if ``recorded``)."""
+    with store.session() as session:
+        write_scores(
+            session,
+            project_id=project_id,
+            model_version=version,
+            task_ids=[1, 2],
+            probs=np.full((2, 2), 0.5, dtype=np.float32),
+        )
+        session.execute(
+            update(ScoreRecord)
+            .where(col(ScoreRecord.model_version) == version)
+            .values(created_at=at)
+        )
+        if recorded:
+            record_model_version(
+                session, project_id=project_id, version=version, source="test", at=at
+            )
+
+
+def test_abandoned_unrecorded_versions_are_pruned_and_the_current_model_kept(
+    store: Store, project_id: int
+) -> None:
+    """Scorings that failed before their version was recorded left scores behind: they rank by
+    when they wrote, behind the models scored since (they ranked newest, by name, and the
+    current model's scores were the ones deleted)."""
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    for i in range(4):
+        _scored(store, project_id, f"boot-000{i + 1}", base + timedelta(hours=i), recorded=False)
+    for i, version in enumerate(["model-a", "model-b", "model-c"]):
+        _scored(store, project_id, version, base + timedelta(days=i + 1))
+    with store.session() as session:
+        deleted = prune_scores(session, project_id=project_id, keep=4)
+    assert deleted == {"boot-0001": 2, "boot-0002": 2, "boot-0003": 2}
+    assert set(_score_versions(store, project_id)) == {"model-a", "model-b", "model-c", "boot-0004"}
+
+
+def test_pruning_keeps_the_current_model_and_the_open_batch_model(
+    store: Store, project_id: int
+) -> None:
+    """Outside the ``keep`` newest, the newest recorded version (the daemon's model) and the
+    version an open batch was planned from stay; a scoring in progress (newest, unrecorded)
+    ranks first."""
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    for i, version in enumerate(["old", "planned-from", "between", "current"]):
+        _scored(store, project_id, version, base + timedelta(days=i))
+    _scored(store, project_id, "scoring", base + timedelta(days=9), recorded=False)
+    with store.session() as session:
+        batch = create_batch(
+            session,
+            project_id,
+            [PlannedItem(1, 1, "uncertain")],
+            {},
+            at=base,
+            model_version="planned-from",
+        )
+        move_batch(batch, "pushed", at=base)
+        move_batch(batch, "active", at=base)
+    with store.session() as session:
+        deleted = prune_scores(session, project_id=project_id, keep=1)
+    assert deleted == {"between": 2, "old": 2}
+    with store.session() as session:
+        for open_batch in session.exec(select(Batch)).all():
+            move_batch(open_batch, "completed", at=base)
+    with store.session() as session:
+        assert prune_scores(session, project_id=project_id, keep=1) == {"planned-from": 2}
+    assert set(_score_versions(store, project_id)) == {"current", "scoring"}
 
 
 def test_pruning_keeps_at_least_one_version(store: Store, project_id: int) -> None:

@@ -4,28 +4,40 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import re
+import socket
 import sqlite3
+import threading
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Column, Float, LargeBinary, MetaData, String, Table, inspect, text
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import IntegrityError, StatementError
 from sqlmodel import SQLModel, select
 
 from planner.errors import ConfigError, StoreError, StoreSchemaError, TransientError
 from planner.store import Store, ensure_project, open_existing_store, open_store
+from planner.store.batches import PlannedItem, create_batch, move_batch
 from planner.store.db import (
+    POSTGRES_CONNECT_ARGS,
     SQLITE_CACHED_STATEMENTS,
     alembic_config,
     include_object,
     make_engine,
 )
-from planner.store.models import Project, StopEventRecord, SyncState
+from planner.store.events import record_model_version, record_stop_event
+from planner.store.models import Project, QuarantineEntry, StopEventRecord, SyncState, Task
+from planner.store.scores import write_scores
+from planner.store.stop_set import ensure_stop_set
+from planner.store.sync_state import set_watermark
+
+_T = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
 
 
 def _diff(store: Store) -> list[object]:
@@ -66,15 +78,64 @@ def test_open_is_idempotent_and_keeps_data(store_url: str) -> None:
         assert [revision.scalar_one()] == heads
 
 
-def test_migrations_go_down_and_up_again(store: Store) -> None:
+def _fill(store: Store) -> None:
+    """A row in every table, those other rows point at included."""
+    with store.session() as session:
+        project_id = int(ensure_project(session, ls_project_id=3).id or 0)
+        session.add(Task(project_id=project_id, ls_task_id=1, image="/img/1.png"))
+        batch = create_batch(session, project_id, [PlannedItem(1, 1, "uncertain")], {}, at=_T)
+        move_batch(batch, "pushed", at=_T)
+        write_scores(
+            session, project_id=project_id, model_version="m", task_ids=[1], probs=[[0.5, 0.5]]
+        )
+        record_model_version(session, project_id=project_id, version="m", source="t", at=_T)
+        record_stop_event(
+            session, project_id=project_id, rule="r", fired=False, reason="", numbers={}, at=_T
+        )
+        set_watermark(session, project_id, _T, at=_T)
+        ensure_stop_set(session, project_id, [1], size=1, rng=np.random.default_rng(0), at=_T)
+        session.add(
+            QuarantineEntry(project_id=project_id, ls_task_id=1, kind="data", problem="", fix="")
+        )
+
+
+def test_migrations_go_down_and_up_again_keeping_the_rows(store: Store) -> None:
+    """Each step down on a database with rows, to the first revision and to none: on SQLite the
+    table copies failed with foreign keys on (a copy of ``modelversionrecord`` was left)."""
+    _fill(store)
     config = alembic_config(store.engine)
-    command.downgrade(config, "base")
+    revisions = [s.revision for s in ScriptDirectory.from_config(config).walk_revisions()]
+    for revision in [*revisions[1:], "base"]:
+        command.downgrade(config, revision)
+        tables = set(inspect(store.engine).get_table_names())
+        assert not {t for t in tables if t.startswith("_alembic_tmp")}, revision
+        if revision != "base":
+            with store.engine.connect() as connection:
+                assert connection.execute(text("SELECT count(*) FROM task")).scalar_one() == 1
     assert set(inspect(store.engine).get_table_names()) <= {"alembic_version"}
     command.upgrade(config, "head")
     assert {"task", "scorerecord", "lease", "modelversionrecord"} <= set(
         inspect(store.engine).get_table_names()
     )
     assert _diff(store) == []
+    _fill(store)
+    # the foreign keys hold again afterwards (the store's pooled connections)
+    with pytest.raises(IntegrityError), store.session() as session:
+        session.add(Task(project_id=999, ls_task_id=2))
+
+
+def test_a_database_of_a_newer_planner_is_refused_and_left_alone(store: Store) -> None:
+    """Alembic's "Can't locate revision identified by '9999'" said nothing of what to do."""
+    with store.engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    head = ScriptDirectory.from_config(alembic_config(store.engine)).get_current_head()
+    why = f"at revision 9999, newer than this planner \\(latest {head}\\); upgrade the planner"
+    with pytest.raises(ConfigError, match=why):
+        open_store(store.engine.url.render_as_string(hide_password=False))
+    with store.engine.connect() as connection:
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).all() == [
+            ("9999",)
+        ]
 
 
 def test_the_config_warning_column_is_added_to_a_store_with_data(store: Store) -> None:
@@ -152,6 +213,32 @@ def test_an_engine_to_read_creates_no_sqlite_file_or_folder(tmp_path: Path) -> N
 def test_an_unreachable_database_is_a_transient_error() -> None:
     with pytest.raises(TransientError, match=r"check store\.url"):
         open_store("postgresql+psycopg://postgres@127.0.0.1:1/none")
+
+
+def test_a_server_that_never_answers_is_a_transient_error_within_the_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A listener that accepts connections and says nothing (a hung host) hung open_store,
+    and the daemon's job with it, for good."""
+    monkeypatch.setitem(POSTGRES_CONNECT_ARGS, "connect_timeout", 2)  # libpq's least
+    failed: list[BaseException] = []
+
+    def connect(port: int) -> None:
+        try:
+            open_store(f"postgresql+psycopg://postgres@127.0.0.1:{port}/none")
+        except BaseException as exc:
+            failed.append(exc)
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        opening = threading.Thread(target=connect, args=(silent.getsockname()[1],), daemon=True)
+        opening.start()
+        opening.join(10)
+        assert not opening.is_alive(), "open_store still waits for a server that never answers"
+    assert len(failed) == 1
+    assert isinstance(failed[0], TransientError)
+    assert re.search(r"timeout.*check store\.url", str(failed[0]))
 
 
 def test_a_malformed_url_is_a_config_error() -> None:

@@ -15,6 +15,7 @@ from planner.store.tasks import (
     count_table,
     labelled_ids,
     mark_deleted,
+    mark_gone,
     unlabelled_ids,
     upsert_tasks,
 )
@@ -65,6 +66,16 @@ def test_upsert_reports_new_changed_and_unchanged(store: Store, project_id: int)
     assert rows[2].labelled_at is not None
     assert rows[2].labelled_at.tzinfo is not None
     assert len(rows) == 4
+
+
+def test_deletions_past_one_id_list_are_all_marked(store: Store, project_id: int) -> None:
+    """Marked with an UPDATE per chunk of ids (rows were loaded one object each)."""
+    with store.session() as session:
+        upsert_tasks(session, project_id, [_update(i) for i in range(1, 2502)])
+    with store.session() as session:
+        assert mark_deleted(session, project_id, alive={7}) == [i for i in range(1, 2502) if i != 7]
+        assert mark_gone(session, project_id, [7, 8, 9999]) == [7]
+        assert unlabelled_ids(session, project_id) == []
 
 
 def test_deleted_tasks_are_kept_and_can_come_back(store: Store, project_id: int) -> None:

@@ -17,7 +17,7 @@ from torch import nn
 
 from planner.errors import ConfigError, StoreError
 from planner.store import Store
-from planner.store.scores import load_scores
+from planner.store.scores import load_scores, unscored
 from tests.unit.workers.conftest import CLASSES, KeptAliveServer, broken_png, worker_config
 from workers import scoring
 from workers.bootstrap import BootstrapNet
@@ -152,6 +152,27 @@ def test_a_broken_png_and_malformed_references_are_recorded_and_the_rest_scored(
     assert set(scores.unscorable) == set(bad)
     for task_id, (_, reason) in bad.items():
         assert reason in scores.unscorable[task_id], (task_id, scores.unscorable[task_id])
+
+
+def test_a_chunk_scored_from_an_image_its_task_no_longer_shows_is_not_written(
+    project: tuple[Store, int], digit_files: tuple[Path, list[int]]
+) -> None:
+    """A sync saw task 202 show another image while the chunk was scored from its old one: the
+    old image's scores would have stood for the new image for good."""
+    store, pid = project
+    root, _ = digit_files
+    cfg = worker_config(store, root, model=f"{__name__}:tiny_factory")
+    items = _items(3)
+    items[1] = (202, "/data/local-files/?d=digits/0000.png")  # the task's image before
+    result = score_pool(cfg, pid, items)
+    assert (result.scored, result.written) == (3, 2)
+    with store.session() as session:
+        scores = load_scores(session, project_id=pid, model_version=result.model_version)
+        todo = unscored(
+            session, project_id=pid, model_version=result.model_version, task_ids=[201, 202, 203]
+        )
+    assert scores.task_ids.tolist() == [201, 203]
+    assert todo == [202], "the next scoring scores it from the image it shows"
 
 
 def test_decoding_in_dataloader_processes_gives_the_same_scores(

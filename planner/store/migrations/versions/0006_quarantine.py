@@ -1,7 +1,7 @@
 """quarantine: tasks held apart for bad data or a bad image, with what to do
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-02
 """
 
