@@ -54,3 +54,25 @@ def test_non_finite_numbers_in_any_json_column_are_stored_as_null(
         task = session.exec(select(Task)).one()
     assert event.numbers == {"kappa": None, "eta_days": None, "window": [1.0, None]}
     assert task.meta == {"depth": None}
+
+
+def test_a_nul_character_in_task_data_is_stored_as_the_replacement_character(
+    store: Store,
+) -> None:
+    """PostgreSQL's text refuses NUL: a task whose image name held one failed every sync."""
+    fake = FakeLabelStudio()
+    pid = fake.create_project("traffic", CONFIG)
+    fake.import_tasks(
+        pid,
+        [
+            {"data": {"image": "/img/fine.png"}},
+            {"data": {"image": "/img/a\x00.png", "note\x00": "x\x00y"}},
+        ],
+    )
+    first = sync_project(fake, store, pid, now=T0)
+    assert (first.new, first.changed) == (2, 0)
+    second = sync_project(fake, store, pid, now=T0)
+    assert (second.new, second.changed, second.unchanged) == (0, 0, 2)
+    with store.session() as session:
+        images = sorted(t.image or "" for t in session.exec(select(Task)).all())
+    assert images == ["/img/a\ufffd.png", "/img/fine.png"]
