@@ -13,7 +13,6 @@ from sqlalchemy.exc import ArgumentError
 
 from planner.errors import ConfigError
 from planner.settings import COMPILE_MODES, PRECISIONS, WorkerLimitError, worker_time_limits
-from workers.references import through_label_studio
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 MODEL_SUFFIXES = (".pt", ".pth", ".ts", ".pt2")
@@ -174,11 +173,9 @@ class WorkerOwn:
 def chunk_items(items: Iterable[Sequence[Any]]) -> list[tuple[int, str]]:
     """``(task id, image reference)`` pairs as the scoring reads them: a null reference (a
     task without an image) stays empty, so reading says "no image reference" (``str`` made it
-    a file called "None"); a cloud storage object is read through Label Studio's resolver
-    for its task (``through_label_studio``)."""
+    a file called "None")."""
     return [
-        (int(task_id), "" if reference is None else through_label_studio(task_id, str(reference)))
-        for task_id, reference in items
+        (int(task_id), "" if reference is None else str(reference)) for task_id, reference in items
     ]
 
 

@@ -282,7 +282,9 @@ def score_chunk(
     notes: dict[str, None] = {}
     parts = iter_scores(
         model.module,
-        [(task_id, wanted[task_id]) for task_id in todo],
+        # a cloud storage object is read through Label Studio for its task; the score row
+        # keeps the reference as the task shows it (``images`` below)
+        [(task_id, through_label_studio(task_id, wanted[task_id])) for task_id in todo],
         image_source(cfg),
         kind=model.kind,
         image_size=cfg.image_size,

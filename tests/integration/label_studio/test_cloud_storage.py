@@ -25,8 +25,8 @@ from integrations.label_studio import launcher
 from integrations.label_studio.workbench import LabelStudioWorkbench
 from tests.integration.label_studio.conftest import free_port
 from tests.unit.integrations.contract import CONFIG
-from workers.config import chunk_items
 from workers.images import ImageError, ImageSource, decode
+from workers.references import through_label_studio
 
 pytestmark = pytest.mark.integration
 BUCKET = "planner-images"
@@ -134,7 +134,8 @@ def test_objects_label_studio_sends_itself_are_read_with_the_token(
     tasks = _project_on_s3(backend, label_studio, s3, presign=False)
     source = ImageSource(label_studio_url=label_studio.url, label_studio_token=label_studio.token)
     try:
-        for (_, stored), (_, reference) in zip(tasks, chunk_items(tasks), strict=True):
+        for task_id, stored in tasks:
+            reference = through_label_studio(task_id, stored)
             assert reference.startswith("/tasks/")  # through the server, which holds the keys
             assert _colour(source.read(reference)) in stored
             assert source.remote(reference)
@@ -146,7 +147,10 @@ def test_objects_label_studio_sends_itself_are_read_with_the_token(
 def test_a_pre_signed_url_is_followed_only_to_an_allow_listed_host(
     backend: LabelStudioWorkbench, label_studio: launcher.ServerState, s3: str
 ) -> None:
-    tasks = chunk_items(_project_on_s3(backend, label_studio, s3, presign=True))
+    tasks = [
+        (task_id, through_label_studio(task_id, stored))
+        for task_id, stored in _project_on_s3(backend, label_studio, s3, presign=True)
+    ]
     refused = ImageSource(label_studio_url=label_studio.url, label_studio_token=label_studio.token)
     allowed = ImageSource(
         label_studio_url=label_studio.url,
@@ -171,7 +175,7 @@ def test_an_object_of_no_storage_of_the_project_says_so(
     backend: LabelStudioWorkbench, label_studio: launcher.ServerState, s3: str
 ) -> None:
     task_id, _ = _project_on_s3(backend, label_studio, s3, presign=False)[0]
-    [(_, elsewhere)] = chunk_items([(task_id, "s3://another-bucket/street/red.jpg")])
+    elsewhere = through_label_studio(task_id, "s3://another-bucket/street/red.jpg")
     source = ImageSource(label_studio_url=label_studio.url, label_studio_token=label_studio.token)
     try:
         with pytest.raises(ImageError, match="finds no import storage") as caught:

@@ -8,7 +8,6 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from workers.config import chunk_items
 from workers.images import ImageError, ImageSource
 from workers.pixels import pixel_key
 from workers.references import is_resolver, stored_uri, through_label_studio
@@ -24,7 +23,6 @@ def test_a_storage_object_is_read_through_its_tasks_resolver(reference: str) -> 
     assert is_resolver(parts)
     assert base64.urlsafe_b64decode(parts.query.removeprefix("fileuri=")).decode() == reference
     assert stored_uri(parts.query) == reference
-    assert chunk_items([(42, reference)]) == [(42, path)]
 
 
 @pytest.mark.parametrize(

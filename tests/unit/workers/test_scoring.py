@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import pickle
 import types
 import warnings
@@ -13,10 +14,12 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 import pytest
 import torch
+from sqlmodel import col, select
 from torch import nn
 
 from planner.errors import ConfigError, StoreError
 from planner.store import Store
+from planner.store.models import Task
 from planner.store.scores import load_scores, unscored
 from tests.unit.workers.conftest import CLASSES, KeptAliveServer, broken_png, worker_config
 from workers import scoring
@@ -223,6 +226,42 @@ def test_a_chunk_whose_write_fails_closes_its_image_connections_at_once(
         assert torch.get_num_threads() == threads
     finally:
         label_studio.stop()
+
+
+def test_a_cloud_storage_image_is_read_through_label_studio_and_its_score_kept(
+    project: tuple[Store, int], digit_files: tuple[Path, list[int]]
+) -> None:
+    """A task of an S3 storage names its image ``s3://...``; the worker asks Label Studio's
+    resolver for it (the real server: tests/integration/label_studio/test_cloud_storage.py),
+    and the score row is checked against the reference the task shows, not the resolver's."""
+    store, pid = project
+    root, _ = digit_files
+    stored = {201: "s3://team-bucket/digits/0200.png", 202: "s3://team-bucket/digits/0201.png"}
+    with store.session() as session:
+        for task in session.exec(select(Task).where(col(Task.ls_task_id).in_(list(stored)))):
+            task.image = stored[task.ls_task_id]
+            session.add(task)
+
+    def resolve(path: str) -> bytes:
+        assert urlsplit(path).path in ("/tasks/201/resolve/", "/tasks/202/resolve/")
+        uri = base64.urlsafe_b64decode(parse_qs(urlsplit(path).query)["fileuri"][0]).decode()
+        return (root / uri.removeprefix("s3://team-bucket/")).read_bytes()
+
+    label_studio = KeptAliveServer(resolve)
+    cfg = replace(
+        worker_config(store, root, batch_size=10),
+        model=f"{__name__}:tiny_factory",
+        label_studio_url=label_studio.url,
+    )
+    try:
+        first = score_pool(cfg, pid, list(stored.items()))
+        again = score_pool(cfg, pid, list(stored.items()))
+    finally:
+        label_studio.stop()
+    assert (first.scored, first.unscorable, first.written) == (2, 0, 2)
+    assert (again.scored, again.skipped) == (0, 2), "scored once: the rows match the tasks"
+    assert label_studio.paths
+    assert all("/resolve/" in p for p in label_studio.paths)
 
 
 def tiny_factory() -> nn.Module:
