@@ -3,6 +3,7 @@
     PlannerError
     ├── ConfigError (ValueError)          a setting is missing or invalid; names key, value, fix
     │   ├── AuthError                     a service rejected the token (401/403)
+    │   ├── UrlRefusedError               Label Studio's SSRF protection refused a webhook URL
     │   ├── GoneError                     the watched project does not exist (404)
     │   └── StoreSchemaError              the planner database is missing, or at another schema
     ├── InputError (ValueError)           input data the planner cannot use; says what to do
@@ -47,6 +48,11 @@ class TransientError(PlannerError):
 
 class AuthError(ConfigError):
     """A service rejected the token; a running daemon re-reads its token file and retries."""
+
+
+class UrlRefusedError(ConfigError):
+    """Label Studio refused a URL the planner gave it (its SSRF protection: a loopback or
+    private address); not a token problem, so no token is re-read for it."""
 
 
 class GoneError(ConfigError):

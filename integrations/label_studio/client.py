@@ -51,6 +51,7 @@ from planner.errors import (
     SlowError,
     TransientError,
     UnreachableError,
+    UrlRefusedError,
 )
 from planner.ports import WEBHOOK_SECRET_HEADER, PushBatch, PushResult, RemoteProject, RemoteTask
 
@@ -524,6 +525,12 @@ def _json(response: httpx.Response) -> Any:
         raise ApiError(status_code=response.status_code, body=response.text, headers={}) from None
 
 
+_SSRF_REFUSALS = ("The provided URL was not allowed", "URL resolves to a reserved network address")
+"""The details of Label Studio's ``SsrfBlockedUrlError`` (403), which a webhook URL gets when
+it resolves to a reserved network (label_studio/core/utils/exceptions.py and
+core/utils/io.py ``validate_ip``, 1.23.2); a permission 403 says "You do not have permission"."""
+
+
 def translate(status: int, body: str, url: str, what: str) -> PlannerError:
     """The planner error for an HTTP answer of Label Studio (pure; tested without a server)."""
     if status == 401:
@@ -537,9 +544,7 @@ def translate(status: int, body: str, url: str, what: str) -> PlannerError:
             "--enable-legacy-api-token`)"
         )
     if status == 403:
-        return AuthError(
-            f"the token has no access to {what} on {url} (403); use a token of a project member"
-        )
+        return _forbidden(body, url, what)
     if status == 404:
         return GoneError(
             f"{what} does not exist on {url} (404); check label_studio.project_id and the URL"
@@ -552,3 +557,18 @@ def translate(status: int, body: str, url: str, what: str) -> PlannerError:
             "label_studio.url is the server's base URL"
         )
     return ConfigError(f"Label Studio at {url} refused {what} ({status}): {body[:300]}")
+
+
+def _forbidden(body: str, url: str, what: str) -> PlannerError:
+    """A 403: Label Studio's SSRF protection refusing a URL we sent, or a token without access."""
+    if any(said in body for said in _SSRF_REFUSALS):
+        return UrlRefusedError(
+            f"Label Studio at {url} refused the URL sent with {what} (403: {body[:200]}): it "
+            "refuses webhook URLs on loopback and private addresses unless its server runs with "
+            "SSRF_PROTECTION_ENABLED=false; set that on the Label Studio server, or set "
+            "dashboard.webhook_url to an address Label Studio may call (a public one). The "
+            "daemon polls without the webhook meanwhile"
+        )
+    return AuthError(
+        f"the token has no access to {what} on {url} (403); use a token of a project member"
+    )

@@ -131,10 +131,13 @@ def start(
     token: str = DEFAULT_TOKEN,
     timeout_s: float = 240.0,
     reuse_template: bool = True,
+    ssrf_protection: bool = False,
 ) -> ServerState:
     """Start a server for ``data_dir`` and wait for /health; the healthy one if already up.
 
     A fresh ``data_dir`` starts from a migrated empty database when one was kept (template.py).
+    ``ssrf_protection``: refuse webhook URLs on loopback and private addresses, as a Label
+    Studio does by default (off here: the planner's receiver listens on 127.0.0.1).
     """
     data_dir = data_dir.resolve()
     current = status(data_dir)
@@ -162,7 +165,7 @@ def start(
         "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
         "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
         "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(document_root.resolve()),
-        "SSRF_PROTECTION_ENABLED": "false",  # webhooks to the planner on 127.0.0.1
+        "SSRF_PROTECTION_ENABLED": str(ssrf_protection).lower(),
         "LATEST_VERSION_CHECK": "false",
         "COLLECT_ANALYTICS": "false",
         "SENTRY_DSN": "",

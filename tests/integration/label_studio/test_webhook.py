@@ -19,9 +19,11 @@ import httpx
 import pytest
 from sqlmodel import select
 
+from integrations.label_studio import launcher
 from integrations.label_studio.launcher import ServerState
 from integrations.label_studio.workbench import LabelStudioWorkbench
 from planner.daemon.run import run_daemon
+from planner.errors import AuthError, UrlRefusedError
 from planner.settings import load_settings
 from planner.store import open_store
 from planner.store.models import SyncState, Task
@@ -185,3 +187,29 @@ def _stacks() -> str:
         for t in threading.enumerate()
         if t.ident in frames
     )
+
+
+def test_a_webhook_url_refused_by_ssrf_protection_says_so_not_the_token(tmp_path: Path) -> None:
+    # a second server, as Label Studio runs by default: its SSRF protection refuses a webhook
+    # to 127.0.0.1 with a 403 (webhooks/serializers.py validate_url -> core/utils/io.py
+    # validate_ip: SsrfBlockedUrlError), which was taken for a token without access
+    state = launcher.start(
+        tmp_path / "data",
+        document_root=tmp_path / "images",
+        port=_free_port(),
+        ssrf_protection=True,
+    )
+    try:
+        with LabelStudioWorkbench(state.url, state.token) as guarded:
+            pid = guarded.create_project(f"ssrf-{uuid.uuid4().hex[:8]}", CONFIG)
+            url = f"http://127.0.0.1:{_free_port()}{WEBHOOK_PATH}"
+            with pytest.raises(UrlRefusedError) as refused:
+                guarded.ensure_webhook(pid, url, secret=SECRET)
+            assert not isinstance(refused.value, AuthError)
+            said = str(refused.value)
+            assert "reserved network address (block: 127.0.0.0/8)" in said
+            assert "SSRF_PROTECTION_ENABLED=false" in said
+            assert "dashboard.webhook_url" in said
+            assert guarded.list_webhooks(pid) == []
+    finally:
+        launcher.stop(tmp_path / "data")

@@ -13,7 +13,14 @@ import jwt
 import pytest
 
 from integrations.label_studio.client import LabelStudioBackend, translate
-from planner.errors import AuthError, ConfigError, GoneError, TransientError, UnreachableError
+from planner.errors import (
+    AuthError,
+    ConfigError,
+    GoneError,
+    TransientError,
+    UnreachableError,
+    UrlRefusedError,
+)
 
 
 @pytest.mark.parametrize(
@@ -33,6 +40,25 @@ def test_answers_become_planner_errors(status: int, error: type[Exception], mess
     got = translate(status, "bad", "http://ls", "project 1")
     assert type(got) is error
     assert re.search(message, str(got))
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        # label_studio 1.23.2 core/utils/io.py validate_ip, and the default detail of
+        # core/utils/exceptions.py SsrfBlockedUrlError (a scheme other than http[s])
+        "URL resolves to a reserved network address (block: 10.0.0.0/8)",
+        "The provided URL was not allowed. URLs must use http:// or https://, and must not "
+        "resolve to local or private network addresses when SSRF protection applies.",
+    ],
+)
+def test_a_403_of_ssrf_protection_is_a_refused_url_not_a_token(detail: str) -> None:
+    body = str({"status_code": 403, "version": "1.23.2", "detail": detail, "exc_info": None})
+    got = translate(403, body, "http://ls", "webhooks of project 1")
+    assert type(got) is UrlRefusedError
+    assert re.search(r"SSRF_PROTECTION_ENABLED=false.*dashboard\.webhook_url", str(got))
+    denied = str({"detail": "You do not have permission to perform this action."})
+    assert type(translate(403, denied, "http://ls", "webhooks of project 1")) is AuthError
 
 
 def test_a_closed_port_is_transient_after_bounded_retries() -> None:
