@@ -229,43 +229,28 @@ class LabelStudioBackend:
         (``RANK_FIELD``, which the tab orders by) and leaves the tasks of an older batch.
         Prediction deletes and rank writes bump the tasks' ``updated_at``; pushing the same
         batch again writes nothing, and a push cut short anywhere is finished by the next.
-        Tasks deleted since the batch was planned are left out (``PushResult.missing``); with
-        none left, nothing is written.
+        Tasks deleted since the batch was planned are left out (``PushResult.missing``), those
+        deleted during the push too (an import Label Studio refuses for a task deleted since
+        the listing is sent once more without the tasks gone); with none left, nothing is
+        written.
         """
         scores, missing = batch_scores(batch, self.task_ids(project_id))
         if not scores:  # every task is gone: leave the server serving what it serves
             return PushResult(created=0, removed=0, view_id=None, missing=missing)
-        what = f"predictions of project {project_id}"
-        existing = self.call(lambda: self._sdk.predictions.list(project=project_id), what)
-        keep: set[int] = set()
-        superseded: list[int] = []
-        for old in existing:
-            version, task = old.model_version or "", int(old.task or 0)
-            if not version.startswith(TAG_PREFIX):
-                continue
-            if version != batch.tag:
-                superseded.append(int(old.id))
-                continue
-            if (
-                task in scores
-                and task not in keep
-                and abs(float(old.score or 0.0) - scores[task]) < 1e-9
-            ):
-                keep.add(task)
-                continue
-            self._delete_prediction(int(old.id), what)
-        fresh = [
-            PredictionRequest(task=task, result=[], score=score, model_version=batch.tag)
-            for task, score in scores.items()
-            if task not in keep
-        ]
-        if fresh:
-            self.post(
-                lambda: self._sdk.projects.import_predictions(id=project_id, request=fresh),
-                what,
-                then="the next push keeps what landed and imports the rest",
-            )
-            _pause_for_tests()
+        try:
+            created, superseded = self._predict(project_id, batch.tag, scores)
+        except (AuthError, GoneError):
+            raise
+        except ConfigError:
+            # Label Studio refuses the whole import (400 'invalid "task" field') when one of
+            # its tasks was deleted since the listing: once, without the tasks gone since
+            scores, since = batch_scores(batch, self.task_ids(project_id))
+            if not set(since) - set(missing):
+                raise
+            missing = tuple(sorted({*missing, *since}))
+            if not scores:
+                return PushResult(created=0, removed=0, view_id=None, missing=missing)
+            created, superseded = self._predict(project_id, batch.tag, scores)
         ranked = sorted(scores, key=scores.__getitem__)
         ranks = {task: rank_value(i) for i, task in enumerate(ranked, 1)}
         gone = self._write_ranks(project_id, ranks)
@@ -281,9 +266,48 @@ class LabelStudioBackend:
         )
         view_id = self._upsert_view(project_id, ranked)
         for prediction in superseded:
-            self._delete_prediction(prediction, what)
+            self._delete_prediction(prediction, f"predictions of project {project_id}")
         removed = len(superseded)
-        return PushResult(created=len(fresh), removed=removed, view_id=view_id, missing=missing)
+        return PushResult(created=created, removed=removed, view_id=view_id, missing=missing)
+
+    def _predict(
+        self, project_id: int, tag: str, scores: Mapping[int, float]
+    ) -> tuple[int, list[int]]:
+        """The batch's predictions (one per task, of ``tag`` and its score), stale and
+        duplicate ones of ``tag`` deleted first: how many were imported, and the planner
+        predictions of earlier batches, for the caller to delete once the batch is served."""
+        what = f"predictions of project {project_id}"
+        existing = self.call(lambda: self._sdk.predictions.list(project=project_id), what)
+        keep: set[int] = set()
+        superseded: list[int] = []
+        for old in existing:
+            version, task = old.model_version or "", int(old.task or 0)
+            if not version.startswith(TAG_PREFIX):
+                continue
+            if version != tag:
+                superseded.append(int(old.id))
+                continue
+            if (
+                task in scores
+                and task not in keep
+                and abs(float(old.score or 0.0) - scores[task]) < 1e-9
+            ):
+                keep.add(task)
+                continue
+            self._delete_prediction(int(old.id), what)
+        fresh = [
+            PredictionRequest(task=task, result=[], score=score, model_version=tag)
+            for task, score in scores.items()
+            if task not in keep
+        ]
+        if fresh:
+            self.post(
+                lambda: self._sdk.projects.import_predictions(id=project_id, request=fresh),
+                what,
+                then="the next push keeps what landed and imports the rest",
+            )
+            _pause_for_tests()
+        return len(fresh), superseded
 
     def _delete_prediction(self, prediction_id: int, what: str) -> None:
         # a 404: deleted already, by someone else or by a first try whose answer timed out

@@ -427,6 +427,45 @@ def test_a_404_inside_a_push_is_one_thing_gone_not_the_project(
     assert backend.project(pid).serving == batch.tag
 
 
+def test_a_task_deleted_before_the_prediction_import_leaves_the_batch_without_it(
+    backend: LabelStudioWorkbench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Label Studio refuses the whole bulk import (400 'contains invalid "task" field', data_import
+    # /api.py ImportPredictionsAPI) when one task is gone: the push used to expire the batch
+    tries: list[int] = []
+    pid, ids = small_project(backend, 4)
+    projects = backend.sdk.projects
+    imports = projects.import_predictions
+
+    def deleted_meanwhile(*, id: int, request: Any) -> Any:
+        if not tries:
+            backend.delete_task(ids[1])  # deleted between the task listing and the import
+        tries.append(len(request))
+        return imports(id=id, request=request)
+
+    monkeypatch.setattr(projects, "import_predictions", deleted_meanwhile)
+    batch = PushBatch("planner-test-b1", [(ids[0], 1), (ids[1], 2), (ids[2], 3)])
+    pushed = backend.push_batch(pid, batch)
+    assert tries == [3, 2], "refused with the deleted task, then imported without it"
+    assert (pushed.created, pushed.missing) == (2, (ids[1],))
+    assert pushed.view_id is not None
+    assert backend.view_task_ids(pid, pushed.view_id) == [ids[0], ids[2]]
+    assert sorted(t for t, _, _ in backend.list_predictions(pid)) == [ids[0], ids[2]]
+    assert backend.project(pid).serving == batch.tag
+    # refused again for another reason: raised as before, not tried a third time
+    tries.clear()
+    backend.delete_task(ids[3])
+
+    def refused(*, id: int, request: Any) -> Any:
+        tries.append(len(request))
+        return imports(id=id, request=[*request, {"task": ids[3], "result": [], "score": 0.5}])
+
+    monkeypatch.setattr(projects, "import_predictions", refused)
+    with pytest.raises(ConfigError, match=r"refused predictions of project .* \(400\)"):
+        backend.push_batch(pid, PushBatch("planner-test-b2", [(ids[0], 1), (ids[2], 2)]))
+    assert tries == [2]
+
+
 def _answer_lost(create: Any) -> Any:
     """``create``, whose server commits it and whose answer is then lost on the way back."""
 
