@@ -28,12 +28,14 @@ from integrations.label_studio.mapping import (
     RANK_FIELD,
     SAMPLING,
     TAG_PREFIX,
+    VIEW_MARK,
     VIEW_TITLE,
     WEBHOOK_ACTIONS,
     as_dict,
     batch_scores,
     ls_time,
     parse_time,
+    planner_view,
     rank_of,
     rank_value,
     remote_project,
@@ -389,7 +391,9 @@ class LabelStudioBackend:
     def _upsert_view(self, project_id: int, ordered_ids: Sequence[int]) -> int:
         data = view_data(VIEW_TITLE, ordered_ids)
         views = self.call(lambda: self._sdk.views.list(project=project_id), "views")
-        mine = [v for v in views if (v.data or {}).get("title") == VIEW_TITLE and v.id is not None]
+        # a user's tab of the same title is left alone; a marked tab of ours comes first
+        mine = [v for v in views if planner_view(v.data) and v.id is not None]
+        mine.sort(key=lambda v: VIEW_MARK not in (v.data or {}))
         what = f'the "{VIEW_TITLE}" view of project {project_id}'
         for extra in mine[1:]:
             # a second tab of ours: a create retried after a timeout the server had already

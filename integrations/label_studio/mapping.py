@@ -12,6 +12,9 @@ from planner.ports import PushBatch, RemoteProject, RemoteTask
 TAG_PREFIX = "planner-"
 """Every prediction model_version the planner pushes starts with this (others are left alone)."""
 VIEW_TITLE = "Next batch"
+VIEW_MARK = "planner_view"
+"""Key of the planner's own tab in the tab's data (Label Studio keeps unknown keys there): a
+user's tab of the same title is not the planner's to update or delete."""
 SAMPLING = "Uncertainty sampling"
 """Serves open tasks with a prediction of the project's model_version, lowest score first."""
 RANK_FIELD = "planner_rank"
@@ -153,6 +156,7 @@ def view_data(title: str, ordered_ids: Sequence[int]) -> dict[str, Any]:
     """
     return {
         "title": title,
+        VIEW_MARK: "next-batch",
         "filters": {
             "conjunction": "and",
             "items": [
@@ -166,3 +170,22 @@ def view_data(title: str, ordered_ids: Sequence[int]) -> dict[str, Any]:
         },
         "ordering": [f"tasks:data.{RANK_FIELD}"],
     }
+
+
+def planner_view(data: Mapping[str, Any] | None) -> bool:
+    """Whether a Data Manager tab's ``data`` is the planner's: marked with ``VIEW_MARK``, or
+    exactly what planner versions before the mark wrote (the title, a single task id
+    ``in_list`` filter, ordered by ``RANK_FIELD``); any other tab is a user's."""
+    data = data or {}
+    if VIEW_MARK in data:
+        return True
+    if set(data) != {"title", "filters", "ordering"} or data["title"] != VIEW_TITLE:
+        return False
+    filters = data["filters"] if isinstance(data["filters"], Mapping) else {}
+    items = filters.get("items")
+    if not isinstance(items, list) or len(items) != 1 or not isinstance(items[0], Mapping):
+        return False
+    shape = {key: items[0].get(key) for key in ("filter", "operator", "type")}
+    return shape == {"filter": "filter:tasks:id", "operator": "in_list", "type": "Number"} and (
+        data["ordering"] == [f"tasks:data.{RANK_FIELD}"]
+    )

@@ -21,7 +21,7 @@ from sqlmodel import select
 
 from integrations.label_studio.client import LabelStudioBackend
 from integrations.label_studio.launcher import ServerState
-from integrations.label_studio.mapping import RANK_FIELD, VIEW_TITLE, view_data
+from integrations.label_studio.mapping import RANK_FIELD, VIEW_MARK, VIEW_TITLE, view_data
 from integrations.label_studio.workbench import LabelStudioWorkbench
 from planner.core.counting import count_tasks
 from planner.core.labels import parse_label_config
@@ -305,6 +305,28 @@ def test_a_second_next_batch_tab_is_removed_by_the_next_push(
     assert stale.id != first
     assert view == first
     assert backend.view_task_ids(pid, view) == [ids[1]]
+
+
+def test_a_users_next_batch_tab_survives_a_push(
+    backend: LabelStudioWorkbench, images: Path
+) -> None:
+    # the planner's tab is told by its mark, which Label Studio keeps in the tab's data; a tab
+    # of the planner before the mark (exactly its shape) is taken over, a user's is left alone
+    pid, ids = _project(backend, CLASSIFY, images, 3)
+    users = {"title": VIEW_TITLE, "hiddenColumns": {"explore": ["tasks:data.image"]}}
+    users |= {"filters": {"conjunction": "and", "items": []}, "ordering": ["-tasks:id"]}
+    user = backend.sdk.views.create(project=pid, data=users)
+    legacy = view_data(VIEW_TITLE, [ids[2]])
+    del legacy[VIEW_MARK]
+    before = backend.sdk.views.create(project=pid, data=legacy)
+    first = backend.push_batch(pid, PushBatch("planner-test-b1", [(ids[0], 1)])).view_id
+    again = backend.push_batch(pid, PushBatch("planner-test-b2", [(ids[1], 1)])).view_id
+    tabs = {v.id: v.data for v in backend.sdk.views.list(project=pid)}
+    assert first == again == before.id, "the unmarked tab of an older planner is taken over"
+    assert tabs[first][VIEW_MARK], "marked by the push, and the mark read back"
+    assert tabs[user.id] == users, "the user's tab is neither deleted nor rewritten"
+    assert sorted(tabs) == sorted([user.id, first])
+    assert backend.view_task_ids(pid, first) == [ids[1]]
 
 
 def test_reconciliation_reads_what_a_listing_missed(

@@ -9,9 +9,12 @@ import pytest
 from integrations.label_studio.mapping import (
     RANK_FIELD,
     SAMPLING,
+    VIEW_MARK,
+    VIEW_TITLE,
     batch_scores,
     ls_time,
     parse_time,
+    planner_view,
     rank_of,
     rank_value,
     remote_project,
@@ -106,6 +109,21 @@ def test_the_view_holds_the_ids_ordered_by_the_planner_rank() -> None:
     assert data["filters"]["items"][0]["value"] == [3, 1, 2]
     assert data["filters"]["items"][0]["operator"] == "in_list"
     assert data["ordering"] == [f"tasks:data.{RANK_FIELD}"]
+
+
+def test_the_planners_tab_is_told_by_its_mark_or_its_shape_before_the_mark() -> None:
+    ours = view_data(VIEW_TITLE, [3, 1])
+    older = {key: value for key, value in ours.items() if key != VIEW_MARK}
+    assert planner_view(ours)
+    assert planner_view({**ours, "title": "renamed"})
+    assert planner_view(older), "written before the mark: still the planner's"
+    assert not planner_view({"title": VIEW_TITLE})
+    assert not planner_view({**older, "hiddenColumns": {}})
+    assert not planner_view({**older, "ordering": ["-tasks:id"]})
+    assert not planner_view({**older, "title": "Mine"})
+    two = {**older["filters"], "items": older["filters"]["items"] * 2}
+    assert not planner_view({**older, "filters": two})
+    assert not planner_view(None)
 
 
 def test_ranks_sort_as_strings_in_rank_order() -> None:
