@@ -29,7 +29,7 @@ from planner.errors import TransientError
 from planner.store import Store, ensure_project, open_store
 from planner.store.models import ScoreRecord, Task
 from planner.store.scores import load_scores
-from tests.unit.workers.conftest import KeptAliveServer, worker_config
+from tests.unit.workers.conftest import KeptAliveServer, show_images, worker_config
 from workers import dispatch
 from workers.dispatch import _through_celery, chunked, score_pool
 
@@ -207,6 +207,7 @@ def test_secrets_stay_out_of_messages_and_failing_chunks_retry_at_half_the_batch
         # the rest, Celery retries it with backoff, and the retry fetches only that image
         flaky = [(211 + i, f"/data/local-files/?d=digits/{210 + i:04d}.png") for i in range(9)]
         flaky.append((220, "/data/local-files/?d=flaky/0219.png"))
+        show_images(store, pid, {220: flaky[-1][1]})
         later = score_pool(replace(cfg, model=f"{HOOKS}:greedy", batch_size=4), pid, flaky)
     finally:
         before_task_publish.disconnect(capture)

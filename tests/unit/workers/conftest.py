@@ -20,6 +20,7 @@ import pytest
 import trustme
 from PIL import Image
 from sklearn.datasets import load_digits
+from sqlmodel import col, select
 
 from planner.store import Store, ensure_project, open_store
 from planner.store.models import Task
@@ -58,6 +59,19 @@ def project(tmp_path: Path, digit_files: tuple[Path, list[int]]) -> Iterator[tup
                     )
                 )
         yield store, pid
+
+
+def show_images(store: Store, project_id: int, images: dict[int, str]) -> None:
+    """Tasks ``images``' keys show its values now, as a sync would have stored them: a score
+    row is written only for the image its task shows."""
+    with store.session() as session:
+        for task in session.exec(
+            select(Task).where(
+                Task.project_id == project_id, col(Task.ls_task_id).in_(list(images))
+            )
+        ):
+            task.image = images[task.ls_task_id]
+            session.add(task)
 
 
 def worker_config(store: Store, root: Path, **extra: object) -> WorkerConfig:

@@ -22,7 +22,7 @@ from planner.errors import ConfigError, TransientError
 from planner.settings import load_settings
 from planner.store import Store
 from planner.store.scores import load_scores, unscored
-from tests.unit.workers.conftest import worker_config
+from tests.unit.workers.conftest import show_images, worker_config
 from workers import celery_app, dispatch
 from workers.config import BrokerConfig, WorkerConfig, WorkerOwn
 from workers.dispatch import score_pool, settle
@@ -76,6 +76,7 @@ def test_a_chunk_failing_for_now_is_retried_with_backoff_until_scored(
     caplog.set_level(logging.WARNING, logger="planner.workers")
     items = [(201 + i, f"/data/local-files/?d=digits/{200 + i:04d}.png") for i in range(12)]
     items[3] = (204, f"{base}/flaky/0203.png")
+    show_images(store, pid, {204: items[3][1]})
     waits: list[float] = []
     resources = Resources()
     result = score_pool(cfg, pid, items, resources=resources, sleep=waits.append)
@@ -226,6 +227,7 @@ def test_a_chunk_message_with_a_null_image_records_no_image_reference(
         celery_app.SCORE_TASK
     ]
     items = [[1, None], [201, "/data/local-files/?d=digits/0200.png"]]
+    show_images(store, pid, {1: ""})  # a task without an image, as the sync stores it
     done = task.apply(args=(celery_app.config_to_dict(cfg), pid, items), throw=True).get()
     assert (done["scored"], done["unscorable"]) == (1, 1)
     with store.session() as session:
