@@ -589,7 +589,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if workers and args.chunk and args.chunk < len(tasks):
             runs["full_fresh"] = lambda: full(kept=False)
         if workers and args.source == "files":
-            runs["full_threaded"] = replace(pool, source=ThreadedFiles()).first_pass
+            runs["full_threaded"] = replace(
+                pool, source=ThreadedFiles(image_root=Path(tmp))
+            ).first_pass
         if args.source == "http":  # what libcurl gives, same run
             runs["full_urllib3"] = replace(
                 pool, source=Urllib3Source(label_studio_url=label_studio, label_studio_token=TOKEN)
