@@ -376,14 +376,10 @@ class _RedirectError(ImageError):
         self.location = location
 
 
-class _RefusedError(ImageError):
+class _RefusedError(_AnswerError):
     """The server answered 401 or 403: from an allow-listed host, the image's own failure;
     from Label Studio, the token's (:func:`_token_refused`), after one renewal of an expired
     access token on a 401."""
-
-    def __init__(self, url: str, status: int) -> None:
-        super().__init__(f"fetching {url} answered {status}")
-        self.status = status
 
 
 def _token_refused(status: int, reference: str, token: str | None) -> AuthError:
