@@ -255,7 +255,7 @@ def migrating(engine: Engine) -> Iterator[Connection]:
     its connections leave foreign keys off, as SQLite's table copies (Alembic's batch mode)
     need: with them on, dropping the old copy of a table other rows point at fails halfway."""
     target = engine
-    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+    if sqlite_file(engine.url) is not None:
         target = create_engine(engine.url, connect_args={"timeout": 30}, poolclass=NullPool)
         event.listen(target, "connect", _sqlite_autocommit_driver)
         event.listen(target, "begin", _sqlite_begin_immediate)
