@@ -431,9 +431,10 @@ def demo(
         bool, typer.Option("--offline", help="The planning core on a generated export, no server.")
     ] = False,
     workdir: Annotated[
-        Path, typer.Option(help="Where the live demo keeps Label Studio, images and outputs.")
-    ] = Path("var/demo"),
-    port: Annotated[int, typer.Option(help="Port of the local Label Studio.")] = 8080,
+        Path | None,
+        typer.Option(help="Where the live demo keeps Label Studio, images and outputs [var/demo]."),
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port of the local Label Studio [8080].")] = None,
     cycles: Annotated[int | None, typer.Option(min=1, help="Cycles at most [8].")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Tasks per batch [25].")] = None,
     head: Annotated[
@@ -446,23 +447,27 @@ def demo(
     as_json: JsonOption = False,
 ) -> None:
     """Live: a local Label Studio, the daemon's cycles, a simulated annotator (--offline)."""
+    live: dict[str, object] = {"--workdir": workdir, "--port": port, "--cycles": cycles}
+    live |= {"--batch-size": batch_size}
+    live |= {"--head": head, "--first-labels": first_labels}
     if offline:
-        _offline_demo(config, as_json)
+        _offline_demo(config, as_json, [name for name, value in live.items() if value is not None])
         return
-    if config is not None:  # the live demo writes the config of the project it creates
-        with _reported():
-            raise InputError(
-                f"--config {config} is for `planner demo --offline`; the live demo writes its "
-                f"own config (under --workdir {workdir}): leave --config out, or add --offline"
-            )
     # imported here: the live demo pulls in the SDK and the daemon
     from planner.demo_display import live_progress, print_summary  # noqa: PLC0415
     from planner.demo_live import LiveDemoOptions, run_live_demo  # noqa: PLC0415
 
-    sizes = {"max_cycles": cycles, "batch_size": batch_size, "head": head}
-    sizes["first_labels"] = first_labels
+    sizes: dict[str, object] = {"max_cycles": cycles, "batch_size": batch_size, "head": head}
+    sizes |= {"first_labels": first_labels, "workdir": workdir, "port": port}
     given = {name: value for name, value in sizes.items() if value is not None}
-    options = LiveDemoOptions(workdir=workdir, port=port, **given)  # type: ignore[arg-type]
+    options = LiveDemoOptions(**given)  # type: ignore[arg-type]
+    if config is not None:  # the live demo writes the config of the project it creates
+        with _reported():
+            raise InputError(
+                f"--config {config} is for `planner demo --offline`; the live demo writes its "
+                f"own config (under --workdir {options.workdir}): leave --config out, or add "
+                "--offline"
+            )
     with _reported():
         if as_json:
             result = run_live_demo(options)
@@ -475,8 +480,15 @@ def demo(
     print_summary(out, result)
 
 
-def _offline_demo(config: Path | None, as_json: bool) -> None:
+def _offline_demo(config: Path | None, as_json: bool, ignored: list[str]) -> None:
     with _reported():
+        # the offline demo runs none of these: a silently ignored option misleads
+        if ignored:
+            raise InputError(
+                f"{', '.join(ignored)} only apply to the live demo; `planner demo --offline` "
+                "reads its sizes from --config (planning.batch_size and the rest): leave them "
+                "out, or drop --offline"
+            )
         settings = load_settings(_config_path(config) or EXAMPLE_CONFIG)
         result = run_offline_demo(settings)
     if as_json:

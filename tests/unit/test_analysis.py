@@ -135,6 +135,14 @@ def test_the_live_demo_refuses_a_config_it_would_not_read(tmp_path: Path) -> Non
     assert "is for `planner demo --offline`; the live demo writes its own config" in result.output
 
 
+def test_the_offline_demo_refuses_live_options_it_would_ignore() -> None:
+    args = ["demo", "--offline", "--batch-size", "5", "--port", "9"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "--port, --batch-size only apply to the live demo" in result.output
+    assert "Next batch" not in result.output  # nothing run with the wrong sizes
+
+
 def test_analyze_command_reads_an_export(tmp_path: Path, example: Any) -> None:
     export = tmp_path / "export.json"
     export.write_text(json.dumps(example.tasks), encoding="utf-8")
