@@ -62,6 +62,7 @@ class StopConfig:
     yield_mode: Literal["all", "mean"] = "all"
     kappa_threshold: float = 0.99
     kappa_window: int = 3
+    kappa_mode: Literal["all", "mean"] = "all"
     f1_patience: int = 3
     f1_epsilon: float = 0.005
     entropy_threshold: float = 0.05
@@ -86,6 +87,8 @@ class StopConfig:
             raise InputError(f"yield mode must be 'all' or 'mean', got {self.yield_mode!r}")
         _number(self.kappa_threshold, "kappa threshold", -1.0, 1.0)
         _count(self.kappa_window, "kappa window", positive=True)
+        if self.kappa_mode not in ("all", "mean"):
+            raise InputError(f"kappa mode must be 'all' or 'mean', got {self.kappa_mode!r}")
         _count(self.f1_patience, "f1 patience", positive=True)
         _number(self.f1_epsilon, "f1 epsilon", 0.0, 1.0)
         _number(self.entropy_threshold, "entropy threshold", 0.0, 1.0)
@@ -204,7 +207,10 @@ def _class_yield(config: StopConfig, state: StopState) -> tuple[StopEvent, ...]:
 def _stable(config: StopConfig, state: StopState) -> tuple[StopEvent, ...]:
     return (
         predictions_stable(
-            state.predictions, threshold=config.kappa_threshold, window=config.kappa_window
+            state.predictions,
+            threshold=config.kappa_threshold,
+            window=config.kappa_window,
+            mode=config.kappa_mode,
         ),
     )
 

@@ -233,6 +233,27 @@ def test_stable_window_logic() -> None:
     assert not predictions_stable([BALANCED, BALANCED, BALANCED, other, other]).fired
 
 
+def test_stable_mean_mode_is_the_papers_window_average() -> None:
+    # kappas 1, 1, 0.98: the lowest is below 0.99, their mean (0.9933) is not
+    versions = [BALANCED, BALANCED, BALANCED, ONE_FLIPPED]
+    assert not predictions_stable(versions, mode="all").fired
+    event = predictions_stable(versions, mode="mean")
+    assert event.fired
+    assert event.numbers["mean_kappa"] == pytest.approx((2 + 0.98) / 3)
+    assert "mean 0.9933, at or above" in event.reason
+    # one pair that disagrees outright pulls the mean under
+    assert not predictions_stable([BALANCED, BALANCED, BALANCED, 1 - BALANCED], mode="mean").fired
+    with pytest.raises(InputError, match="kappa mode"):
+        predictions_stable(versions, mode="median")  # type: ignore[arg-type]
+
+
+def test_stop_config_passes_the_kappa_mode_on() -> None:
+    state = unstable_state(predictions=[BALANCED, BALANCED, BALANCED, ONE_FLIPPED])
+    for mode, fired in (("all", False), ("mean", True)):
+        events = evaluate_stop_rules(StopConfig(kappa_mode=mode), state).events  # type: ignore[arg-type]
+        assert next(e for e in events if e.rule == "stable_predictions").fired is fired
+
+
 def test_stable_with_constant_predictions_everywhere() -> None:
     constant = np.zeros(30, dtype=int)
     assert predictions_stable([constant] * 4).fired
@@ -400,6 +421,7 @@ def test_decision_as_dict_is_json_ready() -> None:
         {"yield_mode": "median"},
         {"kappa_threshold": float("nan")},
         {"kappa_window": 0},
+        {"kappa_mode": "median"},
         {"f1_patience": 0},
         {"f1_epsilon": -0.1},
         {"entropy_threshold": 2.0},
