@@ -21,7 +21,7 @@ import torch
 from sqlmodel import select
 
 from planner.errors import ConfigError, TransientError
-from planner.store import Store, open_store
+from planner.store import Store, open_existing_store
 from planner.store.models import Task
 from planner.store.scores import unscored, write_scores
 from workers.bootstrap import (
@@ -104,7 +104,7 @@ class Resources:
     def store(self, cfg: WorkerConfig) -> Store:
         key = (cfg.store_url, cfg.store_password)
         if key not in self.stores:
-            self.stores[key] = open_store(cfg.store_url, password=cfg.store_password)
+            self.stores[key] = open_existing_store(cfg.store_url, password=cfg.store_password)
         return self.stores[key]
 
     def pixels(self, cfg: WorkerConfig) -> PixelCache | None:

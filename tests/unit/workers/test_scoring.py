@@ -17,13 +17,14 @@ import torch
 from sqlmodel import col, select
 from torch import nn
 
-from planner.errors import ConfigError, StoreError
+from planner.errors import ConfigError, StoreError, StoreSchemaError
 from planner.store import Store
 from planner.store.models import Task
 from planner.store.scores import load_scores, unscored
 from tests.unit.workers.conftest import CLASSES, KeptAliveServer, broken_png, worker_config
 from workers import scoring
 from workers.bootstrap import BootstrapNet
+from workers.config import WorkerConfig
 from workers.dispatch import score_pool
 from workers.images import ImageSource
 from workers.inference import score_items
@@ -267,3 +268,18 @@ def test_a_cloud_storage_image_is_read_through_label_studio_and_its_score_kept(
 def tiny_factory() -> nn.Module:
     torch.manual_seed(0)
     return Tiny().eval()
+
+
+def test_a_worker_neither_creates_nor_migrates_the_store(tmp_path: Path) -> None:
+    # the daemon owns the schema: a worker of another version must not move it under it
+    missing = tmp_path / "never-made.db"
+    cfg = WorkerConfig(store_url=f"sqlite:///{missing}", classes=CLASSES)
+    resources = scoring.Resources()
+    with pytest.raises(StoreSchemaError, match="does not exist"):
+        resources.store(cfg)
+    assert not missing.exists()
+    (tmp_path / "empty.db").touch()  # an empty SQLite database: no planner tables
+    empty = replace(cfg, store_url=f"sqlite:///{tmp_path / 'empty.db'}")
+    with pytest.raises(StoreSchemaError, match="has no planner tables"):
+        resources.store(empty)
+    resources.close()
