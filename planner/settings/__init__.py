@@ -10,13 +10,13 @@ Environment overrides use ``PLANNER_`` and ``__`` between levels, e.g.
 
 The modules: :mod:`.loading` (``Settings``, its sources, ``load_settings``), :mod:`.sections`
 (one model per ``[table]``), :mod:`.workers` (the scoring workers' section and chunk time
-limits), :mod:`.secrets` (where secrets may come from) and :mod:`.base` (what sections share).
+limits), :mod:`.secret_keys` (where secrets may come from) and :mod:`.base` (what sections share).
 Where a value came from and how a bad one is worded is :mod:`planner.config_sources`.
 """
 
 from planner.config_sources import ENV_PREFIX
 from planner.settings.loading import CONFIG_ENV, Settings, load_settings
-from planner.settings.secrets import SECRET_KEYS
+from planner.settings.secret_keys import SECRET_KEYS
 from planner.settings.sections import (
     ArtifactSettings,
     DashboardSettings,

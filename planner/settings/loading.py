@@ -27,7 +27,12 @@ from planner.config_sources import (
     unknown_variables,
 )
 from planner.errors import ConfigError
-from planner.settings.secrets import SECRET_KEYS, SECRET_NAMES, toml_secret_lines, without_secrets
+from planner.settings.secret_keys import (
+    SECRET_KEYS,
+    SECRET_NAMES,
+    toml_secret_lines,
+    without_secrets,
+)
 from planner.settings.sections import (
     ArtifactSettings,
     DashboardSettings,

@@ -14,7 +14,7 @@ from pydantic import AnyHttpUrl, Field, SecretStr, ValidationInfo, field_validat
 from planner.core.table import CountKind
 from planner.core.weights import WeightScheme
 from planner.settings.base import Positive, Section, field_errors
-from planner.settings.secrets import resolve_secrets
+from planner.settings.secret_keys import resolve_secrets
 
 
 class LabelStudioSettings(Section):
