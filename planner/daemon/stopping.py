@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -51,13 +52,26 @@ def stop_config(settings: StopSettings) -> StopConfig:
         yield_threshold=settings.min_yield,
         kappa_threshold=settings.kappa_threshold,
         kappa_window=settings.kappa_window,
+        kappa_mode=settings.kappa_mode,
+        yield_mode=settings.yield_mode,
     )
+
+
+_ADDED_LATER: Mapping[str, object] = MappingProxyType({"kappa_mode": "all"})
+"""StopConfig fields added after stops were first recorded, with the value that behaves as
+before they existed."""
 
 
 def policy_fingerprint(config: StopConfig, quotas: Sequence[Quota]) -> str:
     """A short hash of the stop policy and the quotas: a stop holds while they stay the same."""
+    settings = asdict(config)
+    for name, before in _ADDED_LATER.items():
+        if settings[name] == before:
+            # a setting added later, at the behaviour from before it: the same policy, the
+            # same fingerprint (a stop recorded by an older planner still holds)
+            del settings[name]
     plain = {
-        "config": asdict(config),
+        "config": settings,
         "quotas": sorted((asdict(q) for q in quotas), key=lambda q: str(q["class_name"])),
     }
     text = json.dumps(plain, sort_keys=True, default=_sorted)

@@ -178,8 +178,10 @@ class StopSettings(Section):
     budget_days: Positive | None = Field(default=None, description="Calendar budget.")
     yield_window: int = Field(default=3, gt=0, description="Batches for the yield rule.")
     min_yield: float = Field(default=0.02, ge=0, le=1, description="Rare hits per item.")
+    yield_mode: Literal["all", "mean"] = Field(default="all", description="Each batch or pooled.")
     kappa_threshold: float = Field(default=0.99, gt=0, le=1, description="Stable predictions.")
     kappa_window: int = Field(default=3, gt=0, description="Successive pairs above it.")
+    kappa_mode: Literal["all", "mean"] = Field(default="all", description="Each pair or mean.")
 
 
 class ScheduleSettings(Section):

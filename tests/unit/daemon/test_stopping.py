@@ -14,7 +14,8 @@ from sqlmodel import select
 
 from planner.artifacts import list_versions, read_artifact
 from planner.core.quotas import Quota
-from planner.daemon.stopping import stop_config
+from planner.core.stop_policy import StopConfig
+from planner.daemon.stopping import policy_fingerprint, stop_config
 from planner.outputs import EmitOptions
 from planner.settings import StopSettings
 from planner.store import Store
@@ -258,3 +259,16 @@ def test_a_stopped_project_asks_for_no_cycle_after_its_syncs(
     raised.on_cycle_due = lambda: asked.append("cycle")
     raised.sync()
     assert asked == ["cycle"], "a project short of its quota still asks"
+
+
+def test_the_stop_modes_come_from_the_settings_and_keep_older_policies() -> None:
+    settings = StopSettings(budget_annotations=5000, kappa_mode="mean", yield_mode="mean")
+    config = stop_config(settings)
+    assert (config.kappa_mode, config.yield_mode) == ("mean", "mean")
+    quotas = [Quota("Wheelchair", target=150)]
+    # fingerprints a planner from before `kappa_mode` recorded its stops under (commit 31d9f62):
+    # an upgrade must not re-arm a stop that already fired
+    assert policy_fingerprint(StopConfig(), []) == "e17a3d94c9e15671"
+    older = stop_config(StopSettings(budget_annotations=5000))
+    assert policy_fingerprint(older, quotas) == "3dc3b59599aa8133"
+    assert policy_fingerprint(config, quotas) != policy_fingerprint(older, quotas)
