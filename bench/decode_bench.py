@@ -1,9 +1,9 @@
 """JPEG decoding: the workers' ``decode`` against Pillow's own path, CPU time an image.
 
 A pool's first pass decodes every image, on the same cores as the forward pass on a CPU.
-``workers.images.decode`` hands a JPEG straight to libjpeg-turbo (``simplejpeg``);
-before 2026-12-06 every image took Pillow's path (``workers.images.decode_pillow``, which other
-formats still take: the same pixels, tests/unit/workers/test_images.py) and was then
+``workers.decode.decode`` hands a JPEG straight to libjpeg-turbo (``simplejpeg``);
+before 2026-12-06 every image took Pillow's path (``workers.decode.decode_pillow``, which other
+formats still take: the same pixels, tests/unit/workers/test_decode.py) and was then
 transposed to channels first, which ``decode`` no longer does (a batch of its channels-last
 images is the channels_last layout the forward pass runs in). Each
 case is camera-like JPEG images (smooth gradients plus grain, the score bench's) of a source
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.pages import put_marked
 from bench.score_bench import cpu_model, make_images, ratio
-from workers.images import decode, decode_pillow
+from workers.decode import decode, decode_pillow
 
 
 def before(data: bytes, size: int) -> npt.NDArray[np.uint8]:

@@ -76,29 +76,26 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import workers.decoders
+import workers.inference
 from bench.resnet import resnet50 as own_resnet50
 from planner.settings import PRECISIONS, WorkerSettings
-from workers import inference
+from workers.batches import FETCHES_IN_PROCESS, FETCHES_PER_PROCESS, chunked
 from workers.bootstrap import BootstrapNet
 from workers.compiling import Compiler
-from workers.images import ImageSource, decode
-from workers.inference import (
-    FETCHES_IN_PROCESS,
-    FETCHES_PER_PROCESS,
-    Decoders,
+from workers.decode import decode
+from workers.decoders import Decoders, heap_thresholds, keep_heap
+from workers.devices import (
     autocast_dtype,
-    chunked,
     decode_workers,
     forward_threads,
-    heap_thresholds,
-    keep_heap,
-    merge,
     pick_device,
     replicas,
-    score_items,
     torch_threads,
     usable_cpus,
 )
+from workers.images import ImageSource
+from workers.inference import merge, score_items
 from workers.outputs import logits_of
 from workers.pixels import PixelCache
 
@@ -208,17 +205,18 @@ def forward_only(
 
 def default_heap(run: Callable[[], float]) -> float:
     """``run`` with the decode processes on glibc's initial malloc thresholds (128 KiB each)
-    rather than ``workers.inference.keep_heap``'s."""
+    rather than ``workers.decoders.keep_heap``'s."""
 
     def initial(_worker: int = 0) -> None:
         heap_thresholds(128 * 1024, 128 * 1024)
 
-    kept = inference.keep_heap
-    inference.keep_heap = initial
+    # both where it is looked up: the scoring process's call and the decode processes' start
+    kept = workers.decoders.keep_heap
+    workers.decoders.keep_heap = workers.inference.keep_heap = initial
     try:
         return run()
     finally:
-        inference.keep_heap = kept
+        workers.decoders.keep_heap = workers.inference.keep_heap = kept
         kept()  # this process's own thresholds back for the runs after
 
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from planner.errors import ConfigError
-from workers.inference import torch_threads
+from workers.devices import torch_threads
 from workers.models import ScoringModel, read_state_dict
 
 _SAVED = re.compile(

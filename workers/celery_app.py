@@ -35,7 +35,7 @@ from sqlalchemy.exc import OperationalError
 
 from planner.errors import TransientError
 from workers.config import OWN_FIELDS, BrokerConfig, WorkerConfig, WorkerOwn, chunk_items
-from workers.inference import allow_decode_processes
+from workers.devices import allow_decode_processes
 from workers.scoring import Resources, halved, out_of_memory, score_chunk
 
 SCORE_TASK = "workers.score_chunk"

@@ -18,9 +18,9 @@ from celery.result import GroupResult
 
 from planner.core.backoff import backoff_s
 from planner.errors import ConfigError, TransientError
+from workers.batches import chunked
 from workers.celery_app import SCORE_TASK, config_to_dict, make_app
 from workers.config import BrokerConfig, WorkerConfig
-from workers.inference import chunked
 from workers.scoring import (
     ChunkDeferredError,
     ChunkResult,

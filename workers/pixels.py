@@ -45,7 +45,7 @@ from workers.images import ImageSource, reference_parts
 from workers.references import is_resolver
 
 FORMAT = "p4"
-"""Bumped whenever ``workers.images.decode`` would give other pixels for the same image, or
+"""Bumped whenever ``workers.decode.decode`` would give other pixels for the same image, or
 the same image another key (p2: an MPO photo decoded at the DCT scale a JPEG is; p3: channels
 last; p4: a key is the digest of its parts, see :func:`pixel_key`)."""
 BROKEN_NOTE = "pixel cache"

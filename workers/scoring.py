@@ -24,6 +24,7 @@ from planner.errors import ConfigError, TransientError
 from planner.store import Store, open_existing_store
 from planner.store.models import Task
 from planner.store.scores import unscored, write_scores
+from workers.batches import read_pixels
 from workers.bootstrap import (
     Trained,
     latest_saved,
@@ -35,8 +36,9 @@ from workers.bootstrap import (
 )
 from workers.compiling import Compiler
 from workers.config import WorkerConfig
+from workers.decoders import Decoders, keep_heap
 from workers.images import ImageSource
-from workers.inference import Decoders, iter_scores, keep_heap, read_pixels
+from workers.inference import iter_scores
 from workers.models import ScoringModel, choose_model, load_model
 from workers.pixels import PixelCache
 from workers.references import through_label_studio

@@ -167,8 +167,8 @@ def score_pool_in_child(
 
 def _score_pool(cfg: WorkerConfig, project_id: int, items: list[tuple[int, str]]) -> Outcome:
     def work() -> dict[str, Any]:
+        from workers.devices import allow_decode_processes  # noqa: PLC0415
         from workers.dispatch import score_pool  # noqa: PLC0415 - torch, in the child only
-        from workers.inference import allow_decode_processes  # noqa: PLC0415
 
         allow_decode_processes()  # this child is a daemon: it goes when the daemon goes
         return dataclasses.asdict(score_pool(cfg, project_id, items))

@@ -25,7 +25,8 @@ from integrations.label_studio import launcher
 from integrations.label_studio.workbench import LabelStudioWorkbench
 from tests.integration.label_studio.conftest import free_port
 from tests.unit.integrations.contract import CONFIG
-from workers.images import ImageError, ImageSource, decode
+from workers.decode import decode
+from workers.images import ImageError, ImageSource
 from workers.references import through_label_studio
 
 pytestmark = pytest.mark.integration

@@ -31,7 +31,8 @@ from planner.store.models import ScoreRecord, Task
 from planner.store.scores import load_scores
 from tests.unit.workers.conftest import KeptAliveServer, show_images, worker_config
 from workers import dispatch
-from workers.dispatch import _through_celery, chunked, score_pool
+from workers.batches import chunked
+from workers.dispatch import _through_celery, score_pool
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REDIS = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0] + "/7"

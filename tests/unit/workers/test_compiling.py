@@ -18,7 +18,7 @@ from planner.store import Store
 from planner.store.scores import load_scores
 from tests.unit.workers.conftest import CLASSES, worker_config
 from tests.unit.workers.test_inference import ITEMS
-from workers import inference
+from workers import devices
 from workers.compiling import COMPILE_AFTER, Compiler
 from workers.config import WorkerConfig
 from workers.images import ImageSource
@@ -89,7 +89,7 @@ def test_batches_of_two_or_more_run_the_compiled_forward_and_one_image_eagerly(
 ) -> None:
     root, _ = digit_files
     source = ImageSource(image_root=root)
-    monkeypatch.setattr(inference, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(devices, "usable_cpus", lambda: 2)
     model = Tiny().eval()
     cache = None
     if where == "cached":
@@ -122,7 +122,7 @@ def test_compiled_scores_are_the_eager_scores(
 ) -> None:
     root, _ = digit_files
     source = ImageSource(image_root=root)
-    monkeypatch.setattr(inference, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(devices, "usable_cpus", lambda: 2)
     model = Tiny().eval()
     options = {"image_size": 32, "batch_size": 8, "precision": "float32"}
     eager = score_items(model, ITEMS, source, num_workers=0, compile_mode="off", **options)
@@ -144,7 +144,7 @@ def test_a_model_that_fails_to_compile_is_scored_eagerly_and_not_compiled_again(
 ) -> None:
     root, _ = digit_files
     source = ImageSource(image_root=root)
-    monkeypatch.setattr(inference, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(devices, "usable_cpus", lambda: 2)
     tried: list[int] = []
 
     def no_compiler(graph: torch.fx.GraphModule, inputs: list[torch.Tensor]) -> object:

@@ -17,11 +17,13 @@ from planner.errors import ConfigError, InputError
 from planner.store import Store
 from planner.store.scores import load_scores
 from tests.unit.workers.conftest import CLASSES, worker_config
-from workers import inference
+from workers import devices
+from workers.batches import read_pixels
 from workers.config import WorkerConfig
+from workers.decode import decode
 from workers.dispatch import score_pool
-from workers.images import ImageSource, decode
-from workers.inference import autocast_dtype, score_items
+from workers.images import ImageSource
+from workers.inference import score_items
 from workers.models import load_model
 from workers.pixels import PixelCache
 
@@ -214,24 +216,6 @@ def test_detection_boxes_from_a_bf16_pass_are_rescaled_not_refused(
         score_items(LogitBoxes(), ITEMS, source, batch_size=7, precision="bfloat16")
 
 
-def test_precision_auto_is_bf16_on_a_bf16_cpu_and_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    for amx, avx512_bf16 in ((True, False), (False, True)):
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda a=amx: a)
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda b=avx512_bf16: b)
-        assert autocast_dtype(cpu) is torch.bfloat16
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    assert autocast_dtype(cpu) is None, "bf16 emulated is slower than float32"
-    assert autocast_dtype(cpu, "bfloat16") is torch.bfloat16, "asked for, it is given"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert autocast_dtype(cuda) is torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert autocast_dtype(cuda) is torch.float16
-    assert autocast_dtype(cuda, "float32") is None
-    with pytest.raises(ValueError, match="one of auto, float32"):
-        autocast_dtype(cpu, "int8")
-
-
 def test_bf16_scores_rank_like_float32(digit_files: tuple[Path, list[int]]) -> None:
     """bf16 moves a probability by a few thousandths and keeps the uncertainty order."""
     root, _ = digit_files
@@ -275,10 +259,10 @@ def test_a_cpu_pass_leaves_a_core_to_each_decoder_and_restores_the_threads(
     root, _ = digit_files
     source = ImageSource(image_root=root)
     before = torch.get_num_threads()
-    monkeypatch.setattr(inference, "usable_cpus", lambda: 6)
-    assert inference.forward_threads(0, 2) == 4
-    assert inference.forward_threads(0, 9) == 1, "never below one"
-    assert inference.forward_threads(3, 2) == 3, "set by hand, kept"
+    monkeypatch.setattr(devices, "usable_cpus", lambda: 6)
+    assert devices.forward_threads(0, 2) == 4
+    assert devices.forward_threads(0, 9) == 1, "never below one"
+    assert devices.forward_threads(3, 2) == 3, "set by hand, kept"
     spy = ThreadSpy()
     score_items(spy, ITEMS, source, batch_size=12, num_workers=0, device="cpu")
     assert spy.seen == [6, 6], "no decoder process: every usable CPU"
@@ -298,9 +282,7 @@ def test_a_batch_is_the_decoded_images_channels_first_laid_out_channels_last(
     cache = PixelCache(tmp_path / "cache", 2**26)
     try:
         for _ in range(2):  # read and stored, then from the cache
-            [(ids, batch, _, _)] = list(
-                inference.read_pixels(ITEMS[:8], source, 32, cache, batch_size=8)
-            )
+            [(ids, batch, _, _)] = list(read_pixels(ITEMS[:8], source, 32, cache, batch_size=8))
             assert ids == [task_id for task_id, _ in ITEMS[:8]]
             assert batch is not None
             assert batch.shape == (8, 3, 32, 32)

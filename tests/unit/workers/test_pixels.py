@@ -18,9 +18,10 @@ from PIL import Image
 
 from tests.unit.workers.conftest import CLASSES, KeptAliveServer
 from tests.unit.workers.test_inference import ITEMS, NoDropout, ThreadSpy, _net
-from workers import inference, pixels
+from workers import devices, pixels
 from workers.config import WorkerConfig
-from workers.images import ImageSource, decode
+from workers.decode import decode
+from workers.images import ImageSource
 from workers.inference import score_items
 from workers.pixels import PixelCache, pixel_key
 from workers.scoring import _decode_labelled
@@ -52,7 +53,7 @@ def test_a_rescoring_reads_every_image_from_the_cache_and_scores_the_same(
         model, ITEMS, source, batch_size=8, num_workers=1, cache=PixelCache(tmp_path, 64 * MB)
     )
     assert len(label_studio.paths) == len(ITEMS), "the first run fetches every image"
-    monkeypatch.setattr(inference, "usable_cpus", lambda: 6)
+    monkeypatch.setattr(devices, "usable_cpus", lambda: 6)
     spy = ThreadSpy()
     spy.load_state_dict(model.state_dict())
     # a new cache object on the same folder: what the next chunk or worker process opens

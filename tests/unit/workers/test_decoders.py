@@ -25,10 +25,13 @@ from tests.unit.workers.conftest import KeptAliveServer
 from tests.unit.workers.conftest import worker_config as store_worker_config
 from tests.unit.workers.test_dispatch import Greedy
 from tests.unit.workers.test_inference import ITEMS, NoDropout, _net
-from workers import inference, pixels
+from workers import devices, inference, pixels
+from workers.batches import Images
+from workers.decoders import Decoders, keep_heap
+from workers.devices import decode_workers
 from workers.dispatch import score_pool
 from workers.images import ImageSource
-from workers.inference import Decoders, decode_workers, score_items
+from workers.inference import score_items
 from workers.pixels import PixelCache
 from workers.scoring import Resources
 
@@ -57,27 +60,12 @@ class ProcessSpy(NoDropout):
         return [(int(a), int(b), int(c)) for a, b, c in zip(*[iter(lines)] * 3, strict=True)]
 
 
-def test_decode_processes_are_a_cpu_each_on_a_cpu_and_a_cpu_each_but_one_on_a_gpu(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(inference, "usable_cpus", lambda: 12)
-    assert decode_workers(None, cpu) == 12
-    assert decode_workers(None, cuda) == 11
-    monkeypatch.setattr(inference, "usable_cpus", lambda: 64)
-    assert decode_workers(None, cuda) == inference.MAX_DECODE_WORKERS
-    monkeypatch.setattr(inference, "usable_cpus", lambda: 1)
-    assert decode_workers(None, cuda) == 0, "one CPU: it decodes and drives the GPU"
-    assert decode_workers(None, cpu) == 1
-    assert decode_workers(3, cpu) == 3, "set by hand, kept"
-
-
 def test_a_decode_process_a_cpu_scores_its_own_batches_and_the_same_as_one_process(
     digit_files: tuple[Path, list[int]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     root, _ = digit_files
     source = ImageSource(image_root=root)
-    monkeypatch.setattr(inference, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(devices, "usable_cpus", lambda: 2)
     spy = ProcessSpy(tmp_path / "passes")
     alone = score_items(spy, ITEMS, source, batch_size=8, device="cpu", num_workers=0)
     assert spy.passes() == [(os.getpid(), 2, 0)] * 3, "no decode process: every CPU here"
@@ -102,7 +90,7 @@ def test_a_decode_process_a_cpu_scores_its_own_batches_and_the_same_as_one_proce
 def _resident_after_a_freed_block(keep: bool, out: Any) -> None:
     """In a fresh process: the resident bytes a 40 MB block leaves behind once freed."""
     if keep:
-        inference.keep_heap()
+        keep_heap()
     pages = int(Path("/proc/self/statm").read_text().split()[1])
     block = bytearray(40 * MB)
     block[::4096] = b"x" * len(block[::4096])  # touched: every page resident
@@ -139,8 +127,9 @@ def test_the_scoring_process_and_every_decode_process_keep_their_heap(
         with started.open("a") as out:
             out.write(f"{os.getpid()}\n")
 
-    monkeypatch.setattr(inference, "keep_heap", spy)
-    monkeypatch.setattr(inference, "usable_cpus", lambda: 2)
+    monkeypatch.setattr("workers.inference.keep_heap", spy)  # the scoring process's call
+    monkeypatch.setattr("workers.decoders.keep_heap", spy)  # each decode process's start
+    monkeypatch.setattr(devices, "usable_cpus", lambda: 2)
     source = ImageSource(image_root=root)
     for workers in (2, 1):  # replicas, then decoders feeding this process
         score_items(NoDropout(), ITEMS, source, batch_size=8, device="cpu", num_workers=workers)
@@ -155,7 +144,7 @@ def test_a_pixel_cache_failing_in_a_decode_process_is_reported_and_nothing_is_lo
     digit_files: tuple[Path, list[int]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     root, _ = digit_files
-    monkeypatch.setattr(inference, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(devices, "usable_cpus", lambda: 2)
 
     # reads work (the scoring process finds nothing cached); only the decode processes'
     # writes fail, so only they can tell
@@ -174,7 +163,7 @@ def test_a_replica_running_out_of_memory_is_reported_as_such_for_the_retry_at_ha
     digit_files: tuple[Path, list[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root, _ = digit_files
-    monkeypatch.setattr(inference, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(devices, "usable_cpus", lambda: 2)
     with pytest.raises(torch.OutOfMemoryError, match="Tried to allocate"):
         score_items(
             Greedy(), ITEMS, ImageSource(image_root=root), batch_size=8, device="cpu",
@@ -222,7 +211,7 @@ def full_disk(*args: object) -> int:
     raise lmdb.DiskError("mdb_txn_commit: No space left on device")
 
 
-class WhereLoaded(inference._Images):
+class WhereLoaded(Images):
     """Notes the thread each image of a batch was read and decoded on."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -306,7 +295,7 @@ def test_num_workers_auto_reaches_the_workers_as_none(tmp_path: Path) -> None:
 
 def _score_in(root: Path, results: Any, allow: bool = False) -> None:
     if allow:
-        inference.allow_decode_processes()
+        devices.allow_decode_processes()
     scores = score_items(
         _net(NoDropout), ITEMS, ImageSource(image_root=root), batch_size=8, num_workers=2
     )
@@ -370,7 +359,7 @@ class Kept:
 
 @pytest.fixture
 def kept(digit_files: tuple[Path, list[int]], monkeypatch: pytest.MonkeyPatch) -> Iterator[Kept]:
-    monkeypatch.setattr(inference, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(devices, "usable_cpus", lambda: 2)
     decoders = Decoders()
     options: dict[str, Any] = {"batch_size": 8, "device": "cpu", "num_workers": 2}
     yield Kept(ImageSource(image_root=digit_files[0]), decoders, options)
@@ -490,7 +479,7 @@ def test_the_chunks_of_a_pool_share_their_decode_processes(
     project: tuple[Store, int], digit_files: tuple[Path, list[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store, pid = project
-    monkeypatch.setattr(inference, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(devices, "usable_cpus", lambda: 2)
     cfg = replace(store_worker_config(store, digit_files[0]), chunk_size=8, num_workers=2)
     items = [(201 + i, f"/data/local-files/?d=digits/{200 + i:04d}.png") for i in range(24)]
     resources = Resources()

@@ -1,0 +1,188 @@
+"""A chunk's images read and decoded into batches of pixels, in a decode process or in this one.
+
+A batch is ``(n, 3, h, w)`` uint8 pixels, channels_last in memory (the layout the forward pass
+runs in), with the reasons of the images that could not be read or decoded beside it: an
+image's failure is its own, the rest of the batch is scored. Pixels a :class:`PixelCache`
+holds are read from it; the others are read, decoded and stored in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import compress
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch.utils.data import Dataset
+
+from workers.decode import decode
+from workers.images import ImageError, ImageSource
+from workers.pixels import PixelCache, pixel_key
+
+FETCHES_PER_PROCESS = 4
+"""Images a decoding process reads at once (threads), for a server a round trip away."""
+FETCHES_IN_PROCESS = 8
+"""The same, with no decode processes (``num_workers`` 0)."""
+_T = TypeVar("_T")
+
+Row = tuple[int, torch.Tensor | None, str, bool]
+Item = tuple[int, str, str | None]
+"""Task id, image reference, and the pixel cache's key for it, taken before the read (None:
+not to be stored)."""
+Batch = tuple[list[int], torch.Tensor | None, dict[int, str], dict[int, str]]
+"""Task ids, their ``(n, 3, h, w)`` uint8 pixels (channels_last in memory), unscorable and
+deferred tasks' reasons."""
+
+
+class Images(Dataset[Row]):
+    """Images read and decoded, their pixels stored in ``cache``. Indexed by the items
+    themselves (a DataLoader's batch sampler hands a decode process a batch of ``Item``), so
+    decode processes kept between calls read whatever the next call asks.
+
+    In a decode process (one CPU its own), images that come over the network (Label Studio,
+    an allow-listed host) are read and decoded on ``fetchers`` threads at once, each waiting
+    on its server; local files one after another on the process's own thread, for a thread
+    an image costs more CPU than reading and decoding a small one (152 us an image at 64 px
+    against 61 here). Given ``pool`` (this process's threads, no decode processes), every
+    image is read and decoded on its threads, which run on every CPU.
+    """
+
+    def __init__(
+        self,
+        source: ImageSource,
+        size: int,
+        cache: PixelCache | None = None,
+        *,
+        fetchers: int = 1,
+        pool: ThreadPoolExecutor | None = None,
+    ) -> None:
+        self.source = source
+        self.size = size
+        self.cache = cache
+        self.fetchers = fetchers
+        self.pool = pool
+        self.local_on_pool = pool is not None
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # to a DataLoader worker: everything but the pool, which is this process's; the
+        # worker makes its own on first use, and it goes with the worker
+        return (_rebuilt, (self.source, self.size, self.cache, self.fetchers))
+
+    def _load(self, item: Item) -> npt.NDArray[np.uint8] | ImageError:
+        try:
+            return decode(self.source.read(item[1]), self.size)
+        except ImageError as exc:
+            return exc
+
+    def __getitem__(self, item: Item) -> Row:
+        return self.__getitems__([item])[0]
+
+    def _loaded(self, items: Sequence[Item]) -> list[npt.NDArray[np.uint8] | ImageError]:
+        """Each item's pixels or why not, in order (see the class on which go on threads)."""
+        threaded = [self.local_on_pool or self.source.remote(item[1]) for item in items]
+        if sum(threaded) < 2 or (self.pool is None and self.fetchers < 2):
+            return [self._load(item) for item in items]
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(self.fetchers, "planner-fetch")
+        # submitted at once: the local files are read here while the threads wait
+        far = iter(self.pool.map(self._load, compress(items, threaded)))
+        near = [None if on else self._load(item) for item, on in zip(items, threaded, strict=True)]
+        return [next(far) if got is None else got for got in near]
+
+    def __getitems__(self, items: Sequence[Item]) -> list[Row]:
+        # a batch at a time (the DataLoader asks so when this exists): the cache's index is
+        # written once for the batch, not once per image
+        rows: list[Row] = []
+        fresh: list[tuple[str, npt.NDArray[np.uint8]]] = []
+        for (task_id, _, key), array in zip(items, self._loaded(items), strict=True):
+            if isinstance(array, ImageError):
+                rows.append((task_id, None, str(array), array.transient))
+                continue
+            rows.append((task_id, torch.from_numpy(array), "", False))
+            if key is not None:
+                fresh.append((key, array))
+        if self.cache is not None:
+            self.cache.put_many(fresh)
+        return rows
+
+
+def _rebuilt(source: ImageSource, size: int, cache: PixelCache | None, fetchers: int) -> Images:
+    return Images(source, size, cache, fetchers=fetchers)
+
+
+def cached(
+    items: Sequence[tuple[int, str]],
+    source: ImageSource,
+    size: int,
+    cache: PixelCache,
+    *,
+    batch_size: int,
+    misses: list[Item],
+) -> Iterator[Batch]:
+    """Batches of the items whose pixels ``cache`` holds; the others are appended to
+    ``misses``, in order, each with the key its pixels are to be stored under."""
+    ids: list[int] = []
+    arrays: list[npt.NDArray[np.uint8]] = []
+    for task_id, reference in items:
+        key = pixel_key(source, reference, size)
+        pixels = None if key is None else cache.get(key, size)
+        if pixels is None:
+            misses.append((task_id, reference, key))
+            continue
+        ids.append(task_id)
+        arrays.append(pixels)
+        if len(ids) == batch_size:
+            yield ids, channels_first(torch.from_numpy(np.stack(arrays))), {}, {}
+            ids, arrays = [], []
+    if ids:
+        yield ids, channels_first(torch.from_numpy(np.stack(arrays))), {}, {}
+
+
+def chunked(items: Sequence[_T], size: int) -> list[list[_T]]:
+    """``items`` in lists of ``size`` (the last one shorter): a pool's chunks, a chunk's
+    batches."""
+    return [list(items[start : start + size]) for start in range(0, len(items), max(1, size))]
+
+
+def read_pixels(
+    items: Sequence[tuple[int, str]],
+    source: ImageSource,
+    size: int,
+    cache: PixelCache | None = None,
+    *,
+    batch_size: int = 64,
+) -> Iterator[Batch]:
+    """Batches of ``(task ids, (n, 3, size, size) uint8 pixels, unscorable, deferred)`` of
+    ``items``, read in this process: the ones ``cache`` holds first, then the rest read
+    ``FETCHES_IN_PROCESS`` at a time and stored in it (what
+    :func:`workers.inference.iter_scores` does with no decode processes, for a caller that
+    wants the pixels themselves)."""
+    misses: list[Item] = [(task_id, reference, None) for task_id, reference in items]
+    if cache is not None:
+        misses = []
+        yield from cached(items, source, size, cache, batch_size=batch_size, misses=misses)
+    if not misses:
+        return
+    with ThreadPoolExecutor(FETCHES_IN_PROCESS, "planner-fetch") as pool:
+        images = Images(source, size, cache, fetchers=FETCHES_IN_PROCESS, pool=pool)
+        for batch in chunked(misses, batch_size):
+            yield collate(images.__getitems__(batch))
+
+
+def collate(rows: list[Row]) -> Batch:
+    good = [(task_id, tensor) for task_id, tensor, _, _ in rows if tensor is not None]
+    bad = {
+        task_id: reason for task_id, tensor, reason, later in rows if tensor is None and not later
+    }
+    retry = {task_id: reason for task_id, tensor, reason, later in rows if tensor is None and later}
+    batch = channels_first(torch.stack([tensor for _, tensor in good])) if good else None
+    return [task_id for task_id, _ in good], batch, bad, retry
+
+
+def channels_first(images: torch.Tensor) -> torch.Tensor:
+    """``(n, h, w, 3)`` images as the ``(n, 3, h, w)`` batch a model takes, a view of the
+    same memory: channels_last, the layout the forward pass runs in."""
+    return images.permute(0, 3, 1, 2)
