@@ -52,6 +52,7 @@ from starlette.responses import (
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from planner.artifacts import list_versions
 from planner.errors import ConfigError, PlannerError, TransientError
 from planner.ports import WEBHOOK_SECRET_HEADER
 from planner.settings import Settings
@@ -343,13 +344,15 @@ def _report_days(root: Path) -> list[str]:
 
 
 def _artifact_files(root: Path) -> dict[str, list[str]]:
-    """Version folder -> plain files in it; links and anything else are never served."""
-    if not root.is_dir():
-        return {}
+    """Version folder -> plain files in it; links and anything else are never served.
+
+    Only the emitted versions (``v0001``...): the artifacts folder also holds, by default,
+    the workers' pixel cache and the bootstrap networks, which are no download."""
     found: dict[str, list[str]] = {}
-    for version in sorted(root.iterdir()):
-        if version.is_dir() and not version.is_symlink() and not version.name.startswith("."):
-            found[version.name] = sorted(
+    for name in list_versions(root):
+        version = root / name
+        if not version.is_symlink():
+            found[name] = sorted(
                 f.name for f in version.iterdir() if f.is_file() and not f.is_symlink()
             )
     return found

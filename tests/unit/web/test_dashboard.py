@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from planner.artifacts import write_artifact
 from planner.errors import ConfigError
 from planner.telemetry import Telemetry
 from planner.web import COOKIE, SECRET_HEADER, WebConfig, check_exposure, create_app
+from tests.unit.artifacts.helpers import small_artifact
 
 TOKEN = "dashboard-token-123"
 SECRET = "hook-secret-456"
@@ -76,6 +78,25 @@ def test_artifacts_are_listed_and_downloaded_but_links_are_not(config: WebConfig
     assert download.json() == {"Wheelchair": 8.3}
     assert "attachment" in download.headers["content-disposition"]
     assert client.get("/artifacts/v0001/leak").status_code == 404
+
+
+def test_only_emitted_versions_are_served_not_the_caches_beside_them(config: WebConfig) -> None:
+    # by default the workers' pixel cache and the bootstrap networks live in the artifacts folder
+    root = config.artifacts_dir
+    for folder, name in (("pixel-cache", "data.mdb"), ("bootstrap", "net.pt")):
+        (root / folder).mkdir()
+        (root / folder / name).write_bytes(b"decoded pixels")
+    emitted = write_artifact(root, small_artifact())
+    client = _client(config)
+    listing = client.get("/artifacts/").text
+    assert "data.mdb" not in listing
+    assert "net.pt" not in listing
+    assert client.get("/artifacts/pixel-cache/data.mdb").status_code == 404
+    assert client.get("/artifacts/bootstrap/net.pt").status_code == 404
+    assert f"{emitted.version}/artifact.json" in listing
+    download = client.get(f"/artifacts/{emitted.version}/artifact.json")
+    assert download.status_code == 200
+    assert download.content == (emitted.path / "artifact.json").read_bytes()
 
 
 def test_a_token_protects_everything_but_health_and_webhook(config: WebConfig) -> None:
