@@ -61,7 +61,8 @@ class GoneError(ConfigError):
 
 class StoreSchemaError(ConfigError):
     """A command that only reads found no planner database (a missing SQLite file, no tables)
-    or one at another schema revision; ``planner run`` creates and migrates it."""
+    or one at another schema revision, or a PostgreSQL session met a table or column that is
+    not there (not migrated yet); ``planner run`` creates and migrates it."""
 
 
 class UnreachableError(TransientError):

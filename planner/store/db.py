@@ -22,7 +22,7 @@ from sqlalchemy import URL, create_engine, event, make_url, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session, SQLModel, select
 
@@ -37,11 +37,16 @@ JOB_TABLE_PREFIX = "planner_jobs"
 daemon (``planner_jobs_project_3``, named by ``planner.daemon.schedule.job_table``), and
 ``planner_jobs`` from before."""
 _WAL_TRIES = 40  # about 40 s of tries to switch a new SQLite file to WAL
+# PostgreSQL's undefined_table and undefined_column: a database the daemon has not created or
+# migrated yet (a reader that opened it without open_existing_store's revision check: the
+# dashboard). SQLite says so with an OperationalError, a StoreError.
+_SCHEMA_MISSING = frozenset({"42P01", "42703"})
 
 
 class Store:
     """An engine and sessions that commit on success and roll back on error; a database that
-    is locked or unreachable raises ``StoreError`` (a ``TransientError``)."""
+    is locked or unreachable raises ``StoreError`` (a ``TransientError``), a PostgreSQL one
+    without the planner's tables or columns ``StoreSchemaError``."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -59,6 +64,12 @@ class Store:
                     f"the planner database {self.engine.url.render_as_string(hide_password=True)}"
                     f" is unavailable ({exc.orig}); the job is retried on its next run"
                 ) from exc
+            except ProgrammingError as exc:
+                with contextlib.suppress(SQLAlchemyError):
+                    session.rollback()
+                if getattr(exc.orig, "sqlstate", None) not in _SCHEMA_MISSING:
+                    raise
+                raise _not_migrated(self.engine, exc) from exc
             except BaseException:
                 session.rollback()
                 raise
@@ -225,6 +236,15 @@ def open_existing_store(url: str, *, password: str | None = None) -> Store:
             "`planner run` of this version creates or migrates it when it starts; check store.url"
         )
     return Store(engine)
+
+
+def _not_migrated(engine: Engine, exc: ProgrammingError) -> StoreSchemaError:
+    first = (str(exc.orig).splitlines() or [""])[0]  # not the SQL and the caret under it
+    return StoreSchemaError(
+        f"the planner database {engine.url.render_as_string(hide_password=True)} lacks the "
+        f"planner's tables ({first}): `planner run` of this version creates or migrates it "
+        "when it starts; check store.url"
+    )
 
 
 def _cannot_open(engine: Engine, exc: OperationalError) -> TransientError:

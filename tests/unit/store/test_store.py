@@ -18,7 +18,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Column, Float, LargeBinary, MetaData, String, Table, inspect, text
-from sqlalchemy.exc import IntegrityError, StatementError
+from sqlalchemy.exc import IntegrityError, ProgrammingError, StatementError
 from sqlmodel import SQLModel, select
 
 from planner.errors import ConfigError, StoreError, StoreSchemaError, TransientError
@@ -208,6 +208,27 @@ def test_an_engine_to_read_creates_no_sqlite_file_or_folder(tmp_path: Path) -> N
     with open_existing_store(f"sqlite:///{path}") as read, read.session() as session:
         assert session.exec(select(Project)).all() == []
     assert [p.name for p in tmp_path.iterdir()] == ["a b.db"]
+
+
+@pytest.mark.integration
+def test_a_postgres_database_not_yet_created_or_migrated_is_a_schema_error(
+    postgres_url: str,
+) -> None:
+    """PostgreSQL says so with a ProgrammingError (UndefinedTable, UndefinedColumn), which
+    left the dashboard's page a 500; SQLite's OperationalError was a StoreError already."""
+    empty = Store(make_engine(postgres_url, create=False))
+    try:
+        missing = r'relation "project" does not exist.*planner run'
+        with pytest.raises(StoreSchemaError, match=missing), empty.session() as session:
+            session.exec(select(Project)).all()
+        with pytest.raises(ProgrammingError, match="syntax"), empty.session() as session:
+            session.execute(text("SELEC 1"))  # any other mistake stays what it is
+    finally:
+        empty.dispose()
+    with open_store(postgres_url) as store:
+        command.downgrade(alembic_config(store.engine), "0006")  # syncstate without config_warning
+        with pytest.raises(StoreSchemaError, match="config_warning"), store.session() as session:
+            session.exec(select(SyncState)).all()
 
 
 def test_an_unreachable_database_is_a_transient_error() -> None:

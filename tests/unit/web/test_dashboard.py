@@ -11,6 +11,9 @@ from starlette.testclient import TestClient
 
 from planner.artifacts import write_artifact
 from planner.errors import ConfigError
+from planner.status import state_lines
+from planner.store import Store
+from planner.store.db import make_engine
 from planner.telemetry import Telemetry
 from planner.web import COOKIE, SECRET_HEADER, WebConfig, check_exposure, create_app
 from tests.unit.artifacts.helpers import small_artifact
@@ -185,3 +188,16 @@ def test_the_banner_alerts_on_faults_not_on_projects_no_daemon_watched_yet(
     assert "project 1" not in page
     quiet = _client(config, states=lambda: lines[:2]).get("/").text
     assert 'role="alert"' not in quiet
+
+
+def test_a_store_not_there_yet_is_an_alert_on_the_page(config: WebConfig, store_url: str) -> None:
+    # as `planner serve` wires it: nothing created or migrated; the daemon owns the schema
+    store = Store(make_engine(store_url, create=False))
+    try:
+        page = _client(config, states=lambda: state_lines(store)).get("/")
+    finally:
+        store.dispose()
+    assert page.status_code == 200
+    assert 'role="alert"' in page.text
+    assert "the planner database" in page.text
+    assert "Wheelchair 12" in page.text, "the report is shown all the same"
