@@ -17,7 +17,7 @@ from planner.core.counting import CountResult, count_tasks
 from planner.core.labels import LabelSchema, parse_label_config
 from planner.core.metrics import TableImbalance, table_imbalance
 from planner.core.quotas import Quota, QuotaStatus, deficits
-from planner.core.splits import assign_splits
+from planner.core.splits import assign_splits, training_split
 from planner.core.strata import StrataReport, stratify
 from planner.core.table import UNKNOWN, CountKind
 from planner.core.weights import WeightScheme
@@ -139,16 +139,11 @@ def analyze(
         ),
         resampling=resample_figures(
             known.classes,
-            known.split(_train_split(splits), "images").tolist(),
+            known.split(training_split(splits), "images").tolist(),
             max_oversample=opts.max_oversample,
         ),
         options=opts,
     )
-
-
-def _train_split(splits: tuple[str, ...]) -> str:
-    """The split a training job samples from: ``train`` when there is one, else the first."""
-    return "train" if "train" in splits else splits[0]
 
 
 def _existing_splits(

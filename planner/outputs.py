@@ -23,6 +23,7 @@ from planner.artifacts import (
     write_artifact,
 )
 from planner.core.quotas import Quota
+from planner.core.splits import training_split
 from planner.core.stop_policy import StopConfig
 from planner.core.table import UNKNOWN, CountKind, CountTable
 from planner.core.weights import WeightScheme
@@ -90,13 +91,16 @@ def emit_artifacts(
         project = project_row(session, ls_project_id)
         table = _table(session, project, splits)
         labelled = tasks_in_state(session, int(project.id or 0), "labelled")
-        train = [t for t in labelled if t.split == "train"]
+        split = training_split(splits)
+        train = [t for t in labelled if t.split == split]
         known = [name for name in table.classes if name != UNKNOWN]  # no job learns "unknown"
         assignment: dict[int | str, str] = {
             t.ls_task_id: str(t.split) for t in labelled if t.split is not None
         }
         images = train_images(train, known, project.label_kinds)
-    plan = plan_training(table, images, scheme=scheme, max_oversample=max_oversample)
+    plan = plan_training(
+        table, images, train_split=split, scheme=scheme, max_oversample=max_oversample
+    )
     artifact = build_artifact(plan, table=table, splits=assignment, reason=reason, created_at=now)
     written = write_artifact(folder, artifact)
     with store.session() as session:

@@ -26,6 +26,7 @@ from planner.core.repeat_factors import repeat_factors
 from planner.core.resampling import DEFAULT_MAX_OVERSAMPLE, ResamplingPlan, resampling_plan
 from planner.core.sampling import MAX_CATEGORIES, SamplingPlan, label_sampling_plan
 from planner.core.sampling import repeat_sampling_plan as _repeat_plan
+from planner.core.splits import training_split
 from planner.core.stop_policy import StopDecision
 from planner.core.table import UNKNOWN, CountKind, CountTable
 from planner.core.weights import SCHEMES, ClassWeights, WeightOptions, WeightScheme
@@ -111,7 +112,7 @@ def plan_training(
     table: CountTable,
     images: TrainImages,
     *,
-    train_split: str = "train",
+    train_split: str | None = None,
     count_kind: CountKind = "images",
     scheme: WeightScheme = "balanced",
     weight_options: WeightOptions | None = None,
@@ -120,11 +121,13 @@ def plan_training(
     max_oversample: float = DEFAULT_MAX_OVERSAMPLE,
     max_categories: int = MAX_CATEGORIES,
 ) -> TrainingPlan:
-    """Runs the core on the ``train_split`` row of ``table`` and on ``images``."""
+    """Runs the core on the ``train_split`` row of ``table`` (by default ``training_split`` of
+    its splits) and on ``images``."""
     if scheme not in SCHEMES:
         raise InputError(f"weight scheme {scheme!r} is not one of {SCHEMES}")
+    split = training_split(table.splits) if train_split is None else train_split
     known = table.without(UNKNOWN)
-    counts = known.split(train_split, count_kind)
+    counts = known.split(split, count_kind)
     schemes = _compare(known.classes, counts, **(weight_options or {}))
     resampling = None
     if images.labels is not None:
@@ -148,7 +151,7 @@ def plan_training(
         raise InputError("the training images have neither labels nor presence")
     return TrainingPlan(
         classes=known.classes,
-        train_split=train_split,
+        train_split=split,
         count_kind=count_kind,
         schemes=schemes,
         chosen=scheme,

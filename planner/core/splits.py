@@ -39,6 +39,7 @@ __all__ = [
     "ItemId",
     "SplitAssignment",
     "assign_splits",
+    "training_split",
     "validate_ratios",
 ]
 
@@ -66,6 +67,17 @@ def validate_ratios(ratios: Mapping[str, float]) -> tuple[tuple[str, ...], npt.N
             f"split ratios {dict(ratios)} sum to {values.sum():.6g}; make them sum to 1"
         )
     return tuple(ratios), values
+
+
+def training_split(splits: Sequence[str]) -> str:
+    """The split a training job learns from: ``train`` when there is one, else the first.
+
+    Split names are free in the settings (``{training = 0.8, validation = 0.2}``), so the
+    planner's analysis and the emitted artifacts ask this one rule rather than assume ``train``.
+    """
+    if not splits:
+        raise InputError("no split is named; give at least one, e.g. train")
+    return "train" if "train" in splits else splits[0]
 
 
 @dataclass(frozen=True, slots=True)

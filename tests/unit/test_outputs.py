@@ -17,10 +17,11 @@ from integrations.label_studio.fake import FakeLabelStudio
 from planner.artifacts import EmitReason, LoadedArtifact, read_artifact
 from planner.cli import app
 from planner.core.repeat_factors import repeat_factors
+from planner.core.weights import compare_schemes
 from planner.outputs import emit_artifacts
 from planner.store import open_store
 from planner.store.models import ArtifactRecord
-from planner.sync import sync_project
+from planner.sync import SyncOptions, sync_project
 from planner.training import class_weight_tensor, load_latest
 
 CONFIG = """<View><Image name="image" value="$image"/>
@@ -84,19 +85,26 @@ BOXES = """<View><Image name="image" value="$image"/>
 </RectangleLabels></View>"""
 
 
-def _emit(tmp_path: Path, config: str, results: list[list[dict[str, object]]]) -> LoadedArtifact:
+def _emit(
+    tmp_path: Path,
+    config: str,
+    results: list[list[dict[str, object]]],
+    ratios: dict[str, float] | None = None,
+) -> LoadedArtifact:
+    split_ratios = ratios or {"train": 0.8, "val": 0.1, "test": 0.1}
     fake = FakeLabelStudio()
     pid = fake.create_project("kinds", config)
     ids = fake.import_tasks(pid, [{"data": {"image": f"/{i}.png"}} for i in range(len(results))])
     for task, result in zip(ids, results, strict=True):
         fake.annotate(task, result)
     with open_store(f"sqlite:///{tmp_path / 'planner.db'}") as store:
-        sync_project(fake, store, pid, now=datetime.now(UTC))
+        options = SyncOptions(split_ratios=split_ratios)
+        sync_project(fake, store, pid, now=datetime.now(UTC), options=options)
         written = emit_artifacts(
             store,
             pid,
             folder=tmp_path / "artifacts",
-            splits=("train", "val", "test"),
+            splits=tuple(split_ratios),
             reason=EmitReason("on_demand", "test"),
             now=datetime.now(UTC),
         )
@@ -158,3 +166,18 @@ def test_multi_label_and_detection_projects_get_repeat_factors(
     presence = [["Wheelchair" in json.dumps(results[i - first]), True] for i in ids]
     expected = repeat_factors(("Car", "Wheelchair"), [[car, wc] for wc, car in presence])
     np.testing.assert_allclose(artifact.image_weights, expected.image_factors)
+
+
+def test_a_project_without_a_train_split_learns_from_its_first_split(tmp_path: Path) -> None:
+    labels = ["Wheelchair" if k % 10 == 0 else "Car" for k in range(60)]
+    ratios = {"training": 0.8, "validation": 0.2}
+    artifact = _emit(tmp_path, CONFIG, [_choices(label) for label in labels], ratios)
+    assert artifact.data["train_split"] == "training", "the artifact says where weights came from"
+    splits = artifact.data["splits"]
+    training = sorted(int(t) for t, split in splits.items() if split == "training")
+    assert len(training) == 48
+    assert sorted(artifact.data["sampling"]["image_ids"]) == training
+    counts = artifact.data["counts"]["images"]["training"]
+    chosen = artifact.data["class_weights"]["schemes"]["balanced"]["weights"]
+    expected = compare_schemes(("Car", "Wheelchair"), [counts["Car"], counts["Wheelchair"]])
+    np.testing.assert_allclose(chosen, expected["balanced"].weights)

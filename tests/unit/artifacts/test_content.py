@@ -8,6 +8,7 @@ import pytest
 
 from planner.artifacts import EmitReason, TrainImages, build_artifact, plan_training
 from planner.core.priors import focal_alpha, log_priors
+from planner.core.table import CountTable
 from planner.core.weights import SCHEMES, class_weights
 from planner.errors import InputError
 from tests.unit.artifacts.helpers import CLASSES, NOW, small_artifact, small_images, small_table
@@ -107,3 +108,18 @@ def test_max_oversample_caps_repeat_factors_of_multi_label_data() -> None:
     assert capped.image_weights.max() == pytest.approx(1.2)
     free = plan_training(table, images, max_oversample=50.0)
     assert free.image_weights.max() > 1.2
+
+
+def test_the_weights_come_from_the_first_split_when_none_is_named_train() -> None:
+    table = small_table()
+    renamed = CountTable(
+        classes=table.classes,
+        splits=("training", "validation"),
+        images=table.images,
+        instances=table.instances,
+        pixels=table.pixels,
+    )
+    plan = plan_training(renamed, small_images())
+    assert plan.train_split == "training"
+    expected = class_weights(CLASSES, [6, 3, 1], scheme="balanced").weights
+    np.testing.assert_allclose(plan.schemes["balanced"].weights, expected)

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from planner.core.splits import DEFAULT_RATIOS, assign_splits, validate_ratios
+from planner.core.splits import DEFAULT_RATIOS, assign_splits, training_split, validate_ratios
 from planner.core.table import CountTable
 from planner.errors import InputError
 
@@ -71,6 +71,21 @@ def test_any_split_names_in_the_order_given() -> None:
 def test_bad_ratios_rejected(ratios: dict[str, object]) -> None:
     with pytest.raises(InputError):
         validate_ratios(ratios)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("splits", "expected"),
+    [(("val", "train", "test"), "train"), (("training", "validation"), "training")],
+)
+def test_the_training_split_is_train_when_named_else_the_first(
+    splits: tuple[str, ...], expected: str
+) -> None:
+    assert training_split(splits) == expected
+
+
+def test_no_split_has_no_training_split() -> None:
+    with pytest.raises(InputError, match="no split"):
+        training_split(())
 
 
 # --- the stratification rule ----------------------------------------------------------------
