@@ -41,7 +41,7 @@ from planner.demo_offline import OfflineDemo, run_offline_demo
 from planner.errors import ConfigError, InputError, PlannerError, StoreSchemaError, TransientError
 from planner.init_config import ProjectCheck, check_project, config_template
 from planner.offline import resample_figures, weights_figures
-from planner.outputs import emit_artifacts, report_options, write_daily_report
+from planner.outputs import emit_artifacts, emit_options, report_options, write_daily_report
 from planner.params import analysis_options, quotas_from_settings
 from planner.settings import CONFIG_ENV, Settings, load_settings
 from planner.status import project_statuses, quota_lines, state_lines
@@ -986,12 +986,10 @@ def emit(
             written = emit_artifacts(
                 store,
                 _project_id(settings),
-                folder=settings.artifacts.dir,
+                emit_options(settings),
                 splits=tuple(settings.planning.split_ratios),
                 reason=EmitReason("on_demand", why),
                 now=datetime.now(UTC),
-                scheme=settings.planning.weight_scheme,
-                max_oversample=settings.planning.max_oversample,
             )
     if as_json:
         _print_json(

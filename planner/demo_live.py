@@ -35,7 +35,7 @@ from planner.examples.digits import (
     long_tail_counts,
     write_digit_images,
 )
-from planner.outputs import emit_artifacts, project_row
+from planner.outputs import emit_artifacts, emit_options, project_row
 from planner.settings import Settings, load_settings
 from planner.store import Store, open_store
 from planner.store.batches import items_of
@@ -349,12 +349,10 @@ def _artifact(
     written = emit_artifacts(
         store,
         pid,
-        folder=folder,
+        emit_options(settings),
         splits=tuple(settings.planning.split_ratios),
         reason=EmitReason("on_demand", "the demo's last cycle; the quotas are not met yet"),
         now=datetime.now(UTC),
-        scheme=settings.planning.weight_scheme,
-        max_oversample=settings.planning.max_oversample,
     )
     return written.path, "demo on demand: it ran out of cycles before the quotas were met"
 

@@ -75,18 +75,30 @@ def train_images(
     return TrainImages(ids=tuple(t.ls_task_id for t in train), presence=presence)
 
 
+@dataclass(frozen=True, slots=True)
+class EmitOptions:
+    """Where and how artifacts are emitted (``planner emit``, the daemon when a stop rule
+    fires): one object, so a new planning setting reaches every emit path at once."""
+
+    folder: Path
+    scheme: WeightScheme = "balanced"
+    max_oversample: float = 5.0
+    count_kind: CountKind = "images"
+    """What the class weights and priors count in the training split (``planning.count_kind``,
+    as ``planner analyze`` and the quotas count)."""
+
+
 def emit_artifacts(
     store: Store,
     ls_project_id: int,
+    options: EmitOptions,
     *,
-    folder: Path,
     splits: Sequence[str],
     reason: EmitReason,
     now: datetime,
-    scheme: WeightScheme = "balanced",
-    max_oversample: float = 5.0,
 ) -> WrittenArtifact:
-    """Weights, resampling plan and split assignment of the labelled tasks, written atomically."""
+    """Weights, resampling plan and split assignment of the labelled tasks, written atomically
+    under ``options.folder``."""
     with store.session() as session:
         project = project_row(session, ls_project_id)
         table = _table(session, project, splits)
@@ -99,10 +111,15 @@ def emit_artifacts(
         }
         images = train_images(train, known, project.label_kinds)
     plan = plan_training(
-        table, images, train_split=split, scheme=scheme, max_oversample=max_oversample
+        table,
+        images,
+        train_split=split,
+        count_kind=options.count_kind,
+        scheme=options.scheme,
+        max_oversample=options.max_oversample,
     )
     artifact = build_artifact(plan, table=table, splits=assignment, reason=reason, created_at=now)
-    written = write_artifact(folder, artifact)
+    written = write_artifact(options.folder, artifact)
     with store.session() as session:
         record_artifact(
             session,
@@ -114,15 +131,6 @@ def emit_artifacts(
             at=now,
         )
     return written
-
-
-@dataclass(frozen=True, slots=True)
-class EmitOptions:
-    """Where and how the daemon emits artifacts when a stop rule fires."""
-
-    folder: Path
-    scheme: WeightScheme = "balanced"
-    max_oversample: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,22 +185,21 @@ def emit_pending(
     return emit_artifacts(
         store,
         ls_project_id,
-        folder=options.folder,
+        options,
         splits=tuple(splits),
         reason=EmitReason("stop_rule", decision.reason, decision),
         now=now,
-        scheme=options.scheme,
-        max_oversample=options.max_oversample,
     )
 
 
 def emit_options(settings: Settings) -> EmitOptions:
-    """The daemon's emit options from ``[artifacts]`` and ``[planning]``."""
+    """The emit options from ``[artifacts]`` and ``[planning]``."""
     planning = settings.planning
     return EmitOptions(
         folder=settings.artifacts.dir,
         scheme=planning.weight_scheme,
         max_oversample=planning.max_oversample,
+        count_kind=planning.count_kind,
     )
 
 

@@ -6,8 +6,10 @@ plan, the split assignment, the counts and the reason for emitting into an ``Art
 JSON-able dict plus the ``(N,)`` per-image weights, ready for ``write_artifact``.
 
 Class weights, priors and the resampling plan come from the training split, the counts a loss
-and a sampler actually see. Single-label images get ``w_i = multiplier[y_i]`` (the resampling
-plan); multi-label and detection images get their repeat factor ``r(I)``.
+and a sampler actually see: weights and priors in the plan's ``count_kind`` (images, instances
+or pixels), the resampling plan and repeat factors in images. Single-label images get
+``w_i = multiplier[y_i]`` (the resampling plan); multi-label and detection images get their
+repeat factor ``r(I)``.
 """
 
 from __future__ import annotations

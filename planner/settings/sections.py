@@ -89,7 +89,9 @@ class QuotaSettings(Section):
 class PlanningSettings(Section):
     """How batches, weights and plans are made."""
 
-    count_kind: CountKind = Field(default="images", description="What quotas count.")
+    count_kind: CountKind = Field(
+        default="images", description="What quotas and the emitted class weights count."
+    )
     batch_size: int = Field(default=100, gt=0, le=10_000, description="Tasks per batch.")
     exploration_share: float = Field(default=0.10, ge=0, le=1, description="Random picks.")
     hard_negative_share: float = Field(default=0.05, ge=0, le=1, description="Look-alikes.")

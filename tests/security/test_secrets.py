@@ -31,7 +31,7 @@ from planner.artifacts import EmitReason
 from planner.connect import connect, open_settings_store
 from planner.daemon.run import build_daemon
 from planner.errors import PlannerError
-from planner.outputs import emit_artifacts
+from planner.outputs import emit_artifacts, emit_options
 from planner.settings import load_settings
 from planner.store import DatabaseLease, open_store
 from planner.sync import sync_project
@@ -181,7 +181,7 @@ def test_no_secret_ever_appears_in_logs_outputs_tracebacks_reports_or_artifacts(
         written = emit_artifacts(
             store,
             settings.label_studio.project_id or 0,
-            folder=settings.artifacts.dir,
+            emit_options(settings),
             splits=tuple(settings.planning.split_ratios),
             reason=EmitReason("on_demand", "secrets test"),
             now=datetime.now(UTC),

@@ -18,7 +18,7 @@ from planner.artifacts import EmitReason, LoadedArtifact, read_artifact
 from planner.cli import app
 from planner.core.repeat_factors import repeat_factors
 from planner.core.weights import compare_schemes
-from planner.outputs import emit_artifacts
+from planner.outputs import EmitOptions, emit_artifacts
 from planner.store import open_store
 from planner.store.models import ArtifactRecord
 from planner.sync import SyncOptions, sync_project
@@ -29,8 +29,27 @@ CONFIG = """<View><Image name="image" value="$image"/>
 </View>"""
 
 
-def test_emit_and_report_from_the_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _sync_for_the_cli(
+    fake: FakeLabelStudio,
+    pid: int,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: dict[str, str],
+) -> None:
+    """Sync ``pid`` into a store under ``tmp_path`` and point the CLI's settings at it."""
     url = f"sqlite:///{tmp_path / 'planner.db'}"
+    with open_store(url) as store:
+        sync_project(fake, store, pid, now=datetime.now(UTC))
+    for key, value in {
+        "STORE__URL": url,
+        "LABEL_STUDIO__PROJECT_ID": str(pid),
+        "ARTIFACTS__DIR": str(tmp_path / "artifacts"),
+        **settings,
+    }.items():
+        monkeypatch.setenv(f"PLANNER_{key}", value)
+
+
+def test_emit_and_report_from_the_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeLabelStudio()
     pid = fake.create_project("traffic", CONFIG)
     ids = fake.import_tasks(pid, [{"data": {"image": f"/{i}.png"}} for i in range(60)])
@@ -38,16 +57,11 @@ def test_emit_and_report_from_the_store(tmp_path: Path, monkeypatch: pytest.Monk
     for k, task in enumerate(ids[:50]):
         label = "Wheelchair" if k % 10 == 0 else "Car"
         fake.annotate(task, [{**choice, "value": {"choices": [label]}}])
-    with open_store(url) as store:
-        sync_project(fake, store, pid, now=datetime.now(UTC))
-    for key, value in {
-        "STORE__URL": url,
-        "LABEL_STUDIO__PROJECT_ID": str(pid),
-        "ARTIFACTS__DIR": str(tmp_path / "artifacts"),
+    settings = {
         "DASHBOARD__REPORTS_DIR": str(tmp_path / "reports"),
         "QUOTAS__WHEELCHAIR__TARGET": "20",
-    }.items():
-        monkeypatch.setenv(f"PLANNER_{key}", value)
+    }
+    _sync_for_the_cli(fake, pid, tmp_path, monkeypatch, settings)
     runner = CliRunner()
     emitted = runner.invoke(app, ["emit", "--reason", "test"])
     assert emitted.exit_code == 0, emitted.output
@@ -103,7 +117,7 @@ def _emit(
         written = emit_artifacts(
             store,
             pid,
-            folder=tmp_path / "artifacts",
+            EmitOptions(tmp_path / "artifacts"),
             splits=tuple(split_ratios),
             reason=EmitReason("on_demand", "test"),
             now=datetime.now(UTC),
@@ -181,3 +195,30 @@ def test_a_project_without_a_train_split_learns_from_its_first_split(tmp_path: P
     chosen = artifact.data["class_weights"]["schemes"]["balanced"]["weights"]
     expected = compare_schemes(("Car", "Wheelchair"), [counts["Car"], counts["Wheelchair"]])
     np.testing.assert_allclose(chosen, expected["balanced"].weights)
+
+
+def test_the_weights_count_what_planning_count_kind_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeLabelStudio()
+    pid = fake.create_project("boxes", BOXES)
+    ids = fake.import_tasks(pid, [{"data": {"image": f"/{i}.png"}} for i in range(60)])
+    # a car image holds four cars, a wheelchair image one wheelchair: the instance counts are
+    # four times as unbalanced as the image counts
+    boxes = {task: 1 if k % 10 == 0 else 4 for k, task in enumerate(ids)}
+    for k, task in enumerate(ids):
+        fake.annotate(task, [_rect("Wheelchair" if k % 10 == 0 else "Car")] * boxes[task])
+    _sync_for_the_cli(fake, pid, tmp_path, monkeypatch, {"PLANNING__COUNT_KIND": "instances"})
+    emitted = CliRunner().invoke(app, ["emit"])
+    assert emitted.exit_code == 0, emitted.output
+    data = read_artifact(tmp_path / "artifacts").data
+    assert data["count_kind"] == "instances"
+    train = [int(t) for t, split in data["splits"].items() if split == "train"]
+    wheelchairs = [t for t in train if boxes[t] == 1]
+    instances = [4 * (len(train) - len(wheelchairs)), len(wheelchairs)]
+    images = [len(train) - len(wheelchairs), len(wheelchairs)]
+    chosen = data["class_weights"]["schemes"]["balanced"]["weights"]
+    expected = compare_schemes(("Car", "Wheelchair"), instances)["balanced"].weights
+    np.testing.assert_allclose(chosen, expected)
+    by_images = compare_schemes(("Car", "Wheelchair"), images)["balanced"].weights
+    assert not np.allclose(chosen, by_images), "instance weights are not image weights"

@@ -28,7 +28,7 @@ from selenium.webdriver.common.by import By
 from planner.artifacts import EmitReason
 from planner.core.quotas import Quota
 from planner.examples.digits import DIGITS
-from planner.outputs import ReportOptions, emit_artifacts, write_daily_report
+from planner.outputs import EmitOptions, ReportOptions, emit_artifacts, write_daily_report
 from planner.store import Store, ensure_project, open_store
 from planner.store.models import Task
 from planner.store.snapshots import snapshot_counts
@@ -97,7 +97,7 @@ def dashboard(tmp_path: Path) -> Iterator[tuple[str, dict[str, dict[str, int]], 
         written = emit_artifacts(
             store,
             7,
-            folder=artifacts,
+            EmitOptions(artifacts),
             splits=SPLITS,
             reason=EmitReason("on_demand", "the browser test"),
             now=NOW,
