@@ -64,7 +64,8 @@ def write_artifact(folder: str | os.PathLike[str], artifact: Artifact) -> Writte
     except OSError as exc:
         raise ArtifactError(
             f"writing an artifact into {root} failed ({exc.strerror or exc}); the previous "
-            f"version stays the latest. {_fix_for(exc)} and emit again"
+            f"version stays the latest. {fix_for_write(exc, 'the artifact folder')} and emit "
+            "again"
         ) from exc
 
 
@@ -112,14 +113,17 @@ def _json(artifact: Artifact) -> bytes:
         ) from None
 
 
-def _fix_for(exc: OSError) -> str:
-    """What the person running the daemon does about a failed write."""
+def fix_for_write(exc: OSError, folder: str) -> str:
+    """What the person running the planner does about a failed write into ``folder`` (its
+    name in the sentence: "the artifact folder"); the daily report's writer says it so too."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "Free disk space (or raise the disk quota) in the artifact folder"
+        return f"Free disk space (or raise the disk quota) in {folder}"
     if exc.errno == errno.EFBIG:
         return "Raise the file size limit of the daemon's process (ulimit -f, LimitFSIZE=)"
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return "Make the artifact folder writable (permissions, or remount it read-write)"
+        return f"Make {folder} writable (permissions, or remount it read-write)"
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return f"Point {folder} at a folder (a file stands where a folder of its path must be)"
     return "Free disk space or fix permissions"
 
 

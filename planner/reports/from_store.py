@@ -16,12 +16,13 @@ from zoneinfo import ZoneInfo
 import numpy as np
 from sqlmodel import Session
 
-from planner.artifacts.writer import replace_file
+from planner.artifacts.writer import fix_for_write, replace_file
 from planner.core.quotas import known_quotas
 from planner.core.stop_policy import StopDecision, evaluate_stop_rules
 from planner.core.strata import StrataReport, stratify
 from planner.core.table import UNKNOWN
 from planner.daemon.stopping import gather_state, policy_fingerprint, stored_decision
+from planner.errors import PlannerError
 from planner.outputs import ReportOptions, project_row
 from planner.quarantine import held_apart
 from planner.reports.build import build_report, next_from_summary
@@ -34,6 +35,11 @@ from planner.store.stop_set import stop_set
 from planner.store.tasks import count_table, tasks_in_state
 
 REPORT_FILES = ("report.json", "report.md", "report.html")
+
+
+class ReportWriteError(PlannerError):
+    """The report's folder cannot be written (not a folder, not writable, disk full); the
+    message names ``dashboard.reports_dir`` and what to do, the ``OSError`` is its cause."""
 
 
 def report_from_store(
@@ -117,7 +123,13 @@ def write_report(report: ReportData, folder: Path, *, timezone: str = "UTC") -> 
     day = folder / f"{report.generated_at.astimezone(ZoneInfo(timezone)):%Y-%m-%d}"
     # every format rendered before any is written: a day never holds some of them
     texts = [render(report) for render in (render_json, render_markdown, render_html)]
-    day.mkdir(parents=True, exist_ok=True)
-    for name, text in zip(REPORT_FILES, texts, strict=True):
-        replace_file(day / name, text.encode("utf-8"))  # a reader never sees half a report
+    try:
+        day.mkdir(parents=True, exist_ok=True)
+        for name, text in zip(REPORT_FILES, texts, strict=True):
+            replace_file(day / name, text.encode("utf-8"))  # a reader never sees half a report
+    except OSError as exc:
+        raise ReportWriteError(
+            f"writing the report into {day} failed ({exc.strerror or exc}). "
+            f"{fix_for_write(exc, 'dashboard.reports_dir')} and report again"
+        ) from exc
     return day
