@@ -35,12 +35,22 @@ def _environment(*, markdown: bool) -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        # class names, the project title and reasons come from Label Studio: a Markdown viewer
+        # that renders raw HTML must show them as text, so every value the template prints is
+        # escaped (the template's own Markdown is not a value and stays as written)
+        finalize=_md_text if markdown else None,
     )
     if markdown:
         env.filters["cell"] = _md_cell
     return env
 
 
+def _md_text(value: object) -> str:
+    """Text shown as written in Markdown: ``&``, ``<`` and ``>`` as entities, so no raw HTML."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _md_cell(text: str) -> str:
-    """A Markdown table cell: pipes escaped, newlines flattened."""
+    """A Markdown table cell: pipes escaped, newlines flattened (HTML escaped by ``_md_text``
+    when the template prints it)."""
     return text.replace("|", "\\|").replace("\n", " ")

@@ -159,7 +159,24 @@ def test_html_escapes_what_it_shows(traffic_counts: CountResult) -> None:
     html = render_html(report)
     assert "<script>" not in html
     assert "&lt;script&gt;" in html
-    assert "# Quota report: <script>" in render_markdown(report)
+
+
+def test_markdown_shows_html_from_label_studio_as_text_not_markup() -> None:
+    # a Markdown viewer that renders raw HTML would run a class name or title as markup
+    names = ("<script>alert(1)</script>", "Car & Van | Truck")
+    table = CountTable(names, ("train",), *(np.array([[5, 3]], np.int64),) * 3)
+    report = build_report(
+        project="<img src=x onerror=alert(1)>",
+        now=datetime.fromisoformat("2026-11-08T12:00+00:00"),
+        table=table,
+        quotas=[Quota(name, target=4) for name in names],
+    )
+    markdown = render_markdown(report)
+    assert "<script>" not in markdown
+    assert "<img" not in markdown
+    assert "# Quota report: &lt;img src=x onerror=alert(1)&gt;" in markdown
+    assert "| &lt;script&gt;alert(1)&lt;/script&gt; |" in markdown
+    assert "| Car &amp; Van \\| Truck |" in markdown
 
 
 def test_a_minimal_report_has_no_optional_sections(traffic_counts: CountResult) -> None:
