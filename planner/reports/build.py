@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
+from planner.core.daily import last_of_each_day
 from planner.core.metrics import ImbalanceReport, table_imbalance
 from planner.core.quota_eta import DEFAULT_WINDOW, eta
 from planner.core.quotas import ClassStatus, Quota, deficits
@@ -54,8 +56,11 @@ def build_report(
     imbalance_kind: CountKind = "images",
     eta_window: timedelta = DEFAULT_WINDOW,
     held_apart: Sequence[HeldApartRow] = (),
+    timezone: str = "UTC",
 ) -> ReportData:
-    """The report at ``now`` (aware); ``snapshots`` are earlier count tables, any order."""
+    """The report at ``now`` (aware); ``snapshots`` are earlier count tables, any order. The
+    ETA reads every snapshot in ``eta_window``; the burn-up shows the last of each day (in
+    ``timezone``), now's table the last of today."""
     if now.tzinfo is None:
         raise InputError(f"now ({now}) is a naive datetime; give it a timezone, e.g. UTC")
     status = deficits(quotas, table)
@@ -71,10 +76,7 @@ def build_report(
         overall_progress=status.overall_progress,
         all_met=status.all_met,
         quotas=tuple(row for s in status.statuses for row in _quota_rows(s, table)),
-        burnup=tuple(
-            BurnupPoint(at=at, counts=_class_counts(snapshot, status.statuses))
-            for at, snapshot in history
-        ),
+        burnup=_burnup(history, status.statuses, ZoneInfo(timezone)),
         batches=tuple(_batch_yield(b) for b in sorted(batches, key=lambda b: b.pushed_at)),
         eta=tuple(_eta_row(s, history, now, eta_window) for s in status.statuses),
         imbalance_kind=imbalance_kind,
@@ -111,6 +113,18 @@ def _quota_rows(status: ClassStatus, table: CountTable) -> list[QuotaRow]:
         )
     )
     return rows
+
+
+def _burnup(
+    history: Sequence[tuple[datetime, CountTable]],
+    statuses: Sequence[ClassStatus],
+    zone: ZoneInfo,
+) -> tuple[BurnupPoint, ...]:
+    """A point a day, its last: a snapshot is kept per change, up to one per sync."""
+    days = last_of_each_day([at for at, _ in history], zone)
+    return tuple(
+        BurnupPoint(at=history[i][0], counts=_class_counts(history[i][1], statuses)) for i in days
+    )
 
 
 def _class_counts(table: CountTable, statuses: Sequence[ClassStatus]) -> dict[str, int]:

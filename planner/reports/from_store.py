@@ -9,7 +9,7 @@ targets and why) and the labelled tasks' metadata (hidden imbalance by strata).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -17,6 +17,7 @@ import numpy as np
 from sqlmodel import Session
 
 from planner.artifacts.writer import fix_for_write, replace_file
+from planner.core.quota_eta import DEFAULT_WINDOW
 from planner.core.quotas import known_quotas
 from planner.core.stop_policy import StopDecision, evaluate_stop_rules
 from planner.core.strata import StrataReport, stratify
@@ -35,6 +36,8 @@ from planner.store.stop_set import stop_set
 from planner.store.tasks import count_table, tasks_in_state
 
 REPORT_FILES = ("report.json", "report.md", "report.html")
+BURNUP_HORIZON = timedelta(days=365)
+"""How far back the burn-up reaches: a row a day, so a year of them at most."""
 
 
 class ReportWriteError(PlannerError):
@@ -59,7 +62,16 @@ def report_from_store(
         now=now,
         table=table,
         quotas=options.quotas,  # a quota for a missing class shows as 0 of its target
-        snapshots=count_history(session, pid, classes, options.splits),
+        snapshots=count_history(
+            session,
+            pid,
+            classes,
+            options.splits,
+            since=now - BURNUP_HORIZON,
+            every_since=now - DEFAULT_WINDOW,  # the ETA's window: its rate reads every one
+            zone=ZoneInfo(options.timezone),
+        ),
+        timezone=options.timezone,
         batches=batches,
         stop=_stop(session, project, options, now=now),
         next_batch=_next_batch(session, pid),

@@ -94,7 +94,7 @@ def report_tables(report: ReportData) -> tuple[Table, ...]:
             Table(
                 "burnup",
                 "Burn-up",
-                "Count of each quota class at each snapshot.",
+                "Count of each quota class at the end of each day (today: now).",
                 ("Time", *classes),
                 tuple(cells(p.at, *(p.counts.get(c, 0) for c in classes)) for p in report.burnup),
             )

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 
 import numpy as np
 from sqlmodel import Session, col, select
 
+from planner.core.daily import last_of_each_day
 from planner.core.table import CountTable
 from planner.store.events import count_snapshots, record_counts
 from planner.store.models import Batch, BatchItem, CountSnapshot, Task
@@ -81,13 +82,40 @@ def snapshot_counts(
 
 
 def count_history(
-    session: Session, project_id: int, classes: tuple[str, ...], splits: tuple[str, ...]
+    session: Session,
+    project_id: int,
+    classes: tuple[str, ...],
+    splits: tuple[str, ...],
+    *,
+    since: datetime | None = None,
+    every_since: datetime | None = None,
+    zone: tzinfo = UTC,
 ) -> list[tuple[datetime, CountTable]]:
-    """Every snapshot as ``(taken_at, table)``, oldest first."""
-    return [
-        (s.taken_at, table_from_dict(s.counts, classes, splits))
-        for s in count_snapshots(session, project_id)
-    ]
+    """Snapshots taken from ``since`` on as ``(taken_at, table)``, oldest first: every one from
+    ``every_since`` on (a rate's window), only the last of each day (in ``zone``) before it."""
+    if every_since is None:
+        return _tables(count_snapshots(session, project_id, since=since), classes, splits)
+    # the times alone first: months of five-minute snapshots are read as (id, time), and only
+    # a day's last one is read whole (counts JSON) and turned into a table
+    query = select(CountSnapshot.id, CountSnapshot.taken_at).where(
+        CountSnapshot.project_id == project_id, col(CountSnapshot.taken_at) < every_since
+    )
+    if since is not None:
+        query = query.where(col(CountSnapshot.taken_at) >= since)
+    order = (col(CountSnapshot.taken_at), col(CountSnapshot.id))
+    stamps = session.exec(query.order_by(*order)).all()
+    daily = [stamps[i][0] for i in last_of_each_day([at for _, at in stamps], zone)]
+    closing = session.exec(
+        select(CountSnapshot).where(col(CountSnapshot.id).in_(daily)).order_by(*order)
+    ).all()
+    recent = count_snapshots(session, project_id, since=every_since)
+    return _tables([*closing, *recent], classes, splits)
+
+
+def _tables(
+    snapshots: Sequence[CountSnapshot], classes: tuple[str, ...], splits: tuple[str, ...]
+) -> list[tuple[datetime, CountTable]]:
+    return [(s.taken_at, table_from_dict(s.counts, classes, splits)) for s in snapshots]
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import numpy as np
 import pytest
@@ -11,9 +11,15 @@ from planner.core.table import CountTable
 from planner.errors import InputError
 from planner.store import Store
 from planner.store.batches import PlannedItem, create_batch, mark_pushed, refresh_progress
-from planner.store.events import count_snapshots
+from planner.store.events import count_snapshots, record_counts
 from planner.store.models import Task
-from planner.store.snapshots import batch_yields, snapshot_counts, table_from_dict, yield_series
+from planner.store.snapshots import (
+    batch_yields,
+    count_history,
+    snapshot_counts,
+    table_from_dict,
+    yield_series,
+)
 from planner.store.stop_set import ensure_stop_set, stop_set
 from tests.unit.store.conftest import T0
 
@@ -41,6 +47,28 @@ def test_a_snapshot_is_kept_per_change_and_once_a_day(store: Store, project_id: 
     back = table_from_dict(kept[0].counts, ("Car", "Wheelchair", "Bicycle"), ("train", "val"))
     assert back.images.tolist() == [[5, 1, 0], [1, 0, 0]], "a class added since counts 0"
     assert back.pixels[0, 0] == 500
+
+
+def test_the_history_is_thinned_to_a_day_s_last_before_the_rate_window(
+    store: Store, project_id: int
+) -> None:
+    stamps = [T0 + timedelta(hours=6 * k) for k in range(12)]  # T0 is 12:00: four a day
+    with store.session() as session:
+        for k, at in enumerate(stamps):
+            record_counts(session, project_id=project_id, counts=_table(k, 0).as_dict(),
+                          annotations=k, at=at)  # fmt: skip
+        history = count_history(
+            session,
+            project_id,
+            ("Car", "Wheelchair"),
+            ("train", "val"),
+            since=stamps[1],
+            every_since=stamps[8],
+            zone=UTC,
+        )
+    # day 0 from its 18:00 on (since), day 1's 18:00, day 2's 06:00, then all from day 2 12:00
+    assert [at for at, _ in history] == [stamps[k] for k in (1, 5, 7, 8, 9, 10, 11)]
+    assert [int(t.images[0, 0]) for _, t in history] == [1, 5, 7, 8, 9, 10, 11]
 
 
 def test_batch_yields_count_items_holding_a_class_short_when_planned(
