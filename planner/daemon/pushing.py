@@ -27,7 +27,7 @@ from planner.store import Store
 from planner.store.batches import PlannedItem, create_batch, expire, finish_push
 from planner.store.models import Batch, Project, Task
 from planner.store.scores import load_scores
-from planner.store.stop_set import ensure_stop_set, stop_set
+from planner.store.stop_set import ensure_stop_set, live_stop_set, stop_set
 from planner.store.tasks import count_table, mark_gone, task_images, unlabelled_ids
 
 log = logging.getLogger("planner.daemon")
@@ -99,19 +99,11 @@ def stop_set_items(
 ) -> list[tuple[int, str]]:
     """The fixed stop set (drawn, seeded, from the unlabelled pool the first time it is asked
     for) as ``(task id, image)``; deleted and quarantined tasks are left out."""
-    ids = stop_set(session, project_id)
-    if not ids:  # drawn once; later calls never read the whole pool for it
+    if not stop_set(session, project_id):  # drawn once; later calls never read the whole pool
         pool = unlabelled_ids(session, project_id)
         rng = np.random.default_rng(seed)
-        ids = ensure_stop_set(session, project_id, pool, size=size, rng=rng, at=at)
-    rows = session.exec(
-        select(Task.ls_task_id, Task.image).where(
-            Task.project_id == project_id,
-            col(Task.ls_task_id).in_(ids),
-            col(Task.state).in_(("unlabelled", "labelled")),
-        )
-    ).all()
-    return sorted((int(i), str(image)) for i, image in rows)
+        ensure_stop_set(session, project_id, pool, size=size, rng=rng, at=at)
+    return live_stop_set(session, project_id)  # the report reads the same tasks
 
 
 def items_to_score(

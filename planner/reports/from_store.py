@@ -32,7 +32,7 @@ from planner.reports.render import render_html, render_json, render_markdown
 from planner.store.batches import active_batch
 from planner.store.models import Project, Task
 from planner.store.snapshots import batch_yields, count_history
-from planner.store.stop_set import stop_set
+from planner.store.stop_set import live_stop_set
 from planner.store.tasks import count_table, tasks_in_state
 
 REPORT_FILES = ("report.json", "report.md", "report.html")
@@ -97,7 +97,7 @@ def _stop(
         # classes (the policy is still every configured quota's)
         known_quotas(options.quotas, project.classes),
         now=now,
-        stop_set=stop_set(session, pid),
+        stop_set=[task_id for task_id, _ in live_stop_set(session, pid)],  # the daemon's
         kappa_window=options.stop.kappa_window,
     )
     current = evaluate_stop_rules(options.stop, state)

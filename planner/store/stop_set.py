@@ -13,15 +13,34 @@ import numpy as np
 from sqlmodel import Session, col, select
 
 from planner.errors import InputError
-from planner.store.models import StopSetItem
+from planner.store.models import StopSetItem, Task
 
 DEFAULT_SIZE = 200
+IN_PLAY = ("unlabelled", "labelled")
+"""Task states of the stop set's tasks the rule reads: a deleted, held-apart or skipped task's
+old scores stay stored until newer models leave it out."""
 
 
 def stop_set(session: Session, project_id: int) -> list[int]:
     """The stop set's Label Studio task ids, ascending (empty before it is chosen)."""
     query = select(StopSetItem.ls_task_id).where(StopSetItem.project_id == project_id)
     return [int(i) for i in session.exec(query.order_by(col(StopSetItem.ls_task_id)))]
+
+
+def live_stop_set(session: Session, project_id: int) -> list[tuple[int, str]]:
+    """The stop set's tasks still in play as ``(task id, image)``, ascending; only reads (empty
+    before the set is drawn). The daemon scores and judges these, and the report shows them."""
+    query = (
+        select(Task.ls_task_id, Task.image)
+        .join(
+            StopSetItem,
+            (col(StopSetItem.project_id) == col(Task.project_id))
+            & (col(StopSetItem.ls_task_id) == col(Task.ls_task_id)),
+        )
+        .where(Task.project_id == project_id, col(Task.state).in_(IN_PLAY))
+        .order_by(col(Task.ls_task_id))
+    )
+    return [(int(i), str(image)) for i, image in session.exec(query)]
 
 
 def ensure_stop_set(

@@ -6,15 +6,20 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 from sqlmodel import select
 
 from planner.core.quotas import Quota
+from planner.daemon.stopping import stop_config
 from planner.outputs import ReportOptions
+from planner.settings import StopSettings
 from planner.store import Store
 from planner.store.batches import active_batch, items_of
 from planner.store.events import count_snapshots
 from planner.store.models import Project
 from planner.store.snapshots import batch_yields
+from planner.store.stop_set import stop_set
 from planner.store.tasks import count_table
 from tests.unit.daemon.helpers import (
     TableScorer,
@@ -131,3 +136,47 @@ def test_a_quota_for_a_class_the_label_config_lacks_leaves_the_stop_as_the_daemo
     assert data["stop"]["should_stop"] is True
     quota_rule = next(r for r in data["stop"]["rules"] if r["rule"] == "quota")
     assert quota_rule["fired"] is True
+
+
+def test_the_report_judges_stable_predictions_on_the_stop_set_the_daemon_uses(
+    store: Store, digit_files: tuple[Path, list[int]], tmp_path: Path
+) -> None:
+    project = digits_project(digit_files[1])
+    flipping: list[int] = []
+
+    def probs(ids: npt.NDArray[np.int64], call: int) -> npt.NDArray[np.float64]:
+        """``by_task_id``, but the flipping task gets another class from each version."""
+        out = by_task_id(ids, call)
+        hit = np.isin(ids, flipping)
+        out[hit] = np.roll(out[hit], call, axis=1)
+        return out
+
+    settings = StopSettings(kappa_window=2, kappa_threshold=0.99)
+    options = ReportOptions(
+        folder=tmp_path / "reports", quotas=QUOTAS, splits=SPLITS, stop=stop_config(settings)
+    )
+    daemon = make_daemon(
+        project,
+        store,
+        QUOTAS,
+        TableScorer(store, probs),
+        stop=stop_config(settings),
+        reports=options,
+    )
+    daemon.sync()  # draws the stop set
+    with store.session() as session:
+        fixed = stop_set(session, int(session.exec(select(Project)).one().id or 0))
+    flipping.append(fixed[0])
+    for _ in range(3):  # three model versions: two successive pairs
+        assert daemon.cycle().pushed is not None
+        label_current_batch(project, store)
+    project.fake.delete_task(fixed[0])  # its scores stay stored until the next model
+    daemon.housekeeping()  # the full listing that finds deleted tasks
+    day = daemon.report()  # syncs (the daemon evaluates the rules), then reports
+    assert day is not None
+    data = json.loads((day / "report.json").read_text())
+    assert daemon.last_decision is not None
+    evaluated = next(e for e in daemon.last_decision.events if e.rule == "stable_predictions")
+    assert evaluated.fired, "the deleted task's disagreement is left out: kappa 1"
+    shown = next(r for r in data["stop"]["rules"] if r["rule"] == "stable_predictions")
+    assert (shown["fired"], shown["reason"]) == (evaluated.fired, evaluated.reason)

@@ -9,7 +9,7 @@ import pytest
 
 from planner.core.table import CountTable
 from planner.errors import InputError
-from planner.store import Store
+from planner.store import Store, ensure_project
 from planner.store.batches import PlannedItem, create_batch, mark_pushed, refresh_progress
 from planner.store.events import count_snapshots, record_counts
 from planner.store.models import Task
@@ -20,7 +20,7 @@ from planner.store.snapshots import (
     table_from_dict,
     yield_series,
 )
-from planner.store.stop_set import ensure_stop_set, stop_set
+from planner.store.stop_set import ensure_stop_set, live_stop_set, stop_set
 from tests.unit.store.conftest import T0
 
 
@@ -110,3 +110,20 @@ def test_the_stop_set_is_drawn_once(store: Store, project_id: int) -> None:
         assert set(first) <= set(range(100))
         with pytest.raises(InputError, match="positive"):
             ensure_stop_set(session, project_id, [1], size=0, rng=np.random.default_rng(0), at=T0)
+
+
+def test_the_stop_set_in_play_leaves_out_tasks_the_rule_must_not_judge(
+    store: Store, project_id: int
+) -> None:
+    states = ["unlabelled", "labelled", "deleted", "quarantined", "skipped"]
+    with store.session() as session:
+        other = int(ensure_project(session, ls_project_id=8).id or 0)
+        for task_id, state in enumerate(states, start=1):
+            session.add(Task(project_id=project_id, ls_task_id=task_id, state=state, image=state))
+            # the same Label Studio id in another project: not this stop set's task
+            session.add(Task(project_id=other, ls_task_id=task_id, image="other"))
+        assert live_stop_set(session, project_id) == [], "nothing drawn, nothing drawn by it"
+        assert stop_set(session, project_id) == []
+        drawn = range(1, len(states) + 1)
+        ensure_stop_set(session, project_id, drawn, size=5, rng=np.random.default_rng(0), at=T0)
+        assert live_stop_set(session, project_id) == [(1, "unlabelled"), (2, "labelled")]
