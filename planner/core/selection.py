@@ -52,6 +52,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import cache, partial
 from typing import Any
 
@@ -197,7 +198,9 @@ def _check_slots(min_slots: npt.ArrayLike | None, c: int) -> npt.NDArray[np.int6
 
 
 def _share(share: float, b: int) -> int:
-    return min(b, math.floor(share * b + 0.5))
+    # the decimal the user wrote, exactly: 0.7 * 45 is 31.499999999999996 in floats, so a
+    # float floor(x + 0.5) rounds 31.5 down
+    return min(b, math.floor(Fraction(repr(share)) * b + Fraction(1, 2)))
 
 
 def _with_vote(

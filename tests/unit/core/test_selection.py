@@ -296,6 +296,18 @@ def test_shares_are_honoured_exactly(b: int, explore: int, hard: int) -> None:
     assert batch.count("hard_negative") == hard
 
 
+@pytest.mark.parametrize(("share", "b", "explore"), [(0.7, 45, 32), (0.29, 50, 15), (0.1, 45, 5)])
+def test_shares_round_half_up_on_the_decimal_given(share: float, b: int, explore: int) -> None:
+    # 0.7 * 45 = 31.5 and 0.29 * 50 = 14.5 exactly, though not in floats
+    rng = np.random.default_rng(9)
+    probs = rng.dirichlet(np.full(4, 0.3), size=500)
+    options = SelectionOptions(exploration_share=share, hard_negative_share=0.0, diversity=False)
+    batch = select_batch(
+        np.arange(500), rng.random(500), probs, np.zeros(4), batch_size=b, rng=1, options=options
+    )
+    assert batch.count("exploration") == explore
+
+
 def test_hard_negatives_are_confident_look_alikes_of_short_classes() -> None:
     rng = np.random.default_rng(2)
     base = rng.dirichlet(np.full(3, 50.0), size=200)  # near 1/3 each: never confident
