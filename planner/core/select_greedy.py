@@ -103,9 +103,20 @@ def class_terms(
 
     ``w * (|r| - |r - p|)``, same shape as ``rows``.
     """
-    rows64 = np.asarray(rows, dtype=np.float64)
-    before = open_deficit(residual, one_sided=one_sided)
-    out: FloatArray = weights * (before - open_deficit(residual - rows64, one_sided=one_sided))
+    out: FloatArray = weights * _decrease(rows, residual, one_sided=one_sided)
+    return out
+
+
+def _decrease(
+    rows: npt.NDArray[np.floating[Any]], residual: FloatArray, *, one_sided: bool
+) -> FloatArray:
+    """``|r| - |r - p|`` per class (``2 max(r, 0) - 2 max(r - p, 0)`` one-sided), in the closed
+    form of the module docstring: exactly non-decreasing in ``r`` in floating point, as the
+    difference is not (an item's later gain could exceed its stale bound by a rounding, and
+    exact ties would no longer go to the lower row)."""
+    p = np.asarray(rows, dtype=np.float64)
+    covered = 2.0 * np.minimum(p, np.maximum(residual, 0.0))
+    out: FloatArray = covered if one_sided else covered - p
     return out
 
 
@@ -125,12 +136,11 @@ def starting_gains(
     """
     n = uncertainty.shape[0]
     gains = np.full(n, -np.inf)
-    total = float(weights @ open_deficit(residual, one_sided=one_sided))
     for start in range(0, n, _CHUNK):
         block = np.asarray(probs[start : start + _CHUNK], dtype=np.float64)
-        after = open_deficit(residual - block, one_sided=one_sided) @ weights
         end = start + block.shape[0]
-        gains[start:end] = uncertainty[start:end] + balance_lambda * (total - after)
+        balance = _decrease(block, residual, one_sided=one_sided) @ weights
+        gains[start:end] = uncertainty[start:end] + balance_lambda * balance
     gains[~available] = -np.inf
     return gains
 
@@ -233,11 +243,8 @@ class LazyGreedy:
         """Current gains of ``rows``, by the same arithmetic as :func:`starting_gains`."""
         self.scored += rows.size
         block = np.asarray(self._probs[rows], dtype=np.float64)
-        one = self._one_sided
-        total = float(self._w @ open_deficit(self.residual, one_sided=one))
-        out: FloatArray = self._u[rows] + self._lam * (
-            total - open_deficit(self.residual - block, one_sided=one) @ self._w
-        )
+        balance = _decrease(block, self.residual, one_sided=self._one_sided) @ self._w
+        out: FloatArray = self._u[rows] + self._lam * balance
         return out
 
     def _stale_top(self, group: int) -> list[int]:

@@ -113,6 +113,31 @@ def test_lazy_greedy_equals_the_eager_greedy(one_sided: bool) -> None:
     assert solver.scored < n * k / 4  # bounds spared most of the work
 
 
+def test_exact_ties_go_to_the_lower_row() -> None:
+    # uncertainties rounded to one decimal and rows confident on a covered class: many rows
+    # tie exactly, and a gain computed as |r| - |r - p| differed in its last bits between
+    # r = -1 and r = -2, so a stale bound fell below an equal gain (row 23 before row 0)
+    rng = np.random.default_rng(162)
+    n, c, b = 215, 1, 54
+    probs = rng.dirichlet(np.ones(c) * 0.3, n)
+    u = np.round(rng.random(n), 1)
+    s, w = np.array([3.0]), np.array([0.92027721])
+    options = SelectionOptions(
+        exploration_share=0, hard_negative_share=0, diversity=False, swap_passes=0, block_factor=1
+    )
+    batch = select_batch(
+        np.arange(n), u, probs, s, batch_size=b, rng=0, class_weights=w, options=options
+    )
+    rows = [pick.row for pick in batch.picks]
+    residual, eager = s.copy(), []
+    for _ in range(b):  # eager, on the closed form: ties to the lowest row by argmax
+        gains = u + (2 * np.minimum(probs, np.maximum(residual, 0)) - probs) @ w
+        gains[eager] = -np.inf
+        eager.append(int(np.argmax(gains)))
+        residual -= probs[eager[-1]]
+    assert rows == eager
+
+
 @pytest.mark.parametrize("multilabel", [False, True])
 def test_greedy_is_near_exact_against_brute_force(multilabel: bool) -> None:
     # Documented in docs/benchmarks.md: with swaps the result is optimal on almost every
