@@ -126,14 +126,15 @@ def top_two(
 def least_confidence(probs: npt.ArrayLike) -> FloatArray:
     """``1 - max_c p_c`` per row of ``probs: (n, c)``; ``(n,)``."""
     array = check_probs(probs)
-    out: FloatArray = 1.0 - array.max(axis=1).astype(np.float64)
+    # check_probs lets rounding past 1 through (1 + 1e-4): no score below 0
+    out: FloatArray = np.clip(1.0 - array.max(axis=1).astype(np.float64), 0.0, 1.0)
     return out
 
 
 def margin(probs: npt.ArrayLike) -> FloatArray:
     """Margin as uncertainty, ``1 - (p_(1) - p_(2))`` per row of ``probs: (n, c)``; ``(n,)``."""
     _, p1, _, p2 = top_two(check_probs(probs))
-    out: FloatArray = 1.0 - (p1 - p2)
+    out: FloatArray = np.clip(1.0 - (p1 - p2), 0.0, 1.0)
     return out
 
 
@@ -156,7 +157,7 @@ def entropy(probs: npt.ArrayLike, *, normalise: bool = True) -> FloatArray:
     nats = _entropy_nats(array)
     c = array.shape[1]
     if not normalise or c == 1:
-        return np.zeros_like(nats) if c == 1 else nats
+        return np.zeros_like(nats) if c == 1 else np.maximum(nats, 0.0)
     out: FloatArray = np.clip(nats / math.log(c), 0.0, 1.0)
     return out
 

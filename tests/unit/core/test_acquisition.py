@@ -43,6 +43,13 @@ def test_certain_and_uniform_rows_are_the_extremes() -> None:
     np.testing.assert_allclose(entropy(probs), [0.0, 1.0])
 
 
+def test_rounding_past_one_gives_no_negative_score() -> None:
+    # check_probs accepts rows summing to 1 + 1e-4 (a model's float16 output, say)
+    past = np.array([[1.00005, 0.0, 0.0]])
+    for score in (least_confidence(past), margin(past), entropy(past, normalise=False)):
+        assert score[0] == 0.0
+
+
 def test_higher_is_more_uncertain_for_every_score() -> None:
     sure, unsure = [0.9, 0.05, 0.05], [0.4, 0.35, 0.25]
     for method in ("least_confidence", "margin", "entropy"):
