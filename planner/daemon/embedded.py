@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from planner.errors import (
     AnnotationError,
+    AuthError,
     ConfigError,
     InputError,
     LabelConfigError,
@@ -43,6 +44,7 @@ _ERRORS: dict[str, type[PlannerError]] = {
     for cls in (
         PlannerError,
         ConfigError,
+        AuthError,  # a revoked token: the daemon re-reads its token file and scores again
         InputError,
         LabelConfigError,
         AnnotationError,

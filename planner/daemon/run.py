@@ -18,21 +18,22 @@ import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from planner.connect import connect, open_settings_store, reread_token, sync_options, worker_config
+from planner.connect import connect, open_settings_store, sync_options, worker_config
 from planner.core.labels import parse_label_config
 from planner.core.plan import PlanOptions
 from planner.core.quotas import Quota
 from planner.daemon.embedded import ChildGroup, report_in_child, score_pool_in_child
 from planner.daemon.leader import DEFAULT_TTL_S, LeaderLease, RedisLease, holder_name
 from planner.daemon.metrics import ListenError, MetricsServer
+from planner.daemon.rotation import TokenInUse, token_refresher
 from planner.daemon.schedule import Schedule
 from planner.daemon.service import ProjectDaemon, Scorer, unknown_quotas
 from planner.daemon.stopping import stop_config
-from planner.errors import AuthError, ConfigError, PlannerError, StoreError, TransientError
+from planner.errors import ConfigError, PlannerError, StoreError, TransientError
 from planner.outputs import emit_options, report_options
 from planner.params import quotas_from_settings
 from planner.ports import AnnotationBackend
@@ -69,13 +70,21 @@ class _Jobs:
         self.daemon.housekeeping()
 
 
-def _scorer(settings: Settings, store: Store, children: ChildGroup | None = None) -> Scorer:
+def _scorer(
+    settings: Settings,
+    store: Store,
+    children: ChildGroup | None = None,
+    token: TokenInUse | None = None,
+) -> Scorer:
+    token = token or TokenInUse.of(settings)
+
     def score(project_id: int, items: Sequence[tuple[int, str]]) -> str:
         with store.session() as session:
             project = session.get(Project, project_id)
             classes = tuple(project.classes) if project else ()
+        # the token in use now: the settings' is revoked once the daemon took a rotated one
+        cfg = replace(worker_config(settings, classes), label_studio_token=token.value)
         # in a child process: the daemon stays free of torch (embedded and Celery alike)
-        cfg = worker_config(settings, classes)
         result = score_pool_in_child(cfg, project_id, items, group=children)
         if not result.model_version:
             raise ConfigError("scoring produced no model version; check workers.model")
@@ -98,9 +107,11 @@ def build_daemon(
     store: Store,
     lease: LeaderLease,
     children: ChildGroup | None = None,
+    token: TokenInUse | None = None,
 ) -> ProjectDaemon:
     """The project daemon of ``settings`` (also what ``planner cycle --once`` runs); its
-    scoring and report children belong to ``children`` (cancelled on shutdown)."""
+    scoring and report children belong to ``children`` (cancelled on shutdown); ``token``:
+    the Label Studio token its scoring uses (``token_refresher`` rotates it)."""
     children = children or ChildGroup()
     project_id = settings.label_studio.project_id
     if project_id is None:
@@ -113,7 +124,7 @@ def build_daemon(
         store=store,
         ls_project_id=project_id,
         quotas=quotas_from_settings(settings),
-        scorer=_scorer(settings, store, children),
+        scorer=_scorer(settings, store, children, token),
         lease=lease,
         plan_options=PlanOptions(
             batch_size=planning.batch_size,
@@ -141,26 +152,6 @@ def build_daemon(
         ),
         retry_backoff_max_s=settings.schedule.retry_backoff_max.total_seconds(),
     )
-
-
-def token_refresher(settings: Settings, backend: LabelStudioBackend) -> Callable[[], bool]:
-    """After a 401: re-read ``label_studio.token_file`` and use the token if it changed."""
-    token = settings.label_studio.token
-    used = [None if token is None else token.get_secret_value()]
-
-    def refresh() -> bool:
-        fresh = reread_token(settings)
-        if fresh is None or fresh == used[0]:
-            return False
-        used[0] = fresh
-        try:
-            backend.use_token(fresh)
-        except AuthError as exc:  # e.g. an expired personal access token, refused as read
-            log.warning("the token in label_studio.token_file is refused too: %s", exc)
-            return False
-        return True
-
-    return refresh
 
 
 def _heartbeat(lease: LeaderLease) -> bool:
@@ -258,8 +249,11 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> No
     name = f"project-{project_id}"
     lease = make_lease(settings, store, name)
     children = ChildGroup()
-    daemon = build_daemon(settings, backend=backend, store=store, lease=lease, children=children)
-    daemon.refresh_token = token_refresher(settings, backend)
+    token = TokenInUse.of(settings)
+    daemon = build_daemon(
+        settings, backend=backend, store=store, lease=lease, children=children, token=token
+    )
+    daemon.refresh_token = token_refresher(settings, backend, token)
     schedule = Schedule(name, _Jobs(daemon), settings.schedule, store.engine)
     daemon.on_cycle_due = lambda: schedule.run_soon("cycle")
 

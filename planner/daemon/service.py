@@ -339,7 +339,7 @@ class ProjectDaemon:
             return CycleOutcome(None, "no unlabelled task left", sync=report)
         self._scoring_failed = False
         try:
-            version = self.scorer(project_id, items)
+            version = self._score(project_id, items)
             with self.store.session() as session:
                 record_model_version(
                     session, project_id=project_id, version=version, source="scorer", at=now
@@ -367,6 +367,15 @@ class ProjectDaemon:
             model_version=version,
             missing=pushed.missing,
         )
+
+    def _score(self, project_id: int, items: Sequence[tuple[int, str]]) -> str:
+        try:
+            return self.scorer(project_id, items)
+        except AuthError:  # the images were refused the token: it may have been rotated
+            if not self.refresh_token():
+                raise
+        log.info("Label Studio refused the scoring's token; scoring again with the one re-read")
+        return self.scorer(project_id, items)
 
     def _push_failed(self, exc: PlannerError) -> str:
         """After a failed push, why. Label Studio down or the token rejected: the batch stays

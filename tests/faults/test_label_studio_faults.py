@@ -21,7 +21,7 @@ from starlette.testclient import TestClient
 
 from integrations.label_studio.client import LabelStudioBackend
 from integrations.label_studio.launcher import ServerState
-from planner.daemon.run import token_refresher
+from planner.daemon.rotation import token_refresher
 from planner.daemon.service import ProjectDaemon
 from planner.settings import load_settings
 from planner.status import project_statuses, state_lines
