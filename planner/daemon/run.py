@@ -17,7 +17,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -41,7 +41,7 @@ from planner.settings import Settings
 from planner.status import health_line
 from planner.store import DatabaseLease, Store
 from planner.store.models import Project
-from planner.web import BackgroundServer, WebConfig, create_app
+from planner.web import BackgroundServer, WebConfig, check_exposure, create_app
 
 if TYPE_CHECKING:
     from integrations.label_studio.client import LabelStudioBackend
@@ -181,7 +181,16 @@ def keep_lease(lease: LeaderLease) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+        release(lease)
+
+
+def release(lease: LeaderLease) -> None:
+    """Give the lease up; one that cannot be (Redis down) runs out within its ttl, so a
+    shutdown only logs it and closes the rest."""
+    try:
         lease.release()
+    except PlannerError as exc:
+        log.warning("leader lease %s not released (it runs out by itself): %s", lease.name, exc)
 
 
 def finish_jobs(schedule: Schedule, lease: LeaderLease) -> None:
@@ -216,6 +225,54 @@ def _metrics(settings: Settings, daemon: ProjectDaemon, schedule: Schedule) -> M
 def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop``). The running job finishes first, except a scoring
     or report child, which is stopped: nothing is pushed from a scoring that did not end."""
+    project_id = _checked_project(settings)
+    stop = stop or threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %s: finishing the running job, then stopping", signum)
+        stop.set()
+
+    # from the start: a SIGTERM while the daemon connects or migrates still stops it cleanly
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    # each step's undoing runs however a later one ends (a failing one too), last first
+    with ExitStack() as undo:
+        backend = connect(settings)
+        undo.callback(backend.close)
+        # every setting checked before anything is written: no half-configured daemon, no
+        # store migrated for a project that cannot be read
+        _check(backend, project_id, quotas_from_settings(settings))
+        store = open_settings_store(settings)
+        undo.callback(store.dispose)
+        name = f"project-{project_id}"
+        lease = make_lease(settings, store, name)
+        undo.callback(release, lease)
+        children = ChildGroup()
+        token = TokenInUse.of(settings)
+        daemon = build_daemon(
+            settings, backend=backend, store=store, lease=lease, children=children, token=token
+        )
+        daemon.refresh_token = token_refresher(settings, backend, token)
+        schedule = Schedule(name, _Jobs(daemon), settings.schedule, store.engine)
+        daemon.on_cycle_due = lambda: schedule.run_soon("cycle")
+
+        metrics = _metrics(settings, daemon, schedule)
+        if metrics is not None:
+            undo.callback(metrics.stop)
+        undo.callback(finish_jobs, schedule, lease)
+        undo.callback(_cancel, children)
+        receiver = _receiver(settings, backend, daemon, schedule)
+        if receiver is not None:
+            undo.callback(receiver.stop)
+        while not stop.is_set():
+            _beat(lease, daemon, schedule)
+            if stop.wait(timeout=HEARTBEAT_S):
+                break
+
+
+def _checked_project(settings: Settings) -> int:
+    """The watched project, once the settings that need no server are checked."""
     project_id = settings.label_studio.project_id
     if project_id is None:
         raise ConfigError("label_studio.project_id is not set; the daemon watches one project")
@@ -227,58 +284,17 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> No
             "serves the webhook receiver only with a secret. Set PLANNER_DASHBOARD__WEBHOOK_SECRET "
             "or dashboard.webhook_secret_file, or remove dashboard.webhook_url"
         )
-    stop = stop or threading.Event()
+    if board.metrics_port or board.webhook_secret is not None:
+        # the metrics and the receiver listen on dashboard.host: refused there without a token
+        # now, not once the store is migrated and the webhook registered
+        check_exposure(board.host, board.token.get_secret_value() if board.token else None)
+    return project_id
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal %s: finishing the running job, then stopping", signum)
-        stop.set()
 
-    # from the start: a SIGTERM while the daemon connects or migrates still stops it cleanly
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-    # every setting checked before anything is written: no half-configured daemon, no store
-    # migrated for a project that cannot be read
-    backend = connect(settings)
-    try:
-        _check(backend, project_id, quotas_from_settings(settings))
-        store = open_settings_store(settings)
-    except BaseException:
-        backend.close()
-        raise
-    name = f"project-{project_id}"
-    lease = make_lease(settings, store, name)
-    children = ChildGroup()
-    token = TokenInUse.of(settings)
-    daemon = build_daemon(
-        settings, backend=backend, store=store, lease=lease, children=children, token=token
-    )
-    daemon.refresh_token = token_refresher(settings, backend, token)
-    schedule = Schedule(name, _Jobs(daemon), settings.schedule, store.engine)
-    daemon.on_cycle_due = lambda: schedule.run_soon("cycle")
-
-    metrics = _metrics(settings, daemon, schedule)
-    receiver: BackgroundServer | None = None
-    try:
-        receiver = _receiver(settings, backend, daemon, schedule)
-        while not stop.is_set():
-            _beat(lease, daemon, schedule)
-            if stop.wait(timeout=HEARTBEAT_S):
-                break
-    finally:
-        if receiver is not None:
-            receiver.stop()
-        stopped = children.cancel()  # a long scoring run is dropped, not waited for
-        if stopped:
-            log.info(
-                "stopped %s running child process(es); their work is redone next time", stopped
-            )
-        finish_jobs(schedule, lease)
-        if metrics is not None:
-            metrics.stop()
-        lease.release()
-        backend.close()
-        store.dispose()
+def _cancel(children: ChildGroup) -> None:
+    stopped = children.cancel()  # a long scoring run is dropped, not waited for
+    if stopped:
+        log.info("stopped %s running child process(es); their work is redone next time", stopped)
 
 
 def _beat(lease: LeaderLease, daemon: ProjectDaemon, schedule: Schedule) -> None:
