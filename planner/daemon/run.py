@@ -5,10 +5,11 @@ The main thread is the lease heartbeat: it renews the lease (or tries to take it
 a standby's scheduler never touches the job store the leader's uses. Scoring and the daily
 report run in child processes (``planner.daemon.embedded``): this process never imports torch.
 
-With ``dashboard.webhook_secret`` set it also serves the dashboard and the webhook receiver on
-``dashboard.host``/``port``: a Label Studio webhook asks for an early sync (the poll stays the
-source of truth); with ``dashboard.webhook_url`` it registers the project's webhook there, at
-the start or, if Label Studio could not take it then, after the next successful sync.
+It serves its metrics on ``dashboard.metrics_port`` and, with ``dashboard.webhook_secret`` set,
+the dashboard and the webhook receiver on ``dashboard.host``/``port``: a Label Studio webhook
+asks for an early sync (the poll stays the source of truth); with ``dashboard.webhook_url`` it
+registers the project's webhook there (``planner.daemon.serving``). A port taken (a standby on
+the leader's host) is tried again at every heartbeat.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -28,20 +29,19 @@ from planner.core.plan import PlanOptions
 from planner.core.quotas import Quota
 from planner.daemon.embedded import ChildGroup, report_in_child, score_pool_in_child
 from planner.daemon.leader import DEFAULT_TTL_S, LeaderLease, RedisLease, holder_name
-from planner.daemon.metrics import ListenError, MetricsServer
 from planner.daemon.rotation import TokenInUse, token_refresher
 from planner.daemon.schedule import Schedule
 from planner.daemon.service import ProjectDaemon, Scorer, unknown_quotas
+from planner.daemon.serving import Servers, register_webhook
 from planner.daemon.stopping import stop_config
 from planner.errors import ConfigError, PlannerError, StoreError, TransientError
 from planner.outputs import emit_options, report_options
 from planner.params import quotas_from_settings
 from planner.ports import AnnotationBackend
 from planner.settings import Settings
-from planner.status import health_line
 from planner.store import DatabaseLease, Store
 from planner.store.models import Project
-from planner.web import BackgroundServer, WebConfig, check_exposure, create_app
+from planner.web import check_exposure
 
 if TYPE_CHECKING:
     from integrations.label_studio.client import LabelStudioBackend
@@ -201,27 +201,6 @@ def finish_jobs(schedule: Schedule, lease: LeaderLease) -> None:
         schedule.shutdown(wait=True)
 
 
-def _metrics(settings: Settings, daemon: ProjectDaemon, schedule: Schedule) -> MetricsServer | None:
-    board = settings.dashboard
-    if not board.metrics_port:
-        return None
-    token = board.token.get_secret_value() if board.token else None
-    health = lambda: {  # noqa: E731
-        "ok": True,
-        "leading": schedule.running,
-        "label_studio": daemon.health.as_dict(),
-    }
-    try:
-        server = MetricsServer(
-            daemon.telemetry, host=board.host, port=board.metrics_port, token=token, health=health
-        )
-    except ListenError as exc:
-        # a standby on the same host finds the leader's port taken: it still stands by
-        log.warning("%s; running without /metrics and /healthz", exc)
-        return None
-    return server.start()
-
-
 def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop``). The running job finishes first, except a scoring
     or report child, which is stopped: nothing is pushed from a scoring that did not end."""
@@ -257,15 +236,14 @@ def run_daemon(settings: Settings, *, stop: threading.Event | None = None) -> No
         schedule = Schedule(name, _Jobs(daemon), settings.schedule, store.engine)
         daemon.on_cycle_due = lambda: schedule.run_soon("cycle")
 
-        metrics = _metrics(settings, daemon, schedule)
-        if metrics is not None:
-            undo.callback(metrics.stop)
+        register_webhook(settings, backend, daemon)
+        servers = Servers(settings, daemon, schedule)
+        undo.callback(servers.stop_metrics)  # served while the running job finishes
         undo.callback(finish_jobs, schedule, lease)
         undo.callback(_cancel, children)
-        receiver = _receiver(settings, backend, daemon, schedule)
-        if receiver is not None:
-            undo.callback(receiver.stop)
+        undo.callback(servers.stop_receiver)
         while not stop.is_set():
+            servers.ensure()  # a standby on the leader's host: once the leader's ports are free
             _beat(lease, daemon, schedule)
             if stop.wait(timeout=HEARTBEAT_S):
                 break
@@ -329,78 +307,3 @@ def _check(backend: LabelStudioBackend, project_id: int, quotas: Sequence[Quota]
     problem = unknown_quotas(quotas, classes, project_id)
     if problem is not None:
         log.warning("%s", problem)
-
-
-TASKS_DELETED = "TASKS_DELETED"
-"""The webhook action of deleted tasks, which only a reconciling sync sees."""
-
-
-def webhook_trigger(daemon: ProjectDaemon, schedule: Schedule) -> Callable[[str], None]:
-    """What a Label Studio webhook does: an early sync, reconciling when tasks were deleted
-    (the incremental listing does not show them; housekeeping's reconcile is hours away)."""
-
-    def on_webhook(action: str) -> None:
-        if schedule.running:  # a standby leaves the sync to the leader
-            # a job running now (a sync too) syncs again when it ends
-            daemon.want_sync(reconcile=action == TASKS_DELETED)
-            schedule.run_soon("sync")
-
-    return on_webhook
-
-
-@dataclass
-class WebhookRegistration:
-    """The project's webhook, registered until it once succeeds: at the start, and after each
-    successful sync until then (Label Studio down at the start, or refusing the URL)."""
-
-    backend: AnnotationBackend
-    project_id: int
-    url: str
-    secret: str
-    done: bool = False
-    _said: str = field(default="", init=False, repr=False)
-
-    def ensure(self) -> None:
-        if self.done:
-            return
-        try:
-            self.backend.ensure_webhook(self.project_id, self.url, secret=self.secret)
-        except PlannerError as exc:  # the poll still syncs; only the early trigger is lost
-            if str(exc) != self._said:  # once per reason, not every sync
-                log.warning(
-                    "could not register the Label Studio webhook (retried after the next sync): %s",
-                    exc,
-                )
-                self._said = str(exc)
-            return
-        self.done = True
-        log.info("Label Studio webhook of project %s calls %s", self.project_id, self.url)
-
-
-def _receiver(
-    settings: Settings, backend: LabelStudioBackend, daemon: ProjectDaemon, schedule: Schedule
-) -> BackgroundServer | None:
-    """The dashboard with the webhook receiver, when a secret is set; its webhooks sync early."""
-    board = settings.dashboard
-    if board.webhook_secret is None:
-        return None
-    project_id = daemon.ls_project_id
-    if board.webhook_url is not None:
-        secret = board.webhook_secret.get_secret_value()
-        webhook = WebhookRegistration(backend, project_id, str(board.webhook_url), secret)
-        webhook.ensure()
-        daemon.on_synced = webhook.ensure  # Label Studio down now: after a later sync
-
-    app = create_app(
-        WebConfig.from_settings(settings),
-        telemetry=daemon.telemetry,
-        on_webhook=webhook_trigger(daemon, schedule),
-        states=lambda: [(project_id, health_line(daemon.health))],
-    )
-    try:
-        server = BackgroundServer(app, board.host, board.port)
-    except PlannerError as exc:  # e.g. a second daemon on this host: it polls all the same
-        log.warning("no webhook receiver: %s", exc)
-        return None
-    log.info("webhook receiver on %s:%s", board.host, server.port)
-    return server

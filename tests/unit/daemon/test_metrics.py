@@ -12,7 +12,7 @@ from sqlmodel import select
 
 from planner.core.quotas import Quota
 from planner.daemon.metrics import MetricsServer
-from planner.daemon.run import _metrics
+from planner.daemon.serving import Servers
 from planner.errors import ConfigError
 from planner.settings import load_settings
 from planner.store import Store
@@ -84,11 +84,18 @@ def test_metrics_beyond_loopback_need_a_token_and_a_taken_port_is_clear(
         board = settings.dashboard.model_copy(update={"metrics_port": first.port})
         taken = settings.model_copy(update={"dashboard": board})
         schedule = SimpleNamespace(running=False)
-        assert _metrics(taken, daemon, schedule) is None  # type: ignore[arg-type]
+        standby = Servers(taken, daemon, schedule)  # type: ignore[arg-type]
+        standby.ensure()
+        assert standby.metrics is None
         # a token missing beyond loopback stays an error that stops the start
         exposed = board.model_copy(update={"host": "0.0.0.0"})  # noqa: S104
+        exposed_servers = Servers(
+            settings.model_copy(update={"dashboard": exposed}),
+            daemon,
+            schedule,  # type: ignore[arg-type]
+        )
         with pytest.raises(ConfigError, match="needs a token"):
-            _metrics(settings.model_copy(update={"dashboard": exposed}), daemon, schedule)  # type: ignore[arg-type]
+            exposed_servers.ensure()
     finally:
         first.stop()
 

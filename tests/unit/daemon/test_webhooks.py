@@ -1,24 +1,32 @@
 """What `planner run` does with Label Studio's webhook: it registers it once Label Studio takes
-it, and a deleted task's webhook reconciles; the in-memory Label Studio and a SQLite store."""
+it, a deleted task's webhook reconciles, and a daemon that found the receiver's port taken (a
+standby on the leader's host) serves it once the port is free; the in-memory Label Studio and
+a SQLite store."""
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlmodel import select
 
 from planner.core.quotas import Quota
-from planner.daemon.run import WebhookRegistration, run_daemon, webhook_trigger
+from planner.daemon import run
+from planner.daemon.run import run_daemon
 from planner.daemon.service import ProjectDaemon
+from planner.daemon.serving import Servers, WebhookRegistration, webhook_trigger
 from planner.errors import ConfigError
-from planner.settings import load_settings
+from planner.settings import Settings, load_settings
 from planner.store import Store
 from planner.store.models import Task
-from planner.web import SECRET_HEADER
+from planner.web import SECRET_HEADER, WEBHOOK_PATH
 from tests.unit.daemon.helpers import (
     Project150,
     TableScorer,
@@ -131,3 +139,74 @@ def test_a_tasks_deleted_webhook_reconciles(store: Store) -> None:
     now[0] += timedelta(minutes=1)
     assert daemon.sync() is not None
     assert _state(store, gone) == "deleted"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answer(call: Callable[[], httpx.Response], deadline_s: float = 20.0) -> httpx.Response:
+    """``call``'s response once something listens (a few heartbeats at most)."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            return call()
+        except httpx.ConnectError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
+def test_a_daemon_on_the_leaders_host_serves_the_webhook_once_the_port_is_free(
+    store: Store,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    no_planner_env: None,
+) -> None:
+    monkeypatch.setattr(run, "HEARTBEAT_S", 0.05)
+    caplog.set_level(logging.INFO, logger="planner.daemon")
+    # the leader: its receiver and metrics on this host
+    project = digits_project(TARGETS, labelled=10, tasks=40)
+    leader_daemon = _daemon(store, project, [datetime.now(UTC)])
+    leader_schedule = _Schedule()
+    port = _free_port()
+    board = {"webhook_secret": "s3cret", "port": port, "metrics_port": _free_port()}
+    leader = Servers(Settings(dashboard=board), leader_daemon, leader_schedule)  # type: ignore[arg-type]
+    leader.ensure()
+    assert leader.receiver is not None
+    assert leader.metrics is not None
+    # a second daemon of the project on the same host finds both ports taken
+    settings = Settings(
+        label_studio={"url": "http://127.0.0.1:1", "project_id": 3, "token": "token"},
+        store={"url": f"sqlite:///{tmp_path / 'second.db'}"},
+        dashboard=board,
+    )
+    stop = threading.Event()
+    second = threading.Thread(target=run_daemon, args=(settings,), kwargs={"stop": stop})
+    second.start()
+    try:
+        deadline = time.monotonic() + 20
+        while "until the port is free" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(10 * run.HEARTBEAT_S)  # each heartbeat tries the ports again, said once
+        for what in ("the webhook receiver", "/metrics and /healthz"):
+            assert caplog.text.count(f"running without {what} until the port is free") == 1
+        leader.stop_receiver()  # the leader is gone
+        leader.stop_metrics()
+
+        def post() -> httpx.Response:
+            url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
+            payload = {"action": "ANNOTATION_CREATED"}
+            return httpx.post(url, json=payload, headers={SECRET_HEADER: "s3cret"}, timeout=5)
+
+        assert _answer(post).status_code == 204
+        health = _answer(lambda: httpx.get(f"http://127.0.0.1:{board['metrics_port']}/healthz"))
+        assert health.status_code == 200
+        assert leader_schedule.asked == [], "the second daemon served the webhook"
+    finally:
+        stop.set()
+        second.join(timeout=60)
+    assert not second.is_alive()
