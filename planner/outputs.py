@@ -23,6 +23,7 @@ from planner.artifacts import (
     write_artifact,
 )
 from planner.core.quotas import Quota
+from planner.core.repeat_factors import Threshold
 from planner.core.splits import training_split
 from planner.core.stop_policy import StopConfig
 from planner.core.table import UNKNOWN, CountKind, CountTable
@@ -83,6 +84,8 @@ class EmitOptions:
     folder: Path
     scheme: WeightScheme = "balanced"
     max_oversample: float = 5.0
+    repeat_threshold: Threshold = "median"
+    """The repeat factors' ``t``, multi-label and detection data (``planning.repeat_threshold``)."""
     count_kind: CountKind = "images"
     """What the class weights and priors count in the training split (``planning.count_kind``,
     as ``planner analyze`` and the quotas count)."""
@@ -117,6 +120,7 @@ def emit_artifacts(
         count_kind=options.count_kind,
         scheme=options.scheme,
         max_oversample=options.max_oversample,
+        repeat_threshold=options.repeat_threshold,
     )
     artifact = build_artifact(plan, table=table, splits=assignment, reason=reason, created_at=now)
     written = write_artifact(options.folder, artifact)
@@ -199,6 +203,7 @@ def emit_options(settings: Settings) -> EmitOptions:
         folder=settings.artifacts.dir,
         scheme=planning.weight_scheme,
         max_oversample=planning.max_oversample,
+        repeat_threshold=planning.repeat_threshold,
         count_kind=planning.count_kind,
     )
 

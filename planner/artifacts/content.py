@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from planner.core.finite import finite_json
 from planner.core.priors import FocalAlpha, FocalLoss, LogPriors, focal_alpha, log_priors
-from planner.core.repeat_factors import repeat_factors
+from planner.core.repeat_factors import Threshold, repeat_factors
 from planner.core.resampling import DEFAULT_MAX_OVERSAMPLE, ResamplingPlan, resampling_plan
 from planner.core.sampling import MAX_CATEGORIES, SamplingPlan, label_sampling_plan
 from planner.core.sampling import repeat_sampling_plan as _repeat_plan
@@ -100,6 +100,9 @@ class TrainingPlan:
     image_ids: tuple[ItemId, ...]
     image_weights: npt.NDArray[np.float64]
     sampling_kind: Literal["resampling_plan", "repeat_factors"]
+    repeat_threshold: float | None = None
+    """The repeat factors' ``t`` (the median class frequency when so asked); None for
+    single-label data."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,7 @@ def plan_training(
     focal_loss: FocalLoss = "softmax",
     tau: float = 1.0,
     max_oversample: float = DEFAULT_MAX_OVERSAMPLE,
+    repeat_threshold: Threshold = "median",
     max_categories: int = MAX_CATEGORIES,
 ) -> TrainingPlan:
     """Runs the core on the ``train_split`` row of ``table`` (by default ``training_split`` of
@@ -131,7 +135,7 @@ def plan_training(
     known = table.without(UNKNOWN)
     counts = known.split(split, count_kind)
     schemes = _compare(known.classes, counts, **(weight_options or {}))
-    resampling = None
+    resampling, threshold_used = None, None
     if images.labels is not None:
         outside = sorted(set(images.labels) - set(known.classes))
         if outside:
@@ -146,7 +150,11 @@ def plan_training(
         sampling = label_sampling_plan(y, resampling, max_categories=max_categories)
         weights = resampling.multipliers[y]
     elif images.presence is not None:
-        factors = repeat_factors(known.classes, images.presence, max_repeat=max_oversample)
+        # LVIS's t = 0.001 was tuned for 1,203 classes: with a handful it repeats nothing
+        factors = repeat_factors(
+            known.classes, images.presence, threshold=repeat_threshold, max_repeat=max_oversample
+        )
+        threshold_used = factors.threshold
         sampling = _repeat_plan(factors, max_categories=max_categories)
         weights = factors.image_factors
     else:  # unreachable: TrainImages requires labels or presence
@@ -164,6 +172,7 @@ def plan_training(
         image_ids=images.ids,
         image_weights=np.asarray(weights, dtype=np.float64),
         sampling_kind="resampling_plan" if resampling is not None else "repeat_factors",
+        repeat_threshold=threshold_used,
     )
 
 
@@ -211,6 +220,7 @@ def build_artifact(
         else {**plan.resampling.summary(), "classes": plan.resampling.as_dict()},
         "sampling": {
             "kind": plan.sampling_kind,
+            **({} if plan.repeat_threshold is None else {"threshold": plan.repeat_threshold}),
             **plan.sampling.summary(),
             "image_ids": list(plan.image_ids),
         },

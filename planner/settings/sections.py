@@ -145,6 +145,9 @@ class PlanningSettings(Section):
     )
     weight_scheme: WeightScheme = Field(default="balanced", description="Emitted weights.")
     max_oversample: float = Field(default=5.0, ge=1, description="Oversampling cap.")
+    repeat_threshold: Annotated[float, Field(gt=0, le=1)] | Literal["median"] = Field(
+        default="median", description="Repeat-factor t of multi-label data: 'median' or LVIS's."
+    )
     seed: int = Field(default=0, ge=0, description="Seed of every random choice.")
 
     @field_validator("discovery_whiten", mode="before")

@@ -18,7 +18,9 @@ from planner.artifacts import EmitReason, LoadedArtifact, read_artifact
 from planner.cli import app
 from planner.core.repeat_factors import repeat_factors
 from planner.core.weights import compare_schemes
-from planner.outputs import EmitOptions, emit_artifacts
+from planner.errors import ConfigError
+from planner.outputs import EmitOptions, emit_artifacts, emit_options
+from planner.settings import Settings, load_settings
 from planner.store import open_store
 from planner.store.models import ArtifactRecord
 from planner.sync import SyncOptions, sync_project
@@ -177,9 +179,19 @@ def test_multi_label_and_detection_projects_get_repeat_factors(
     train = sorted(int(t) for t, split in artifact.data["splits"].items() if split == "train")
     assert sorted(ids) == train, "every training image, empty or not"
     first = min(int(t) for t in artifact.data["splits"])
-    presence = [["Wheelchair" in json.dumps(results[i - first]), True] for i in ids]
-    expected = repeat_factors(("Car", "Wheelchair"), [[car, wc] for wc, car in presence])
+    shown = [json.dumps(results[i - first]) for i in ids]
+    presence = [("Wheelchair" in text, "Car" in text) for text in shown]
+    table = [[car, wc] for wc, car in presence]
+    expected = repeat_factors(("Car", "Wheelchair"), table, threshold="median")
     np.testing.assert_allclose(artifact.image_weights, expected.image_factors)
+    assert artifact.data["sampling"]["threshold"] == pytest.approx(expected.threshold)
+    # seed 001, example 2: images with a Wheelchair are seen more often (LVIS's t = 0.001,
+    # tuned for 1,203 classes, repeated none of them)
+    wheelchair = np.array([wc for wc, _ in presence])
+    assert (artifact.image_weights[wheelchair] > 1).all()
+    assert (artifact.image_weights[~wheelchair] == 1).all()
+    lvis = repeat_factors(("Car", "Wheelchair"), table, threshold=0.001)
+    assert (lvis.image_factors == 1).all()
 
 
 def test_a_project_without_a_train_split_learns_from_its_first_split(tmp_path: Path) -> None:
@@ -222,3 +234,13 @@ def test_the_weights_count_what_planning_count_kind_says(
     np.testing.assert_allclose(chosen, expected)
     by_images = compare_schemes(("Car", "Wheelchair"), images)["balanced"].weights
     assert not np.allclose(chosen, by_images), "instance weights are not image weights"
+
+
+def test_the_repeat_threshold_comes_from_the_settings(tmp_path: Path) -> None:
+    config = tmp_path / "planner.toml"
+    config.write_text("[planning]\nrepeat_threshold = 0.001\n", encoding="utf-8")
+    assert emit_options(load_settings(config, environ=False)).repeat_threshold == 0.001
+    assert emit_options(Settings()).repeat_threshold == "median"
+    config.write_text("[planning]\nrepeat_threshold = 0\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="repeat_threshold"):
+        load_settings(config, environ=False)
