@@ -106,6 +106,17 @@ def test_long_tailed_multilabel_stays_within_one_item_of_the_ratios() -> None:
     np.testing.assert_array_equal(result.totals, [3200, 400, 400])
 
 
+def test_seed_001_example_1_every_split_keeps_the_33_to_1_ratio() -> None:
+    # Background 50k, Crack 1.5k: "stratify splits to preserve the 33:1 ratio"
+    labels = [0] * 50_000 + [1] * 1_500
+    order = np.random.default_rng(3).permutation(len(labels))  # not sorted by class
+    member = one_hot([labels[i] for i in order], 2)
+    result = assign_splits([int(i) for i in order], member)
+    np.testing.assert_array_equal(result.counts, [[40_000, 1_200], [5_000, 150], [5_000, 150]])
+    ratios = result.counts[:, 0] / result.counts[:, 1]
+    np.testing.assert_allclose(ratios, 50_000 / 1_500)
+
+
 def test_rare_class_of_ten_goes_8_1_1() -> None:
     member = long_tailed()
     result = assign_splits(list(range(member.shape[0])), member)
