@@ -145,7 +145,7 @@ class PlanningSettings(Section):
     )
     weight_scheme: WeightScheme = Field(default="balanced", description="Emitted weights.")
     max_oversample: float = Field(default=5.0, ge=1, description="Oversampling cap.")
-    repeat_threshold: Annotated[float, Field(gt=0, le=1)] | Literal["median"] = Field(
+    repeat_threshold: float | Literal["median"] = Field(
         default="median", description="Repeat-factor t of multi-label data: 'median' or LVIS's."
     )
     seed: int = Field(default=0, ge=0, description="Seed of every random choice.")
@@ -159,6 +159,20 @@ class PlanningSettings(Section):
         if isinstance(value, str) and value.strip().lower() in ("true", "false"):
             return value.strip().lower() == "true"
         raise ValueError(f"write auto, true or false (got {value!r})")
+
+    @field_validator("repeat_threshold", mode="before")
+    @classmethod
+    def _repeat_threshold(cls, value: object) -> object:
+        # one message for the union, as for discovery_whiten
+        if value == "median":
+            return value
+        try:
+            number = float(value) if isinstance(value, int | float | str) else math.nan
+        except ValueError:
+            number = math.nan
+        if isinstance(value, bool) or not 0 < number <= 1:
+            raise ValueError(f"write median or a number in (0, 1], e.g. 0.001 (got {value!r})")
+        return number
 
     @field_validator("split_ratios")
     @classmethod
