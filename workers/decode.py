@@ -8,26 +8,22 @@ an ``ImageError`` with the reason (see :func:`decode`).
 from __future__ import annotations
 
 import io
-import struct
 
 import numpy as np
 import numpy.typing as npt
 import simplejpeg
+from billiard.exceptions import SoftTimeLimitExceeded, Terminated, TimeLimitExceeded
 from PIL import Image
 
 from workers.images import ImageError
 
-CORRUPT_IMAGE_ERRORS = (
-    OSError,  # UnidentifiedImageError, a truncated file
-    ValueError,
-    SyntaxError,  # a PNG's broken chunk, found by ``load``
-    EOFError,
-    IndexError,
-    struct.error,
-    Image.DecompressionBombError,
-)
-"""What Pillow raises for bytes it cannot decode: its format plugins parse with ``struct``
-and signal a malformed file with whichever of these their format's parser meets."""
+NOT_THE_IMAGE = (MemoryError, SoftTimeLimitExceeded, TimeLimitExceeded, Terminated)
+"""Raised while Pillow decodes, but not the image's fault: memory, a chunk's time limit, a
+signal (billiard's are ``Exception`` subclasses). They propagate; anything else Pillow raises
+is the image's (its plugins parse with ``struct`` and meet a malformed file with whichever
+error their parser hits: ``OSError``, ``SyntaxError``, ``struct.error``, and, in Pillow 13,
+``NotImplementedError``, ``OverflowError``, ``TypeError``), so it is unscorable for good
+rather than a chunk failing on it at every cycle."""
 MAX_PIXELS = 89_478_485
 """The most pixels Pillow decodes of one image (a JPEG's once its DCT scaling is drawn),
 checked before decoding: its own ``MAX_IMAGE_PIXELS`` (this same number) only warns below
@@ -113,6 +109,8 @@ def decode_pillow(data: bytes, size: int) -> npt.NDArray[np.uint8]:
             rgb = image.convert("RGB")
             if rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    except CORRUPT_IMAGE_ERRORS as exc:
+    except (ImageError, *NOT_THE_IMAGE):
+        raise
+    except Exception as exc:
         raise ImageError(f"corrupt or unreadable image: {type(exc).__name__}") from None
     return np.array(rgb, dtype=np.uint8)  # a copy of its own: writable

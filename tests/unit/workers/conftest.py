@@ -192,6 +192,34 @@ def broken_png() -> bytes:
     return data[:start] + split + data[start + 12 + length :]
 
 
+def pillow_crashers() -> dict[str, bytes]:
+    """Mutated files on which Pillow 13 raised neither ``OSError`` nor ``ValueError``, keyed
+    by what it raised: a TIFF whose strip offsets are typed FLOAT (``TypeError``) or LONG8
+    (``OverflowError``: eight pixel bytes read as the offset), a DDS with no pixel format
+    flags (``NotImplementedError``)."""
+
+    def tiff(offset_type: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (24, 20), (200, 200, 200)).save(buffer, "TIFF")
+        data = bytearray(buffer.getvalue())
+        (ifd,) = struct.unpack_from("<I", data, 4)
+        (entries,) = struct.unpack_from("<H", data, ifd)
+        for entry in range(ifd + 2, ifd + 2 + 12 * entries, 12):
+            if struct.unpack_from("<H", data, entry) == (273,):  # StripOffsets
+                struct.pack_into("<H", data, entry + 2, offset_type)
+        return bytes(data)
+
+    # DDS_HEADER: size, flags (caps, height, width, pitch), height, width, pitch, depth,
+    # mipmaps, 11 reserved; DDS_PIXELFORMAT: size 32, flags 0; then caps (texture)
+    dds = struct.pack("<4s7I", b"DDS ", 124, 0x100F, 20, 24, 72, 0, 0) + bytes(44)
+    dds += struct.pack("<2I", 32, 0) + bytes(24) + struct.pack("<I", 0x1000) + bytes(16)
+    return {
+        "TypeError": tiff(11),
+        "OverflowError": tiff(16),
+        "NotImplementedError": dds + bytes(20 * 24 * 4),
+    }
+
+
 @pytest.fixture
 def png(tmp_path: Path) -> Path:
     path = tmp_path / "one.png"

@@ -10,9 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 import simplejpeg
+from billiard.exceptions import SoftTimeLimitExceeded
 from PIL import Image
 
-from tests.unit.workers.conftest import broken_png
+from tests.unit.workers.conftest import broken_png, pillow_crashers
 from workers.decode import decode, decode_pillow
 from workers.images import ImageError
 
@@ -46,6 +47,22 @@ def test_an_image_over_the_pixel_limit_is_refused_before_it_is_decoded(
 def test_a_png_broken_past_its_header_is_corrupt_not_a_crash() -> None:
     with pytest.raises(ImageError, match=r"corrupt or unreadable image: SyntaxError"):
         decode(broken_png(), 16)
+
+
+def test_whatever_pillow_raises_for_a_file_is_corrupt_but_a_time_limit_propagates(
+    png: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for raised, data in pillow_crashers().items():
+        with pytest.raises(ImageError, match=rf"corrupt or unreadable image: {raised}$"):
+            decode(data, 16)
+
+    def interrupted(*args: object, **kwargs: object) -> Image.Image:
+        raise SoftTimeLimitExceeded  # as billiard's signal handler raises it mid-decode
+
+    # an Exception subclass: caught as the image's fault, the chunk would not be retried
+    monkeypatch.setattr(Image.Image, "convert", interrupted)
+    with pytest.raises(SoftTimeLimitExceeded):
+        decode(png.read_bytes(), 16)
 
 
 def _photo_pixels(width: int, height: int) -> bytes:

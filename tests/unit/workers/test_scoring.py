@@ -21,7 +21,13 @@ from planner.errors import ConfigError, StoreError, StoreSchemaError
 from planner.store import Store
 from planner.store.models import Task
 from planner.store.scores import load_scores, unscored
-from tests.unit.workers.conftest import CLASSES, KeptAliveServer, broken_png, worker_config
+from tests.unit.workers.conftest import (
+    CLASSES,
+    KeptAliveServer,
+    broken_png,
+    pillow_crashers,
+    worker_config,
+)
 from workers import scoring
 from workers.bootstrap import BootstrapNet
 from workers.config import WorkerConfig
@@ -156,6 +162,33 @@ def test_a_broken_png_and_malformed_references_are_recorded_and_the_rest_scored(
     assert set(scores.unscorable) == set(bad)
     for task_id, (_, reason) in bad.items():
         assert reason in scores.unscorable[task_id], (task_id, scores.unscorable[task_id])
+
+
+def test_files_pillow_fails_on_with_any_error_are_unscorable_and_the_rest_scored(
+    project: tuple[Store, int], digit_files: tuple[Path, list[int]], tmp_path: Path
+) -> None:
+    """Pillow 13 raised TypeError, OverflowError and NotImplementedError for these mutated
+    files; each failed the whole chunk, every cycle again, and the task never got a row."""
+    store, pid = project
+    root = tmp_path / "images"
+    (root / "digits").mkdir(parents=True)
+    for i in range(200, 204):
+        source = digit_files[0] / "digits" / f"{i:04d}.png"
+        (root / "digits" / source.name).write_bytes(source.read_bytes())
+    bad: dict[int, str] = {}
+    for task_id, (raised, data) in enumerate(pillow_crashers().items(), start=911):
+        (root / "digits" / f"{raised}.img").write_bytes(data)
+        bad[task_id] = raised
+    cfg = worker_config(store, root, model=f"{__name__}:tiny_factory")
+    items = [*_items(4), *((t, f"/data/local-files/?d=digits/{r}.img") for t, r in bad.items())]
+    result = score_pool(cfg, pid, items)
+    assert (result.scored, result.unscorable) == (4, 3)
+    with store.session() as session:
+        scores = load_scores(session, project_id=pid, model_version=result.model_version)
+    assert scores.task_ids.tolist() == [201, 202, 203, 204]
+    assert scores.unscorable == {
+        task_id: f"corrupt or unreadable image: {raised}" for task_id, raised in bad.items()
+    }
 
 
 def test_a_chunk_scored_from_an_image_its_task_no_longer_shows_is_not_written(
