@@ -68,9 +68,12 @@ from workers.devices import (
 from workers.dropout import mc_problem, mc_samples
 from workers.images import ImageSource
 from workers.models import ModelKind
-from workers.outputs import read_output
+from workers.outputs import Output, finite_rows, read_output
 from workers.pixels import PixelCache
 
+NOT_FINITE = "the model's output holds NaN or inf"
+"""The reason an image is unscorable whose probabilities, embeddings or MC samples are not
+all finite."""
 NO_DECODE_PROCESSES = (
     "workers.num_workers = {} not used: a daemonic process (a Celery prefork child, or the "
     "daemon's own scoring) may not start decode processes, so images were decoded on threads "
@@ -306,17 +309,40 @@ def _batches(
             if passes and out.detection:
                 batch_notes = (*notes, "MC-dropout passes are not run for detection outputs")
             mc = None if samples is None else samples.cpu().numpy()
-            yield Scores(
-                task_ids=list(batch_ids),
-                probs=out.probs.numpy(),
-                embeddings=None if out.embeddings is None else out.embeddings.numpy(),
-                unscorable=bad,
-                mc=mc,
-                deferred=retry,
-                bald=None if mc is None else bald(mc),
-                warnings=batch_notes,
-                detection=out.detection,
-            )
+            yield _finite(batch_ids, out, mc, bad=bad, retry=retry, notes=batch_notes)
+
+
+def _finite(
+    batch_ids: list[int],
+    out: Output,
+    mc: npt.NDArray[np.float32] | None,
+    *,
+    bad: dict[int, str],
+    retry: dict[int, str],
+    notes: tuple[str, ...],
+) -> Scores:
+    """The batch's ``Scores``, its images whose output holds NaN or inf unscorable (before
+    BALD, which would refuse them and fail the chunk)."""
+    probs = out.probs.numpy()
+    embeddings = None if out.embeddings is None else out.embeddings.numpy()
+    keep = finite_rows(probs, embeddings, mc)
+    if not keep.all():
+        bad = {**bad, **{t: NOT_FINITE for t, ok in zip(batch_ids, keep, strict=True) if not ok}}
+        batch_ids = [t for t, ok in zip(batch_ids, keep, strict=True) if ok]
+        probs = probs[keep]
+        embeddings = None if embeddings is None else embeddings[keep]
+        mc = None if mc is None else mc[:, keep]
+    return Scores(
+        task_ids=list(batch_ids),
+        probs=probs,
+        embeddings=embeddings,
+        unscorable=bad,
+        mc=mc,
+        deferred=retry,
+        bald=None if mc is None else bald(mc),
+        warnings=notes,
+        detection=out.detection,
+    )
 
 
 def _empty(bad: dict[int, str], retry: dict[int, str], notes: tuple[str, ...]) -> Scores:

@@ -62,6 +62,22 @@ def read_output(out: object, batch: int, *, reduced: bool = False) -> Output:
     return Output(probs, _embeddings(embeddings))
 
 
+def finite_rows(
+    probs: npt.NDArray[np.float32],
+    embeddings: npt.NDArray[np.float32] | None,
+    mc: npt.NDArray[np.float32] | None,
+) -> npt.NDArray[np.bool_]:
+    """``(n,)``: the images whose ``probs: (n, c)``, ``embeddings: (n, d)`` and MC samples
+    ``mc: (T, n, c)`` are all finite. A model dividing by an image's spread gives NaN for a
+    constant image; stored, planning would refuse that model version's scores every cycle."""
+    finite = np.asarray(np.isfinite(probs).all(axis=1), dtype=np.bool_)
+    if embeddings is not None:
+        finite &= np.isfinite(embeddings).all(axis=1)
+    if mc is not None:
+        finite &= np.isfinite(mc).all(axis=(0, 2))
+    return finite
+
+
 def _embeddings(value: object) -> torch.Tensor | None:
     return None if value is None else torch.as_tensor(value).float().cpu()
 
@@ -103,9 +119,15 @@ def _presence(out: Mapping[str, object], batch: int, *, reduced: bool) -> torch.
     widths = {int(b.shape[1]) for b in per_image if b.ndim == 2}
     if len(widths) != 1 or any(b.ndim != 2 for b in per_image):
         raise InputError("every image's box_probs must be (k_i, C) with one C for the batch")
-    probs = torch.cat([b.float().cpu() for b in per_image]).numpy().astype(np.float64)
+    boxes_of = [b.float().cpu() for b in per_image]
+    # an image with a NaN box gets NaN presence (unscorable, see ``finite_rows``), its boxes
+    # kept from ``aggregate_boxes``, which would refuse the whole batch for them
+    broken = [not bool(torch.isfinite(b).all()) for b in boxes_of]
+    boxes_of = [b[:0] if nan else b for b, nan in zip(boxes_of, broken, strict=True)]
+    probs = torch.cat(boxes_of).numpy().astype(np.float64)
     if reduced:
         probs = _renormalised(probs)
-    image = np.repeat(np.arange(batch), [int(b.shape[0]) for b in per_image])
-    scores = aggregate_boxes(probs, image, n_images=batch)
-    return torch.from_numpy(scores.presence.astype(np.float32))
+    image = np.repeat(np.arange(batch), [int(b.shape[0]) for b in boxes_of])
+    presence = aggregate_boxes(probs, image, n_images=batch).presence.astype(np.float32)
+    presence[np.asarray(broken, dtype=bool)] = np.nan
+    return torch.from_numpy(presence)

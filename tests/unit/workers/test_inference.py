@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
 from planner.core.acquisition import aggregate_boxes, bald
 from planner.errors import ConfigError, InputError
 from planner.store import Store
 from planner.store.scores import load_scores
-from tests.unit.workers.conftest import CLASSES, worker_config
+from tests.unit.workers.conftest import CLASSES, show_images, worker_config
 from workers import devices
 from workers.batches import read_pixels
 from workers.config import WorkerConfig
@@ -126,6 +127,65 @@ def test_bald_is_stored_per_item_through_score_pool(
     assert scores.bald.shape == (24,)
     assert np.all((scores.bald >= 0) & (scores.bald <= 1))
     assert scores.bald.max() > 0
+
+
+class DarkDivides(nn.Module):
+    """Divides its features by the image's brightness: NaN for a black image (0/0), as a
+    model normalising each image by its spread gives for a constant one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.drop = nn.Dropout(0.5)
+        self.head = nn.Linear(3, len(CLASSES))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = x.mean(dim=(2, 3))
+        features = features / features.mean(dim=1, keepdim=True)
+        return self.head(self.drop(features)), features
+
+
+@pytest.mark.parametrize("mc_passes", [0, 2])
+def test_an_image_the_model_gives_nan_for_is_unscorable_and_the_rest_scored(
+    project: tuple[Store, int], tmp_path: Path, entry_point: Callable[..., str], mc_passes: int
+) -> None:
+    """NaN probabilities were stored as scores, and planning refused them every cycle until
+    a new model version; with MC passes BALD refused them in the worker, failing the chunk."""
+    store, pid = project
+    root = tmp_path / "images"
+    root.mkdir()
+    for name, value in (("black", 0), ("grey", 128)):
+        Image.fromarray(np.full((32, 32, 3), value, np.uint8)).save(root / f"{name}.png")
+    images = {1: "/data/local-files/?d=black.png", 2: "/data/local-files/?d=grey.png"}
+    show_images(store, pid, images)
+    module = entry_point("planner_test_nan", make=DarkDivides)
+    cfg = worker_config(store, root, model=f"{module}:make", mc_passes=mc_passes)
+    result = score_pool(cfg, pid, list(images.items()))
+    assert (result.scored, result.unscorable) == (1, 1)
+    with store.session() as session:
+        scores = load_scores(session, project_id=pid, model_version=result.model_version)
+    assert scores.task_ids.tolist() == [2]
+    assert scores.unscorable == {1: "the model's output holds NaN or inf"}
+    assert np.isfinite(scores.probs).all()
+    assert (scores.bald is not None) == (mc_passes > 0)
+
+
+def test_a_detection_image_whose_boxes_hold_nan_is_unscorable_not_the_batch_refused(
+    tmp_path: Path,
+) -> None:
+    for name, value in (("black", 0), ("grey", 128)):
+        Image.fromarray(np.full((32, 32, 3), value, np.uint8)).save(tmp_path / f"{name}.png")
+
+    class DarkBoxes(DarkDivides):
+        def forward(self, x: torch.Tensor) -> dict[str, object]:  # type: ignore[override]
+            logits, _ = super().forward(x)
+            return {"box_probs": [torch.softmax(row[None], dim=1) for row in logits]}
+
+    items = [(1, "/data/local-files/?d=black.png"), (2, "/data/local-files/?d=grey.png")]
+    scores = score_items(DarkBoxes().eval(), items, ImageSource(image_root=tmp_path))
+    assert scores.detection
+    assert scores.task_ids == [2]
+    assert scores.unscorable == {1: "the model's output holds NaN or inf"}
 
 
 class BoxNet(nn.Module):
