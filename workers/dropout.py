@@ -5,7 +5,11 @@ With ``mc_passes`` T, every dropout layer (``nn.Dropout``, ``Dropout1d/2d/3d``,
 training for T extra passes, and BALD (``planner.core.acquisition.bald``) is computed from the
 ``(T, n, C)`` samples in :mod:`workers.inference`, so only one number per item leaves the
 worker. A ``torch.export`` program was traced in eval mode and has no dropout left to switch
-on; such a model, or one without dropout layers, gets no BALD and a warning saying why.
+on, nor has a ``torch.jit.trace`` TorchScript file (its dropout layers remain, their
+``training`` flag baked in as False); such a model, or one without dropout layers, gets no BALD
+and a warning saying why. So does a batch whose passes all agree although the model has
+dropout layers (one it never calls, ``p=0``): its BALD would be 0 for every image, and stored
+it would rank the pool as if the model were certain of all of it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ DROPOUT_TYPES: tuple[type[nn.Module], ...] = (
     nn.FeatureAlphaDropout,
 )
 _DROPOUT_NAMES = frozenset(t.__name__ for t in DROPOUT_TYPES)
+NO_SPREAD = (
+    "MC-dropout passes all agreed although the model has dropout layers (one its forward "
+    "never calls, or with p=0?), so no BALD is stored for those images"
+)
 
 
 def dropout_layers(module: nn.Module) -> list[nn.Module]:
@@ -44,24 +52,47 @@ def mc_problem(module: nn.Module, kind: ModelKind = "module") -> str | None:
             "its dropout is gone, so MC-dropout passes are impossible and no BALD is stored; "
             "ship a TorchScript file or a module:function model for BALD"
         )
-    if not dropout_layers(module):
+    layers = dropout_layers(module)
+    if not layers:
         frozen = " (a frozen TorchScript file inlines them)" if kind == "torchscript" else ""
         return (
             f"workers.mc_passes ignored: the model has no dropout layers{frozen}, so "
             "MC-dropout passes would all agree and no BALD is stored"
         )
+    if kind == "torchscript" and not any(map(_reads_training, layers)):
+        return (
+            "workers.mc_passes ignored: the TorchScript file was traced (torch.jit.trace), "
+            "which bakes its dropout off, so MC-dropout passes would all agree and no BALD is "
+            "stored; save the model with torch.jit.script, or use a module:function model, "
+            "for BALD"
+        )
     return None
 
 
-def mc_samples(module: nn.Module, x: torch.Tensor, passes: int) -> torch.Tensor:
-    """``(T, n, c)`` softmax outputs with only the dropout layers switched to training."""
+def _reads_training(layer: nn.Module) -> bool:
+    """Whether a TorchScript dropout layer's forward reads its ``training`` flag, as a
+    scripted one does; a traced one holds the flag it was traced with as a constant."""
+    graph = getattr(layer, "graph", None)
+    if graph is None:  # an eager layer
+        return True
+    return any(
+        node.kind() == "prim::GetAttr" and node.s("name") == "training" for node in graph.nodes()
+    )
+
+
+def mc_samples(module: nn.Module, x: torch.Tensor, passes: int) -> torch.Tensor | None:
+    """``(T, n, c)`` softmax outputs with only the dropout layers switched to training; None
+    when the passes' logits all agree (see :data:`NO_SPREAD`)."""
     dropouts = dropout_layers(module)
     for layer in dropouts:
         layer.train()
     try:
-        return torch.stack(
-            [torch.softmax(logits_of(module(x)).float(), dim=1) for _ in range(passes)]
-        )
+        logits = [logits_of(module(x)).float() for _ in range(passes)]
     finally:
         for layer in dropouts:
             layer.eval()
+    # logits, not probabilities, which a confident model saturates alike in every pass; and
+    # a batch of two or more: a lone image whose dropout sees only zeros agrees rightly
+    if len(x) > 1 and passes > 1 and all(torch.equal(logits[0], other) for other in logits):
+        return None
+    return torch.stack([torch.softmax(sample, dim=1) for sample in logits])

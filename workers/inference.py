@@ -65,7 +65,7 @@ from workers.devices import (
     replicas,
     torch_threads,
 )
-from workers.dropout import mc_problem, mc_samples
+from workers.dropout import NO_SPREAD, mc_problem, mc_samples
 from workers.images import ImageSource
 from workers.models import ModelKind
 from workers.outputs import Output, finite_rows, read_output
@@ -308,6 +308,8 @@ def _batches(
             batch_notes = notes
             if passes and out.detection:
                 batch_notes = (*notes, "MC-dropout passes are not run for detection outputs")
+            elif passes and samples is None:
+                batch_notes = (*notes, NO_SPREAD)
             mc = None if samples is None else samples.cpu().numpy()
             yield _finite(batch_ids, out, mc, bad=bad, retry=retry, notes=batch_notes)
 

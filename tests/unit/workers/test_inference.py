@@ -23,6 +23,7 @@ from workers.batches import read_pixels
 from workers.config import WorkerConfig
 from workers.decode import decode
 from workers.dispatch import score_pool
+from workers.dropout import NO_SPREAD
 from workers.images import ImageSource
 from workers.inference import score_items
 from workers.models import load_model
@@ -106,6 +107,56 @@ def test_torchscript_dropout_is_switched_on_and_pt2_says_it_cannot(
     plain = score_items(_net(NoDropout), ITEMS, source, mc_passes=4)
     assert plain.bald is None
     assert any("no dropout layers" in w for w in plain.warnings)
+
+
+def test_a_traced_torchscript_file_gets_no_bald_and_says_why_a_scripted_one_gets_bald(
+    digit_files: tuple[Path, list[int]], tmp_path: Path
+) -> None:
+    """torch.jit.trace bakes ``train=False`` into each dropout call but keeps the layers:
+    the passes all agreed and BALD 0 was stored for every image, silently."""
+    root, _ = digit_files
+    net = _net(SpatialDropoutNet)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.trace(net, torch.rand(2, 3, 32, 32)).save(str(tmp_path / "traced.pt"))
+        torch.jit.script(net).save(str(tmp_path / "scripted.pt"))
+    source = ImageSource(image_root=root)
+    traced = load_model(str(tmp_path / "traced.pt"))
+    blind = score_items(traced.module, ITEMS, source, kind=traced.kind, mc_passes=3)
+    assert blind.bald is None
+    (warning,) = blind.warnings
+    assert "torch.jit.trace" in warning
+    scripted = load_model(str(tmp_path / "scripted.pt"))
+    seen = score_items(scripted.module, ITEMS, source, kind=scripted.kind, mc_passes=3)
+    assert seen.bald is not None
+    assert (seen.bald > 0).all()
+    np.testing.assert_allclose(blind.probs, seen.probs, rtol=1e-5, atol=1e-6)
+
+
+class UnusedDropout(SpatialDropoutNet):
+    """Declares a dropout layer its forward never calls: every MC pass agrees."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def test_passes_that_all_agree_store_no_bald_rather_than_zeros(
+    project: tuple[Store, int], digit_files: tuple[Path, list[int]], entry_point: Callable[..., str]
+) -> None:
+    store, pid = project
+    root, _ = digit_files
+    scores = score_items(_net(UnusedDropout), ITEMS, ImageSource(image_root=root), mc_passes=3)
+    assert scores.bald is None
+    assert scores.mc is None
+    assert scores.warnings == (NO_SPREAD,)
+    module = entry_point("planner_test_unused_dropout", make=UnusedDropout)
+    cfg = worker_config(store, root, model=f"{module}:make", mc_passes=3)
+    result = score_pool(cfg, pid, ITEMS)
+    assert result.warnings == (NO_SPREAD,)
+    with store.session() as session:
+        stored = load_scores(session, project_id=pid, model_version=result.model_version)
+    assert stored.task_ids.size == len(ITEMS)
+    assert stored.bald is None
 
 
 @pytest.fixture
