@@ -128,6 +128,13 @@ class Compiler:
             self._compiled[module] = self.compile(module)
         return self._compiled[module]
 
+    def forget(self, module: nn.Module) -> None:
+        """Drop what was compiled of ``module``: a compiled module holds its model, so its
+        entry alone would keep a model no longer scored with alive (a weak key its own value
+        refers to is never let go)."""
+        for entries in (self._compiled, self._asked, self.failed):
+            entries.pop(module, None)
+
     def fail(self, module: nn.Module, exc: BaseException) -> str:
         """Score ``module`` eagerly from now on; the warning saying why."""
         note = compile_failed(exc)

@@ -90,14 +90,18 @@ class ChunkDeferredError(TransientError):
 
 @dataclass
 class Resources:
-    """What a worker process keeps between chunks: open stores, loaded models and what was
-    compiled of them, the pixel cache and the decode processes.
+    """What a worker process keeps between chunks: open stores, each project's current model
+    (an older version is let go once a newer one is in use, see :meth:`use`) and what was
+    compiled of it, the pixel cache and the decode processes.
 
     Owned by the Celery app (or by one embedded ``score_pool`` call), never a module global.
     """
 
     stores: dict[tuple[str, str | None], Store] = field(default_factory=dict)
     models: dict[tuple[object, ...], ScoringModel] = field(default_factory=dict)
+    current: dict[tuple[str, int], tuple[object, ...] | None] = field(default_factory=dict)
+    """Each project's (store, project id) model now: its key in ``models``, None for its
+    bootstrap network."""
     bootstraps: dict[int, Trained] = field(default_factory=dict)
     caches: dict[tuple[Path, int], PixelCache] = field(default_factory=dict)
     decoders: Decoders = field(default_factory=Decoders)
@@ -118,6 +122,31 @@ class Resources:
         if key not in self.caches or self.caches[key].broken is not None:
             self.caches[key] = PixelCache(cfg.pixel_cache_dir, cfg.pixel_cache_mb * 2**20)
         return self.caches[key]
+
+    def use(self, project: tuple[str, int], key: tuple[object, ...] | None) -> None:
+        """``project`` scores with the model ``key`` now (None: its bootstrap network). The
+        one it scored with before is let go, unless another project scores with it, and so
+        is what was compiled of it: a worker kept every version a watched folder handed it
+        (on the GPU, once scored with)."""
+        old = self.current.get(project)
+        self.current[project] = key
+        if old is None or old == key or old in self.current.values():
+            return
+        dropped = self.models.pop(old, None)
+        if dropped is not None:
+            self.compiler.forget(dropped.module)
+            del dropped  # the last reference: its tensors are freed here, then handed back
+            torch.cuda.empty_cache()  # nothing where CUDA was never initialised
+
+    def keep_bootstrap(self, project_id: int, trained: Trained) -> None:
+        """``trained`` is the project's bootstrap network now; the one before is let go with
+        what was compiled of it (the compiler's entry alone kept every network trained)."""
+        before = self.bootstraps.get(project_id)
+        self.bootstraps[project_id] = trained
+        if before is not None and before.model.module is not trained.model.module:
+            self.compiler.forget(before.model.module)
+            del before
+            torch.cuda.empty_cache()
 
     def close(self) -> None:
         self.decoders.close()
@@ -144,10 +173,13 @@ def current_model(
     """The model to score with now: the watched folder's newest settled file, the configured
     model, or the bootstrap network (trained again once enough new labels have arrived)."""
     choice, _ = pin_model(cfg, now_s=now_s)
+    project = (cfg.store_url, project_id)
     if choice.model == "bootstrap":
+        resources.use(project, None)
         return _bootstrap(choice, project_id, resources)
     key: tuple[object, ...] = (choice.model, choice.weights, _mtime(choice.model))
     key += (_mtime(choice.weights),)
+    resources.use(project, key)  # before loading: the old version's memory is free for it
     if key not in resources.models:
         resources.models[key] = load_model(choice.model, weights=choice.weights)
     return resources.models[key]
@@ -205,7 +237,7 @@ def _bootstrap(cfg: WorkerConfig, project_id: int, resources: Resources) -> Scor
         raise ConfigError(
             "the bootstrap model has no labelled images to learn from yet; label a first batch"
         )
-    resources.bootstraps[project_id] = known
+    resources.keep_bootstrap(project_id, known)
     return known.model
 
 
