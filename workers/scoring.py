@@ -37,9 +37,10 @@ from workers.bootstrap import (
 from workers.compiling import Compiler
 from workers.config import WorkerConfig
 from workers.decoders import Decoders, keep_heap
+from workers.dropout import mc_problem
 from workers.images import ImageSource
 from workers.inference import iter_scores
-from workers.models import ScoringModel, choose_model, load_model
+from workers.models import ScoringModel, choose_model, load_model, scored_version
 from workers.pixels import PixelCache
 from workers.references import through_label_studio
 
@@ -171,18 +172,24 @@ def current_model(
     cfg: WorkerConfig, project_id: int, resources: Resources, *, now_s: float | None = None
 ) -> ScoringModel:
     """The model to score with now: the watched folder's newest settled file, the configured
-    model, or the bootstrap network (trained again once enough new labels have arrived)."""
+    model, or the bootstrap network (trained again once enough new labels have arrived);
+    its version the one its scores are stored under (see :func:`scored_version`)."""
     choice, _ = pin_model(cfg, now_s=now_s)
     project = (cfg.store_url, project_id)
     if choice.model == "bootstrap":
         resources.use(project, None)
-        return _bootstrap(choice, project_id, resources)
-    key: tuple[object, ...] = (choice.model, choice.weights, _mtime(choice.model))
-    key += (_mtime(choice.weights),)
-    resources.use(project, key)  # before loading: the old version's memory is free for it
-    if key not in resources.models:
-        resources.models[key] = load_model(choice.model, weights=choice.weights)
-    return resources.models[key]
+        model = _bootstrap(choice, project_id, resources)
+    else:
+        key: tuple[object, ...] = (choice.model, choice.weights, _mtime(choice.model))
+        key += (_mtime(choice.weights),)
+        resources.use(project, key)  # before loading: the old version's memory is free for it
+        if key not in resources.models:
+            resources.models[key] = load_model(choice.model, weights=choice.weights)
+        model = resources.models[key]
+    # passes that cannot run (a .pt2 program, no dropout) give no BALD: no version of their own
+    passes = cfg.mc_passes if cfg.mc_passes and not mc_problem(model.module, model.kind) else 0
+    version = scored_version(model.version, image_size=cfg.image_size, mc_passes=passes)
+    return replace(model, version=version)
 
 
 def pin_model(

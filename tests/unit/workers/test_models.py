@@ -18,6 +18,7 @@ from planner.errors import ConfigError
 from planner.store import Store
 from planner.store.scores import load_scores
 from tests.unit.workers.conftest import worker_config
+from tests.unit.workers.test_inference import SpatialDropoutNet
 from tests.unit.workers.test_scoring import Tiny
 from workers.dispatch import score_pool
 from workers.images import ImageSource
@@ -163,3 +164,40 @@ def test_a_state_dict_handed_back_is_loaded_into_the_entry_point(
     result = score_pool(bootstrap, pid, ITEMS)
     assert result.model_version.startswith("bootstrap-")
     assert any("state dict needs workers.model" in w for w in result.warnings)
+
+
+def test_turning_mc_passes_on_or_changing_the_image_size_scores_a_new_version(
+    project: tuple[Store, int], digit_files: tuple[Path, list[int]], entry_point: Callable[..., str]
+) -> None:
+    """Both change the stored numbers: with the version as it was, the items scored before
+    mc_passes was on were skipped (no BALD for that version, for good), and a new image size
+    was skipped likewise, its scores mixed with the old size's under one version."""
+    store, pid = project
+    root, _ = digit_files
+    spec = entry_point("planner_test_settings", make=SpatialDropoutNet) + ":make"
+    cfg = replace(worker_config(store, root), model=spec)
+    plain = score_pool(cfg, pid, ITEMS)
+    assert "+" not in plain.model_version, "at 32 px without MC passes: named as before"
+    with store.session() as session:
+        assert load_scores(session, project_id=pid, model_version=plain.model_version).bald is None
+
+    with_bald = score_pool(replace(cfg, mc_passes=2), pid, ITEMS)
+    assert with_bald.model_version == f"{plain.model_version}+mc2"
+    assert (with_bald.scored, with_bald.skipped) == (len(ITEMS), 0)
+    with store.session() as session:
+        scores = load_scores(session, project_id=pid, model_version=with_bald.model_version)
+    assert scores.bald is not None
+    assert scores.bald.shape == (len(ITEMS),)
+
+    larger = score_pool(replace(cfg, image_size=48), pid, ITEMS)
+    assert larger.model_version == f"{plain.model_version}+48px"
+    assert (larger.scored, larger.skipped) == (len(ITEMS), 0)
+    assert score_pool(cfg, pid, ITEMS).skipped == len(ITEMS), "back at 32 px: scored already"
+
+    # passes that cannot run give no BALD, so no version of their own: nothing is rescored
+    entry_point("planner_test_settings_plain", make=Tiny)
+    tiny = replace(cfg, model="planner_test_settings_plain:make")
+    first = score_pool(tiny, pid, ITEMS)
+    again = score_pool(replace(tiny, mc_passes=2), pid, ITEMS)
+    assert again.model_version == first.model_version
+    assert again.skipped == len(ITEMS)
