@@ -41,6 +41,18 @@ FIX = {
     "workers.allowed_hosts) and point the task's data at it in Label Studio; the next sync "
     "releases it and the next cycle scores it",
 }
+MODEL_OUTPUT_NOT_FINITE = "the model's output holds NaN or inf"
+"""The unscorable reason of an image the model, not the file, failed (workers write it)."""
+MODEL_FIX = (
+    "the image is fine; the model returned NaN or inf for it (a normalisation dividing by "
+    "a constant image's zero spread, say): fix the model; its next version scores it again"
+)
+
+
+def _fix(kind: str, problem: str) -> str:
+    if kind == IMAGE and problem.startswith(MODEL_OUTPUT_NOT_FINITE):
+        return MODEL_FIX
+    return FIX[kind]
 
 
 def hold_apart(labels: TaskLabels, task: Mapping[str, Any], schema: LabelSchema) -> TaskLabels:
@@ -190,13 +202,13 @@ def refresh(session: Session, project_id: int, *, now: datetime) -> QuarantineCh
                 ls_task_id=task_id,
                 kind=kind,
                 problem=text,
-                fix=FIX[kind],
+                fix=_fix(kind, text),
                 image=image,
                 opened_at=now,
             )
             session.add(found)
             opened.append(task_id)
-        found.problem, found.seen_at = text, now
+        found.problem, found.fix, found.seen_at = text, _fix(kind, text), now
     for (task_id, kind), entry in current.items():
         if (task_id, kind) not in wanted and entry.released_at is None:
             entry.released_at, entry.released_why = now, _gone_why(kind)

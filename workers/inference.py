@@ -45,6 +45,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from planner.core.acquisition import bald
+from planner.quarantine import MODEL_OUTPUT_NOT_FINITE
 from workers.batches import (
     FETCHES_PER_PROCESS,
     Batch,
@@ -71,7 +72,6 @@ from workers.models import ModelKind
 from workers.outputs import Output, finite_rows, read_output
 from workers.pixels import PixelCache
 
-NOT_FINITE = "the model's output holds NaN or inf"
 """The reason an image is unscorable whose probabilities, embeddings or MC samples are not
 all finite."""
 NO_DECODE_PROCESSES = (
@@ -329,7 +329,8 @@ def _finite(
     embeddings = None if out.embeddings is None else out.embeddings.numpy()
     keep = finite_rows(probs, embeddings, mc)
     if not keep.all():
-        bad = {**bad, **{t: NOT_FINITE for t, ok in zip(batch_ids, keep, strict=True) if not ok}}
+        failed = [t for t, ok in zip(batch_ids, keep, strict=True) if not ok]
+        bad = {**bad, **dict.fromkeys(failed, MODEL_OUTPUT_NOT_FINITE)}
         batch_ids = [t for t, ok in zip(batch_ids, keep, strict=True) if ok]
         probs = probs[keep]
         embeddings = None if embeddings is None else embeddings[keep]

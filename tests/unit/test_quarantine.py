@@ -13,7 +13,7 @@ import pytest
 from sqlmodel import select
 
 from integrations.label_studio.fake import FakeLabelStudio
-from planner.quarantine import count_held_apart, held_apart
+from planner.quarantine import MODEL_OUTPUT_NOT_FINITE, count_held_apart, held_apart
 from planner.status import project_statuses
 from planner.store import Store, open_store, write_scores
 from planner.store.models import ScoreRecord
@@ -124,3 +124,25 @@ def test_an_unscorable_image_is_held_until_the_task_gets_another(store: Store) -
     with store.session() as session:
         marks = session.exec(select(ScoreRecord).where(ScoreRecord.ls_task_id == ids[0])).all()
     assert marks == [], "the unscorable mark went: the next cycle scores the new image"
+
+
+def test_an_image_the_model_failed_asks_for_a_model_fix_not_an_image_fix(store: Store) -> None:
+    fake = FakeLabelStudio()
+    pid = fake.create_project("p", CONFIG)
+    ids = fake.import_tasks(pid, [{"data": {"image": f"/img/{i}.png"}} for i in range(2)])
+    first = sync_project(fake, store, pid, now=NOW)
+    with store.session() as session:
+        write_scores(
+            session,
+            project_id=first.project_id,
+            model_version="m1",
+            task_ids=[ids[1]],
+            probs=[[0.5, 0.5]],
+            unscorable={ids[0]: MODEL_OUTPUT_NOT_FINITE},
+        )
+    sync_project(fake, store, pid, now=NOW + timedelta(minutes=1))
+    with store.session() as session:
+        (held,) = held_apart(session, first.project_id)
+    assert held.problem == MODEL_OUTPUT_NOT_FINITE
+    assert "fix the model" in held.fix
+    assert "make the image readable" not in held.fix
