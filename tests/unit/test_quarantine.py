@@ -98,7 +98,11 @@ def test_a_fixed_or_deleted_task_leaves_on_the_next_sync(store: Store) -> None:
         assert count_held_apart(session, first.project_id) == 0
 
 
-def test_an_unscorable_image_is_held_until_the_task_gets_another(store: Store) -> None:
+def _first_image_unscorable(
+    store: Store, reason: str
+) -> tuple[FakeLabelStudio, int, list[int], int]:
+    """Three tasks synced, the first's image marked unscorable with ``reason``, synced again:
+    the fake, its project, the task ids and the planner's project id."""
     fake = FakeLabelStudio()
     pid = fake.create_project("p", CONFIG)
     ids = fake.import_tasks(pid, [{"data": {"image": f"/img/{i}.png"}} for i in range(3)])
@@ -110,39 +114,31 @@ def test_an_unscorable_image_is_held_until_the_task_gets_another(store: Store) -
             model_version="m1",
             task_ids=[ids[1], ids[2]],
             probs=[[0.5, 0.5], [0.9, 0.1]],
-            unscorable={ids[0]: "fetching /img/0.png answered 404"},
+            unscorable={ids[0]: reason},
         )
     sync_project(fake, store, pid, now=NOW + timedelta(minutes=1))
-    assert _held(store, first.project_id) == {ids[0]: "fetching /img/0.png answered 404"}
+    return fake, pid, ids, first.project_id
+
+
+def test_an_unscorable_image_is_held_until_the_task_gets_another(store: Store) -> None:
+    fake, pid, ids, project_id = _first_image_unscorable(store, "fetching /img/0.png answered 404")
+    assert _held(store, project_id) == {ids[0]: "fetching /img/0.png answered 404"}
     state = fake._project(pid)
     task = state.tasks[ids[0]]
     state.tasks[ids[0]] = replace(
         task, data={"image": "/img/0-fixed.png"}, updated_at=NOW + timedelta(minutes=2)
     )
     sync_project(fake, store, pid, now=NOW + timedelta(minutes=3))
-    assert _held(store, first.project_id) == {}
+    assert _held(store, project_id) == {}
     with store.session() as session:
         marks = session.exec(select(ScoreRecord).where(ScoreRecord.ls_task_id == ids[0])).all()
     assert marks == [], "the unscorable mark went: the next cycle scores the new image"
 
 
 def test_an_image_the_model_failed_asks_for_a_model_fix_not_an_image_fix(store: Store) -> None:
-    fake = FakeLabelStudio()
-    pid = fake.create_project("p", CONFIG)
-    ids = fake.import_tasks(pid, [{"data": {"image": f"/img/{i}.png"}} for i in range(2)])
-    first = sync_project(fake, store, pid, now=NOW)
+    _, _, _, project_id = _first_image_unscorable(store, MODEL_OUTPUT_NOT_FINITE)
     with store.session() as session:
-        write_scores(
-            session,
-            project_id=first.project_id,
-            model_version="m1",
-            task_ids=[ids[1]],
-            probs=[[0.5, 0.5]],
-            unscorable={ids[0]: MODEL_OUTPUT_NOT_FINITE},
-        )
-    sync_project(fake, store, pid, now=NOW + timedelta(minutes=1))
-    with store.session() as session:
-        (held,) = held_apart(session, first.project_id)
+        (held,) = held_apart(session, project_id)
     assert held.problem == MODEL_OUTPUT_NOT_FINITE
     assert "fix the model" in held.fix
     assert "make the image readable" not in held.fix
