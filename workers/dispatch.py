@@ -4,6 +4,12 @@ The pool is scored by one model: the watched folder's choice is made once, befor
 go out. The bootstrap network can still change between chunks (enough labels arrived while
 the pool was scored); the chunks that used another version are then run again, skipping what
 the newest version already has, until every chunk agrees on the version it names.
+
+A chunk that fails for a reason of its own (an image that crashes the model, a worker process
+that died on it too often) does not sink the pool: the other chunks' scores are pushed, the
+failure is a warning of the ``PoolResult``, and the failed chunk's items, which have no score
+row, are scored again next cycle. What no chunk could get past (a missing model, a rejected
+token, the store or the GPU gone) still fails the whole pool.
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+import torch
 from celery import Celery, group
 from celery.result import GroupResult
+from sqlalchemy.exc import OperationalError
 
 from planner.core.backoff import backoff_s
-from planner.errors import ConfigError, TransientError
+from planner.errors import ConfigError, PlannerError, TransientError
 from workers.batches import chunked
 from workers.celery_app import SCORE_TASK, config_to_dict, make_app
 from workers.config import BrokerConfig, WorkerConfig
@@ -39,6 +47,19 @@ POLL_S = 0.5
 PING_EVERY_S = 10.0
 NO_WORKER_S = 60.0
 """A Celery pool is given up when no worker has answered a ping for this long."""
+POOL_WIDE = (
+    ConfigError,
+    TransientError,
+    OperationalError,
+    ConnectionError,
+    TimeoutError,
+    MemoryError,
+    torch.OutOfMemoryError,
+)
+"""Errors that would fail every chunk alike (a setting, a service down for longer than the
+retries, memory): embedded, the pool stops at the first. Any other error is the chunk's own."""
+SHOWN_ERRORS = 3
+"""Distinct errors of failed chunks a pool's warning quotes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +78,16 @@ class PoolResult:
     redelivered: int = 0
     retries: int = 0
     warnings: tuple[str, ...] = ()
+    failed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """One pass over the pool's chunks: what the chunks that finished did, and the errors of
+    those that failed for good (their items stay unscored)."""
+
+    results: list[ChunkResult]
+    errors: list[BaseException]
 
 
 def score_pool(
@@ -71,9 +102,11 @@ def score_pool(
 ) -> PoolResult:
     """Score ``items``; with no broker configured, in this process (the embedded default).
 
-    Only items without a score for the current model version are scored. Embedded, a chunk
-    failing with a ``TransientError`` is retried ``cfg.max_retries`` times with backoff, and
-    one running out of GPU memory once with half the batch, as the Celery task is; pass
+    Only items without a score for the current model version are scored. A chunk that fails
+    for good is left unscored, counted in ``failed`` and described in a warning; the pool
+    fails only when no chunk finished, or embedded at an error of ``POOL_WIDE``. Embedded, a
+    chunk failing with a ``TransientError`` is retried ``cfg.max_retries`` times with backoff,
+    and one running out of GPU memory once with half the batch, as the Celery task is; pass
     ``resources`` to keep loaded models between calls. ``now_s``: the clock for the model
     folder's settle time (``time.time()`` when None).
 
@@ -85,14 +118,18 @@ def score_pool(
     chunks = chunked(items, cfg.chunk_size)
     own = resources or Resources()
     rounds: list[list[ChunkResult]] = []
+    errors: list[BaseException] = []
     try:
         todo = chunks
         while todo:
             if pinned.broker_url is None:
-                results = [_embedded(pinned, project_id, chunk, own, sleep) for chunk in todo]
+                done = _embedded_pass(pinned, project_id, todo, own, sleep)
             else:
                 stall = pinned.stall_s if timeout_s is None else timeout_s
-                results = _through_celery(pinned, project_id, todo, stall, sleep)
+                done = _through_celery(pinned, project_id, todo, stall, sleep)
+            if done.errors and not done.results:
+                raise done.errors[0]  # nothing to push: the cycle fails with the first reason
+            results, errors = done.results, done.errors
             rounds.append(results)
             versions = [r.model_version for r in results]
             if len(set(versions)) <= 1:
@@ -108,7 +145,20 @@ def score_pool(
         if resources is None:
             own.close()
     result = settle(len(chunks), rounds)
-    return replace(result, warnings=tuple(dict.fromkeys((*notes, *result.warnings))))
+    failures = (failed_warning(len(chunks), errors),) if errors else ()
+    warnings = tuple(dict.fromkeys((*notes, *result.warnings, *failures)))
+    return replace(result, warnings=warnings, failed=len(errors))
+
+
+def failed_warning(chunks: int, errors: Sequence[BaseException]) -> str:
+    """The warning of a pool some of whose chunks failed, quoting their first few reasons."""
+    reasons = list(dict.fromkeys(f"{type(e).__name__}: {e}" for e in errors))
+    more = len(reasons) - SHOWN_ERRORS
+    return (
+        f"{len(errors)} of {chunks} chunk(s) failed and were left unscored, scored again next "
+        f"cycle: {'; '.join(reasons[:SHOWN_ERRORS])}"
+        + (f" (and {more} other errors)" if more > 0 else "")
+    )
 
 
 def settle(chunks: int, rounds: Sequence[Sequence[ChunkResult]]) -> PoolResult:
@@ -135,6 +185,25 @@ def settle(chunks: int, rounds: Sequence[Sequence[ChunkResult]]) -> PoolResult:
         retries=sum(r.retries for r in every),
         warnings=tuple(dict.fromkeys(w for r in every for w in r.warnings)),
     )
+
+
+def _embedded_pass(
+    cfg: WorkerConfig,
+    project_id: int,
+    chunks: list[list[tuple[int, str]]],
+    resources: Resources,
+    sleep: Callable[[float], None],
+) -> Pass:
+    done = Pass([], [])
+    for chunk in chunks:
+        try:
+            done.results.append(_embedded(cfg, project_id, chunk, resources, sleep))
+        except POOL_WIDE:
+            raise
+        except Exception as exc:
+            log.exception("a chunk of %d items failed; going on with the next", len(chunk))
+            done.errors.append(exc)
+    return done
 
 
 def _embedded(
@@ -183,7 +252,7 @@ def _through_celery(
     chunks: list[list[tuple[int, str]]],
     stall_s: float,
     sleep: Callable[[float], None],
-) -> list[ChunkResult]:
+) -> Pass:
     if cfg.broker_url is None:
         raise ConfigError("scoring through Celery needs workers.broker_url")
     # the sending side only names the task and the queue; the worker's own app holds the
@@ -200,11 +269,22 @@ def _through_celery(
     outcome = job.apply_async(queue=cfg.queue)
     try:
         _await(celery, outcome, len(chunks), stall_s, broker=cfg.broker_url, sleep=sleep)
-        results = outcome.get(disable_sync_subtasks=False)
+        done = Pass([], [])
+        # each chunk on its own: one that failed must not discard what the others scored
+        for chunk in outcome.results:
+            if chunk.successful():
+                done.results.append(ChunkResult.from_dict(chunk.result))
+            else:
+                error = chunk.result
+                if not isinstance(error, BaseException):
+                    error = PlannerError(f"the chunk ended {chunk.state}")
+                done.errors.append(error)
     finally:
         outcome.forget()
         celery.close()
-    return [ChunkResult.from_dict(r) for r in results]
+    for error in done.errors:
+        log.warning("a chunk failed on its worker: %s: %s", type(error).__name__, error)
+    return done
 
 
 def _await(

@@ -86,6 +86,8 @@ def _scorer(
         cfg = replace(worker_config(settings, classes), label_studio_token=token.value)
         # in a child process: the daemon stays free of torch (embedded and Celery alike)
         result = score_pool_in_child(cfg, project_id, items, group=children)
+        for warning in result.warnings:  # a chunk left unscored, a model file passed over
+            log.warning("scoring project %s: %s", settings.label_studio.project_id, warning)
         if not result.model_version:
             raise ConfigError("scoring produced no model version; check workers.model")
         return str(result.model_version)

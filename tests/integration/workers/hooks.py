@@ -1,7 +1,8 @@
 """Models the worker subprocesses of these tests load as ``module:function``.
 
 Each stands in for a fault a real worker meets: a GPU running out of memory (not producible
-on a CPU), a chunk overrunning its soft time limit, a worker killed in the middle of a chunk.
+on a CPU), a chunk overrunning its soft time limit, a worker killed in the middle of a chunk,
+an input the model cannot take.
 ``PLANNER_TEST_HOOK_DIR`` is where they leave their traces for the test to read.
 """
 
@@ -49,6 +50,15 @@ class Slow(_Linear):
         return super().forward(x)
 
 
+class Poisoned(_Linear):
+    """Fails on a batch holding a white image: an input this model cannot take."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x.flatten(1).amin(dim=1) > 0.99).any()):
+            raise RuntimeError("the model cannot take this image")
+        return super().forward(x)
+
+
 class Blocking(_Linear):
     """Blocks for good in forward pass number ``PLANNER_TEST_BLOCK_AT`` of the first process
     to get there (it writes ``blocked`` with its pid), until the test kills it; every
@@ -81,6 +91,10 @@ def greedy() -> nn.Module:
 
 def slow() -> nn.Module:
     return Slow()
+
+
+def poisoned() -> nn.Module:
+    return Poisoned()
 
 
 def blocking() -> nn.Module:

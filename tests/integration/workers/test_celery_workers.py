@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import redis
 from celery.signals import before_task_publish
+from PIL import Image
 from sqlmodel import func, select
 
 from planner.errors import TransientError
@@ -277,8 +278,10 @@ def test_a_worker_killed_mid_chunk_loses_nothing_and_scores_nothing_twice(
     workers.append(
         _start_worker(queue, tmp_path / "second.log", limits=limits, env=env, via_cli=False)
     )
-    results = outcome.result(timeout=300)
+    done = outcome.result(timeout=300)
     pool.shutdown()
+    assert not done.errors
+    results = done.results
 
     third = results[2]
     assert third.redelivered, "chunk 3 came back from the broker after the kill"
@@ -295,6 +298,41 @@ def test_a_worker_killed_mid_chunk_loses_nothing_and_scores_nothing_twice(
     with store.session() as session:
         scored = session.exec(select(ScoreRecord.ls_task_id)).all()
     assert sorted(scored) == [i for i, _ in items], "every item scored exactly once"
+
+
+def test_a_chunk_failing_on_its_worker_leaves_the_other_chunks_scored(
+    project: tuple[Store, int],
+    digit_files: tuple[Path, list[int]],
+    queue: str,
+    workers: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    store, pid = project
+    root, _ = digit_files
+    Image.new("RGB", (32, 32), "white").save(root / "digits" / "white-celery.png")
+    items = _items(30)
+    items[14] = (215, "/data/local-files/?d=digits/white-celery.png")  # in the second chunk
+    show_images(store, pid, {215: items[14][1]})
+    workers.append(_start_worker(queue, tmp_path / "worker.log"))
+    cfg = replace(
+        worker_config(store, root),
+        model=f"{HOOKS}:poisoned",
+        broker_url=REDIS,
+        queue=queue,
+        chunk_size=10,
+        batch_size=10,  # a chunk is one batch, scored in the worker process
+        num_workers=0,
+    )
+    result = score_pool(cfg, pid, items, timeout_s=300)
+    assert (result.chunks, result.scored, result.failed) == (3, 20, 1)
+    (warning,) = result.warnings
+    assert "1 of 3 chunk(s) failed" in warning
+    assert "RuntimeError: the model cannot take this image" in warning
+    with store.session() as session:
+        scored = session.exec(select(ScoreRecord.ls_task_id)).all()
+    # the other chunks all stored; the failed one's batches without the white image may be
+    assert {i for i, _ in items if not 211 <= i <= 220} <= set(scored)
+    assert 215 not in scored, "scored next cycle"
 
 
 def test_a_pool_sent_where_no_worker_listens_is_given_up_with_what_to_do(

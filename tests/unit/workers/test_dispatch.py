@@ -14,15 +14,19 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from PIL import Image
+from sqlmodel import select
 from torch import nn
 
 from planner.connect import broker_config, worker_own
 from planner.core.backoff import backoff_s
+from planner.daemon.run import _scorer
 from planner.errors import ConfigError, TransientError
-from planner.settings import load_settings
+from planner.settings import Settings, load_settings
 from planner.store import Store
+from planner.store.models import Project, ScoreRecord
 from planner.store.scores import load_scores, unscored
-from tests.unit.workers.conftest import show_images, worker_config
+from tests.unit.workers.conftest import CLASSES, show_images, worker_config
 from workers import celery_app, dispatch
 from workers.config import BrokerConfig, WorkerConfig, WorkerOwn
 from workers.dispatch import score_pool, settle
@@ -271,6 +275,114 @@ def test_running_out_of_memory_retries_once_at_half_the_batch(
     with pytest.raises(torch.OutOfMemoryError):  # 16, then 8: still too big, and only once
         score_pool(replace(cfg, batch_size=16), pid, more, resources=resources)
     assert model.module.batches[4:] == [10, 8]
+
+
+class Poisoned(nn.Module):
+    """Fails on a batch holding a white image: an input this model cannot take."""
+
+    error: Exception = RuntimeError("the model cannot take this image")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x.flatten(1).amin(dim=1) > 0.99).any()):
+            raise self.error
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class Unreachable(Poisoned):
+    """Fails as every chunk would: the store gone for longer than the retries."""
+
+    error = TransientError("the store is gone")
+
+
+def poisoned() -> nn.Module:
+    return Poisoned()
+
+
+def unreachable() -> nn.Module:
+    return Unreachable()
+
+
+def _poisoned_pool(
+    store: Store, pid: int, root: Path
+) -> tuple[WorkerConfig, list[tuple[int, str]]]:
+    """Three chunks of 10; task 215, in the second, shows a white image."""
+    Image.new("RGB", (32, 32), "white").save(root / "digits" / "white.png")
+    items = [(201 + i, f"/data/local-files/?d=digits/{200 + i:04d}.png") for i in range(30)]
+    items[14] = (215, "/data/local-files/?d=digits/white.png")
+    show_images(store, pid, {215: items[14][1]})
+    cfg = worker_config(store, root, model=f"{__name__}:poisoned", num_workers=0)
+    return replace(cfg, chunk_size=10, batch_size=10, max_retries=0), items
+
+
+def test_a_chunk_that_always_fails_leaves_the_other_chunks_scored_and_says_so(
+    project: tuple[Store, int], digit_files: tuple[Path, list[int]]
+) -> None:
+    store, pid = project
+    cfg, items = _poisoned_pool(store, pid, digit_files[0])
+    result = score_pool(cfg, pid, items)
+    assert (result.chunks, result.scored, result.failed) == (3, 20, 1)
+    assert result.model_version
+    (warning,) = result.warnings
+    assert "1 of 3 chunk(s) failed" in warning
+    assert "RuntimeError: the model cannot take this image" in warning
+    with store.session() as session:
+        left = unscored(
+            session,
+            project_id=pid,
+            model_version=result.model_version,
+            task_ids=[i for i, _ in items],
+        )
+    # the failed chunk's batches without the white image may have been stored before it failed
+    assert 215 in left, "the failed chunk's items are scored next cycle"
+    assert set(left) <= set(range(211, 221)), "every other chunk is stored"
+
+
+def test_an_error_every_chunk_would_meet_stops_the_pool_at_once(
+    project: tuple[Store, int], digit_files: tuple[Path, list[int]]
+) -> None:
+    store, pid = project
+    cfg, items = _poisoned_pool(store, pid, digit_files[0])
+    with pytest.raises(TransientError, match="the store is gone"):
+        score_pool(replace(cfg, model=f"{__name__}:unreachable"), pid, items)
+    with store.session() as session:
+        scored = session.exec(select(ScoreRecord.ls_task_id)).all()
+    assert sorted(scored) == list(range(201, 211)), "chunk 3 never ran"
+
+
+def test_the_daemon_logs_the_failed_chunks_and_pushes_the_rest(
+    project: tuple[Store, int],
+    digit_files: tuple[Path, list[int]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store, pid = project
+    root, _ = digit_files
+    _, items = _poisoned_pool(store, pid, root)
+    with store.session() as session:
+        row = session.get(Project, pid)
+        assert row is not None
+        row.classes = list(CLASSES)
+        session.add(row)
+    settings = Settings(
+        store={"url": store.engine.url.render_as_string(hide_password=False)},
+        artifacts={"dir": tmp_path / "artifacts"},
+        workers={
+            "image_root": root,
+            "num_workers": 0,
+            "model": f"{__name__}:poisoned",
+            "chunk_size": 10,
+            "batch_size": 10,
+        },
+    )
+    caplog.set_level(logging.WARNING, logger="planner.daemon")
+    version = _scorer(settings, store)(pid, items)  # in a child process, as the daemon does
+    assert version
+    (logged,) = [r.getMessage() for r in caplog.records if "chunk(s) failed" in r.getMessage()]
+    assert "1 of 3 chunk(s) failed" in logged
 
 
 def _chunk(version: str, scored: int, skipped: int = 0) -> ChunkResult:
