@@ -2,10 +2,11 @@
 
 Tasks are thin (STYLE 7): a config dict, a project id and ``(task_id, image)`` pairs in, the
 plain ``score_chunk`` called, a small summary out. Scores go to the store, never through the
-result backend. ``acks_late`` with ``reject_on_worker_lost``: a chunk whose worker died is
-delivered again (after the broker's visibility timeout, which must exceed the hard time
-limit, or a chunk still running would be handed to a second worker) and the store's
-idempotent writes make the second run harmless.
+result backend. ``acks_late``: a chunk whose worker process died (the OOM killer, a native
+decoder crash) is sent again as a retry (``retry_on_worker_lost``), so ``max_retries`` bounds
+a chunk that kills every process it runs in; one whose whole worker died is delivered again
+after the broker's visibility timeout (see ``planner.settings.worker_time_limits``). The
+store's idempotent writes make a second run harmless.
 
 Failures: a ``TransientError`` (a Label Studio timeout, a database gone for a moment) is
 retried with exponential backoff up to ``max_retries`` times; a chunk running out of GPU
@@ -53,6 +54,10 @@ def make_app(config: BrokerConfig, *, own: WorkerOwn | None = None) -> Celery:
     transport = {"visibility_timeout": config.visibility_s}
     celery.conf.update(
         task_acks_late=True,
+        # a lost child's chunk is retried under max_retries (Celery >= 5.7); the message is
+        # put back as it is only should sending the retry fail (reject alone redelivered a
+        # chunk that kills its process forever)
+        task_retry_on_worker_lost=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=DEFAULT_QUEUE,
@@ -117,6 +122,7 @@ def make_app(config: BrokerConfig, *, own: WorkerOwn | None = None) -> Celery:
         retry_backoff_max=config.retry_backoff_max_s,
         retry_jitter=True,
         max_retries=config.max_retries,
+        default_retry_delay=config.retry_backoff_s,  # the wait before a lost chunk's retry
     )(score)
     return celery
 

@@ -29,6 +29,7 @@ from planner.errors import ConfigError, PlannerError, TransientError
 from workers.batches import chunked
 from workers.celery_app import SCORE_TASK, config_to_dict, make_app
 from workers.config import BrokerConfig, WorkerConfig
+from workers.crashes import Crashes, prepare_chunk, with_given_up
 from workers.scoring import (
     ChunkDeferredError,
     ChunkResult,
@@ -99,6 +100,7 @@ def score_pool(
     resources: Resources | None = None,
     sleep: Callable[[float], None] = time.sleep,
     now_s: float | None = None,
+    crashes: Crashes | None = None,
 ) -> PoolResult:
     """Score ``items``; with no broker configured, in this process (the embedded default).
 
@@ -108,7 +110,8 @@ def score_pool(
     chunk failing with a ``TransientError`` is retried ``cfg.max_retries`` times with backoff,
     and one running out of GPU memory once with half the batch, as the Celery task is; pass
     ``resources`` to keep loaded models between calls. ``now_s``: the clock for the model
-    folder's settle time (``time.time()`` when None).
+    folder's settle time (``time.time()`` when None). ``crashes``: embedded, the tasks earlier
+    scoring processes died on (``workers.crashes``).
 
     Through Celery the wait has no fixed end while chunks keep finishing: it gives up
     (``TransientError``) when none has finished for ``timeout_s`` (``cfg.stall_s`` when
@@ -123,7 +126,9 @@ def score_pool(
         todo = chunks
         while todo:
             if pinned.broker_url is None:
-                done = _embedded_pass(pinned, project_id, todo, own, sleep)
+                done = _embedded_pass(
+                    pinned, project_id, todo, own, sleep, crashes=crashes or Crashes()
+                )
             else:
                 stall = pinned.stall_s if timeout_s is None else timeout_s
                 done = _through_celery(pinned, project_id, todo, stall, sleep)
@@ -193,16 +198,23 @@ def _embedded_pass(
     chunks: list[list[tuple[int, str]]],
     resources: Resources,
     sleep: Callable[[float], None],
+    *,
+    crashes: Crashes,
 ) -> Pass:
     done = Pass([], [])
     for chunk in chunks:
         try:
-            done.results.append(_embedded(cfg, project_id, chunk, resources, sleep))
+            job, given_up = prepare_chunk(cfg, project_id, chunk, crashes, resources)
+            result = _embedded(job, project_id, chunk, resources, sleep)
         except POOL_WIDE:
             raise
         except Exception as exc:
             log.exception("a chunk of %d items failed; going on with the next", len(chunk))
             done.errors.append(exc)
+            continue
+        done.results.append(with_given_up(result, given_up, crashes.deaths))
+    if crashes.on_chunk is not None:
+        crashes.on_chunk([])  # no chunk in progress: a death now is no chunk's doing
     return done
 
 

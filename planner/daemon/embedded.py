@@ -5,15 +5,20 @@ loaded. Both jobs run in a fresh ``spawn`` child that imports what it needs, get
 (a frozen config of strings, paths and numbers; task ids and image references) and returns
 plain values; the child exits afterwards, so its memory goes back to the system. Errors come
 back as the planner's own: a child that dies (killed, out of memory) is a ``TransientError``.
+A scoring child that dies names the chunk it was on; ``ChunkDeaths`` remembers it, so a task
+that kills every child is bounded (``workers.crashes``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import multiprocessing
+import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -56,6 +61,29 @@ _ERRORS: dict[str, type[PlannerError]] = {
 class CancelledError(TransientError):
     """The daemon is shutting down: the child was stopped before it returned; nothing of its
     work was kept (scores and reports are written by the parent or atomically)."""
+
+
+class ChildDiedError(TransientError):
+    """The child died before it answered: killed (the OOM killer), or a crash in native code."""
+
+
+@dataclass
+class ChunkDeaths:
+    """The tasks of the chunk each scoring child died on, cycle after cycle: ``suspects`` are
+    those every one of the last ``deaths`` children died scoring."""
+
+    suspects: frozenset[int] = frozenset()
+    deaths: int = 0
+
+    def died_on(self, task_ids: Iterable[int]) -> None:
+        ids = frozenset(task_ids)
+        if not ids:
+            return  # it died between chunks: no chunk's doing
+        common = self.suspects & ids
+        self.suspects, self.deaths = (common, self.deaths + 1) if common else (ids, 1)
+
+    def clear(self) -> None:
+        self.suspects, self.deaths = frozenset(), 0
 
 
 class ChildGroup:
@@ -118,7 +146,7 @@ def run_in_child(
         if group.cancelled:
             raise CancelledError(f"the daemon is stopping: {name} stopped") from None
         code = process.exitcode
-        raise TransientError(f"the {name} child process died (exit code {code})") from None
+        raise ChildDiedError(f"the {name} child process died (exit code {code})") from None
     finally:
         receiver.close()
         group.done(process)
@@ -157,23 +185,47 @@ def score_pool_in_child(
     items: Sequence[tuple[int, str | None]],
     *,
     group: ChildGroup | None = None,
+    deaths: ChunkDeaths | None = None,
 ) -> SimpleNamespace:
     """``workers.dispatch.score_pool`` in a child process; its ``PoolResult`` as attributes.
-    A task without an image (None) is recorded as having no image reference."""
+    A task without an image (None) is recorded as having no image reference. ``deaths``: the
+    chunks earlier children died on (keep one per project between cycles); updated here."""
     from workers.config import chunk_items  # noqa: PLC0415 - the workers' package, lazily
 
     pairs = chunk_items(items)
-    fields: dict[str, Any] = run_in_child(_score_pool, cfg, int(project_id), pairs, group=group)
+    deaths = ChunkDeaths() if deaths is None else deaths
+    with tempfile.TemporaryDirectory(prefix="planner-scoring-") as folder:
+        progress = Path(folder) / "chunk.json"  # the child writes the chunk it is on
+        try:
+            fields: dict[str, Any] = run_in_child(
+                _score_pool, cfg, int(project_id), pairs, progress, deaths, group=group
+            )
+        except ChildDiedError:
+            if progress.is_file():
+                deaths.died_on(json.loads(progress.read_text(encoding="utf-8")))
+            raise
+    deaths.clear()
     return SimpleNamespace(**fields)
 
 
-def _score_pool(cfg: WorkerConfig, project_id: int, items: list[tuple[int, str]]) -> Outcome:
+def _score_pool(
+    cfg: WorkerConfig,
+    project_id: int,
+    items: list[tuple[int, str]],
+    progress: Path,
+    deaths: ChunkDeaths,
+) -> Outcome:
     def work() -> dict[str, Any]:
+        from workers.crashes import Crashes  # noqa: PLC0415
         from workers.devices import allow_decode_processes  # noqa: PLC0415
         from workers.dispatch import score_pool  # noqa: PLC0415 - torch, in the child only
 
+        def on_chunk(task_ids: list[int]) -> None:
+            progress.write_text(json.dumps(task_ids), encoding="utf-8")
+
         allow_decode_processes()  # this child is a daemon: it goes when the daemon goes
-        return dataclasses.asdict(score_pool(cfg, project_id, items))
+        crashes = Crashes(deaths.suspects, deaths.deaths, on_chunk)
+        return dataclasses.asdict(score_pool(cfg, project_id, items, crashes=crashes))
 
     return _guarded(work)
 

@@ -27,7 +27,7 @@ from planner.connect import connect, open_settings_store, sync_options, worker_c
 from planner.core.labels import parse_label_config
 from planner.core.plan import PlanOptions
 from planner.core.quotas import Quota
-from planner.daemon.embedded import ChildGroup, report_in_child, score_pool_in_child
+from planner.daemon.embedded import ChildGroup, ChunkDeaths, report_in_child, score_pool_in_child
 from planner.daemon.leader import DEFAULT_TTL_S, LeaderLease, RedisLease, holder_name
 from planner.daemon.rotation import TokenInUse, token_refresher
 from planner.daemon.schedule import Schedule
@@ -77,6 +77,7 @@ def _scorer(
     token: TokenInUse | None = None,
 ) -> Scorer:
     token = token or TokenInUse.of(settings)
+    deaths = ChunkDeaths()  # the chunks scoring children died on, kept from cycle to cycle
 
     def score(project_id: int, items: Sequence[tuple[int, str]]) -> str:
         with store.session() as session:
@@ -85,7 +86,7 @@ def _scorer(
         # the token in use now: the settings' is revoked once the daemon took a rotated one
         cfg = replace(worker_config(settings, classes), label_studio_token=token.value)
         # in a child process: the daemon stays free of torch (embedded and Celery alike)
-        result = score_pool_in_child(cfg, project_id, items, group=children)
+        result = score_pool_in_child(cfg, project_id, items, group=children, deaths=deaths)
         for warning in result.warnings:  # a chunk left unscored, a model file passed over
             log.warning("scoring project %s: %s", settings.label_studio.project_id, warning)
         if not result.model_version:

@@ -2,13 +2,14 @@
 
 Each stands in for a fault a real worker meets: a GPU running out of memory (not producible
 on a CPU), a chunk overrunning its soft time limit, a worker killed in the middle of a chunk,
-an input the model cannot take.
+an input the model cannot take, one that kills the process.
 ``PLANNER_TEST_HOOK_DIR`` is where they leave their traces for the test to read.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -59,6 +60,18 @@ class Poisoned(_Linear):
         return super().forward(x)
 
 
+class Fatal(_Linear):
+    """Kills its own process on a batch holding a white image (as the OOM killer or a crash
+    in native code does), after noting the run in ``fatal.log``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x.flatten(1).amin(dim=1) > 0.99).any()):
+            with (_folder() / "fatal.log").open("a") as log:
+                log.write(f"{os.getpid()}\n")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().forward(x)
+
+
 class Blocking(_Linear):
     """Blocks for good in forward pass number ``PLANNER_TEST_BLOCK_AT`` of the first process
     to get there (it writes ``blocked`` with its pid), until the test kills it; every
@@ -95,6 +108,10 @@ def slow() -> nn.Module:
 
 def poisoned() -> nn.Module:
     return Poisoned()
+
+
+def fatal() -> nn.Module:
+    return Fatal()
 
 
 def blocking() -> nn.Module:

@@ -33,6 +33,7 @@ from planner.store.scores import load_scores
 from tests.unit.workers.conftest import KeptAliveServer, show_images, worker_config
 from workers import dispatch
 from workers.batches import chunked
+from workers.config import WorkerConfig
 from workers.dispatch import _through_celery, score_pool
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -300,6 +301,30 @@ def test_a_worker_killed_mid_chunk_loses_nothing_and_scores_nothing_twice(
     assert sorted(scored) == [i for i, _ in items], "every item scored exactly once"
 
 
+def _white_in_chunk_two(
+    project: tuple[Store, int], root: Path, queue: str, hook: str, count: int
+) -> tuple[WorkerConfig, list[tuple[int, str]]]:
+    """A pool of ``count`` items in chunks of 10 whose task 215 shows a white image, and a
+    config scoring it with the hooks' model ``hook`` through ``queue``: one batch a chunk,
+    its forward pass in the worker's pool process."""
+    store, pid = project
+    name = f"white-{uuid.uuid4().hex[:8]}.png"
+    Image.new("RGB", (32, 32), "white").save(root / "digits" / name)
+    items = _items(count)
+    items[14] = (215, f"/data/local-files/?d=digits/{name}")
+    show_images(store, pid, {215: items[14][1]})
+    cfg = replace(
+        worker_config(store, root),
+        model=f"{HOOKS}:{hook}",
+        broker_url=REDIS,
+        queue=queue,
+        chunk_size=10,
+        batch_size=10,
+        num_workers=0,
+    )
+    return cfg, items
+
+
 def test_a_chunk_failing_on_its_worker_leaves_the_other_chunks_scored(
     project: tuple[Store, int],
     digit_files: tuple[Path, list[int]],
@@ -308,21 +333,8 @@ def test_a_chunk_failing_on_its_worker_leaves_the_other_chunks_scored(
     tmp_path: Path,
 ) -> None:
     store, pid = project
-    root, _ = digit_files
-    Image.new("RGB", (32, 32), "white").save(root / "digits" / "white-celery.png")
-    items = _items(30)
-    items[14] = (215, "/data/local-files/?d=digits/white-celery.png")  # in the second chunk
-    show_images(store, pid, {215: items[14][1]})
+    cfg, items = _white_in_chunk_two(project, digit_files[0], queue, "poisoned", 30)
     workers.append(_start_worker(queue, tmp_path / "worker.log"))
-    cfg = replace(
-        worker_config(store, root),
-        model=f"{HOOKS}:poisoned",
-        broker_url=REDIS,
-        queue=queue,
-        chunk_size=10,
-        batch_size=10,  # a chunk is one batch, scored in the worker process
-        num_workers=0,
-    )
     result = score_pool(cfg, pid, items, timeout_s=300)
     assert (result.chunks, result.scored, result.failed) == (3, 20, 1)
     (warning,) = result.warnings
@@ -333,6 +345,28 @@ def test_a_chunk_failing_on_its_worker_leaves_the_other_chunks_scored(
     # the other chunks all stored; the failed one's batches without the white image may be
     assert {i for i, _ in items if not 211 <= i <= 220} <= set(scored)
     assert 215 not in scored, "scored next cycle"
+
+
+def test_a_chunk_that_kills_its_worker_process_is_retried_at_most_max_retries_times(
+    project: tuple[Store, int],
+    digit_files: tuple[Path, list[int]],
+    queue: str,
+    workers: list[subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    _, pid = project
+    cfg, items = _white_in_chunk_two(project, digit_files[0], queue, "fatal", 20)
+    limits = "max_retries = 2\nretry_backoff_s = 0.5\n"
+    env = {"PLANNER_TEST_HOOK_DIR": str(tmp_path)}
+    workers.append(_start_worker(queue, tmp_path / "worker.log", limits=limits, env=env))
+    # redelivered for ever, the chunk would keep the pool from finishing: given up after 60 s
+    result = score_pool(cfg, pid, items, timeout_s=60)
+    runs = (tmp_path / "fatal.log").read_text().split()
+    assert len(runs) == 3, "the first run and max_retries = 2 retries"
+    assert len(set(runs)) == 3, "each in a new pool process"
+    assert (result.scored, result.failed) == (10, 1)
+    (warning,) = result.warnings
+    assert "WorkerLostError" in warning
 
 
 def test_a_pool_sent_where_no_worker_listens_is_given_up_with_what_to_do(

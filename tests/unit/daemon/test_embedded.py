@@ -13,9 +13,18 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from planner.daemon.embedded import CancelledError, ChildGroup, run_in_child, score_pool_in_child
+from planner.daemon.embedded import (
+    CancelledError,
+    ChildGroup,
+    ChunkDeaths,
+    run_in_child,
+    score_pool_in_child,
+)
+from planner.daemon.run import _scorer
 from planner.errors import ConfigError, PlannerError, TransientError
+from planner.settings import Settings
 from planner.store import ensure_project, open_store
 from planner.store.scores import load_scores
 from workers.config import WorkerConfig
@@ -135,3 +144,58 @@ def test_a_cancelled_group_stops_its_running_child_and_refuses_new_ones() -> Non
 def test_a_bug_in_the_child_comes_back_as_a_planner_error() -> None:
     with pytest.raises(PlannerError, match="ZeroDivisionError"):
         run_in_child(divmod, 1, 0)
+
+
+def test_a_task_that_kills_every_scoring_child_is_given_up_after_three_deaths(
+    digit_files: tuple[Path, list[int]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash in native code or the OOM killer on the same image every cycle: the daemon's
+    scorer learns which chunk each child died on, has it scored one image a batch, then given
+    up on."""
+    root, _ = digit_files
+    monkeypatch.setenv("PLANNER_TEST_HOOK_DIR", str(tmp_path))  # the children inherit it
+    Image.new("RGB", (32, 32), "white").save(root / "digits" / "white-embedded.png")
+    url = f"sqlite:///{tmp_path / 'planner.db'}"
+    settings = Settings(
+        store={"url": url},
+        artifacts={"dir": tmp_path / "artifacts"},
+        workers={
+            "image_root": root,
+            "model": "tests.integration.workers.hooks:fatal",  # kills its process on white
+            "num_workers": 0,
+            "chunk_size": 10,
+            "batch_size": 10,
+        },
+    )
+    items = [(i, f"/data/local-files/?d=digits/{i:04d}.png") for i in range(1, 31)]
+    items[14] = (15, "/data/local-files/?d=digits/white-embedded.png")  # in the second chunk
+    with open_store(url) as store:
+        with store.session() as session:
+            project = ensure_project(session, ls_project_id=1)
+            project.classes = list("0123456789")
+            session.add(project)
+            pid = int(project.id or 0)
+        score = _scorer(settings, store)  # one per daemon: it remembers across cycles
+        for _ in range(3):
+            with pytest.raises(TransientError, match="child process died"):
+                score(pid, items)
+        version = score(pid, items)
+        with store.session() as session:
+            scores = load_scores(session, project_id=pid, model_version=version)
+    assert len((tmp_path / "fatal.log").read_text().split()) == 3, "no fourth death"
+    assert "the scoring process died on it 3 times" in scores.unscorable[15]
+    assert set(scores.unscorable) <= set(range(11, 21)), "only the chunk it died on"
+    assert set(scores.task_ids.tolist()) | set(scores.unscorable) == set(range(1, 31))
+
+
+def test_the_tasks_suspected_are_those_every_child_in_a_row_died_on() -> None:
+    deaths = ChunkDeaths()
+    deaths.died_on(range(11, 21))
+    deaths.died_on([])  # between chunks: no chunk's doing
+    assert (deaths.suspects, deaths.deaths) == (frozenset(range(11, 21)), 1)
+    deaths.died_on(range(15, 25))  # the pool shifted: the same culprit among them
+    assert (deaths.suspects, deaths.deaths) == (frozenset(range(15, 21)), 2)
+    deaths.died_on(range(31, 41))  # another chunk: counting starts again
+    assert (deaths.suspects, deaths.deaths) == (frozenset(range(31, 41)), 1)
+    deaths.clear()
+    assert (deaths.suspects, deaths.deaths) == (frozenset(), 0)
