@@ -40,7 +40,7 @@ _EXAMPLES: Mapping[str, Any] = {
     "workers.image_root": "/data/images",
     "workers.pixel_cache_dir": "var/artifacts/pixel-cache",
     "workers.soft_time_limit_s": 10740,
-    "workers.visibility_timeout_s": 11880,
+    "workers.visibility_timeout_s": 22980,
 }
 """Values shown in the comment of a key that has no default (an unset key keeps that)."""
 _EXAMPLE_QUOTA = {"target": 500, "splits": {"train": 400, "val": 50, "test": 50}}

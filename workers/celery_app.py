@@ -5,7 +5,8 @@ plain ``score_chunk`` called, a small summary out. Scores go to the store, never
 result backend. ``acks_late``: a chunk whose worker process died (the OOM killer, a native
 decoder crash) is sent again as a retry (``retry_on_worker_lost``), so ``max_retries`` bounds
 a chunk that kills every process it runs in; one whose whole worker died is delivered again
-after the broker's visibility timeout (see ``planner.settings.worker_time_limits``). The
+after the broker's visibility timeout (see ``planner.settings.worker_time_limits`` for why it
+must exceed twice the hard limit plus the longest retry wait). The
 store's idempotent writes make a second run harmless.
 
 Failures: a ``TransientError`` (a Label Studio timeout, a database gone for a moment) is
@@ -71,6 +72,9 @@ def make_app(config: BrokerConfig, *, own: WorkerOwn | None = None) -> Celery:
         broker_transport_options=transport,
         result_backend_transport_options=transport,
         broker_connection_retry_on_startup=True,
+        # a chunk running when the broker connection is lost is stopped: its message goes
+        # back to the queue (unacknowledged), and a second worker would run it alongside
+        worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_hijack_root_logger=False,
     )
     resources = Resources()  # one per app: the worker process keeps its models between chunks
@@ -122,7 +126,8 @@ def make_app(config: BrokerConfig, *, own: WorkerOwn | None = None) -> Celery:
         retry_backoff_max=config.retry_backoff_max_s,
         retry_jitter=True,
         max_retries=config.max_retries,
-        default_retry_delay=config.retry_backoff_s,  # the wait before a lost chunk's retry
+        # the wait before a lost chunk's retry (within the visibility rule's longest wait)
+        default_retry_delay=min(config.retry_backoff_s, config.retry_backoff_max_s),
     )(score)
     return celery
 

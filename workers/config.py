@@ -95,16 +95,24 @@ class WorkerConfig:
         if self.mc_passes == 1:
             raise ConfigError("workers.mc_passes = 1 estimates nothing; use 0 (off) or 2 or more")
         try:
-            worker_time_limits(self.time_limit_s, None, self.visibility_timeout_s)
+            self._limits()
         except WorkerLimitError as exc:
             raise ConfigError(str(exc)) from None
+
+    def _limits(self) -> tuple[int, int, int]:
+        return worker_time_limits(
+            self.time_limit_s,
+            None,
+            self.visibility_timeout_s,
+            retry_backoff_max_s=self.retry_backoff_max_s,
+        )
 
     @property
     def stall_s(self) -> float:
         """How long a Celery pool may go without a chunk finishing before the sender gives
         up: a chunk whose worker died becomes visible again after the visibility timeout,
         then runs up to the hard limit, after a retry's longest backoff."""
-        hard, _, visibility = worker_time_limits(self.time_limit_s, None, self.visibility_timeout_s)
+        hard, _, visibility = self._limits()
         return float(visibility + hard) + self.retry_backoff_max_s
 
     def with_own(self, own: WorkerOwn) -> WorkerConfig:
@@ -231,7 +239,8 @@ class BrokerConfig:
 
     ``soft_time_limit_s`` and ``visibility_timeout_s`` left ``None`` are derived from
     ``time_limit_s`` (see ``planner.settings.worker_time_limits``); the visibility timeout
-    must exceed the hard limit, or Redis hands a chunk still running to a second worker.
+    must exceed twice the hard limit plus ``retry_backoff_max_s``, or Redis hands a chunk a
+    worker still holds to a second worker.
     """
 
     broker_url: str = DEFAULT_BROKER
@@ -250,7 +259,10 @@ class BrokerConfig:
             )
         try:
             _, soft, visibility = worker_time_limits(
-                self.time_limit_s, self.soft_time_limit_s, self.visibility_timeout_s
+                self.time_limit_s,
+                self.soft_time_limit_s,
+                self.visibility_timeout_s,
+                retry_backoff_max_s=self.retry_backoff_max_s,
             )
         except WorkerLimitError as exc:
             raise ConfigError(str(exc)) from None

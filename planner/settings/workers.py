@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Literal
@@ -17,6 +18,7 @@ COMPILE_MODES: tuple[CompileMode, ...] = ("auto", "on", "off")
 BROKER_SCHEMES = ("redis://", "rediss://")
 """What ``workers.broker_url`` may start with: the Celery broker and the daemon's lease."""
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
+_DEFAULT_BACKOFF_MAX_S = 300.0
 
 
 class WorkerLimitError(ValueError):
@@ -29,14 +31,22 @@ class WorkerLimitError(ValueError):
 
 
 def worker_time_limits(
-    time_limit_s: int, soft_time_limit_s: int | None, visibility_timeout_s: int | None
+    time_limit_s: int,
+    soft_time_limit_s: int | None,
+    visibility_timeout_s: int | None,
+    *,
+    retry_backoff_max_s: float,
 ) -> tuple[int, int, int]:
     """``(hard, soft, visibility)`` seconds of a scoring chunk, the unset ones derived.
 
-    The soft limit defaults to 60 s (a tenth for short limits) before the hard one; the
-    broker's visibility timeout to the hard limit plus a tenth (at least 60 s), because Redis
-    hands an unacknowledged chunk to a second worker once it expires, while the first may
-    still run it. ``WorkerLimitError`` names both keys when they contradict each other.
+    The soft limit defaults to 60 s (a tenth for short limits) before the hard one. Redis
+    hands an unacknowledged chunk to a second worker once the broker's visibility timeout
+    expires, while the first may still hold it; and a worker holds a chunk unacknowledged
+    from the moment it receives it: through a retry's countdown (up to
+    ``retry_backoff_max_s``), while another chunk runs in its process (up to the hard limit),
+    then through its own run (the hard limit again). So the visibility timeout must exceed
+    ``2 x hard + retry_backoff_max_s``; it defaults to that plus a tenth of the hard limit
+    (at least 60 s). ``WorkerLimitError`` names the keys when they contradict each other.
     """
     if time_limit_s < 2:
         raise WorkerLimitError("time_limit_s", time_limit_s, "give at least 2 seconds")
@@ -49,15 +59,18 @@ def worker_time_limits(
             soft,
             f"must be positive and below workers.time_limit_s = {time_limit_s}",
         )
+    held = 2 * time_limit_s + math.ceil(retry_backoff_max_s)
     visibility = visibility_timeout_s
     if visibility is None:
-        visibility = time_limit_s + max(60, time_limit_s // 10)
-    if visibility <= time_limit_s:
+        visibility = held + max(60, time_limit_s // 10)
+    if visibility <= held:
         raise WorkerLimitError(
             "visibility_timeout_s",
             visibility,
-            f"must exceed workers.time_limit_s = {time_limit_s}: Redis would hand a chunk "
-            "still running to a second worker",
+            f"must exceed {held} s, twice workers.time_limit_s = {time_limit_s} plus "
+            f"workers.retry_backoff_max_s = {retry_backoff_max_s:g}: a worker holds a chunk "
+            "that long unacknowledged (a retry's wait, another chunk's run, its own), and "
+            "Redis would hand it to a second worker meanwhile",
         )
     return time_limit_s, soft, visibility
 
@@ -126,7 +139,9 @@ class WorkerSettings(Section):
     )
     max_retries: int = Field(default=5, ge=0, description="Retries of a failing chunk.")
     retry_backoff_s: float = Field(default=2.0, gt=0, description="First retry delay, doubled.")
-    retry_backoff_max_s: float = Field(default=300.0, gt=0, description="Longest retry delay.")
+    retry_backoff_max_s: float = Field(
+        default=_DEFAULT_BACKOFF_MAX_S, gt=0, description="Longest retry delay."
+    )
     time_limit_s: int = Field(default=3 * 3600, ge=2, description="Hard time limit of a chunk.")
     soft_time_limit_s: int | None = Field(
         default=None,
@@ -136,7 +151,8 @@ class WorkerSettings(Section):
     visibility_timeout_s: int | None = Field(
         default=None,
         validate_default=True,
-        description="Redelivery delay of a chunk whose worker died; unset = hard limit + 10 %.",
+        description="Redelivery delay of a chunk whose worker died; unset = 2 x hard limit + "
+        "retry_backoff_max_s + 10 % of the hard limit (at least 60 s).",
     )
 
     @field_validator("broker_url")
@@ -181,8 +197,12 @@ class WorkerSettings(Section):
         own = info.field_name == "soft_time_limit_s"
         soft = value if own else info.data.get("soft_time_limit_s")
         visibility = value if info.field_name == "visibility_timeout_s" else None
+        # a refused retry_backoff_max_s has its own error; judge the limits by the default
+        longest = info.data.get("retry_backoff_max_s", _DEFAULT_BACKOFF_MAX_S)
         try:
-            _, soft, visibility = worker_time_limits(hard, soft, visibility)
+            _, soft, visibility = worker_time_limits(
+                hard, soft, visibility, retry_backoff_max_s=longest
+            )
         except WorkerLimitError as exc:
             raise ValueError(exc.detail if exc.key == info.field_name else str(exc)) from None
         return soft if own else visibility

@@ -484,7 +484,10 @@ def test_the_readme_gives_the_soft_time_limit_the_code_derives() -> None:
     row = next(line for line in readme.splitlines() if "`workers.soft_time_limit_s` |" in line)
     minus = "\N{MINUS SIGN}"
     assert f"hard {minus} 60 s; under 600 s, hard {minus} a tenth of it (rounded down" in row
-    assert [worker_time_limits(hard, None, None)[1] for hard in (2, 10, 599, 600, 10800)] == [
+    assert [
+        worker_time_limits(hard, None, None, retry_backoff_max_s=300)[1]
+        for hard in (2, 10, 599, 600, 10800)
+    ] == [
         1,
         9,
         540,

@@ -243,7 +243,8 @@ def test_a_worker_killed_mid_chunk_loses_nothing_and_scores_nothing_twice(
     # chunks of 10 in batches of 4, 4, 2: forward pass 8 is the second batch of chunk 3,
     # reached once chunks 1 and 2 (20 rows) and chunk 3's first batch (4 rows) are written
     env = {"PLANNER_TEST_HOOK_DIR": str(hooks), "PLANNER_TEST_BLOCK_AT": "8"}
-    limits = "time_limit_s = 10\nvisibility_timeout_s = 12\n"
+    # visibility > 2 x 10 + 1: a chunk held through a retry's wait and a busy worker
+    limits = "time_limit_s = 10\nretry_backoff_max_s = 1\nvisibility_timeout_s = 22\n"
     cfg = replace(
         worker_config(store, root),
         model=f"{HOOKS}:blocking",
@@ -275,7 +276,7 @@ def test_a_worker_killed_mid_chunk_loses_nothing_and_scores_nothing_twice(
     first.wait(timeout=10)
     # the broker hands chunk 3 out again once its visibility timeout has passed; a worker
     # starting after that finds it on its first look
-    time.sleep(max(0.0, blocked_at + 13 - time.monotonic()))
+    time.sleep(max(0.0, blocked_at + 23 - time.monotonic()))
     workers.append(
         _start_worker(queue, tmp_path / "second.log", limits=limits, env=env, via_cli=False)
     )

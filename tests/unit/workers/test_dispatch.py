@@ -137,7 +137,8 @@ def test_bad_settings_name_the_key() -> None:
 def test_the_visibility_timeout_outlasts_the_hard_time_limit(tmp_path: Path) -> None:
     derived = BrokerConfig(time_limit_s=3 * 3600)
     assert derived.visibility_s > derived.time_limit_s > derived.soft_limit_s
-    assert (derived.soft_limit_s, derived.visibility_s) == (3 * 3600 - 60, 3 * 3600 + 1080)
+    # twice the hard limit + the longest retry wait (300 s) + a tenth of the hard limit
+    assert (derived.soft_limit_s, derived.visibility_s) == (3 * 3600 - 60, 6 * 3600 + 300 + 1080)
     with pytest.raises(ConfigError, match=r"visibility_timeout_s = 3600.*workers.time_limit_s"):
         BrokerConfig(time_limit_s=3 * 3600, visibility_timeout_s=3600)
     with pytest.raises(ConfigError, match=r"soft_time_limit_s = 90.*workers.time_limit_s = 60"):
@@ -149,6 +150,29 @@ def test_the_visibility_timeout_outlasts_the_hard_time_limit(tmp_path: Path) -> 
     (line,) = [x for x in str(caught.value).splitlines() if "workers.visibility" in x]
     assert "workers.visibility_timeout_s = 3600" in line
     assert "workers.time_limit_s = 10800" in line
+
+
+def test_the_visibility_timeout_outlasts_a_chunk_held_through_a_retry_and_a_busy_worker(
+    tmp_path: Path,
+) -> None:
+    """A worker holds a chunk unacknowledged through its retry's countdown, another chunk's
+    run in its process and its own run: Redis must not hand it out again meanwhile."""
+    derived = BrokerConfig(time_limit_s=600, retry_backoff_max_s=300)
+    assert derived.visibility_s >= 2 * 600 + 300
+    assert BrokerConfig(time_limit_s=600, retry_backoff_max_s=300, visibility_timeout_s=1501)
+    with pytest.raises(ConfigError, match=r"visibility_timeout_s = 1500: must exceed 1500 s"):
+        BrokerConfig(time_limit_s=600, retry_backoff_max_s=300, visibility_timeout_s=1500)
+    with pytest.raises(ConfigError, match=r"twice workers.time_limit_s = 600 plus"):
+        WorkerConfig(
+            store_url="sqlite://", classes=("a",), time_limit_s=600, visibility_timeout_s=660
+        )
+    config = tmp_path / "planner.toml"
+    config.write_text("[workers]\ntime_limit_s = 600\nvisibility_timeout_s = 660\n")
+    with pytest.raises(ConfigError, match=r"workers\.retry_backoff_max_s = 300:"):
+        load_settings(config, environ=False)
+    # a chunk running when the broker connection drops is stopped, not run twice
+    app = celery_app.make_app(BrokerConfig(broker_url="redis://127.0.0.1:9/0"))
+    assert app.conf.worker_cancel_long_running_tasks_on_connection_loss is True
 
 
 def test_the_worker_app_takes_limits_and_secrets_from_its_settings(
@@ -165,7 +189,7 @@ def test_the_worker_app_takes_limits_and_secrets_from_its_settings(
     app = celery_app._app_from_env.__wrapped__()  # the uncached build
     assert app.conf.task_time_limit == 600
     assert app.conf.task_soft_time_limit == 540
-    assert app.conf.broker_transport_options == {"visibility_timeout": 660}
+    assert app.conf.broker_transport_options == {"visibility_timeout": 2 * 600 + 300 + 60}
     task = app.tasks[celery_app.SCORE_TASK]
     assert (task.max_retries, task.retry_backoff) == (2, 1.5)
     settings = load_settings(config)
@@ -531,8 +555,8 @@ def test_a_celery_pool_nobody_works_on_is_given_up_within_a_minute_or_so() -> No
 
 def test_the_stall_window_outlasts_a_redelivered_chunk_run_to_its_hard_limit() -> None:
     cfg = WorkerConfig(store_url="sqlite://", classes=("a",), time_limit_s=600)
-    # visibility 660 (the limit + 60 s) + 600 + the longest retry backoff, 300
-    assert cfg.stall_s == 1560
+    # visibility 1560 (2 x 600 + 300 + 60) + 600 + the longest retry backoff, 300
+    assert cfg.stall_s == 2460
     with pytest.raises(ConfigError, match="visibility_timeout_s"):
         WorkerConfig(
             store_url="sqlite://", classes=("a",), time_limit_s=600, visibility_timeout_s=60
