@@ -93,7 +93,7 @@ def worker_config(settings: Settings, classes: tuple[str, ...]) -> WorkerConfig:
         precision=section.precision,
         compile=section.compile,
         threads=section.threads,
-        bootstrap_dir=section.bootstrap_dir or settings.artifacts.dir / "bootstrap",
+        bootstrap_dir=bootstrap_dir(settings),
         pixel_cache_dir=pixel_cache_dir(settings),
         pixel_cache_mb=section.pixel_cache_mb,
         retrain_min_new_labels=section.retrain_min_new_labels,
@@ -123,7 +123,8 @@ def broker_config(settings: Settings, *, default_url: str | None = None) -> Brok
 
 def worker_own(settings: Settings) -> WorkerOwn:
     """What a worker takes from its own settings: the store password, the Label Studio token,
-    where each may be sent, the code a chunk may name as its model, and its pixel cache."""
+    where each may be sent, the code a chunk may name as its model, its pixel cache and its
+    bootstrap folder."""
     from workers.config import WorkerOwn, is_entry_point  # noqa: PLC0415
 
     password, token = settings.store.password, settings.label_studio.token
@@ -134,6 +135,7 @@ def worker_own(settings: Settings) -> WorkerOwn:
         label_studio_token=None if token is None else token.get_secret_value(),
         pixel_cache_dir=pixel_cache_dir(settings),
         pixel_cache_mb=settings.workers.pixel_cache_mb,
+        bootstrap_dir=bootstrap_dir(settings),
         label_studio_url=str(settings.label_studio.url),
         store_url=settings.store.url,
         entry_points=(*own_model, *settings.workers.entry_points),
@@ -142,3 +144,10 @@ def worker_own(settings: Settings) -> WorkerOwn:
 
 def pixel_cache_dir(settings: Settings) -> Path:
     return settings.workers.pixel_cache_dir or settings.artifacts.dir / "pixel-cache"
+
+
+def bootstrap_dir(settings: Settings) -> Path:
+    """Where this process keeps the bootstrap networks, made absolute: a relative path means
+    the folder the process was started in (a service's working directory)."""
+    folder = settings.workers.bootstrap_dir or settings.artifacts.dir / "bootstrap"
+    return folder.expanduser().absolute()

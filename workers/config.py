@@ -18,8 +18,9 @@ DEFAULT_BROKER = "redis://127.0.0.1:6379/0"
 MODEL_SUFFIXES = (".pt", ".pth", ".ts", ".pt2")
 """File names ``workers.model`` and a model folder take as model files."""
 SECRET_FIELDS = ("store_password", "label_studio_token")
-OWN_FIELDS = (*SECRET_FIELDS, "pixel_cache_dir", "pixel_cache_mb")
-"""``WorkerConfig`` fields a task message never carries: each worker has its own."""
+OWN_FIELDS = (*SECRET_FIELDS, "pixel_cache_dir", "pixel_cache_mb", "bootstrap_dir")
+"""``WorkerConfig`` fields a task message never carries: each worker has its own (the
+sender's folders are paths on another machine, or in another container)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,8 +31,8 @@ class WorkerConfig:
     ``model``: a TorchScript file, ``module:function`` (returns an ``nn.Module``) with
     ``weights`` (a state dict, loaded with ``weights_only=True``), or ``"bootstrap"``.
     ``bootstrap_dir``: where trained bootstrap networks are kept, so every worker sharing the
-    folder scores with the same one; ``retrain_min_new_labels``: labels that must arrive
-    before the bootstrap network is trained again.
+    folder scores with the same one (a Celery worker's own setting); ``retrain_min_new_labels``:
+    labels that must arrive before the bootstrap network is trained again.
     """
 
     store_url: str
@@ -116,8 +117,8 @@ class WorkerConfig:
         return float(visibility + hard) + self.retry_backoff_max_s
 
     def with_own(self, own: WorkerOwn) -> WorkerConfig:
-        """This job with the worker's own secrets and pixel cache (a task message carries
-        neither).
+        """This job with the worker's own secrets, pixel cache and bootstrap folder (a task
+        message carries none of them).
 
         A secret goes only where the worker's own settings send it: a message naming another
         Label Studio or another store (whoever can write to the broker can write one) is
@@ -155,19 +156,22 @@ class WorkerConfig:
             label_studio_token=own.label_studio_token if self.label_studio_url else None,
             pixel_cache_dir=own.pixel_cache_dir,
             pixel_cache_mb=own.pixel_cache_mb,
+            bootstrap_dir=own.bootstrap_dir,
         )
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerOwn:
     """What a worker reads from its own settings or environment, never from a task message:
-    the secrets (task messages sit in Redis, readable by anyone who can read the broker), and
-    its pixel cache (a folder on its own disk; 0 MB = off)."""
+    the secrets (task messages sit in Redis, readable by anyone who can read the broker), its
+    pixel cache (a folder on its own disk; 0 MB = off) and its bootstrap folder (None: the
+    bootstrap network is kept in memory only)."""
 
     store_password: str | None = field(default=None, repr=False)
     label_studio_token: str | None = field(default=None, repr=False)
     pixel_cache_dir: Path | None = None
     pixel_cache_mb: int = 0
+    bootstrap_dir: Path | None = None
     label_studio_url: str | None = None
     """Where the token may be sent (the worker's own ``label_studio.url``)."""
     store_url: str | None = None

@@ -104,6 +104,8 @@ class Resources:
     """Each project's (store, project id) model now: its key in ``models``, None for its
     bootstrap network."""
     bootstraps: dict[int, Trained] = field(default_factory=dict)
+    unsaved: dict[int, str] = field(default_factory=dict)
+    """Why a project's bootstrap network is kept in memory only (its folder failed)."""
     caches: dict[tuple[Path, int], PixelCache] = field(default_factory=dict)
     decoders: Decoders = field(default_factory=Decoders)
     compiler: Compiler = field(default_factory=Compiler)
@@ -226,11 +228,12 @@ def _bootstrap(cfg: WorkerConfig, project_id: int, resources: Resources) -> Scor
         # its columns are other classes (or these in another order): never score with it,
         # and train at once rather than wait for new labels that no batch would bring
         known = None
-    saved = latest_saved(cfg.bootstrap_dir, project_id, cfg.classes)
+    saved = _latest_saved(cfg, project_id, resources)
     if saved is not None and (known is None or saved_labelled(saved) > known.labelled):
         # another worker trained on more labels: use its network (at the same count the
         # network held is the saved one: the first saved for a count is every worker's)
         known = load_saved(saved)
+        resources.unsaved.pop(project_id, None)
         if known.classes != cfg.classes:  # a file renamed by hand
             known = None
     trained_on = None if known is None else known.labelled
@@ -239,13 +242,35 @@ def _bootstrap(cfg: WorkerConfig, project_id: int, resources: Resources) -> Scor
         known = train_bootstrap(images, labels, cfg.classes, labelled=len(rows))
         if cfg.bootstrap_dir is not None:
             # another worker may have trained for this state meanwhile: the first saved wins
-            known = save_bootstrap(known, cfg.bootstrap_dir, project_id)
+            try:
+                known = save_bootstrap(known, cfg.bootstrap_dir, project_id)
+                resources.unsaved.pop(project_id, None)
+            except OSError as exc:  # scored with all the same, kept for the next chunks
+                _unsaved(resources, project_id, f"could not be saved in {cfg.bootstrap_dir}", exc)
     if known is None:
         raise ConfigError(
             "the bootstrap model has no labelled images to learn from yet; label a first batch"
         )
     resources.keep_bootstrap(project_id, known)
     return known.model
+
+
+def _latest_saved(cfg: WorkerConfig, project_id: int, resources: Resources) -> Path | None:
+    try:
+        return latest_saved(cfg.bootstrap_dir, project_id, cfg.classes)
+    except OSError as exc:
+        _unsaved(resources, project_id, f"could not be looked for in {cfg.bootstrap_dir}", exc)
+        return None
+
+
+def _unsaved(resources: Resources, project_id: int, what: str, exc: OSError) -> None:
+    why = (
+        f"the bootstrap network {what} ({exc.strerror or exc}); it is kept in this worker's "
+        "memory only, so workers not sharing it train their own: give every worker a "
+        "writable workers.bootstrap_dir on a shared folder"
+    )
+    log.warning("%s", why)
+    resources.unsaved[project_id] = why
 
 
 def _mtime(path: str | Path | None) -> int:
@@ -321,6 +346,9 @@ def score_chunk(
     scored = unscorable = written = 0
     deferred: dict[int, str] = {}
     notes: dict[str, None] = {}
+    held = resources.bootstraps.get(project_id)
+    if held is not None and held.model.module is model.module and project_id in resources.unsaved:
+        notes[resources.unsaved[project_id]] = None
     parts = iter_scores(
         model.module,
         # a cloud storage object is read through Label Studio for its task; the score row

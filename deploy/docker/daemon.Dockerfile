@@ -14,6 +14,9 @@ COPY --from=build /wheels /wheels
 # torch comes in as a dependency of the package; the daemon image takes the small CPU build.
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch \
  && pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+# the folders compose mounts named volumes on: a new volume takes its folder's owner
+RUN mkdir -p /var/lib/planner/artifacts /var/lib/planner/reports /var/lib/planner/bootstrap \
+ && chown -R planner /var/lib/planner
 USER planner
 WORKDIR /home/planner
 ENV PLANNER_CONFIG=/etc/planner/planner.toml

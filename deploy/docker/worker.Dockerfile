@@ -8,8 +8,10 @@ COPY workers ./workers
 COPY integrations ./integrations
 # The base image's torch satisfies the package's range, so pip keeps it.
 RUN pip install --no-cache-dir . && rm -rf /src
-# the pixel cache's volume: a named volume takes this folder's owner when first mounted
-RUN mkdir -p /var/cache/planner && chown planner /var/cache/planner
+# the pixel cache's and the bootstrap networks' volumes: a named volume takes its folder's
+# owner when first mounted
+RUN mkdir -p /var/cache/planner /var/lib/planner/bootstrap \
+ && chown planner /var/cache/planner /var/lib/planner/bootstrap
 USER planner
 WORKDIR /home/planner
 ENV PLANNER_CONFIG=/etc/planner/planner.toml

@@ -76,7 +76,11 @@ def test_celery_scoring_resumes_after_a_broker_restart(
     store, pid = project
     root, _ = digit_files
     config = tmp_path / "worker.toml"
-    config.write_text(f"[workers]\nbroker_url = {private_redis.url!r}\n")
+    # the worker keeps the bootstrap network in its own folder (a task message names none)
+    folder = tmp_path / "bootstrap"
+    config.write_text(
+        f"[workers]\nbroker_url = {private_redis.url!r}\nbootstrap_dir = '{folder}'\n"
+    )
     log = tmp_path / "worker.log"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     argv = [PLANNER, "worker", "-c", str(config), "--queues", "score-faults", "--concurrency", "1"]
@@ -87,7 +91,6 @@ def test_celery_scoring_resumes_after_a_broker_restart(
     try:
         cfg = replace(
             worker_config(store, root),
-            bootstrap_dir=tmp_path / "bootstrap",
             broker_url=private_redis.url,
             queue="score-faults",
         )

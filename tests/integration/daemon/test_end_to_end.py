@@ -49,7 +49,10 @@ def worker(tmp_path: Path, label_studio: ServerState) -> Iterator[Path]:
     """A `planner worker` process on the score queue of this test's Redis database."""
     redis.Redis.from_url(REDIS).flushdb()
     config = tmp_path / "worker.toml"
-    config.write_text(f'[workers]\nbroker_url = "{REDIS}"\nnum_workers = 0\n', encoding="utf-8")
+    own = f'bootstrap_dir = "{tmp_path / "bootstrap"}"\n'  # the worker's own folder
+    config.write_text(
+        f'[workers]\nbroker_url = "{REDIS}"\nnum_workers = 0\n{own}', encoding="utf-8"
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("PLANNER_")}
     env["PLANNER_LABEL_STUDIO__TOKEN"] = label_studio.token
     env["PLANNER_LABEL_STUDIO__URL"] = label_studio.url  # where the token may go

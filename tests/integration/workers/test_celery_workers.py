@@ -122,10 +122,12 @@ def test_celery_gives_the_embedded_scores(
     shared = replace(worker_config(store, root), bootstrap_dir=tmp_path / "bootstrap")
     embedded = score_pool(shared, pid, items)
     # a second store with the same tasks, scored through Redis and a worker process that
-    # finds the bootstrap network the embedded run trained in the shared folder
+    # finds the bootstrap network the embedded run trained in the shared folder (its own
+    # setting: the task message does not carry the sender's folder)
     other, other_pid = _copy_store(store, tmp_path / "celery.db")
     with other:
-        workers.append(_start_worker(queue, tmp_path / "worker.log"))
+        own = f"bootstrap_dir = '{tmp_path / 'bootstrap'}'\n"
+        workers.append(_start_worker(queue, tmp_path / "worker.log", limits=own))
         # two decode processes in the worker's prefork child, a daemon that may start them
         cfg = replace(shared, store_url=f"sqlite:///{tmp_path / 'celery.db'}", num_workers=2)
         result = score_pool(replace(cfg, broker_url=REDIS, queue=queue), other_pid, items)

@@ -154,3 +154,39 @@ def test_the_systemd_units_run_where_relative_paths_are_writable() -> None:
     unit = (DEPLOY / "systemd" / "planner.service").read_text(encoding="utf-8")
     assert "WorkingDirectory=/var/lib/planner" in unit
     assert "ReadWritePaths=/var/lib/planner" in unit
+
+
+def test_the_workers_keep_the_bootstrap_network_in_a_folder_they_share_and_can_write() -> None:
+    """A task message does not carry the daemon's bootstrap folder: each worker's own
+    setting names it, on a volume every worker (and the daemon) mounts, that it can write."""
+    key = "PLANNER_WORKERS__BOOTSTRAP_DIR"
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text(encoding="utf-8"))
+    services = compose["services"]
+    folders = {services[name]["environment"][key] for name in ("planner", "worker")}
+    (folder,) = folders
+    mounts = [
+        next(v for v in services[name]["volumes"] if v.endswith(f":{folder}"))
+        for name in ("planner", "worker")
+    ]
+    assert mounts[0] == mounts[1], "one named volume for the daemon and the workers"
+    assert mounts[0].split(":")[0] in compose["volumes"]
+    # a new named volume takes its folder's owner in the image: the workers' user
+    for image in ("worker", "daemon"):
+        text = (DEPLOY / "docker" / f"{image}.Dockerfile").read_text(encoding="utf-8")
+        assert re.search(rf"mkdir -p [^\n]*{folder}.*\n.*chown[^\n]* planner", text), image
+    documents = list(yaml.safe_load_all((DEPLOY / "k8s" / "planner.yaml").read_text()))
+    pods = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]
+        for d in documents
+        if d["kind"] == "Deployment"
+    }
+    claims = []
+    for name in ("planner-daemon", "planner-worker"):
+        folder = _env(pods[name])[key]
+        (mount,) = [m for m in pods[name]["volumeMounts"] if m["mountPath"] == folder]
+        claims.append((mount["name"], mount.get("subPath")))
+    assert claims[0] == claims[1], "the daemon and the workers share the folder"
+    # systemd: the worker's relative paths resolve in the daemon's folder, not under /
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.read_string((DEPLOY / "systemd" / "planner-worker@.service").read_text())
+    assert parser["Service"]["WorkingDirectory"] == "/var/lib/planner"

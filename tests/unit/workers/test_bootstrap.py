@@ -23,7 +23,7 @@ from tests.unit.workers.conftest import CLASSES, KeptAliveServer, worker_config
 from workers.bootstrap import latest_saved, needs_training, saved_labelled
 from workers.config import WorkerConfig
 from workers.dispatch import score_pool
-from workers.scoring import Resources, current_model
+from workers.scoring import Resources, current_model, score_chunk
 
 
 @pytest.mark.parametrize(
@@ -122,6 +122,31 @@ def test_the_daemon_reuses_the_saved_network_until_enough_labels_arrive(
             select(ScoreRecord.ls_task_id).where(ScoreRecord.model_version == second)
         ).all()
     assert sorted(rows) == [i for i, _ in pool], "the new version scored the whole pool"
+
+
+def test_a_folder_the_network_cannot_be_saved_in_still_scores_with_a_warning(
+    project: tuple[Store, int], digit_files: tuple[Path, list[int]], tmp_path: Path
+) -> None:
+    """A worker whose bootstrap folder it cannot create (a container without the volume, a
+    service started in /): before, every chunk trained for 30 epochs, then failed."""
+    store, pid = project
+    root, _ = digit_files
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # tests run as root: no mode bit would stop them
+    cfg = replace(worker_config(store, root, num_workers=0), bootstrap_dir=blocker / "bootstrap")
+    items = [(i, f"/data/local-files/?d=digits/{i - 1:04d}.png") for i in range(201, 221)]
+    resources = Resources()
+    first = score_chunk(cfg, pid, items[:10], resources=resources)
+    assert (first.scored, first.unscorable) == (10, 0)
+    (warning,) = first.warnings
+    assert f"could not be saved in {blocker / 'bootstrap'}" in warning
+    assert "kept in this worker's memory only" in warning
+    trained = resources.bootstraps[pid]
+    # the next chunk scores with the network in memory: not trained again, the same version
+    second = score_chunk(cfg, pid, items[10:], resources=resources)
+    assert resources.bootstraps[pid] is trained
+    assert second.model_version == first.model_version
+    assert second.warnings == first.warnings, "every chunk it scores says so"
 
 
 def _shared(store: Store, root: Path, tmp_path: Path) -> WorkerConfig:

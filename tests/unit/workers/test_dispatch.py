@@ -19,6 +19,7 @@ from sqlmodel import select
 from torch import nn
 
 from planner.connect import broker_config, worker_own
+from planner.connect import worker_config as settings_worker_config
 from planner.core.backoff import backoff_s
 from planner.daemon.run import _scorer
 from planner.errors import ConfigError, TransientError
@@ -199,6 +200,7 @@ def test_the_worker_app_takes_limits_and_secrets_from_its_settings(
         "worker-token",
         tmp_path / "artifacts" / "pixel-cache",
         64,
+        bootstrap_dir=tmp_path / "artifacts" / "bootstrap",
         label_studio_url=str(settings.label_studio.url),
         store_url=settings.store.url,
     )
@@ -213,6 +215,7 @@ def test_task_messages_carry_neither_secrets_nor_the_senders_pixel_cache() -> No
         image_root=Path("/images"),
         pixel_cache_dir=Path("/sender/cache"),
         pixel_cache_mb=100,
+        bootstrap_dir=Path("/var/lib/planner/artifacts/bootstrap"),
     )
     payload = celery_app.config_to_dict(cfg)
     text = json.dumps(payload)
@@ -221,24 +224,33 @@ def test_task_messages_carry_neither_secrets_nor_the_senders_pixel_cache() -> No
     assert "store_password" not in payload
     assert "label_studio_token" not in payload
     assert "pixel_cache_dir" not in payload, "the sender's cache folder is not the worker's"
-    smuggled = {"label_studio_token": "smuggled", "pixel_cache_dir": "/etc", "pixel_cache_mb": 9}
+    assert "bootstrap_dir" not in payload, "nor its bootstrap folder (another container's)"
+    smuggled = {
+        "label_studio_token": "smuggled",
+        "pixel_cache_dir": "/etc",
+        "pixel_cache_mb": 9,
+        "bootstrap_dir": "/etc",
+    }
     received = celery_app.config_from_dict(
         {**payload, **smuggled, "label_studio_url": "http://localhost:8080"}
     )
     assert received.label_studio_token is None, "a message cannot set the worker's secrets"
     assert (received.pixel_cache_dir, received.pixel_cache_mb) == (None, 0)
+    assert received.bootstrap_dir is None
     own = received.with_own(
         WorkerOwn(
             "mine",
             "my-token",
             Path("/var/cache/px"),
             512,
+            bootstrap_dir=Path("/srv/bootstrap"),
             label_studio_url="http://localhost:8080/",
             store_url="postgresql+psycopg://planner:mine@db/planner",
         )
     )
     assert (own.store_password, own.label_studio_token) == ("mine", "my-token")
     assert (own.pixel_cache_dir, own.pixel_cache_mb) == (Path("/var/cache/px"), 512)
+    assert own.bootstrap_dir == Path("/srv/bootstrap")
     assert own.image_root == Path("/images")
     assert own.classes == ("a", "b")
 
@@ -594,3 +606,14 @@ def test_the_workers_own_model_is_an_entry_point_it_allows(tmp_path: Path) -> No
     assert own.entry_points == ("team.nets:resnet", "lab.models:*")
     default = worker_own(load_settings(None, environ=False))
     assert default.entry_points == (), "bootstrap is no code to allow"
+
+
+def test_a_relative_bootstrap_folder_is_the_one_the_worker_was_started_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "planner.toml"
+    config.write_text("[workers]\nbootstrap_dir = 'var/bootstrap'\n")
+    settings = load_settings(config, environ=False)
+    assert worker_own(settings).bootstrap_dir == tmp_path / "var" / "bootstrap"
+    assert settings_worker_config(settings, ("a",)).bootstrap_dir == tmp_path / "var" / "bootstrap"
