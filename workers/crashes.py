@@ -4,10 +4,12 @@ In-process scoring runs in a child of the daemon (``planner.daemon.embedded``). 
 kills that process (a crash in a native decoder, the OOM killer at a large batch) would kill
 it at the same chunk every cycle, and no batch would be pushed again. The child says which
 chunk it is scoring (``Crashes.on_chunk``); when it died, the daemon hands those tasks to the
-next child as suspects. A chunk holding one is then scored one image a batch, so what precedes
-the culprit is stored; once a child has died on them ``GIVE_UP_AFTER`` times in a row, the
-suspects still unscored are recorded unscorable for the model version, with the reason, and
-the pool goes on (a new model version tries them again).
+next child as suspects. A chunk holding one is then scored one image a batch, in its order (no
+decode processes reading ahead, no pixel cache reordering it), so what precedes the culprit is
+stored and the culprit is the first suspect left unscored. Once a child has died on them
+``GIVE_UP_AFTER`` times in a row, that one task is recorded unscorable for the model version,
+with the reason, and the rest of the chunk is scored (a task after it that kills the process
+too is given up at the next death; a new model version tries them again).
 """
 
 from __future__ import annotations
@@ -49,14 +51,15 @@ def prepare_chunk(
     suspects = [item for item in chunk if item[0] in crashes.suspects]
     if not suspects:
         return cfg, []
+    one_by_one = replace(cfg, batch_size=1, num_workers=0, pixel_cache_mb=0)
     if crashes.deaths < GIVE_UP_AFTER:
         log.warning(
             "the scoring process died %d time(s) on a chunk of these tasks; scoring it one "
             "image a batch",
             crashes.deaths,
         )
-        return replace(cfg, batch_size=1), []
-    return cfg, record_crashed(cfg, project_id, suspects, resources, crashes.deaths)
+        return one_by_one, []
+    return one_by_one, record_crashed(cfg, project_id, suspects, resources, crashes.deaths)
 
 
 def with_given_up(result: ChunkResult, given_up: list[int], deaths: int) -> ChunkResult:
@@ -83,15 +86,18 @@ def record_crashed(
     resources: Resources,
     deaths: int,
 ) -> list[int]:
-    """Record the tasks of ``items`` not yet scored by the current model as unscorable, for
-    killing the scoring process; their ids."""
+    """Record the first task of ``items`` (in their order) not yet scored by the current
+    model as unscorable, for killing the scoring process: its id, or none."""
     model = current_model(cfg, project_id, resources)
     wanted = dict(items)
     reason = f"the scoring process died on it {deaths} times; the next model version retries it"
     with resources.store(cfg).session() as session:
-        todo = unscored(
-            session, project_id=project_id, model_version=model.version, task_ids=list(wanted)
+        left = set(
+            unscored(
+                session, project_id=project_id, model_version=model.version, task_ids=list(wanted)
+            )
         )
+        todo = [task_id for task_id in wanted if task_id in left][:1]
         write_scores(
             session,
             project_id=project_id,
