@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 import torch
 from celery import Celery, group
 from celery.result import GroupResult
+from kombu import pools
 from sqlalchemy.exc import OperationalError
 
 from planner.core.backoff import backoff_s
@@ -294,6 +295,10 @@ def _through_celery(
     finally:
         outcome.forget()
         celery.close()
+        # kombu's process-wide pools outlive the app; a channel of one left waiting on a
+        # reply would make every process forked later (decode processes) block for good on
+        # the shared socket as kombu's after-fork hook closes it: closed here instead
+        pools.reset()  # type: ignore[no-untyped-call]
     for error in done.errors:
         log.warning("a chunk failed on its worker: %s: %s", type(error).__name__, error)
     return done

@@ -5,6 +5,7 @@ mid-chunk."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -392,3 +393,16 @@ def test_a_pool_sent_where_no_worker_listens_is_given_up_with_what_to_do(
         assert time.monotonic() - started < 60, "it waited for the stall window"
     finally:
         redis.Redis.from_url(broker).flushdb()  # the two chunks nobody took
+    # processes forked from here on (the decode processes of embedded scoring) must not block
+    # for good in kombu's after-fork hook on a pool's connection left waiting for a reply:
+    # the first child read the one reply off the shared socket, the second waited for ever
+    fork = multiprocessing.get_context("fork")
+    children = [fork.Process(target=time.sleep, args=(0,)) for _ in range(2)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=30)
+        if child.exitcode is None:
+            child.kill()
+    codes = [child.exitcode for child in children]
+    assert codes == [0, 0], "a forked process hung closing the broker's connections"
