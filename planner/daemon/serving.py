@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from starlette.applications import Starlette
 
@@ -103,9 +104,8 @@ class Servers:
             except ListenError as exc:
                 self._missing("/metrics and /healthz", exc)
         if board.webhook_secret is not None and self.receiver is None:
-            app = self._app()
             try:
-                self.receiver = BackgroundServer(app, board.host, board.port)
+                self.receiver = BackgroundServer(self._app, board.host, board.port)
             except PlannerError as exc:
                 self._missing("the webhook receiver", exc)
                 return
@@ -139,8 +139,10 @@ class Servers:
             daemon.telemetry, host=board.host, port=port, token=token, health=health
         )
 
+    @cached_property
     def _app(self) -> Starlette:
-        """The dashboard with the webhook receiver; its webhooks sync early."""
+        """The dashboard with the webhook receiver; its webhooks sync early. Built once: a
+        standby asks for it at every heartbeat while the port is taken."""
         daemon, project_id = self.daemon, self.daemon.ls_project_id
         return create_app(
             WebConfig.from_settings(self.settings),
