@@ -44,7 +44,13 @@ from planner.offline import resample_figures, weights_figures
 from planner.outputs import emit_artifacts, emit_options, report_options, write_daily_report
 from planner.params import analysis_options, quotas_from_settings
 from planner.settings import CONFIG_ENV, Settings, load_settings
-from planner.status import project_statuses, quota_lines, state_lines
+from planner.status import (
+    project_statuses,
+    quota_lines,
+    scoring_line,
+    scoring_lines,
+    state_lines,
+)
 from planner.store import Store
 from planner.store.db import make_engine
 from planner.sync import sync_project
@@ -613,7 +619,12 @@ def serve(
         password = settings.store.password
         secret = None if password is None else password.get_secret_value()
         store = Store(make_engine(settings.store.url, password=secret, create=False))
-        application = create_app(web, on_webhook=_webhook_seen, states=lambda: state_lines(store))
+        application = create_app(
+            web,
+            on_webhook=_webhook_seen,
+            states=lambda: state_lines(store),
+            warnings=lambda: scoring_lines(store),
+        )
         where = board.port if port is None else port
         listening = _listen(
             web.host, where, host_from_flag=host is not None, port_from_flag=port is not None
@@ -830,6 +841,10 @@ def status(
             if p.config_warning:
                 warning = escape(p.config_warning)  # it names [quotas.<Class>] sections
                 out.print(f"project {p.ls_project_id}: [yellow]warning:[/] {warning}")
+            if p.scoring is not None:
+                out.print(f"project {p.ls_project_id}: {scoring_line(p.scoring)}", markup=False)
+                for warning in p.scoring.warnings:  # a worker's words: [brackets] and all
+                    out.print(f"  [yellow]scoring warning:[/] {escape(warning)}")
             if p.held_apart:
                 out.print(f"project {p.ls_project_id}: {p.held_apart} tasks held apart; latest:")
             for held in p.latest_held:

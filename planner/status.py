@@ -1,5 +1,6 @@
 """What ``planner status`` and ``planner quotas`` show, from the store: each project's sync,
-tasks and active batch; each class's count against its quota per split, with its ETA."""
+tasks, active batch and last scoring run; each class's count against its quota per split, with
+its ETA."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from planner.quarantine import HeldTask, count_held_apart, held_apart
 from planner.store import Store
 from planner.store.batches import active_batch, completion_ratio
 from planner.store.models import TASK_STATES, Project, SyncState, Task
-from planner.store.sync_state import backend_health
+from planner.store.sync_state import ScoringRun, backend_health, last_scoring
 
 if TYPE_CHECKING:
     from planner.reports.model import EtaRow, ReportData
@@ -38,6 +39,8 @@ class ProjectStatus:
     """The newest of them, with what to do."""
     config_warning: str | None = None
     """A setting to fix that leaves the syncs working (quotas naming no class); not stale."""
+    scoring: ScoringRun | None = None
+    """The daemon's last scoring run, its warnings to look into; None before the first."""
 
     def stale(self, now: datetime, allowed: timedelta) -> bool:
         """No successful sync within ``allowed``, or the last one failed."""
@@ -60,6 +63,7 @@ class ProjectStatus:
             "held_apart": self.held_apart,
             "latest_held": [h.as_dict() for h in self.latest_held],
             "config_warning": self.config_warning,
+            "scoring": None if self.scoring is None else self.scoring.as_dict(),
         }
 
     def label_studio_line(self) -> str:
@@ -101,6 +105,7 @@ def project_statuses(session: Session) -> list[ProjectStatus]:
                 held_apart=count_held_apart(session, pid),
                 latest_held=tuple(held_apart(session, pid, limit=LATEST_HELD)),
                 config_warning=None if sync is None else sync.config_warning,
+                scoring=last_scoring(sync),
             )
         )
     return found
@@ -166,3 +171,29 @@ def state_lines(store: Store) -> list[tuple[int, str]]:
     """``(Label Studio project id, state line)`` of each project in ``store`` (the dashboard)."""
     with store.session() as session:
         return [(p.ls_project_id, p.label_studio_line()) for p in project_statuses(session)]
+
+
+def scoring_lines(store: Store, ls_project_id: int | None = None) -> list[tuple[int, str]]:
+    """``(Label Studio project id, warning)`` of the last scoring run of each project in
+    ``store``, or of ``ls_project_id`` alone (the dashboard's alerts)."""
+    query = select(Project.ls_project_id, SyncState).join(
+        SyncState, col(SyncState.project_id) == col(Project.id)
+    )
+    if ls_project_id is not None:
+        query = query.where(Project.ls_project_id == ls_project_id)
+    with store.session() as session:
+        rows = session.exec(query.order_by(col(Project.ls_project_id))).all()
+        runs = [(pid, last_scoring(sync)) for pid, sync in rows]
+    return [
+        (pid, f"{scoring_line(run)}: {warning}")
+        for pid, run in runs
+        if run is not None
+        for warning in run.warnings
+    ]
+
+
+def scoring_line(run: ScoringRun) -> str:
+    """``last scoring run 2026-12-07 06:31 UTC (model v3, 2 chunk(s) failed for good)``."""
+    failed = f", {run.failed_chunks} chunk(s) failed for good" if run.failed_chunks else ""
+    when = f"{run.at:%Y-%m-%d %H:%M} UTC"
+    return f"last scoring run {when} (model {run.model_version or '-'}{failed})"

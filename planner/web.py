@@ -13,7 +13,9 @@ shared secret in the ``X-Planner-Secret`` header, whatever the token; a good cal
 
 Given ``states`` (each watched project's Label Studio state, ``planner.status.health_line``),
 every page opens with it when it is not ok: Label Studio unreachable, slow, refusing the token
-or the project gone, since when, and the next try.
+or the project gone, since when, and the next try. Given ``warnings`` (the last scoring run's,
+``planner.status.scoring_lines``), the same alert lists them: chunks left unscored, no BALD, a
+model file passed over.
 
 ``BackgroundServer`` runs the app in a thread of another program (the daemon serves its own
 receiver that way).
@@ -98,6 +100,9 @@ OnWebhook = Callable[[str], None]
 """Called with the webhook's action (e.g. ``ANNOTATION_CREATED``)."""
 States = Callable[[], Sequence[tuple[int, str]]]
 """``(Label Studio project id, state line)`` of each watched project."""
+Warnings = Callable[[], Sequence[tuple[int, str]]]
+"""``(Label Studio project id, warning line)``: what the watched projects' last runs could
+not do."""
 
 
 def check_exposure(host: str, token: str | None) -> None:
@@ -121,12 +126,13 @@ def create_app(
     health: Health | None = None,
     on_webhook: OnWebhook | None = None,
     states: States | None = None,
+    warnings: Warnings | None = None,
 ) -> Starlette:
     """The dashboard application for ``config``."""
     check_exposure(config.host, config.token)
     # The planner's metrics live in the daemon (`planner run` serves them on
     # dashboard.metrics_port); without them here, /metrics shows this process only.
-    views = _Views(config, telemetry, health, on_webhook, states)
+    views = _Views(config, telemetry, health, on_webhook, states, warnings)
     middleware = []
     if config.token:
         middleware.append(Middleware(BaseHTTPMiddleware, dispatch=_TokenGate(config.token)))
@@ -153,6 +159,7 @@ class _Views:
     health_check: Health | None
     on_webhook: OnWebhook | None
     states: States | None = None
+    warnings: Warnings | None = None
 
     async def healthz(self, _: Request) -> Response:
         state = dict(self.health_check()) if self.health_check else {"ok": True}
@@ -172,18 +179,20 @@ class _Views:
         return HTMLResponse(body.replace("<body>", f"<body>{banner}{_history_nav(days)}", 1))
 
     def _banner(self) -> str:
-        """The Label Studio state of each project that is not ok, as an alert."""
-        if self.states is None:
-            return ""
-        try:
-            found = self.states()
-        except PlannerError as exc:
-            found = [(0, f"unknown: {exc}")]
+        """The Label Studio state of each project that is not ok, and the warnings of its
+        last scoring run, as an alert."""
+        states, failed = _read(self.states)
         lines = [
             f"<li>project {pid}: Label Studio {html.escape(line)}</li>"
-            for pid, line in found
+            for pid, line in states
             if line not in ("ok", "unknown")  # unknown: no daemon has watched it yet, no fault
         ]
+        if failed is not None:
+            lines.append(f"<li>project 0: Label Studio unknown: {html.escape(failed)}</li>")
+        warnings, unread = _read(self.warnings)
+        lines += [f"<li>project {pid}: {html.escape(line)}</li>" for pid, line in warnings]
+        if unread is not None and unread != failed:  # the same database error once is enough
+            lines.append(f"<li>scoring warnings unknown: {html.escape(unread)}</li>")
         return f'<div role="alert"><ul>{"".join(lines)}</ul></div>' if lines else ""
 
     async def report(self, request: Request) -> Response:
@@ -224,6 +233,16 @@ class _Views:
         if self.on_webhook is not None:
             await run_in_threadpool(self.on_webhook, action)  # it may touch a database
         return Response(status_code=204)
+
+
+def _read(lines: States | None) -> tuple[Sequence[tuple[int, str]], str | None]:
+    """What ``lines`` returns, or why it could not be read (a database down or not there)."""
+    if lines is None:
+        return [], None
+    try:
+        return lines(), None
+    except PlannerError as exc:
+        return [], str(exc)
 
 
 def bound_socket(host: str, port: int) -> socket.socket:

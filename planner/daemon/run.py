@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
+from datetime import UTC, datetime
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,7 @@ from planner.ports import AnnotationBackend
 from planner.settings import Settings
 from planner.store import DatabaseLease, Store
 from planner.store.models import Project
+from planner.store.sync_state import ScoringRun, record_scoring
 from planner.web import check_exposure
 
 if TYPE_CHECKING:
@@ -75,7 +77,10 @@ def _scorer(
     store: Store,
     children: ChildGroup | None = None,
     token: TokenInUse | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> Scorer:
+    """Scores in a child process and records each run's outcome in the store (``clock``: when
+    it ended)."""
     token = token or TokenInUse.of(settings)
     deaths = ChunkDeaths()  # the chunks scoring children died on, kept from cycle to cycle
 
@@ -89,6 +94,10 @@ def _scorer(
         result = score_pool_in_child(cfg, project_id, items, group=children, deaths=deaths)
         for warning in result.warnings:  # a chunk left unscored, a model file passed over
             log.warning("scoring project %s: %s", settings.label_studio.project_id, warning)
+        # for `planner status`, the report and the dashboard: the log alone reaches no one
+        run = ScoringRun(clock(), result.model_version or None, result.warnings, result.failed)
+        with store.session() as session:
+            record_scoring(session, project_id, run)
         if not result.model_version:
             raise ConfigError("scoring produced no model version; check workers.model")
         return str(result.model_version)

@@ -32,6 +32,7 @@ from planner.reports.model import (
     PickRow,
     QuotaRow,
     ReportData,
+    ScoringNote,
     StopRow,
     StopStatus,
     StrataRow,
@@ -57,10 +58,11 @@ def build_report(
     eta_window: timedelta = DEFAULT_WINDOW,
     held_apart: Sequence[HeldApartRow] = (),
     timezone: str = "UTC",
+    scoring: ScoringNote | None = None,
 ) -> ReportData:
     """The report at ``now`` (aware); ``snapshots`` are earlier count tables, any order. The
     ETA reads every snapshot in ``eta_window``; the burn-up shows the last of each day (in
-    ``timezone``), now's table the last of today."""
+    ``timezone``), now's table the last of today. ``scoring``: the last scoring run."""
     if now.tzinfo is None:
         raise InputError(f"now ({now}) is a naive datetime; give it a timezone, e.g. UTC")
     status = deficits(quotas, table)
@@ -88,6 +90,7 @@ def build_report(
         if next_batch is None or isinstance(next_batch, NextBatch)
         else _next(next_batch),
         held_apart=tuple(held_apart),
+        scoring=scoring,
     )
 
 

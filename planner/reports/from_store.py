@@ -3,7 +3,8 @@
 Every number comes from the store: the count table of the labelled tasks, the count snapshots
 (burn-up, ETA), the pushed batches and their items (yield), the stop rules evaluated exactly
 as the daemon does (and the stop it recorded), the active batch's plan (what the next batch
-targets and why) and the labelled tasks' metadata (hidden imbalance by strata).
+targets and why), the labelled tasks' metadata (hidden imbalance by strata) and the last
+scoring run the daemon recorded (its warnings).
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ from planner.errors import PlannerError
 from planner.outputs import ReportOptions, project_row
 from planner.quarantine import held_apart
 from planner.reports.build import build_report, next_from_summary
-from planner.reports.model import BatchRecord, HeldApartRow, NextBatch, ReportData
+from planner.reports.model import BatchRecord, HeldApartRow, NextBatch, ReportData, ScoringNote
 from planner.reports.render import render_html, render_json, render_markdown
 from planner.store.batches import active_batch
-from planner.store.models import Project, Task
+from planner.store.models import Project, SyncState, Task
 from planner.store.snapshots import batch_yields, count_history
 from planner.store.stop_set import live_stop_set
+from planner.store.sync_state import last_scoring
 from planner.store.tasks import count_table, tasks_in_state
 
 REPORT_FILES = ("report.json", "report.md", "report.html")
@@ -81,6 +83,7 @@ def report_from_store(
             HeldApartRow(h.task_id, h.kind, h.problem, h.fix, h.since)
             for h in held_apart(session, pid)
         ],
+        scoring=_scoring(session, pid),
     )
 
 
@@ -111,6 +114,13 @@ def _stop(
         triggered_by=stopped.triggered_by,
         reason=f"stopped: {stopped.reason}",
     )
+
+
+def _scoring(session: Session, project_id: int) -> ScoringNote | None:
+    run = last_scoring(session.get(SyncState, project_id))
+    if run is None:
+        return None
+    return ScoringNote(run.at, run.model_version, run.warnings, run.failed_chunks)
 
 
 def _next_batch(session: Session, project_id: int) -> NextBatch | None:

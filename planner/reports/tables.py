@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from planner.reports.model import ImbalanceRow, ReportData
+from planner.reports.model import ImbalanceRow, ReportData, ScoringNote
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +151,21 @@ def report_tables(report: ReportData) -> tuple[Table, ...]:
                 ),
             )
         )
+    if report.scoring is not None and report.scoring.warnings:
+        tables.append(_scoring_table(report.scoring))
     return tuple(tables)
+
+
+def _scoring_table(scoring: ScoringNote) -> Table:
+    failed = f"; {scoring.failed_chunks} chunk(s) failed for good" if scoring.failed_chunks else ""
+    return Table(
+        "scoring",
+        "Scoring",
+        f"What the last scoring run ({fmt(scoring.at)}, model {fmt(scoring.model_version)}"
+        f"{failed}) could not do; the daemon's log has the same.",
+        ("Warning",),
+        tuple(cells(w) for w in scoring.warnings),
+    )
 
 
 def _imbalance_cells(r: ImbalanceRow) -> tuple[str, ...]:

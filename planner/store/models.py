@@ -110,6 +110,12 @@ class SyncState(SQLModel, table=True):
     ls_state_since: datetime | None = _time(nullable=True)
     ls_failures: int = 0
     ls_retry_at: datetime | None = _time(nullable=True)
+    # The last scoring run (``planner.store.sync_state.ScoringRun``): when it ended, the model
+    # version, what it could not do and the chunks it left unscored; None before the first.
+    scored_at: datetime | None = _time(nullable=True)
+    scoring_model_version: str | None = None
+    scoring_warnings: list[str] = _json(nullable=False, default=list)
+    scoring_failed_chunks: int = 0
 
 
 class Batch(SQLModel, table=True):

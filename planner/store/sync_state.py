@@ -1,7 +1,9 @@
-"""How far the sync has read: the watermark and when it last listed everything."""
+"""How far the sync has read: the watermark and when it last listed everything; the daemon's
+view of Label Studio and the outcome of its last scoring run."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlmodel import Session
@@ -66,4 +68,48 @@ def backend_health(state: SyncState | None) -> BackendHealth | None:
         last_error=state.last_error,
         failures=state.ls_failures,
         retry_at=state.ls_retry_at,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ScoringRun:
+    """The last scoring run of a project: when it ended (aware), the model version it scored
+    with (None: none, the pool was empty or nothing finished), what it could not do
+    (``PoolResult.warnings``: chunks left unscored, no BALD, a model file passed over) and
+    the chunks that failed for good."""
+
+    at: datetime
+    model_version: str | None
+    warnings: tuple[str, ...] = ()
+    failed_chunks: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "at": self.at.isoformat(),
+            "model_version": self.model_version,
+            "warnings": list(self.warnings),
+            "failed_chunks": self.failed_chunks,
+        }
+
+
+def record_scoring(session: Session, project_id: int, run: ScoringRun) -> SyncState:
+    """Keep the last scoring run for ``planner status``, the report and the dashboard; it
+    replaces the one before (a run without warnings clears theirs)."""
+    if run.at.tzinfo is None:
+        raise InputError("the scoring run's time must be a timezone-aware datetime")
+    state = sync_state(session, project_id)
+    state.scored_at, state.scoring_model_version = run.at, run.model_version
+    state.scoring_warnings, state.scoring_failed_chunks = list(run.warnings), run.failed_chunks
+    return state
+
+
+def last_scoring(state: SyncState | None) -> ScoringRun | None:
+    """The stored last scoring run, None before a daemon recorded one."""
+    if state is None or state.scored_at is None:
+        return None
+    return ScoringRun(
+        at=state.scored_at,
+        model_version=state.scoring_model_version,
+        warnings=tuple(state.scoring_warnings),
+        failed_chunks=state.scoring_failed_chunks,
     )

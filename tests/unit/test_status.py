@@ -19,7 +19,7 @@ from planner.core.quotas import Quota
 from planner.daemon.service import ProjectDaemon, unknown_quotas
 from planner.store import DatabaseLease, Store, open_store
 from planner.store.db import alembic_config
-from planner.store.sync_state import record_sync_error
+from planner.store.sync_state import ScoringRun, record_scoring, record_sync_error
 from planner.sync import sync_project
 
 CONFIG = """<View><Image name="image" value="$image"/>
@@ -202,3 +202,40 @@ def test_the_error_column_shows_the_daemons_message_as_written(
     assert shown.exit_code == 0, shown.output
     assert "[quotas.<Class>]" in shown.output
     assert "traffic [night]" in shown.output
+
+
+def test_the_last_scoring_run_and_its_warnings_are_shown_and_a_clean_run_clears_them(
+    store_url: str, traffic: tuple[FakeLabelStudio, int]
+) -> None:
+    fake, pid = traffic
+    runner = CliRunner()
+    failed = "1 of 3 chunk(s) failed and were left unscored: RuntimeError: [x] <bad>"
+    passed_over = "model file [old].pt passed over: not a model"
+    ended = datetime(2026, 12, 7, 6, 31, tzinfo=UTC)
+    with open_store(store_url) as store:
+        report = sync_project(fake, store, pid, now=datetime.now(UTC))
+        before = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+        assert before["projects"][0]["scoring"] is None, "no run recorded yet"
+        with store.session() as session:
+            run = ScoringRun(ended, "m-[1]", (failed, passed_over), failed_chunks=1)
+            record_scoring(session, report.project_id, run)
+        checked = runner.invoke(app, ["status", "--check", "--json"])
+        assert checked.exit_code == 0, "a warning fails no health check"
+        assert json.loads(checked.stdout)["projects"][0]["scoring"] == {
+            "at": "2026-12-07T06:31:00+00:00",
+            "model_version": "m-[1]",
+            "warnings": [failed, passed_over],
+            "failed_chunks": 1,
+        }
+        text = " ".join(runner.invoke(app, ["status"]).output.split())
+        run_line = "last scoring run 2026-12-07 06:31 UTC (model m-[1], 1 chunk(s) failed for good)"
+        assert f"project {pid}: {run_line}" in text
+        assert f"scoring warning: {failed}" in text, "escaped: rich markup would eat [x]"
+        assert f"scoring warning: {passed_over}" in text
+        with store.session() as session:
+            record_scoring(session, report.project_id, ScoringRun(ended, "m-2"))
+        clean = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+        assert clean["projects"][0]["scoring"]["warnings"] == []
+        text = runner.invoke(app, ["status"]).output
+        assert "(model m-2)" in text
+        assert "scoring warning" not in text

@@ -26,6 +26,7 @@ from planner.errors import ConfigError
 from planner.settings import Settings, load_settings
 from planner.store import Store
 from planner.store.models import Task
+from planner.store.sync_state import ScoringRun, record_scoring
 from planner.web import SECRET_HEADER, WEBHOOK_PATH
 from tests.unit.daemon.helpers import (
     Project150,
@@ -210,3 +211,26 @@ def test_a_daemon_on_the_leaders_host_serves_the_webhook_once_the_port_is_free(
         stop.set()
         second.join(timeout=60)
     assert not second.is_alive()
+
+
+def test_the_daemons_own_dashboard_alerts_on_its_last_scoring_runs_warnings(
+    store: Store, tmp_path: Path, no_planner_env: None
+) -> None:
+    project = digits_project(TARGETS, labelled=10, tasks=40)
+    daemon = _daemon(store, project, [datetime.now(UTC)])
+    report = daemon.sync()
+    assert report is not None
+    with store.session() as session:
+        ended = datetime(2026, 12, 7, 6, 31, tzinfo=UTC)
+        record_scoring(session, report.project_id, ScoringRun(ended, "m-1", ("no BALD <x>",)))
+    port = _free_port()
+    board = {"webhook_secret": "s3cret", "port": port, "reports_dir": tmp_path / "reports"}
+    servers = Servers(Settings(dashboard=board), daemon, _Schedule())  # type: ignore[arg-type]
+    servers.ensure()
+    try:
+        page = _answer(lambda: httpx.get(f"http://127.0.0.1:{port}/", timeout=5))
+    finally:
+        servers.stop_receiver()
+    assert 'role="alert"' in page.text
+    assert f"project {project.pid}: last scoring run 2026-12-07 06:31 UTC" in page.text
+    assert "(model m-1): no BALD &lt;x&gt;" in page.text

@@ -1,4 +1,5 @@
-"""The report read from the store and written to disk: the folder, the history, the stop set."""
+"""The report read from the store and written to disk: the folder, the history, the stop set,
+the last scoring run."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ from planner.cli import app
 from planner.core.quotas import Quota
 from planner.core.table import COUNT_KINDS, CountTable
 from planner.outputs import ReportOptions, project_row
-from planner.reports import build_report
+from planner.reports import build_report, render_html, render_json, render_markdown
 from planner.reports.from_store import BURNUP_HORIZON, report_from_store
+from planner.reports.model import ScoringNote
 from planner.store import open_store
 from planner.store.models import CountSnapshot
+from planner.store.sync_state import ScoringRun, record_scoring
 from planner.store.tasks import count_table
 from planner.sync import sync_project
 
@@ -100,3 +103,34 @@ def _part(table: CountTable, share: float) -> CountTable:
         table,
         **{kind: (getattr(table, kind) * share).astype(np.int64) for kind in COUNT_KINDS},
     )
+
+
+def test_the_last_scoring_runs_warnings_are_a_section_of_the_report_escaped_in_each_format(
+    tmp_path: Path,
+) -> None:
+    url, pid = _synced(tmp_path)
+    options = ReportOptions(folder=tmp_path / "reports", quotas=QUOTAS, splits=SPLITS)
+    ended = datetime(2026, 12, 7, 6, 31, tzinfo=UTC)
+    now = ended + timedelta(hours=1)
+    failed = "1 of 3 chunk(s) failed and were left unscored: RuntimeError: <script>x()</script>"
+    with open_store(url) as store, store.session() as session:
+        project_id = int(project_row(session, pid).id or 0)
+        record_scoring(session, project_id, ScoringRun(ended, "m-1", (failed,), failed_chunks=1))
+        report = report_from_store(session, pid, options, now=now)
+        record_scoring(session, project_id, ScoringRun(ended, "m-2"))
+        clean = report_from_store(session, pid, options, now=now)
+    assert report.scoring == ScoringNote(ended, "m-1", (failed,), 1)
+    assert render_json(report).count("<script>x()</script>") == 1, "the JSON holds it as it is"
+    html, markdown = render_html(report), render_markdown(report)
+    assert "<script>" not in html
+    assert "<script>" not in markdown
+    shown = "1 of 3 chunk(s) failed and were left unscored: RuntimeError: &lt;script&gt;x()"
+    assert shown in html
+    assert shown in markdown
+    assert "## Scoring" in markdown
+    assert "(2026-12-07T06:31+00:00, model m-1; 1 chunk(s) failed for good)" in markdown
+    assert 'id="scoring"' in html
+    assert "2026-12-07T06:31+00:00, model m-1" in html
+    assert clean.scoring == ScoringNote(ended, "m-2")
+    assert "Scoring" not in render_markdown(clean), "no warnings, no section"
+    assert 'id="scoring"' not in render_html(clean)

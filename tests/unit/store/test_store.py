@@ -35,7 +35,7 @@ from planner.store.events import record_model_version, record_stop_event
 from planner.store.models import Project, QuarantineEntry, StopEventRecord, SyncState, Task
 from planner.store.scores import write_scores
 from planner.store.stop_set import ensure_stop_set
-from planner.store.sync_state import set_watermark
+from planner.store.sync_state import ScoringRun, last_scoring, record_scoring, set_watermark
 
 _T = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
 
@@ -160,6 +160,33 @@ def test_the_config_warning_column_is_added_to_a_store_with_data(store: Store) -
     assert "config_warning" not in {
         c["name"] for c in inspect(store.engine).get_columns("syncstate")
     }
+
+
+def test_the_scoring_columns_are_added_to_a_store_with_data_and_removed_again(
+    store: Store,
+) -> None:
+    config = alembic_config(store.engine)
+    command.downgrade(config, "0009")
+    with store.session() as session:
+        pid = int(ensure_project(session, ls_project_id=3).id or 0)
+    with store.engine.begin() as connection:
+        row = "(project_id, config_warning, ls_failures) VALUES (:p, 'w', 1)"
+        connection.execute(text(f"INSERT INTO syncstate {row}"), {"p": pid})
+    command.upgrade(config, "head")
+    with store.session() as session:
+        (state,) = session.exec(select(SyncState)).all()
+        assert (state.config_warning, state.ls_failures) == ("w", 1), "kept"
+        assert (state.scoring_warnings, state.scoring_failed_chunks) == ([], 0)
+        assert last_scoring(state) is None, "no run recorded before the daemon scores again"
+        run = ScoringRun(_T, "m-1", ("1 of 3 chunk(s) failed", "no BALD"), failed_chunks=1)
+        record_scoring(session, pid, run)
+    with store.session() as session:
+        assert last_scoring(session.get(SyncState, pid)) == run
+    command.downgrade(config, "0009")
+    columns = {c["name"] for c in inspect(store.engine).get_columns("syncstate")}
+    assert "config_warning" in columns
+    assert not {"scored_at", "scoring_model_version", "scoring_warnings"} & columns
+    assert "scoring_failed_chunks" not in columns
 
 
 def test_times_come_back_aware_and_in_utc(store: Store) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,10 @@ from starlette.testclient import TestClient
 
 from planner.artifacts import write_artifact
 from planner.errors import ConfigError
-from planner.status import state_lines
-from planner.store import Store
+from planner.status import scoring_lines, state_lines
+from planner.store import Store, ensure_project, open_store
 from planner.store.db import make_engine
+from planner.store.sync_state import ScoringRun, record_scoring
 from planner.telemetry import Telemetry
 from planner.web import COOKIE, SECRET_HEADER, WebConfig, check_exposure, create_app
 from tests.unit.artifacts.helpers import small_artifact
@@ -190,14 +192,49 @@ def test_the_banner_alerts_on_faults_not_on_projects_no_daemon_watched_yet(
     assert 'role="alert"' not in quiet
 
 
+def test_the_last_scoring_runs_warnings_are_alerts_until_a_clean_run(
+    config: WebConfig, store_url: str
+) -> None:
+    failed = "1 of 3 chunk(s) failed and were left unscored: <script>x()</script>"
+    ended = datetime(2026, 12, 7, 6, 31, tzinfo=UTC)
+    with open_store(store_url) as store:
+        with store.session() as session:
+            watched = int(ensure_project(session, ls_project_id=7).id or 0)
+            other = int(ensure_project(session, ls_project_id=8).id or 0)
+            record_scoring(session, watched, ScoringRun(ended, "m-1", (failed,), 1))
+            record_scoring(session, other, ScoringRun(ended, "m-9", ("no BALD",)))
+        page = _client(config, warnings=lambda: scoring_lines(store)).get("/").text
+        assert 'role="alert"' in page
+        assert (
+            "project 7: last scoring run 2026-12-07 06:31 UTC (model m-1, 1 chunk(s) failed for "
+            "good): 1 of 3 chunk(s) failed and were left unscored: &lt;script&gt;x()" in page
+        )
+        assert "<script>" not in page
+        assert "project 8: last scoring run 2026-12-07 06:31 UTC (model m-9): no BALD" in page
+        assert "Wheelchair 12" in page, "the report is shown all the same"
+        # the daemon's own page: its project's alone
+        mine = _client(config, warnings=lambda: scoring_lines(store, 7)).get("/").text
+        assert "project 7: last scoring run" in mine
+        assert "project 8" not in mine
+        with store.session() as session:
+            record_scoring(session, watched, ScoringRun(ended, "m-2"))
+        clean = _client(config, warnings=lambda: scoring_lines(store, 7)).get("/").text
+        assert 'role="alert"' not in clean
+
+
 def test_a_store_not_there_yet_is_an_alert_on_the_page(config: WebConfig, store_url: str) -> None:
     # as `planner serve` wires it: nothing created or migrated; the daemon owns the schema
     store = Store(make_engine(store_url, create=False))
     try:
-        page = _client(config, states=lambda: state_lines(store)).get("/")
+        page = _client(
+            config, states=lambda: state_lines(store), warnings=lambda: scoring_lines(store)
+        ).get("/")
+        alone = _client(config, warnings=lambda: scoring_lines(store)).get("/").text
     finally:
         store.dispose()
     assert page.status_code == 200
     assert 'role="alert"' in page.text
-    assert "the planner database" in page.text
+    assert page.text.count("the planner database") == 1, "the same error once, not twice"
+    assert "scoring warnings unknown:" in alone
+    assert "the planner database" in alone
     assert "Wheelchair 12" in page.text, "the report is shown all the same"

@@ -7,9 +7,13 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+
+from planner.store import ensure_project, open_store
+from planner.store.sync_state import ScoringRun, record_scoring
 
 PLANNER = str(Path(sys.executable).parent / "planner")
 
@@ -28,21 +32,25 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def _health(url: str, proc: subprocess.Popen[bytes]) -> httpx.Response:
+    """``/healthz`` once ``planner serve`` listens."""
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1)
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, "planner serve did not start listening"
+            assert proc.poll() is None, "planner serve exited"
+            time.sleep(0.2)
+
+
 def test_serve_answers_health_and_guards_the_rest(tmp_path: Path) -> None:
     port = _free_port()
     env = _env(tmp_path, PLANNER_DASHBOARD__TOKEN="t0ken-for-test")
     proc = subprocess.Popen([PLANNER, "serve", "--port", str(port)], env=env)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                health = httpx.get(f"{url}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "planner serve did not start listening"
-                assert proc.poll() is None, "planner serve exited"
-                time.sleep(0.2)
+        health = _health(url, proc)
         assert health.json() == {"ok": True}
         assert httpx.get(f"{url}/metrics", timeout=2).status_code == 401
         auth = {"Authorization": "Bearer t0ken-for-test"}
@@ -50,6 +58,26 @@ def test_serve_answers_health_and_guards_the_rest(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_serve_opens_with_the_last_scoring_runs_warnings(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'planner.db'}"
+    with open_store(url) as store, store.session() as session:
+        pid = int(ensure_project(session, ls_project_id=4).id or 0)
+        ended = datetime(2026, 12, 7, 6, 31, tzinfo=UTC)
+        record_scoring(session, pid, ScoringRun(ended, "m-1", ("model file x.pt passed over",)))
+    port = _free_port()
+    proc = subprocess.Popen(
+        [PLANNER, "serve", "--port", str(port)], env=_env(tmp_path, PLANNER_STORE__URL=url)
+    )
+    try:
+        _health(f"http://127.0.0.1:{port}", proc)
+        page = httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert 'role="alert"' in page
+    assert "project 4: last scoring run 2026-12-07 06:31 UTC (model m-1): model file x.pt" in page
 
 
 def test_serve_beyond_loopback_without_token_exits_2(tmp_path: Path) -> None:

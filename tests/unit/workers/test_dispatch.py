@@ -8,6 +8,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,8 +26,9 @@ from planner.daemon.run import _scorer
 from planner.errors import ConfigError, TransientError
 from planner.settings import Settings, load_settings
 from planner.store import Store
-from planner.store.models import Project, ScoreRecord
+from planner.store.models import Project, ScoreRecord, SyncState
 from planner.store.scores import load_scores, unscored
+from planner.store.sync_state import ScoringRun, last_scoring
 from tests.unit.workers.conftest import CLASSES, show_images, worker_config
 from workers import celery_app, dispatch
 from workers.config import BrokerConfig, WorkerConfig, WorkerOwn
@@ -389,6 +391,26 @@ def test_an_error_every_chunk_would_meet_stops_the_pool_at_once(
     assert sorted(scored) == list(range(201, 211)), "chunk 3 never ran"
 
 
+def _daemon_settings(store: Store, pid: int, root: Path, folder: Path) -> Settings:
+    """The daemon's settings scoring the poisoned pool, its project given the classes."""
+    with store.session() as session:
+        row = session.get(Project, pid)
+        assert row is not None
+        row.classes = list(CLASSES)
+        session.add(row)
+    return Settings(
+        store={"url": store.engine.url.render_as_string(hide_password=False)},
+        artifacts={"dir": folder / "artifacts"},
+        workers={
+            "image_root": root,
+            "num_workers": 0,
+            "model": f"{__name__}:poisoned",
+            "chunk_size": 10,
+            "batch_size": 10,
+        },
+    )
+
+
 def test_the_daemon_logs_the_failed_chunks_and_pushes_the_rest(
     project: tuple[Store, int],
     digit_files: tuple[Path, list[int]],
@@ -398,27 +420,42 @@ def test_the_daemon_logs_the_failed_chunks_and_pushes_the_rest(
     store, pid = project
     root, _ = digit_files
     _, items = _poisoned_pool(store, pid, root)
-    with store.session() as session:
-        row = session.get(Project, pid)
-        assert row is not None
-        row.classes = list(CLASSES)
-        session.add(row)
-    settings = Settings(
-        store={"url": store.engine.url.render_as_string(hide_password=False)},
-        artifacts={"dir": tmp_path / "artifacts"},
-        workers={
-            "image_root": root,
-            "num_workers": 0,
-            "model": f"{__name__}:poisoned",
-            "chunk_size": 10,
-            "batch_size": 10,
-        },
-    )
+    settings = _daemon_settings(store, pid, root, tmp_path)
     caplog.set_level(logging.WARNING, logger="planner.daemon")
     version = _scorer(settings, store)(pid, items)  # in a child process, as the daemon does
     assert version
     (logged,) = [r.getMessage() for r in caplog.records if "chunk(s) failed" in r.getMessage()]
     assert "1 of 3 chunk(s) failed" in logged
+
+
+def test_the_daemon_records_its_last_scoring_run_and_a_clean_run_clears_the_warnings(
+    project: tuple[Store, int], digit_files: tuple[Path, list[int]], tmp_path: Path
+) -> None:
+    """The warnings reached the log alone; status, the report and the dashboard read them
+    from the store, where each run replaces the one before."""
+    store, pid = project
+    root, _ = digit_files
+    _, items = _poisoned_pool(store, pid, root)
+    ended = iter(
+        [datetime(2026, 12, 7, 6, 31, tzinfo=UTC), datetime(2026, 12, 7, 7, 1, tzinfo=UTC)]
+    )
+    score = _scorer(_daemon_settings(store, pid, root, tmp_path), store, clock=lambda: next(ended))
+    version = score(pid, items)
+    with store.session() as session:
+        first = last_scoring(session.get(SyncState, pid))
+    assert first is not None
+    assert (first.at, first.model_version, first.failed_chunks) == (
+        datetime(2026, 12, 7, 6, 31, tzinfo=UTC),
+        version,
+        1,
+    )
+    (warning,) = first.warnings
+    assert "1 of 3 chunk(s) failed" in warning
+    assert "RuntimeError: the model cannot take this image" in warning
+    assert score(pid, [item for item in items if item[0] != 215]) == version  # nothing fails
+    with store.session() as session:
+        second = last_scoring(session.get(SyncState, pid))
+    assert second == ScoringRun(datetime(2026, 12, 7, 7, 1, tzinfo=UTC), version, (), 0)
 
 
 def _chunk(version: str, scored: int, skipped: int = 0) -> ChunkResult:
