@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import compress
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -43,11 +43,14 @@ class Images(Dataset[Row]):
     decode processes kept between calls read whatever the next call asks.
 
     In a decode process (one CPU its own), images that come over the network (Label Studio,
-    an allow-listed host) are read and decoded on ``fetchers`` threads at once, each waiting
-    on its server; local files one after another on the process's own thread, for a thread
-    an image costs more CPU than reading and decoding a small one (152 us an image at 64 px
-    against 61 here). Given ``pool`` (this process's threads, no decode processes), every
-    image is read and decoded on its threads, which run on every CPU.
+    an allow-listed host) are fetched ``fetchers`` at once on the process's own thread
+    (libcurl's multi interface: threads each waiting on a request cost it 1.4 times the CPU
+    an image), each decoded as it comes while the others are under way; local files are
+    read one after another, for a thread an image costs more CPU than reading and decoding a
+    small one (152 us an image at 64 px against 61 here). Given ``pool`` (this process's
+    threads, no decode processes), images are read and decoded on its threads, which run on
+    every CPU: the remote ones (every one with ``local_on_pool``) while this thread reads
+    the local files.
     """
 
     def __init__(
@@ -81,16 +84,23 @@ class Images(Dataset[Row]):
         return self.__getitems__([item])[0]
 
     def _loaded(self, items: Sequence[Item]) -> list[npt.NDArray[np.uint8] | ImageError]:
-        """Each item's pixels or why not, in order (see the class on which go on threads)."""
-        threaded = [self.local_on_pool or self.source.remote(item[1]) for item in items]
-        if sum(threaded) < 2 or (self.pool is None and self.fetchers < 2):
+        """Each item's pixels or why not, in order (see the class on which go where)."""
+        remote = [self.local_on_pool or self.source.remote(item[1]) for item in items]
+        if sum(remote) < 2 or (self.pool is None and self.fetchers < 2):
             return [self._load(item) for item in items]
-        if self.pool is None:
-            self.pool = ThreadPoolExecutor(self.fetchers, "planner-fetch")
-        # submitted at once: the local files are read here while the threads wait
-        far = iter(self.pool.map(self._load, compress(items, threaded)))
-        near = [None if on else self._load(item) for item, on in zip(items, threaded, strict=True)]
-        return [next(far) if got is None else got for got in near]
+        if self.pool is not None:  # no decode processes: on this process's threads
+            # submitted at once: the local files are read here while the threads wait
+            far = iter(self.pool.map(self._load, compress(items, remote)))
+            near = [
+                None if on else self._load(item) for item, on in zip(items, remote, strict=True)
+            ]
+            return [next(far) if got is None else got for got in near]
+        loaded: list[npt.NDArray[np.uint8] | ImageError | None] = [None] * len(items)
+        references = [item[1] for item in items]
+        # each image decoded as it comes, while the transfers still under way go on
+        for index, got in self.source.read_many(references, at_once=self.fetchers):
+            loaded[index] = got if isinstance(got, ImageError) else _decoded(got, self.size)
+        return cast(list[npt.NDArray[np.uint8] | ImageError], loaded)
 
     def __getitems__(self, items: Sequence[Item]) -> list[Row]:
         # a batch at a time (the DataLoader asks so when this exists): the cache's index is
@@ -107,6 +117,13 @@ class Images(Dataset[Row]):
         if self.cache is not None:
             self.cache.put_many(fresh)
         return rows
+
+
+def _decoded(data: bytes, size: int) -> npt.NDArray[np.uint8] | ImageError:
+    try:
+        return decode(data, size)
+    except ImageError as exc:
+        return exc
 
 
 def _rebuilt(source: ImageSource, size: int, cache: PixelCache | None, fetchers: int) -> Images:

@@ -18,6 +18,7 @@ import os
 import ssl
 import threading
 import weakref
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -81,21 +82,30 @@ class Answer:
 
 class Connections:
     """One process's curl handles for one image source, a handle a thread (libcurl's handles
-    are not for two threads at once), each keeping its connections alive between requests.
+    are not for two threads at once), each keeping its connections alive between requests,
+    and a :class:`Transfers` for several requests at once.
 
     A forked child never uses, closes or frees its parent's handles: freeing one would shut
     down the parent's TLS sessions on the sockets they share.
     """
 
-    __slots__ = ("__weakref__", "_handles", "_lock", "pid", "timeout_s", "total_s")
+    __slots__ = ("__weakref__", "_handles", "_lock", "_transfers", "pid", "timeout_s", "total_s")
 
     def __init__(self, timeout_s: float, limit: int) -> None:
         self.pid = os.getpid()
         self.timeout_s = timeout_s
         self.total_s = transfer_timeout_s(timeout_s, limit)
         self._handles: dict[int, pycurl.Curl] = {}
+        self._transfers: Transfers | None = None
         self._lock = threading.Lock()
         _LIVE.add(self)
+
+    def transfers(self) -> Transfers:
+        """This process's multi handle (see :class:`Transfers`), its connections kept alive."""
+        with self._lock:
+            if self._transfers is None:
+                self._transfers = Transfers(self.timeout_s, self.total_s)
+            return self._transfers
 
     def handle(self) -> pycurl.Curl:
         """This thread's handle (its kept-alive connections with it)."""
@@ -113,8 +123,11 @@ class Connections:
             return
         with self._lock:
             handles, self._handles = list(self._handles.values()), {}
+            transfers, self._transfers = self._transfers, None
         for handle in handles:
             handle.close()
+        if transfers is not None:
+            transfers.close()
 
 
 _LIVE: weakref.WeakSet[Connections] = weakref.WeakSet()
@@ -187,31 +200,150 @@ def request(
     """GET ``url`` (POST ``post`` with ``post``), at most ``limit`` bytes of the body read;
     ``connect_to``: the address to connect to, whatever the URL's host. ``FetchError`` when
     no answer came."""
+    body = _prepared(handle, Get(url, headers, connect_to), limit, post)
+    try:
+        handle.perform()
+    except pycurl.error as exc:
+        return _answer(handle, body, exc)
+    return _answer(handle, body, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    """A GET to send: ``connect_to`` the address to connect to, whatever the URL's host."""
+
+    url: str
+    headers: list[str]
+    connect_to: str | None = None
+
+
+def _prepared(handle: pycurl.Curl, get: Get, limit: int, post: bytes | None = None) -> _Body:
+    """``handle`` set up for ``get`` (a POST of ``post`` with one); the body it collects."""
     body = _Body(limit)
-    handle.setopt(pycurl.URL, quote(url, safe=URL_AS_IS))
-    handle.setopt(pycurl.HTTPHEADER, headers)
+    handle.setopt(pycurl.URL, quote(get.url, safe=URL_AS_IS))
+    handle.setopt(pycurl.HTTPHEADER, get.headers)
     handle.setopt(pycurl.WRITEFUNCTION, body.write)
     handle.setopt(pycurl.MAXFILESIZE_LARGE, limit)
-    if connect_to is None:
+    if get.connect_to is None:
         handle.unsetopt(pycurl.CONNECT_TO)
     else:
-        shown = f"[{connect_to}]" if ":" in connect_to else connect_to
+        shown = f"[{get.connect_to}]" if ":" in get.connect_to else get.connect_to
         handle.setopt(pycurl.CONNECT_TO, [f"::{shown}:"])  # any host, any port: there
     if post is None:
         handle.setopt(pycurl.HTTPGET, 1)
     else:
         handle.setopt(pycurl.POSTFIELDS, post)
-    try:
-        handle.perform()
-    except pycurl.error as exc:
-        if len(exc.args) != 2:  # not libcurl's (code, reason): an option we set wrong
-            raise
-        code, reason = exc.args
+    return body
+
+
+def _answer(handle: pycurl.Curl, body: _Body, failed: pycurl.error | None) -> Answer:
+    """What the transfer on ``handle`` came to (``failed``: libcurl's error, if any):
+    ``FetchError`` when no answer came."""
+    if failed is not None:
+        if len(failed.args) != 2:  # not libcurl's (code, reason): an option we set wrong
+            raise failed
+        code, reason = failed.args
         # over the limit by its Content-Length (unread), or as read (our write aborted it)
         if code != pycurl.E_FILESIZE_EXCEEDED and not (code == pycurl.E_WRITE_ERROR and body.over):
             transient = code in TRANSIENT_CODES or code in TLS_CODES
-            raise FetchError(reason, transient=transient, tls=code in TLS_CODES) from None
+            raise FetchError(reason, transient=transient, tls=code in TLS_CODES)
         body.over = True
     status = int(handle.getinfo(pycurl.RESPONSE_CODE))
     location = handle.getinfo(pycurl.REDIRECT_URL) if 300 <= status < 400 else None
     return Answer(status, None if body.over else b"".join(body.parts), location)
+
+
+class Transfers:
+    """Several GETs at once on one thread: libcurl's multi interface, its handles and their
+    kept-alive connections kept from one call to the next.
+
+    Threads each waiting on a request of their own cost a decode process 1.4 times the CPU an
+    image (the GIL handed over at every answer; bench/fetch_bench.py); here one thread waits
+    on every transfer at once and libcurl does the rest. One thread at a time.
+    """
+
+    def __init__(self, timeout_s: float, total_s: float) -> None:
+        self.timeout_s, self.total_s = timeout_s, total_s
+        self._multi = pycurl.CurlMulti()
+        self._handles: list[pycurl.Curl] = []
+        self._lock = threading.Lock()
+
+    def fetch(
+        self, gets: Sequence[Get], *, limit: int, at_once: int
+    ) -> Iterator[tuple[int, Answer | FetchError]]:
+        """Each of ``gets``' index and answer (or why none came) as its transfer ends, at
+        most ``at_once`` of them under way, at most ``limit`` bytes of a body read. The
+        transfers left when the caller stops early are dropped."""
+        with self._lock:
+            pending = iter(enumerate(gets))
+            idle = list(self._handles)
+            running: dict[pycurl.Curl, tuple[int, _Body]] = {}
+            try:
+                while True:
+                    while len(running) < at_once and self._start(pending, idle, running, limit):
+                        pass
+                    if not running:
+                        return
+                    self._perform()
+                    ended = 0
+                    for outcome in self._ended(running, idle):
+                        ended += 1
+                        yield outcome
+                    if running and not ended:
+                        self._wait()
+            finally:
+                for handle in running:
+                    self._multi.remove_handle(handle)
+
+    def _start(
+        self,
+        pending: Iterator[tuple[int, Get]],
+        idle: list[pycurl.Curl],
+        running: dict[pycurl.Curl, tuple[int, _Body]],
+        limit: int,
+    ) -> bool:
+        got = next(pending, None)
+        if got is None:
+            return False
+        if not idle:
+            handle = _new_handle(self.timeout_s, self.total_s)
+            self._handles.append(handle)
+            idle.append(handle)
+        handle = idle.pop()
+        running[handle] = (got[0], _prepared(handle, got[1], limit))
+        self._multi.add_handle(handle)
+        return True
+
+    def _perform(self) -> None:
+        while self._multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
+            pass
+
+    def _wait(self) -> None:
+        wait_ms = self._multi.timeout()
+        self._multi.select(1.0 if wait_ms < 0 else max(wait_ms, 1) / 1000)
+
+    def _ended(
+        self, running: dict[pycurl.Curl, tuple[int, _Body]], idle: list[pycurl.Curl]
+    ) -> Iterator[tuple[int, Answer | FetchError]]:
+        while True:
+            queued, done, failed = self._multi.info_read()
+            ended: list[tuple[pycurl.Curl, pycurl.error | None]] = [(h, None) for h in done]
+            ended += [(handle, pycurl.error(code, reason)) for handle, code, reason in failed]
+            for handle, error in ended:
+                self._multi.remove_handle(handle)
+                index, body = running.pop(handle)
+                idle.append(handle)
+                try:
+                    outcome: Answer | FetchError = _answer(handle, body, error)
+                except FetchError as exc:
+                    outcome = exc
+                yield index, outcome
+            if not queued:
+                return
+
+    def close(self) -> None:
+        with self._lock:
+            for handle in self._handles:
+                handle.close()
+            self._handles = []
+            self._multi.close()

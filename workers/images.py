@@ -23,13 +23,14 @@ import stat
 import threading
 import time
 import weakref
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from planner.errors import AuthError, ConfigError, TransientError, UnreachableError
-from workers.curl import Connections, FetchError, request
+from workers.curl import Answer, Connections, FetchError, Get, request
 from workers.references import STORAGE_SCHEMES, is_resolver, stored_uri
 
 MAX_BYTES = 64 * 1024 * 1024
@@ -137,6 +138,74 @@ class ImageSource:
         if parts.scheme in ("http", "https"):
             return self._http(reference, parts)
         raise ImageError(f"unsupported image reference scheme {parts.scheme!r}")
+
+    def read_many(
+        self, references: Sequence[str], *, at_once: int
+    ) -> Iterator[tuple[int, bytes | ImageError]]:
+        """Each of ``references``' index and its image's bytes (or ``ImageError``), as
+        ``read`` gives them, in the order they come: the ones a server sends (Label Studio,
+        an allow-listed host) fetched ``at_once`` at a time on this thread
+        (:class:`workers.curl.Transfers`), then the others read one after another. What
+        ``read`` raises for the chunk (a refused token) is raised here too."""
+        gets: list[Get] = []
+        asked: list[int] = []
+        others: list[int] = []
+        for index, reference in enumerate(references):
+            try:
+                get = self._served(reference)
+            except ImageError as exc:  # a host off the allow-list, say
+                yield index, exc
+                continue
+            if get is None:
+                others.append(index)
+            else:
+                gets.append(get)
+                asked.append(index)
+        if gets:
+            transfers = self._connections().transfers()
+            for position, outcome in transfers.fetch(gets, limit=MAX_BYTES, at_once=at_once):
+                index = asked[position]
+                yield index, self._fetched(references[index], gets[position], outcome)
+        for index in others:
+            yield index, self._read_or_error(references[index])
+
+    def _served(self, reference: str) -> Get | None:
+        """The GET ``read`` would send for ``reference`` when a server sends it plainly
+        (Label Studio's ``/data/`` paths, an allow-listed host); None for the rest, which
+        ``read`` reads (files, cloud storage objects and their redirects, malformed ones)."""
+        parts = reference_parts(reference)
+        if parts is None or is_resolver(parts) or parts.scheme in STORAGE_SCHEMES:
+            return None
+        if parts.scheme in ("http", "https"):
+            return self._http_get(reference, parts)
+        if parts.scheme not in ("", "file") or not parts.path.startswith("/data/"):
+            return None
+        if not self.label_studio_url or self.local_file(reference) is not None:
+            return None
+        return Get(self.label_studio_url.rstrip("/") + reference, self._auth())
+
+    def _fetched(
+        self, reference: str, get: Get, outcome: Answer | FetchError
+    ) -> bytes | ImageError:
+        """The image ``outcome`` brings for ``reference``, or why not. Label Studio refusing
+        it is read again with ``read``, which renews an expired access token or raises the
+        token's refusal for the chunk."""
+        if isinstance(outcome, FetchError):
+            return _not_fetched(outcome, reference)
+        try:
+            return _body(outcome, reference)
+        except _RefusedError as refused:
+            if get.connect_to is not None:  # an allow-listed host's refusal: the image's
+                return refused
+            return self._read_or_error(reference)
+        except ImageError as exc:
+            return exc
+
+    def _read_or_error(self, reference: str) -> bytes | ImageError:
+        try:
+            return self.read(reference)
+        except ImageError as exc:
+            return exc
 
     def local_file(self, reference: str) -> str | None:
         """The file ``read`` reads for ``reference``, without resolving links (``read`` still
@@ -248,6 +317,12 @@ class ImageSource:
         return {h.lower() for h in self.allowed_hosts}
 
     def _http(self, url: str, parts: SplitResult, shown: str | None = None) -> bytes:
+        get = self._http_get(url, parts)
+        return _get(self._connections(), get.url, [], shown=shown or url, connect_to=get.connect_to)
+
+    def _http_get(self, url: str, parts: SplitResult) -> Get:
+        """The GET of an http(s) image, or ``ImageError`` for a host not on the allow-list
+        (or resolving to an internal address not on it)."""
         host = (parts.hostname or "").lower()
         allowed = self.allowed_names()
         if host not in allowed:
@@ -263,8 +338,7 @@ class ImageSource:
         name = f"[{host}]" if ":" in host else host
         port = "" if number is None else f":{number}"
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        target = f"{parts.scheme}://{name}{port}{path}"
-        return _get(self._connections(), target, [], shown=shown or url, connect_to=address)
+        return Get(f"{parts.scheme}://{name}{port}{path}", [], connect_to=address)
 
     def _address(self, host: str, allowed: set[str]) -> str:
         """``host``'s checked address: the one looked up less than ``ADDRESS_TTL_S`` ago, or
@@ -451,10 +525,20 @@ def _get(
     try:
         answer = request(connections.handle(), url, headers, limit=MAX_BYTES, connect_to=connect_to)
     except FetchError as exc:
-        if exc.tls:  # a certificate fixed on the server lets a later retry through
-            message = f"cannot fetch {shown}: TLS failed ({exc}); check the server's certificate"
-            raise ImageError(message, transient=True) from None
-        raise ImageError(f"cannot fetch {shown}: {exc}", transient=exc.transient) from None
+        raise _not_fetched(exc, shown) from None
+    return _body(answer, shown)
+
+
+def _not_fetched(exc: FetchError, shown: str) -> ImageError:
+    """The image's error for a request that got no answer."""
+    if exc.tls:  # a certificate fixed on the server lets a later retry through
+        message = f"cannot fetch {shown}: TLS failed ({exc}); check the server's certificate"
+        return ImageError(message, transient=True)
+    return ImageError(f"cannot fetch {shown}: {exc}", transient=exc.transient)
+
+
+def _body(answer: Answer, shown: str) -> bytes:
+    """The image an answer carries, or why not (``_RefusedError`` for a 401 or 403)."""
     status = answer.status
     if status in REDIRECT_STATUS:
         raise _RedirectError(shown, answer.location or "")

@@ -4,8 +4,9 @@ The forward pass runs with channels_last (the layout cuDNN's and oneDNN's convol
 under the autocast dtype of ``precision`` (see :mod:`workers.devices`).
 
 Images are read and decoded in DataLoader processes (``num_workers``; None: a CPU each but one
-on a GPU, a CPU each on a CPU), each reading a batch's images on a few threads, so that a Label
-Studio on another machine answers several at once rather than one round trip after another.
+on a GPU, a CPU each on a CPU), each fetching a batch's images several at once on its own
+thread (:meth:`ImageSource.read_many`), so that a Label Studio on another machine answers them
+together rather than one round trip after another.
 On a GPU they feed the forward pass of the scoring process. On a CPU with ``threads`` 0 and a
 decode process for each CPU (the default), each decode process also runs the forward pass of
 its own batches (the model forked into it, shared copy-on-write) on one torch thread, and

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import lmdb
+import numpy as np
 import pytest
 import torch
 
@@ -27,6 +28,7 @@ from tests.unit.workers.test_dispatch import Greedy
 from tests.unit.workers.test_inference import ITEMS, NoDropout, _net
 from workers import devices, inference, pixels
 from workers.batches import Images
+from workers.decode import decode
 from workers.decoders import Decoders, keep_heap
 from workers.devices import decode_workers
 from workers.dispatch import score_pool
@@ -223,7 +225,7 @@ class WhereLoaded(Images):
         return super()._load(item)
 
 
-def test_a_decode_process_reads_local_files_itself_and_the_served_ones_on_threads(
+def test_a_decode_process_fetches_the_served_images_together_on_its_own_thread(
     slow_label_studio: KeptAliveServer, digit_files: tuple[Path, list[int]]
 ) -> None:
     root, _ = digit_files
@@ -231,22 +233,25 @@ def test_a_decode_process_reads_local_files_itself_and_the_served_ones_on_thread
     source = ImageSource(image_root=root, allowed_hosts=("127.0.0.1",))
     local = [(i, str(root / "digits" / f"{i:04d}.png"), None) for i in range(4)]
     web = f"{slow_label_studio.url}/data/local-files/?d=digits"
-    served = [(i, f"{web}/{i:04d}.png", None) for i in range(4, 8)]
-    mixed = [item for pair in zip(local, served, strict=True) for item in pair]
+    served = [(i, f"{web}/{i:04d}.png", None) for i in range(4, 14)]
+    mixed = [*local[:2], *served, *local[2:]]
     images = WhereLoaded(source, 8, fetchers=4)  # as a decode process has it
     try:
         assert all(row[1] is not None for row in images.__getitems__(local))
-        assert images.pool is None, "no thread for local files"
         rows = images.__getitems__(mixed)
         assert [row[0] for row in rows] == [item[0] for item in mixed], "in the batch's order"
         assert all(row[1] is not None for row in rows), [row[2] for row in rows]
+        expected = [decode((root / "digits" / f"{i:04d}.png").read_bytes(), 8) for i in range(14)]
+        got = {row[0]: row[1] for row in rows}
+        assert all(np.array_equal(got[i].numpy(), expected[i]) for i in range(14))  # type: ignore[union-attr]
+        assert images.pool is None, "no thread: the served ones wait together on this one"
         here = threading.current_thread().name
         assert {images.threads[ref] for _, ref, _ in local} == {here}
-        assert all(images.threads[ref].startswith("planner-fetch") for _, ref, _ in served)
-        assert slow_label_studio.most["most"] >= 2, "the served images were fetched together"  # type: ignore[attr-defined]
+        assert not {ref for _, ref, _ in served} & set(images.threads), "not one at a time"
+        assert slow_label_studio.most["most"] == 4, "four at once, as fetchers says"  # type: ignore[attr-defined]
+        assert all(row[1] is not None for row in images.__getitems__(served[:6]))
+        assert slow_label_studio.opened == 4, "the connections kept alive from batch to batch"
     finally:
-        if images.pool is not None:
-            images.pool.shutdown()
         source.close()
 
 
