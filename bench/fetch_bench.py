@@ -11,6 +11,12 @@ same JPEG images from the score bench's Label Studio stand-in (a process of its 
 wall time an image, medians of the rounds, and the ratio of CPU times within each round
 (median).
 
+Then several at once, as a decode process reads a batch: ``ImageSource.read_many`` (libcurl's
+multi interface, ``FETCHES_PER_PROCESS`` transfers under way on one thread) against the same
+number of threads each calling ``ImageSource.read`` (the decode processes' way before it, the
+baseline), batch by batch; the process's CPU time (every thread's, ``time.process_time``) and
+the wall time an image.
+
     python bench/fetch_bench.py --write docs/benchmarks.md
 """
 
@@ -23,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,7 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.pages import put_marked
 from bench.score_bench import TOKEN, Urllib3Source, cpu_model, make_images, stand_in
+from workers.batches import FETCHES_PER_PROCESS, chunked
 from workers.images import ImageSource
+
+BATCH = 64
+"""Images a batch, as the decode processes are handed them."""
 
 START, END = "<!-- fetch_bench:start -->", "<!-- fetch_bench:end -->"
 
@@ -45,6 +56,47 @@ def timed(fetch: Callable[[str], bytes], references: list[str]) -> tuple[float, 
             raise RuntimeError(f"{reference}: empty answer")
     n = len(references)
     return (time.thread_time() - cpu) / n, (time.perf_counter() - wall) / n
+
+
+def timed_batches(
+    fetch: Callable[[list[str]], list[bytes]], references: list[str]
+) -> tuple[float, float]:
+    """CPU seconds of this process (every thread) and wall seconds, an image, to fetch
+    ``references`` a batch at a time."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    for batch in chunked(references, BATCH):
+        if not all(fetch(batch)):
+            raise RuntimeError("an empty answer")
+    n = len(references)
+    return (time.process_time() - cpu) / n, (time.perf_counter() - wall) / n
+
+
+def measure_together(n: int, size: int, rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """The batch readers' CPU and wall an image, ``rounds`` interleaved rounds."""
+    with tempfile.TemporaryDirectory() as folder:
+        make_images(Path(folder), n, size)
+        references = [f"/data/local-files/?d={i:06d}.jpg" for i in range(n)]
+        with stand_in("label_studio", folder=folder, latency_s=0.0) as served:
+            source = ImageSource(label_studio_url=served.url, label_studio_token=TOKEN)
+            pool = ThreadPoolExecutor(FETCHES_PER_PROCESS, "planner-fetch")
+
+            def on_threads(batch: list[str]) -> list[bytes]:
+                return list(pool.map(source.read, batch))
+
+            def at_once(batch: list[str]) -> list[bytes]:
+                got = dict(source.read_many(batch, at_once=FETCHES_PER_PROCESS))
+                return [b if isinstance(b, bytes) else b"" for _, b in sorted(got.items())]
+
+            runs = {"threads": on_threads, "multi": at_once}
+            measured: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+            for fetch in runs.values():
+                timed_batches(fetch, references[: 2 * BATCH])
+            for _ in range(rounds):
+                for name, fetch in runs.items():
+                    measured[name].append(timed_batches(fetch, references))
+            pool.shutdown()
+            source.close()
+    return measured
 
 
 def measure(n: int, size: int, rounds: int) -> dict[str, list[tuple[float, float]]]:
@@ -78,10 +130,10 @@ def section(measured: dict[str, list[tuple[float, float]]], args: argparse.Names
     def median(name: str, which: int) -> float:
         return statistics.median(pair[which] for pair in measured[name]) * 1e6
 
-    def ratio(name: str) -> float:
+    def ratio(name: str, baseline: str = "urllib3") -> float:
         return statistics.median(
             ours[0] / theirs[0]
-            for ours, theirs in zip(measured[name], measured["urllib3"], strict=True)
+            for ours, theirs in zip(measured[name], measured[baseline], strict=True)
         )
 
     def cells(name: str) -> str:
@@ -101,6 +153,14 @@ interleaved rounds after a warm-up. Command: `{command} --write docs/benchmarks.
 | `urllib3.PoolManager`, kept alive (the workers' client before libcurl) | {cells("urllib3")} | 1.00 (baseline) |
 | `httpx.Client`, kept alive (the workers' client before urllib3) | {cells("httpx")} | {ratio("httpx"):.2f}x |
 | `ImageSource.read` (libcurl through pycurl, kept alive) | {cells("workers")} | {ratio("workers"):.2f}x |
+
+The same images a batch of {BATCH} at a time, {FETCHES_PER_PROCESS} under way at once as a decode
+process reads them; the process's CPU time (every thread's) and the wall time an image.
+
+| reader | CPU an image | wall an image | ratio of CPU |
+|---|---|---|---|
+| {FETCHES_PER_PROCESS} threads each calling `ImageSource.read` (the decode processes' way before `read_many`) | {cells("threads")} | 1.00 (baseline) |
+| `ImageSource.read_many` (libcurl's multi interface, one thread) | {cells("multi")} | {ratio("multi", "threads"):.2f}x |
 """  # noqa: E501 - Markdown table rows
 
 
@@ -111,7 +171,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--write", type=Path, help="put this run into the Markdown file")
     args = parser.parse_args()
-    text = section(measure(args.n, args.size, args.rounds), args)
+    measured = measure(args.n, args.size, args.rounds)
+    measured |= measure_together(args.n, args.size, args.rounds)
+    text = section(measured, args)
     print(text)
     if args.write:
         put_marked(args.write, f"{START}\n{text.strip()}\n{END}", START, END)

@@ -10,6 +10,7 @@ from bench.score_bench import (
     SECTION_START,
     Served,
     _server,
+    block_key,
     server_cpu,
     write_section,
 )
@@ -32,6 +33,16 @@ def test_a_run_replaces_its_own_block_and_keeps_everything_else() -> None:
     assert again.endswith("## Later section\n\nlater text\n")
     assert again.count(SECTION_START) == again.count(SECTION_END) == 1
     assert write_section(again, "CPU|small|64", "cpu run 2") == again, "a rerun changes nothing"
+
+
+def test_a_cpus_float32_figures_keep_a_block_apart_from_bfloat16_ones() -> None:
+    run = {"device": "CPU", "model": "small", "size": 64, "source": "http", "latency_ms": 0}
+    assert block_key({**run, "dtype": "bfloat16"}) == "CPU|small|64"
+    assert block_key({**run, "dtype": "float32"}) == "CPU|small|64|float32"
+    late = {**run, "latency_ms": 2, "dtype": "float32"}
+    assert block_key(late) == "CPU|small|64|2ms|float32"
+    gpu = {**run, "device": "NVIDIA H100 80GB HBM3", "dtype": "float32"}
+    assert block_key(gpu) == "NVIDIA_H100_80GB_HBM3|small|64", "a GPU's block by its name"
 
 
 def test_an_empty_file_gets_the_section() -> None:
