@@ -484,8 +484,9 @@ _THREADS: dict[int, ThreadPoolExecutor] = {}
 
 
 class ThreadedFiles(OnThreads):
-    """Local files read and decoded on a decode process's fetch threads, as every image was
-    before ``ImageSource.remote`` (the decode processes are forked: the class goes with it)."""
+    """Local files read on a decode process's fetch threads, as every image was before
+    ``ImageSource.remote`` (then decoded there too; the decode processes are forked: the class
+    goes with it)."""
 
     def remote(self, reference: str) -> bool:
         return True
@@ -819,8 +820,8 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
         "thresholds (before `keep_heap`)",
         "full_fresh": "full pipeline, the decode processes started for every chunk (before "
         "`Decoders`)",
-        "full_threaded": "full pipeline, local files read and decoded on the decode "
-        f"processes' fetch threads, {FETCHES_PER_PROCESS} each (before `ImageSource.remote`)",
+        "full_threaded": "full pipeline, local files read on the decode processes' fetch "
+        f"threads, {FETCHES_PER_PROCESS} each (before `ImageSource.remote`)",
         "full_threads": "full pipeline, each image of a batch fetched on a thread of its own, "
         f"{FETCHES_PER_PROCESS} at once (before `ImageSource.read_many`)",
         "full_urllib3": "full pipeline, the images fetched with urllib3 on such threads (before "
