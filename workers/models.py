@@ -44,9 +44,6 @@ from torch.export.pt2_archive.constants import (
 from planner.errors import ConfigError
 from workers.config import MODEL_SUFFIXES
 
-UNVERSIONED_SIZE = 32
-"""The input size a version without one in it was scored at: the default, when the version
-did not yet say (see :func:`scored_version`)."""
 SETTLE_S = 5.0
 """A folder file younger than this may still be being written; it waits for the next run."""
 
@@ -63,23 +60,6 @@ class ScoringModel:
     module: nn.Module
     version: str
     kind: ModelKind = "module"
-
-
-def scored_version(version: str, *, image_size: int, mc_passes: int) -> str:
-    """The version scores of the model ``version`` are stored under: with the settings that
-    change the numbers, ``+{image_size}px`` (but at ``UNVERSIONED_SIZE``) and ``+mc{T}`` for
-    BALD from T MC-dropout passes (0: none run).
-
-    Without them, items scored before mc_passes was turned on were skipped and the version
-    had no BALD for good, and a new image size mixed inputs under one version. A version
-    scored at 32 px without MC passes keeps its name from before, so its scores stand; one
-    scored at another size or with BALD gets a new name, and its pool is scored once more.
-    """
-    if image_size != UNVERSIONED_SIZE:
-        version += f"+{image_size}px"
-    if mc_passes:
-        version += f"+mc{mc_passes}"
-    return version
 
 
 def file_digest(path: Path) -> str:

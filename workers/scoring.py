@@ -21,6 +21,7 @@ import torch
 from sqlmodel import select
 
 from planner.errors import ConfigError, TransientError
+from planner.model_versions import scored_version
 from planner.store import Store, open_existing_store
 from planner.store.models import Task
 from planner.store.scores import unscored, write_scores
@@ -40,7 +41,7 @@ from workers.decoders import Decoders, keep_heap
 from workers.dropout import mc_problem
 from workers.images import ImageSource
 from workers.inference import iter_scores
-from workers.models import ScoringModel, choose_model, load_model, scored_version
+from workers.models import ScoringModel, choose_model, load_model
 from workers.pixels import PixelCache
 from workers.references import through_label_studio
 

@@ -33,6 +33,7 @@ from planner.core.stop_policy import (
 )
 from planner.core.stop_rules import StopEvent
 from planner.core.table import CountTable
+from planner.model_versions import model_of
 from planner.settings import StopSettings
 from planner.store.events import record_stop_event, stop_fired
 from planner.store.models import ModelVersionRecord, Project
@@ -135,17 +136,24 @@ def stop_set_predictions(
     width: int,
 ) -> list[npt.NDArray[np.int64]]:
     """Argmax labels of the newest ``needed`` model versions that scored the stop set, oldest
-    first, each on the stop-set tasks every one of them scored (so the vectors line up)."""
+    first, each on the stop-set tasks every one of them scored (so the vectors line up). A
+    model scored again under other settings (``+64px``, ``+mc10``: :func:`model_of`) counts
+    once, by its newest scores: a setting turned on is not a new model agreeing with the last."""
     if not stop_set:
         return []
     scored: list[dict[int, int]] = []
+    last_model: str | None = None
     for version in reversed(versions):
+        model = model_of(version.version)
+        if model == last_model:
+            continue
         scores = load_scores(
             session, project_id=project_id, model_version=version.version, task_ids=stop_set
         )
         if scores.task_ids.size and scores.probs.shape[1] == width:
             labels = np.argmax(scores.probs, axis=1)
             scored.append(dict(zip(scores.task_ids.tolist(), labels.tolist(), strict=True)))
+            last_model = model
         if len(scored) == needed:
             break
     scored.reverse()

@@ -15,12 +15,13 @@ from sqlmodel import select
 from planner.artifacts import list_versions, read_artifact
 from planner.core.quotas import Quota
 from planner.core.stop_policy import StopConfig
-from planner.daemon.stopping import policy_fingerprint, stop_config
+from planner.daemon.stopping import policy_fingerprint, stop_config, stop_set_predictions
 from planner.outputs import EmitOptions
 from planner.settings import StopSettings
-from planner.store import Store
+from planner.store import Store, ensure_project
 from planner.store.events import record_model_version
-from planner.store.models import ArtifactRecord, Project, StopEventRecord
+from planner.store.models import ArtifactRecord, ModelVersionRecord, Project, StopEventRecord
+from planner.store.scores import write_scores
 from planner.store.stop_set import stop_set
 from tests.unit.daemon.helpers import (
     CLASSES,
@@ -272,3 +273,32 @@ def test_the_stop_modes_come_from_the_settings_and_keep_older_policies() -> None
     older = stop_config(StopSettings(budget_annotations=5000))
     assert policy_fingerprint(older, quotas) == "3dc3b59599aa8133"
     assert policy_fingerprint(config, quotas) != policy_fingerprint(older, quotas)
+
+
+def test_a_model_scored_again_under_other_settings_counts_once_in_the_kappa_history(
+    store: Store,
+) -> None:
+    ids = list(range(1, 9))
+    first, second, third = [i % 3 for i in ids], [(i + 1) % 3 for i in ids], [0] * 8
+    history = [  # oldest first: MC passes turned on, then another input size, a new model
+        ("m1", first),
+        ("m1+mc5", first),  # the same argmax: the setting alone would agree with m1
+        ("m2", second),
+        ("m2+64px", third),  # rescored at 64 px: m2's newest scores
+        ("m3", first),
+    ]
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    with store.session() as session:
+        pid = int(ensure_project(session, ls_project_id=1).id or 0)
+        for k, (version, labels) in enumerate(history):
+            record_model_version(
+                session, project_id=pid, version=version, source="test", at=at + timedelta(k)
+            )
+            probs = np.full((len(ids), 3), 0.05)
+            probs[np.arange(len(ids)), labels] = 0.9
+            write_scores(session, project_id=pid, model_version=version, task_ids=ids, probs=probs)
+    with store.session() as session:
+        versions = list(session.exec(select(ModelVersionRecord).order_by(ModelVersionRecord.id)))
+        got = stop_set_predictions(session, pid, versions, ids, needed=3, width=3)
+    # m1 by its newest scores (m1+mc5), m2 by m2+64px's, then m3: three models, not five
+    assert [vector.tolist() for vector in got] == [first, third, first]
