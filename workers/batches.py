@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from itertools import compress
 from typing import TypeVar, cast
 
@@ -98,8 +99,10 @@ class Images(Dataset[Row]):
         loaded: list[npt.NDArray[np.uint8] | ImageError | None] = [None] * len(items)
         references = [item[1] for item in items]
         # each image decoded as it comes, while the transfers still under way go on
-        for index, got in self.source.read_many(references, at_once=self.fetchers):
-            loaded[index] = got if isinstance(got, ImageError) else _decoded(got, self.size)
+        # closed here whatever happens (a time limit while decoding): its transfers dropped
+        with closing(self.source.read_many(references, at_once=self.fetchers)) as arriving:
+            for index, got in arriving:
+                loaded[index] = got if isinstance(got, ImageError) else _decoded(got, self.size)
         return cast(list[npt.NDArray[np.uint8] | ImageError], loaded)
 
     def __getitems__(self, items: Sequence[Item]) -> list[Row]:

@@ -18,7 +18,7 @@ import os
 import ssl
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -270,11 +270,20 @@ class Transfers:
 
     def fetch(
         self, gets: Sequence[Get], *, limit: int, at_once: int
-    ) -> Iterator[tuple[int, Answer | FetchError]]:
+    ) -> Generator[tuple[int, Answer | FetchError], None, None]:
         """Each of ``gets``' index and answer (or why none came) as its transfer ends, at
         most ``at_once`` of them under way, at most ``limit`` bytes of a body read. The
-        transfers left when the caller stops early are dropped."""
-        with self._lock:
+        transfers left when the caller stops early are dropped. While an earlier call's
+        answers are still being taken (a caller that stopped without closing them), this one
+        runs on handles of its own, closed at its end."""
+        if not self._lock.acquire(blocking=False):
+            spare = Transfers(self.timeout_s, self.total_s)
+            try:
+                yield from spare.fetch(gets, limit=limit, at_once=at_once)
+            finally:
+                spare.close()
+            return
+        try:
             pending = iter(enumerate(gets))
             idle = list(self._handles)
             running: dict[pycurl.Curl, tuple[int, _Body]] = {}
@@ -294,6 +303,8 @@ class Transfers:
             finally:
                 for handle in running:
                     self._multi.remove_handle(handle)
+        finally:
+            self._lock.release()
 
     def _start(
         self,
@@ -342,8 +353,14 @@ class Transfers:
                 return
 
     def close(self) -> None:
-        with self._lock:
+        """Close the handles and their connections; while a call's answers are still being
+        taken (a caller that kept it suspended), they close as these transfers go."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
             for handle in self._handles:
                 handle.close()
             self._handles = []
             self._multi.close()
+        finally:
+            self._lock.release()

@@ -23,7 +23,7 @@ import stat
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -141,7 +141,7 @@ class ImageSource:
 
     def read_many(
         self, references: Sequence[str], *, at_once: int
-    ) -> Iterator[tuple[int, bytes | ImageError]]:
+    ) -> Generator[tuple[int, bytes | ImageError], None, None]:
         """Each of ``references``' index and its image's bytes (or ``ImageError``), as
         ``read`` gives them, in the order they come: the ones a server sends (Label Studio,
         an allow-listed host) fetched ``at_once`` at a time on this thread

@@ -132,3 +132,22 @@ def test_transfers_left_by_a_caller_stopping_early_do_not_hold_the_next_call(png
     finally:
         source.close()
         server.stop()
+
+
+def test_a_call_left_suspended_neither_blocks_the_next_nor_close(png: Path) -> None:
+    server = KeptAliveServer(lambda path: png.read_bytes())
+    source = ImageSource(label_studio_url=server.url)
+    references = [f"/data/upload/1/{i}.png" for i in range(8)]
+    try:
+        held = source.read_many(references, at_once=4)
+        next(held)  # its caller stopped here and kept it (a traceback holding its frame)
+        got = dict(source.read_many(references, at_once=4))
+        assert sorted(got) == list(range(8)), "read on handles of its own"
+        assert all(g == png.read_bytes() for g in got.values())
+        source.close()  # returns: the held call's handles close when it ends
+        assert server.open_now(settle_s=0.5) > 0, "the held call's connections still open"
+        held.close()
+        assert server.open_now() == 0, "closed as the held call went"
+    finally:
+        source.close()
+        server.stop()
