@@ -151,3 +151,24 @@ def test_a_call_left_suspended_neither_blocks_the_next_nor_close(png: Path) -> N
     finally:
         source.close()
         server.stop()
+
+
+def test_https_through_the_transfers_checks_the_name_at_the_checked_address(
+    png: Path, tls_server: tuple[KeptAliveServer, list[str]]
+) -> None:
+    server, names = tls_server
+    by_name = ImageSource(allowed_hosts=("localhost", "127.0.0.1", "::1"))
+    by_address = ImageSource(allowed_hosts=("127.0.0.1",))  # the certificate is localhost's
+    try:
+        got = dict(by_name.read_many([f"https://localhost:{server.port}/ok.png"] * 2, at_once=2))
+        assert got == {0: png.read_bytes(), 1: png.read_bytes()}
+        [(_, refused)] = by_address.read_many([f"{server.url}/ok.png"], at_once=2)
+    finally:
+        by_name.close()
+        by_address.close()
+    assert isinstance(refused, ImageError)
+    assert "TLS failed" in str(refused)
+    assert refused.transient
+    # the name went as the TLS server name; by its address, none (and the certificate failed)
+    assert set(names) == {"localhost", "None"}
+    assert server.hosts == [f"localhost:{server.port}"] * 2
