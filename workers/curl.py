@@ -246,7 +246,7 @@ def _answer(handle: pycurl.Curl, body: _Body, failed: pycurl.error | None) -> An
         # over the limit by its Content-Length (unread), or as read (our write aborted it)
         if code != pycurl.E_FILESIZE_EXCEEDED and not (code == pycurl.E_WRITE_ERROR and body.over):
             transient = code in TRANSIENT_CODES or code in TLS_CODES
-            raise FetchError(reason, transient=transient, tls=code in TLS_CODES)
+            raise FetchError(reason, transient=transient, tls=code in TLS_CODES) from None
         body.over = True
     status = int(handle.getinfo(pycurl.RESPONSE_CODE))
     location = handle.getinfo(pycurl.REDIRECT_URL) if 300 <= status < 400 else None
