@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Iterator
 from email.message import Message
 from pathlib import Path
 
@@ -23,14 +24,18 @@ def _outcome(got: bytes | ImageError) -> object:
     return got
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+@pytest.fixture
+def refusing_port() -> Iterator[int]:
+    """A port bound and not listening, held for the test: connecting is refused (a port let
+    go could be taken meanwhile by another test's server, which would then count our
+    connections as its own)."""
+    with socket.socket() as bound:
+        bound.bind(("127.0.0.1", 0))
+        yield int(bound.getsockname()[1])
 
 
 def test_each_image_comes_as_read_gives_it(
-    png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    png: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusing_port: int
 ) -> None:
     monkeypatch.setattr(images, "MAX_BYTES", 4000)
     body = png.read_bytes()
@@ -53,7 +58,7 @@ def test_each_image_comes_as_read_gives_it(
         *(f"/data/upload/1/{name}.png" for name in STATUS if name != "refused"),
         f"{server.url}/refused.png",  # an allow-listed host refusing: the image's own error
         "/data/upload/1/big.png",
-        f"http://127.0.0.1:{_closed_port()}/c.png",
+        f"http://127.0.0.1:{refusing_port}/c.png",
         "http://elsewhere.example/d.png",
         "/data/local-files/?d=here.png",
         "/data/local-files/?d=absent.png",
