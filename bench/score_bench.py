@@ -471,13 +471,7 @@ class OnThreads(ImageSource):
         pool = _THREADS.get(os.getpid())
         if pool is None:
             pool = _THREADS[os.getpid()] = ThreadPoolExecutor(at_once, "planner-fetch")
-        yield from enumerate(pool.map(self._one, references))
-
-    def _one(self, reference: str) -> bytes | ImageError:
-        try:
-            return self.read(reference)
-        except ImageError as exc:
-            return exc
+        yield from enumerate(pool.map(self._read_or_error, references))
 
 
 _THREADS: dict[int, ThreadPoolExecutor] = {}
