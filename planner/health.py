@@ -1,4 +1,5 @@
-"""What the daemon knows about Label Studio: ok, or which fault since when, and when to retry.
+"""What the daemon knows about Label Studio: ok, or which fault since when, and when to retry;
+and what its last scoring run could not do (``ScoringRun``).
 
 A failed call moves the state to the fault it shows (``classify``) and schedules the next try
 with exponential backoff (``planner.core.backoff``, capped by ``schedule.retry_backoff_max``);
@@ -90,4 +91,25 @@ class BackendHealth:
             "last_error": self.last_error,
             "failures": self.failures,
             "retry_at": None if self.retry_at is None else self.retry_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ScoringRun:
+    """The last scoring run of a project: when it ended (aware), the model version it scored
+    with (None: none, the pool was empty or nothing finished), what it could not do
+    (``PoolResult.warnings``: chunks left unscored, no BALD, a model file passed over) and
+    the chunks that failed for good."""
+
+    at: datetime
+    model_version: str | None
+    warnings: tuple[str, ...] = ()
+    failed_chunks: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "at": self.at.isoformat(),
+            "model_version": self.model_version,
+            "warnings": list(self.warnings),
+            "failed_chunks": self.failed_chunks,
         }

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 
 from sqlmodel import Session, col, select
 
-from planner.health import BackendHealth
+from planner.health import BackendHealth, ScoringRun
 from planner.quarantine import HeldTask, count_held_apart, held_apart
 from planner.store import Store
 from planner.store.batches import active_batch, completion_ratio
 from planner.store.models import TASK_STATES, Project, SyncState, Task
-from planner.store.sync_state import ScoringRun, backend_health, last_scoring
+from planner.store.sync_state import backend_health, last_scoring
 
 if TYPE_CHECKING:
     from planner.reports.model import EtaRow, ReportData

@@ -36,13 +36,14 @@ from planner.daemon.service import ProjectDaemon, Scorer, unknown_quotas
 from planner.daemon.serving import Servers, register_webhook
 from planner.daemon.stopping import stop_config
 from planner.errors import ConfigError, PlannerError, StoreError, TransientError
+from planner.health import ScoringRun
 from planner.outputs import emit_options, report_options
 from planner.params import quotas_from_settings
 from planner.ports import AnnotationBackend
 from planner.settings import Settings
 from planner.store import DatabaseLease, Store
 from planner.store.models import Project
-from planner.store.sync_state import ScoringRun, record_scoring
+from planner.store.sync_state import record_scoring
 from planner.web import check_exposure
 
 if TYPE_CHECKING:

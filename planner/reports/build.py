@@ -21,6 +21,7 @@ from planner.core.stop_policy import StopDecision
 from planner.core.strata import StrataReport
 from planner.core.table import UNKNOWN, CountKind, CountTable
 from planner.errors import InputError
+from planner.health import ScoringRun
 from planner.reports.model import (
     BatchRecord,
     BatchYield,
@@ -32,7 +33,6 @@ from planner.reports.model import (
     PickRow,
     QuotaRow,
     ReportData,
-    ScoringNote,
     StopRow,
     StopStatus,
     StrataRow,
@@ -58,7 +58,7 @@ def build_report(
     eta_window: timedelta = DEFAULT_WINDOW,
     held_apart: Sequence[HeldApartRow] = (),
     timezone: str = "UTC",
-    scoring: ScoringNote | None = None,
+    scoring: ScoringRun | None = None,
 ) -> ReportData:
     """The report at ``now`` (aware); ``snapshots`` are earlier count tables, any order. The
     ETA reads every snapshot in ``eta_window``; the burn-up shows the last of each day (in

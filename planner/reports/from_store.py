@@ -25,10 +25,11 @@ from planner.core.strata import StrataReport, stratify
 from planner.core.table import UNKNOWN
 from planner.daemon.stopping import gather_state, policy_fingerprint, stored_decision
 from planner.errors import PlannerError
+from planner.health import ScoringRun
 from planner.outputs import ReportOptions, project_row
 from planner.quarantine import held_apart
 from planner.reports.build import build_report, next_from_summary
-from planner.reports.model import BatchRecord, HeldApartRow, NextBatch, ReportData, ScoringNote
+from planner.reports.model import BatchRecord, HeldApartRow, NextBatch, ReportData
 from planner.reports.render import render_html, render_json, render_markdown
 from planner.store.batches import active_batch
 from planner.store.models import Project, SyncState, Task
@@ -116,11 +117,8 @@ def _stop(
     )
 
 
-def _scoring(session: Session, project_id: int) -> ScoringNote | None:
-    run = last_scoring(session.get(SyncState, project_id))
-    if run is None:
-        return None
-    return ScoringNote(run.at, run.model_version, run.warnings, run.failed_chunks)
+def _scoring(session: Session, project_id: int) -> ScoringRun | None:
+    return last_scoring(session.get(SyncState, project_id))
 
 
 def _next_batch(session: Session, project_id: int) -> NextBatch | None:

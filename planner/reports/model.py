@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from planner.core.finite import finite_json
+from planner.health import ScoringRun
 
 REPORT_SCHEMA_VERSION = 1
 
@@ -153,18 +154,6 @@ class HeldApartRow:
 
 
 @dataclass(frozen=True, slots=True)
-class ScoringNote:
-    """The daemon's last scoring run: when it ended, the model version it scored with (None:
-    none), what it could not do (chunks left unscored, no BALD, a model file passed over) and
-    the chunks that failed for good."""
-
-    at: datetime
-    model_version: str | None
-    warnings: tuple[str, ...] = ()
-    failed_chunks: int = 0
-
-
-@dataclass(frozen=True, slots=True)
 class ReportData:
     """Everything the daily report shows."""
 
@@ -186,7 +175,7 @@ class ReportData:
     next_batch: NextBatch | None
     schema_version: int = REPORT_SCHEMA_VERSION
     held_apart: tuple[HeldApartRow, ...] = ()
-    scoring: ScoringNote | None = None
+    scoring: ScoringRun | None = None
 
 
 def report_dict(report: ReportData) -> dict[str, Any]:

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from planner.reports.model import ImbalanceRow, ReportData, ScoringNote
+from planner.health import ScoringRun
+from planner.reports.model import ImbalanceRow, ReportData
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +157,7 @@ def report_tables(report: ReportData) -> tuple[Table, ...]:
     return tuple(tables)
 
 
-def _scoring_table(scoring: ScoringNote) -> Table:
+def _scoring_table(scoring: ScoringRun) -> Table:
     failed = f"; {scoring.failed_chunks} chunk(s) failed for good" if scoring.failed_chunks else ""
     return Table(
         "scoring",

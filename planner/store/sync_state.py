@@ -3,13 +3,12 @@ view of Label Studio and the outcome of its last scoring run."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlmodel import Session
 
 from planner.errors import InputError
-from planner.health import BackendHealth
+from planner.health import BackendHealth, ScoringRun
 from planner.store.db import insert_missing
 from planner.store.models import SyncState
 
@@ -69,27 +68,6 @@ def backend_health(state: SyncState | None) -> BackendHealth | None:
         failures=state.ls_failures,
         retry_at=state.ls_retry_at,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class ScoringRun:
-    """The last scoring run of a project: when it ended (aware), the model version it scored
-    with (None: none, the pool was empty or nothing finished), what it could not do
-    (``PoolResult.warnings``: chunks left unscored, no BALD, a model file passed over) and
-    the chunks that failed for good."""
-
-    at: datetime
-    model_version: str | None
-    warnings: tuple[str, ...] = ()
-    failed_chunks: int = 0
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "at": self.at.isoformat(),
-            "model_version": self.model_version,
-            "warnings": list(self.warnings),
-            "failed_chunks": self.failed_chunks,
-        }
 
 
 def record_scoring(session: Session, project_id: int, run: ScoringRun) -> SyncState:

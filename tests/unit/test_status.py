@@ -17,9 +17,10 @@ from integrations.label_studio.fake import FakeLabelStudio
 from planner.cli import app
 from planner.core.quotas import Quota
 from planner.daemon.service import ProjectDaemon, unknown_quotas
+from planner.health import ScoringRun
 from planner.store import DatabaseLease, Store, open_store
 from planner.store.db import alembic_config
-from planner.store.sync_state import ScoringRun, record_scoring, record_sync_error
+from planner.store.sync_state import record_scoring, record_sync_error
 from planner.sync import sync_project
 
 CONFIG = """<View><Image name="image" value="$image"/>

@@ -23,10 +23,11 @@ from planner.daemon.run import run_daemon
 from planner.daemon.service import ProjectDaemon
 from planner.daemon.serving import Servers, WebhookRegistration, webhook_trigger
 from planner.errors import ConfigError
+from planner.health import ScoringRun
 from planner.settings import Settings, load_settings
 from planner.store import Store
 from planner.store.models import Task
-from planner.store.sync_state import ScoringRun, record_scoring
+from planner.store.sync_state import record_scoring
 from planner.web import SECRET_HEADER, WEBHOOK_PATH
 from tests.unit.daemon.helpers import (
     Project150,

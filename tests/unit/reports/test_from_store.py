@@ -16,13 +16,13 @@ from integrations.label_studio.fake import FakeLabelStudio
 from planner.cli import app
 from planner.core.quotas import Quota
 from planner.core.table import COUNT_KINDS, CountTable
+from planner.health import ScoringRun
 from planner.outputs import ReportOptions, project_row
 from planner.reports import build_report, render_html, render_json, render_markdown
 from planner.reports.from_store import BURNUP_HORIZON, report_from_store
-from planner.reports.model import ScoringNote
 from planner.store import open_store
 from planner.store.models import CountSnapshot
-from planner.store.sync_state import ScoringRun, record_scoring
+from planner.store.sync_state import record_scoring
 from planner.store.tasks import count_table
 from planner.sync import sync_project
 
@@ -119,7 +119,7 @@ def test_the_last_scoring_runs_warnings_are_a_section_of_the_report_escaped_in_e
         report = report_from_store(session, pid, options, now=now)
         record_scoring(session, project_id, ScoringRun(ended, "m-2"))
         clean = report_from_store(session, pid, options, now=now)
-    assert report.scoring == ScoringNote(ended, "m-1", (failed,), 1)
+    assert report.scoring == ScoringRun(ended, "m-1", (failed,), 1)
     assert render_json(report).count("<script>x()</script>") == 1, "the JSON holds it as it is"
     html, markdown = render_html(report), render_markdown(report)
     assert "<script>" not in html
@@ -131,6 +131,6 @@ def test_the_last_scoring_runs_warnings_are_a_section_of_the_report_escaped_in_e
     assert "(2026-12-07T06:31+00:00, model m-1; 1 chunk(s) failed for good)" in markdown
     assert 'id="scoring"' in html
     assert "2026-12-07T06:31+00:00, model m-1" in html
-    assert clean.scoring == ScoringNote(ended, "m-2")
+    assert clean.scoring == ScoringRun(ended, "m-2")
     assert "Scoring" not in render_markdown(clean), "no warnings, no section"
     assert 'id="scoring"' not in render_html(clean)

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError, ProgrammingError, StatementError
 from sqlmodel import SQLModel, select
 
 from planner.errors import ConfigError, StoreError, StoreSchemaError, TransientError
+from planner.health import ScoringRun
 from planner.store import Store, ensure_project, open_existing_store, open_store
 from planner.store.batches import PlannedItem, create_batch, move_batch
 from planner.store.db import (
@@ -35,7 +36,7 @@ from planner.store.events import record_model_version, record_stop_event
 from planner.store.models import Project, QuarantineEntry, StopEventRecord, SyncState, Task
 from planner.store.scores import write_scores
 from planner.store.stop_set import ensure_stop_set
-from planner.store.sync_state import ScoringRun, last_scoring, record_scoring, set_watermark
+from planner.store.sync_state import last_scoring, record_scoring, set_watermark
 
 _T = datetime(2026, 5, 4, 12, 0, tzinfo=UTC)
 

@@ -12,10 +12,11 @@ from starlette.testclient import TestClient
 
 from planner.artifacts import write_artifact
 from planner.errors import ConfigError
+from planner.health import ScoringRun
 from planner.status import scoring_lines, state_lines
 from planner.store import Store, ensure_project, open_store
 from planner.store.db import make_engine
-from planner.store.sync_state import ScoringRun, record_scoring
+from planner.store.sync_state import record_scoring
 from planner.telemetry import Telemetry
 from planner.web import COOKIE, SECRET_HEADER, WebConfig, check_exposure, create_app
 from tests.unit.artifacts.helpers import small_artifact

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import httpx
 
+from planner.health import ScoringRun
 from planner.store import ensure_project, open_store
-from planner.store.sync_state import ScoringRun, record_scoring
+from planner.store.sync_state import record_scoring
 
 PLANNER = str(Path(sys.executable).parent / "planner")
 

@@ -24,11 +24,12 @@ from planner.connect import worker_config as settings_worker_config
 from planner.core.backoff import backoff_s
 from planner.daemon.run import _scorer
 from planner.errors import ConfigError, TransientError
+from planner.health import ScoringRun
 from planner.settings import Settings, load_settings
 from planner.store import Store
 from planner.store.models import Project, ScoreRecord, SyncState
 from planner.store.scores import load_scores, unscored
-from planner.store.sync_state import ScoringRun, last_scoring
+from planner.store.sync_state import last_scoring
 from tests.unit.workers.conftest import CLASSES, show_images, worker_config
 from workers import celery_app, dispatch
 from workers.config import BrokerConfig, WorkerConfig, WorkerOwn
