@@ -83,6 +83,7 @@ def worker_config(settings: Settings, classes: tuple[str, ...]) -> WorkerConfig:
         label_studio_url=str(ls.url),
         label_studio_token=None if ls.token is None else ls.token.get_secret_value(),
         image_root=section.image_root,
+        upload_root=section.upload_root,
         allowed_hosts=tuple(section.allowed_hosts),
         image_size=section.image_size,
         batch_size=section.batch_size,

@@ -38,6 +38,7 @@ _EXAMPLES: Mapping[str, Any] = {
     "workers.model_dir": "var/models",
     "workers.bootstrap_dir": "var/artifacts/bootstrap",
     "workers.image_root": "/data/images",
+    "workers.upload_root": "/var/lib/label-studio/media/upload",
     "workers.pixel_cache_dir": "var/artifacts/pixel-cache",
     "workers.soft_time_limit_s": 10740,
     "workers.visibility_timeout_s": 22980,

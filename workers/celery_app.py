@@ -43,7 +43,7 @@ from workers.scoring import Resources, halved, out_of_memory, score_chunk
 SCORE_TASK = "workers.score_chunk"
 SCORE_QUEUE = "score"
 DEFAULT_QUEUE = "default"
-_PATHS = ("weights", "model_dir", "image_root")
+_PATHS = ("weights", "model_dir", "image_root", "upload_root")
 _TUPLES = ("classes", "allowed_hosts")
 log = logging.getLogger("planner.workers")
 

@@ -46,6 +46,7 @@ class WorkerConfig:
     label_studio_url: str | None = None
     label_studio_token: str | None = field(default=None, repr=False)
     image_root: Path | None = None
+    upload_root: Path | None = None
     allowed_hosts: tuple[str, ...] = ()
     image_size: int = 32
     batch_size: int = 64

@@ -4,13 +4,14 @@ Task data is user input: an image reference must never make the worker fetch an 
 address or read an arbitrary file. Label Studio URLs (``/data/local-files/?d=...``,
 ``/data/upload/...``, and cloud storage objects, ``s3://`` and the like, read through the
 server's ``/tasks/<id>/resolve/`` as its own editor reads them) go to the configured server
-with its token (a legacy token as
-``Token ...``; a personal access token, a JWT, exchanged at ``/api/token/refresh/`` for a
-short-lived ``Bearer`` access token), or straight to the image root when the worker has it
-mounted; a local path (or ``file:`` URL) only to a regular file under the image root, links
-resolved first; other http(s) URLs only to hosts on the allow-list, never following redirects,
-and never to a loopback, private or link-local address unless that address itself is
-allow-listed.
+with its token (a legacy token as ``Token ...``; a personal access token, a JWT, exchanged at
+``/api/token/refresh/`` for a short-lived ``Bearer`` access token), or straight to the disk
+when the worker has the folder mounted (``/data/local-files/`` under the image root,
+``/data/upload/`` under the upload root: Label Studio spends some 16 core-ms serving an image,
+see docs/benchmarks.md); a local path (or ``file:`` URL) only to a regular file under the image
+root, links resolved first; other http(s) URLs only to hosts on the allow-list, never following
+redirects, and never to a loopback, private or link-local address unless that address itself
+is allow-listed.
 """
 
 from __future__ import annotations
@@ -27,13 +28,15 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import SplitResult, parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from planner.errors import AuthError, ConfigError, TransientError, UnreachableError
 from workers.curl import Answer, Connections, FetchError, Get, request
 from workers.references import STORAGE_SCHEMES, is_resolver, stored_uri
 
 MAX_BYTES = 64 * 1024 * 1024
+UPLOAD_PREFIX = "/data/upload/"
+"""Label Studio's URL of a file uploaded to it; the file lies under its ``media/upload``."""
 
 TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
@@ -75,6 +78,9 @@ class ImageSource:
     label_studio_url: str | None = None
     label_studio_token: str | None = field(default=None, repr=False)
     image_root: Path | None = None
+    # Label Studio's upload folder (``<its data dir>/media/upload``): ``/data/upload/P/NAME``
+    # is read from ``upload_root/P/NAME`` instead of asking the server
+    upload_root: Path | None = None
     allowed_hosts: tuple[str, ...] = ()
     timeout_s: float = 30.0
     # the access token of a personal access token, refreshed when the server answers 401
@@ -95,7 +101,7 @@ class ImageSource:
     def __reduce__(self) -> tuple[object, ...]:
         # what crosses to a DataLoader worker: the settings, not the caches or clients
         fields_ = (self.label_studio_url, self.label_studio_token, self.image_root)
-        return (ImageSource, (*fields_, self.allowed_hosts, self.timeout_s))
+        return (ImageSource, (*fields_, self.upload_root, self.allowed_hosts, self.timeout_s))
 
     def _connections(self) -> Connections:
         pid = os.getpid()
@@ -131,6 +137,9 @@ class ImageSource:
             return self._from_storage(reference, parts)
         if parts.scheme in ("", "file") and parts.path.startswith("/data/local-files"):
             return self._local_files(parts.query, reference)
+        upload = uploaded(parts)
+        if upload is not None and self.upload_root is not None:
+            return _under(self.upload_root, upload, reference, "workers.upload_root")
         if parts.scheme in ("", "file") and parts.path.startswith("/data/"):
             return self._from_label_studio(reference)
         if parts.scheme in ("", "file"):
@@ -219,6 +228,9 @@ class ImageSource:
             if self.image_root is None or not relative:
                 return None  # Label Studio serves it
             return os.path.join(self.image_root, relative)
+        upload = uploaded(parts)
+        if upload is not None and self.upload_root is not None:
+            return os.path.join(self.upload_root, upload)
         if parts.path.startswith("/data/") or self.image_root is None:
             return None
         return os.path.join(self.image_root, parts.path)
@@ -242,19 +254,12 @@ class ImageSource:
         return self._from_label_studio(reference)
 
     def _under_root(self, path: str, reference: str) -> bytes:
-        """The file at ``path`` (relative to the image root, or absolute) when it lies under
-        the root once its links are resolved. A path outside is refused with one reason,
-        whether or not a file is there: task data must not learn what the disk holds."""
         if self.image_root is None:
             raise ImageError(
                 f"{reference} is a local path, read only under workers.image_root, which is "
                 "not set; set it to the folder holding the images"
             )
-        root = self.image_root.resolve()
-        resolved = _resolved(root / path, reference)
-        if not resolved.is_relative_to(root):
-            raise ImageError(f"{reference} points outside the image root; not read")
-        return _read_file(resolved)
+        return _under(self.image_root, path, reference)
 
     def _from_label_studio(self, reference: str, shown: str | None = None) -> bytes:
         """``reference`` (a path on the server) from Label Studio with the token; ``shown``:
@@ -380,6 +385,25 @@ def _resolved(path: Path, reference: str) -> Path:
         return path.resolve()
     except ValueError:
         raise ImageError(f"{reference!r} is not a valid file name") from None
+
+
+def _under(root: Path, path: str, reference: str, what: str = "the image root") -> bytes:
+    """The file at ``path`` (relative to ``root``, or absolute) when it lies under the root
+    once its links are resolved. A path outside is refused with one reason, whether or not a
+    file is there: task data must not learn what the disk holds."""
+    resolved_root = root.resolve()
+    resolved = _resolved(resolved_root / path, reference)
+    if not resolved.is_relative_to(resolved_root):
+        raise ImageError(f"{reference} points outside {what}; not read")
+    return _read_file(resolved)
+
+
+def uploaded(parts: SplitResult) -> str | None:
+    """The path under Label Studio's upload folder of a ``/data/upload/`` reference (its URL
+    is percent-encoded, as Django writes a file's URL), None for any other reference."""
+    if parts.scheme not in ("", "file") or not parts.path.startswith(UPLOAD_PREFIX):
+        return None
+    return unquote(parts.path.removeprefix(UPLOAD_PREFIX)) or None
 
 
 def _relative(query: str) -> str:

@@ -41,7 +41,7 @@ import lmdb
 import numpy as np
 import numpy.typing as npt
 
-from workers.images import ImageSource, reference_parts
+from workers.images import ImageSource, reference_parts, uploaded
 from workers.references import is_resolver
 
 FORMAT = "p4"
@@ -344,4 +344,6 @@ def _key_parts(source: ImageSource, reference: str, size: int) -> list[object] |
     except (OSError, ValueError):
         return None
     # the root is in the key: the same reference under another image root is another file
-    return [*head, "file", str(source.image_root), reference, stat.st_mtime_ns, stat.st_size]
+    upload = parts is not None and uploaded(parts) is not None
+    root = source.upload_root if upload else source.image_root
+    return [*head, "file", str(root), reference, stat.st_mtime_ns, stat.st_size]

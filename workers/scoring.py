@@ -167,6 +167,7 @@ def image_source(cfg: WorkerConfig) -> ImageSource:
         label_studio_url=cfg.label_studio_url,
         label_studio_token=cfg.label_studio_token,
         image_root=cfg.image_root,
+        upload_root=cfg.upload_root,
         allowed_hosts=cfg.allowed_hosts,
     )
 

@@ -100,6 +100,11 @@ class WorkerSettings(Section):
         default=50, ge=0, description="New labels before the bootstrap network is retrained."
     )
     image_root: Path | None = Field(default=None, description="Local copy of the images.")
+    upload_root: Path | None = Field(
+        default=None,
+        description="Label Studio's upload folder (<its data dir>/media/upload), mounted or "
+        "copied: /data/upload/ images are read from it instead of through the server.",
+    )
     allowed_hosts: list[str] = Field(
         default_factory=list, description="The only http(s) hosts images may come from."
     )

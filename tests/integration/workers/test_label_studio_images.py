@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -79,3 +80,32 @@ def test_a_rescoring_reads_the_pixels_label_studio_served_once(
     again = score_items(model, items, refused, num_workers=0, cache=PixelCache(tmp_path, 2**24))
     assert again.task_ids == [1]
     np.testing.assert_allclose(again.probs, first.probs, rtol=0, atol=1e-6)
+
+
+def test_an_uploaded_image_is_read_from_label_studio_s_upload_folder(
+    label_studio: ServerState, tmp_path: Path
+) -> None:
+    """A file uploaded into a project is served as ``/data/upload/<project>/<name>`` and kept
+    under ``<data dir>/media/upload``: with that folder as the upload root the worker reads
+    it there, with no server configured at all."""
+    picture = tmp_path / "a red car.png"
+    Image.fromarray(np.full((8, 8, 3), 200, dtype=np.uint8)).save(picture)
+    with LabelStudioWorkbench(label_studio.url, label_studio.token) as bench:
+        pid = bench.create_project(f"uploads-{uuid.uuid4().hex[:8]}", CLASSIFY)
+    headers = {"Authorization": f"Token {label_studio.token}"}
+    with picture.open("rb") as handle:
+        imported = httpx.post(
+            f"{label_studio.url}/api/projects/{pid}/import",
+            headers=headers,
+            files={"file": (picture.name, handle, "image/png")},
+            timeout=60,
+        )
+    imported.raise_for_status()
+    (task,) = httpx.get(
+        f"{label_studio.url}/api/tasks", params={"project": pid}, headers=headers, timeout=60
+    ).json()["tasks"]
+    reference = task["data"]["image"]
+    assert reference.startswith(f"/data/upload/{pid}/")
+    served = ImageSource(label_studio_url=label_studio.url, label_studio_token=label_studio.token)
+    on_disk = ImageSource(upload_root=Path(label_studio.data_dir) / "media" / "upload")
+    assert on_disk.read(reference) == served.read(reference) == picture.read_bytes()

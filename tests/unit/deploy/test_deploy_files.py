@@ -190,3 +190,22 @@ def test_the_workers_keep_the_bootstrap_network_in_a_folder_they_share_and_can_w
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.read_string((DEPLOY / "systemd" / "planner-worker@.service").read_text())
     assert parser["Service"]["WorkingDirectory"] == "/var/lib/planner"
+
+
+def test_the_workers_read_label_studio_s_files_from_their_own_disk() -> None:
+    """The image and upload roots the daemon sends are Label Studio's own folders, mounted
+    read-only in the workers: no image goes through the server when the files are at hand."""
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text(encoding="utf-8"))
+    services = compose["services"]
+    env = services["planner"]["environment"]
+    studio = services["label-studio"]
+    root = studio["environment"]["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"]
+    assert env["PLANNER_WORKERS__IMAGE_ROOT"] == root
+    (images,) = [v for v in studio["volumes"] if f":{root}" in v]
+    host = images[: images.rindex(f":{root}")]
+    assert f"{host}:{root}:ro" in services["worker"]["volumes"]
+    # Label Studio keeps uploads in <its data dir>/media/upload (settings MEDIA_ROOT, UPLOAD_DIR)
+    (data,) = [v for v in studio["volumes"] if v.endswith(":/label-studio/data")]
+    upload = env["PLANNER_WORKERS__UPLOAD_ROOT"]
+    assert upload == "/label-studio/data/media/upload"
+    assert f"{data}:ro" in services["worker"]["volumes"]

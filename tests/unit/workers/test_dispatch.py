@@ -34,7 +34,7 @@ from tests.unit.workers.conftest import CLASSES, show_images, worker_config
 from workers import celery_app, dispatch
 from workers.config import BrokerConfig, WorkerConfig, WorkerOwn
 from workers.dispatch import score_pool, settle
-from workers.scoring import ChunkResult, Resources
+from workers.scoring import ChunkResult, Resources, image_source
 
 
 @pytest.fixture
@@ -216,6 +216,7 @@ def test_task_messages_carry_neither_secrets_nor_the_senders_pixel_cache() -> No
         store_password="db-secret",
         label_studio_token="ls-secret",
         image_root=Path("/images"),
+        upload_root=Path("/label-studio/data/media/upload"),
         pixel_cache_dir=Path("/sender/cache"),
         pixel_cache_mb=100,
         bootstrap_dir=Path("/var/lib/planner/artifacts/bootstrap"),
@@ -255,6 +256,7 @@ def test_task_messages_carry_neither_secrets_nor_the_senders_pixel_cache() -> No
     assert (own.pixel_cache_dir, own.pixel_cache_mb) == (Path("/var/cache/px"), 512)
     assert own.bootstrap_dir == Path("/srv/bootstrap")
     assert own.image_root == Path("/images")
+    assert own.upload_root == Path("/label-studio/data/media/upload")
     assert own.classes == ("a", "b")
 
 
@@ -655,3 +657,12 @@ def test_a_relative_bootstrap_folder_is_the_one_the_worker_was_started_in(
     settings = load_settings(config, environ=False)
     assert worker_own(settings).bootstrap_dir == tmp_path / "var" / "bootstrap"
     assert settings_worker_config(settings, ("a",)).bootstrap_dir == tmp_path / "var" / "bootstrap"
+
+
+def test_the_image_and_upload_roots_reach_the_scoring_job(tmp_path: Path) -> None:
+    config = tmp_path / "planner.toml"
+    config.write_text("[workers]\nimage_root = '/images'\nupload_root = '/ls/media/upload'\n")
+    cfg = settings_worker_config(load_settings(config, environ=False), ("a",))
+    assert (cfg.image_root, cfg.upload_root) == (Path("/images"), Path("/ls/media/upload"))
+    source = image_source(cfg)
+    assert (source.image_root, source.upload_root) == (cfg.image_root, cfg.upload_root)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import socket
 import threading
 import tracemalloc
 from collections.abc import Iterator
@@ -88,6 +89,44 @@ def test_a_local_path_is_read_only_under_the_image_root(tmp_path: Path, png: Pat
         ImageSource().read(str(png))
     assert not unset.value.transient
     assert pixel_key(ImageSource(), str(png), 32) is None, "nothing to store: read refuses it"
+
+
+def test_label_studio_uploads_are_read_under_the_upload_root_with_no_request(
+    tmp_path: Path, png: Path
+) -> None:
+    """``/data/upload/P/NAME`` is ``upload_root/P/NAME`` (percent-decoded, as Django writes a
+    file's URL); the server, a closed port here, is never asked. Outside the root: refused."""
+    upload = tmp_path / "media" / "upload"
+    (upload / "3").mkdir(parents=True)
+    (upload / "3" / "a1b2-my car.png").write_bytes(png.read_bytes())
+    with socket.socket() as held:  # bound, not listening: a request would be refused
+        held.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{held.getsockname()[1]}"
+        source = ImageSource(label_studio_url=closed, label_studio_token="t", upload_root=upload)
+        reference = "/data/upload/3/a1b2-my%20car.png"
+        assert source.read(reference) == png.read_bytes()
+        assert source.local_file(reference) == str(upload / "3" / "a1b2-my car.png")
+        assert not source.remote(reference)
+        assert [body for _, body in source.read_many([reference], at_once=4)] == [png.read_bytes()]
+        for outside in ("/data/upload/../../../etc/passwd", "/data/upload/%2E%2E/x.png"):
+            with pytest.raises(ImageError, match=r"outside workers\.upload_root; not read"):
+                source.read(outside)
+        with pytest.raises(ImageError, match="does not exist"):
+            source.read("/data/upload/3/gone.png")
+        # without the root the server sends it (refused here: it is not listening)
+        served = ImageSource(label_studio_url=closed, label_studio_token="t")
+        assert served.remote(reference)
+        with pytest.raises(ImageError):
+            served.read(reference)
+    # the root is in the pixel cache's key, as the image root is
+    (tmp_path / "other" / "3").mkdir(parents=True)
+    other = ImageSource(upload_root=tmp_path / "other")
+    copy = tmp_path / "other" / "3" / "a1b2-my car.png"
+    copy.write_bytes(png.read_bytes())
+    first = (upload / "3" / "a1b2-my car.png").stat()
+    os.utime(copy, ns=(first.st_atime_ns, first.st_mtime_ns))  # only the root tells them apart
+    assert pixel_key(source, reference, 32) != pixel_key(other, reference, 32)
+    assert pixel_key(source, reference, 32) is not None
 
 
 def test_a_fifo_or_a_folder_under_the_root_is_refused_not_waited_on(tmp_path: Path) -> None:
