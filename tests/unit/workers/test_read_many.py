@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from collections.abc import Iterator
 from email.message import Message
@@ -20,7 +21,9 @@ STATUS = {"missing": 404, "busy": 503, "slow": 429, "moved": 302, "gone": 410, "
 
 def _outcome(got: bytes | ImageError) -> object:
     if isinstance(got, ImageError):
-        return (type(got).__name__, str(got), got.transient)
+        # libcurl's message says how long a refused connect took ("after 0 ms", "after 1 ms")
+        reason = re.sub(r"after \d+ ms", "after N ms", str(got))
+        return (type(got).__name__, reason, got.transient)
     return got
 
 
