@@ -24,9 +24,18 @@ from workers.images import ImageError, ImageSource
 from workers.pixels import PixelCache, pixel_key
 
 FETCHES_PER_PROCESS = 4
-"""Images a decoding process reads at once (threads), for a server a round trip away."""
-FETCHES_IN_PROCESS = 8
-"""The same, with no decode processes (``num_workers`` 0)."""
+"""Images a decoding process asks a server for at once, for one a round trip away (the
+default of ``workers.fetches_at_once``)."""
+
+
+def in_process(fetches: int) -> int:
+    """Threads reading images with no decode processes (``num_workers`` 0): twice what a
+    decode process keeps under way, as this one process reads for all."""
+    return 2 * fetches
+
+
+FETCHES_IN_PROCESS = in_process(FETCHES_PER_PROCESS)
+"""The same, with no decode processes, by default."""
 _T = TypeVar("_T")
 
 Row = tuple[int, torch.Tensor | None, str, bool]
@@ -174,10 +183,11 @@ def read_pixels(
     cache: PixelCache | None = None,
     *,
     batch_size: int = 64,
+    fetches: int = FETCHES_PER_PROCESS,
 ) -> Iterator[Batch]:
     """Batches of ``(task ids, (n, 3, size, size) uint8 pixels, unscorable, deferred)`` of
     ``items``, read in this process: the ones ``cache`` holds first, then the rest read
-    ``FETCHES_IN_PROCESS`` at a time and stored in it (what
+    ``in_process(fetches)`` at a time and stored in it (what
     :func:`workers.inference.iter_scores` does with no decode processes, for a caller that
     wants the pixels themselves)."""
     misses: list[Item] = [(task_id, reference, None) for task_id, reference in items]
@@ -186,8 +196,9 @@ def read_pixels(
         yield from cached(items, source, size, cache, batch_size=batch_size, misses=misses)
     if not misses:
         return
-    with ThreadPoolExecutor(FETCHES_IN_PROCESS, "planner-fetch") as pool:
-        images = Images(source, size, cache, fetchers=FETCHES_IN_PROCESS, pool=pool)
+    threads = in_process(fetches)
+    with ThreadPoolExecutor(threads, "planner-fetch") as pool:
+        images = Images(source, size, cache, fetchers=threads, pool=pool)
         for batch in chunked(misses, batch_size):
             yield collate(images.__getitems__(batch))
 

@@ -52,6 +52,7 @@ class WorkerConfig:
     batch_size: int = 64
     chunk_size: int = 256
     num_workers: int | None = None
+    fetches_at_once: int = 4
     mc_passes: int = 0
     device: str = "auto"
     precision: str = "auto"
@@ -72,7 +73,7 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         if not self.classes:
             raise ConfigError("the worker needs the project's classes; none were given")
-        for name in ("image_size", "batch_size", "chunk_size"):
+        for name in ("image_size", "batch_size", "chunk_size", "fetches_at_once"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"workers.{name} = {getattr(self, name)}: must be positive")
         if self.num_workers is not None and self.num_workers < 0:

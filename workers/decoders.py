@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from planner.errors import PlannerError
-from workers.batches import FETCHES_IN_PROCESS, Batch, Images, Item, collate
+from workers.batches import Batch, Images, Item, collate, in_process
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 """glibc's ``mallopt`` parameters (malloc.h)."""
@@ -229,7 +229,7 @@ def feed(
         with lent(decoders, key, batches, images, workers, **options) as loader:
             yield loader
         return
-    images.pool = ThreadPoolExecutor(FETCHES_IN_PROCESS, "planner-fetch")
+    images.pool = ThreadPoolExecutor(in_process(images.fetchers), "planner-fetch")
     try:
         yield (collate(images.__getitems__(batch)) for batch in batches)
     finally:

@@ -169,6 +169,7 @@ def iter_scores(
     decoders: Decoders | None = None,
     compile_mode: str = "off",
     compiler: Compiler | None = None,
+    fetches: int = FETCHES_PER_PROCESS,
 ) -> Generator[Scores, None, None]:
     """One ``Scores`` per batch of ``items`` (bad images of the batch included). The
     source's kept-alive connections of this process are closed when the last batch is out.
@@ -179,7 +180,9 @@ def iter_scores(
     the decode processes are kept for the next call (see :class:`Decoders`); without, they
     are started for this call and shut down at its end. ``compiler`` decides with
     ``compile_mode`` whether the forward pass runs compiled (see :mod:`workers.compiling`);
-    without one, this call's items alone count.
+    without one, this call's items alone count. ``fetches``: the images a decode process
+    asks a server for at once (``workers.fetches_at_once``; twice that on this process's
+    threads with no decode processes).
     """
     keep_heap()
     target = pick_device(device)
@@ -209,7 +212,7 @@ def iter_scores(
                 notes = (*notes, cache.broken)
         if not misses:
             return
-        images = Images(source, image_size, cache, fetchers=FETCHES_PER_PROCESS)
+        images = Images(source, image_size, cache, fetchers=fetches)
         batches = chunked(misses, batch_size)
         if replicas(cpu, threads, workers):  # each decode process scores its own batches
             if compiled is not None:  # compiled here, once, for the replicas' one thread
@@ -218,13 +221,13 @@ def iter_scores(
                 if compiled is None:
                     notes = (*notes, compiler.failed[module])
             key: tuple[object, ...] = ("replicas", module, passes, dtype, source, image_size)
-            key += (cache, workers, compiled)
+            key += (cache, workers, compiled, fetches)
             scored = _Scored(images, partial(run, notes=()))
             options = {"collate_fn": _as_is, "multiprocessing_context": "fork"}
             with lent(decoders, key, batches, scored, workers, **options) as loader:
                 yield from _noted(loader, notes, cache, decoders)
             return
-        key = ("feed", target, source, image_size, cache, workers)
+        key = ("feed", target, source, image_size, cache, workers, fetches)
         feeding = feed(images, batches, workers=workers, target=target, decoders=decoders, key=key)
         forward = torch_threads(forward_threads(threads, workers)) if cpu else nullcontext()
         with feeding as fed, forward:

@@ -307,7 +307,8 @@ def _decode_labelled(
     items = [(row, reference) for row, (reference, _) in enumerate(rows)]
     read: dict[int, npt.NDArray[np.uint8]] = {}
     try:
-        for ids, pixels, _, _ in read_pixels(items, source, cfg.image_size, cache):
+        labelled = read_pixels(items, source, cfg.image_size, cache, fetches=cfg.fetches_at_once)
+        for ids, pixels, _, _ in labelled:
             if pixels is not None:
                 read.update(zip(ids, pixels.numpy(), strict=True))
     finally:
@@ -369,6 +370,7 @@ def score_chunk(
         decoders=resources.decoders,
         compile_mode=cfg.compile,
         compiler=resources.compiler,
+        fetches=cfg.fetches_at_once,
     )
     # closed at once should a write fail, not when the collector gets to it: its finally
     # closes the image connections and gives torch its threads back

@@ -116,6 +116,13 @@ class WorkerSettings(Section):
         description="DataLoader decode processes; auto = a CPU each on a CPU, a CPU each but one "
         "on a GPU (at most 16).",
     )
+    fetches_at_once: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Images a decode process asks Label Studio (or an allowed host) for at "
+        "once; a worker asks up to this times its decode processes.",
+    )
     mc_passes: int = Field(default=0, ge=0, description="MC-dropout passes (BALD); 0 = off.")
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps.")
     precision: Precision = Field(

@@ -207,6 +207,24 @@ def test_the_images_of_a_batch_are_in_flight_together(
     assert slow_label_studio.open_now() == 0, "the kept-alive connections were closed"
 
 
+def test_fetches_at_once_caps_what_each_reader_asks_the_server_for(
+    slow_label_studio: KeptAliveServer,
+) -> None:
+    """``workers.fetches_at_once`` is what a decode process keeps under way, twice that on
+    the scoring process's threads when there is none: a Label Studio shared with annotators
+    is asked for no more."""
+    source = ImageSource(label_studio_url=slow_label_studio.url)
+    state = slow_label_studio.most  # type: ignore[attr-defined]
+    options = {"batch_size": 8, "device": "cpu", "fetches": 1}
+    scores = score_items(_net(NoDropout), ITEMS[:16], source, num_workers=1, **options)
+    assert len(scores.task_ids) == 16
+    assert state["most"] == 1, f"{state['most']} requests at once from one decode process"
+    state["most"] = 0
+    scores = score_items(_net(NoDropout), ITEMS[:16], source, num_workers=0, **options)
+    assert len(scores.task_ids) == 16
+    assert state["most"] == 2, f"{state['most']} requests at once on the scoring threads"
+
+
 def full_disk(*args: object) -> int:
     """In place of the cache's eviction, inside its write: the disk is full (LMDB's error,
     raised where a write would meet it)."""

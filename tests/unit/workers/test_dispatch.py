@@ -130,6 +130,8 @@ def test_backoff_doubles_and_is_capped() -> None:
 def test_bad_settings_name_the_key() -> None:
     with pytest.raises(ConfigError, match="batch_size"):
         WorkerConfig(store_url="sqlite://", classes=("a",), batch_size=0)
+    with pytest.raises(ConfigError, match=r"workers\.fetches_at_once = 0: must be positive"):
+        WorkerConfig(store_url="sqlite://", classes=("a",), fetches_at_once=0)
     with pytest.raises(ConfigError, match="classes"):
         WorkerConfig(store_url="sqlite://", classes=())
     with pytest.raises(ConfigError, match="mc_passes = 1"):
@@ -659,10 +661,13 @@ def test_a_relative_bootstrap_folder_is_the_one_the_worker_was_started_in(
     assert settings_worker_config(settings, ("a",)).bootstrap_dir == tmp_path / "var" / "bootstrap"
 
 
-def test_the_image_and_upload_roots_reach_the_scoring_job(tmp_path: Path) -> None:
+def test_the_image_and_upload_roots_and_the_fetches_reach_the_scoring_job(tmp_path: Path) -> None:
     config = tmp_path / "planner.toml"
-    config.write_text("[workers]\nimage_root = '/images'\nupload_root = '/ls/media/upload'\n")
+    config.write_text(
+        "[workers]\nimage_root = '/images'\nupload_root = '/ls/media/upload'\nfetches_at_once = 2\n"
+    )
     cfg = settings_worker_config(load_settings(config, environ=False), ("a",))
     assert (cfg.image_root, cfg.upload_root) == (Path("/images"), Path("/ls/media/upload"))
+    assert cfg.fetches_at_once == 2
     source = image_source(cfg)
     assert (source.image_root, source.upload_root) == (cfg.image_root, cfg.upload_root)

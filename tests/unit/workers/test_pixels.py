@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -300,6 +301,15 @@ def test_the_bootstrap_reads_its_labelled_images_through_the_cache_in_their_orde
     cached = len([row for row in rows[::3] if "missing" not in row[0]])
     assert len(server.paths) - asked == len(rows) - cached, "only the uncached were fetched"
     assert most[0] > 1, "the labelled images were fetched one round trip after another"
+    assert most[0] <= 8, "no more at once than twice workers.fetches_at_once (4)"
+    server = KeptAliveServer(body)
+    try:
+        most[0] = 0
+        fewer = replace(cfg, fetches_at_once=1, label_studio_url=server.url)
+        _decode_labelled(fewer, [row for row in rows if "missing" not in row[0]], None)
+    finally:
+        server.stop()
+    assert most[0] == 2, f"{most[0]} at once: the bootstrap's reads ignore fetches_at_once"
 
 
 def test_an_image_whose_host_left_the_allow_list_is_not_served_from_the_cache() -> None:
