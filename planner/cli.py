@@ -49,6 +49,7 @@ from planner.status import (
     quota_lines,
     scoring_line,
     scoring_lines,
+    served_hints,
     state_lines,
 )
 from planner.store import Store
@@ -837,6 +838,9 @@ def status(
             "Label Studio",
         ]
         _show(_table("Projects", columns, rows))
+        roots = {"workers.image_root": settings.workers.image_root}
+        roots["workers.upload_root"] = settings.workers.upload_root
+        unset = {name for name, root in roots.items() if root is None}
         for p in found:
             if p.config_warning:
                 warning = escape(p.config_warning)  # it names [quotas.<Class>] sections
@@ -845,6 +849,8 @@ def status(
                 out.print(f"project {p.ls_project_id}: {scoring_line(p.scoring)}", markup=False)
                 for warning in p.scoring.warnings:  # a worker's words: [brackets] and all
                     out.print(f"  [yellow]scoring warning:[/] {escape(warning)}")
+            for hint in served_hints(p, unset):
+                out.print(f"project {p.ls_project_id}: {hint}", markup=False)
             if p.held_apart:
                 out.print(f"project {p.ls_project_id}: {p.held_apart} tasks held apart; latest:")
             for held in p.latest_held:

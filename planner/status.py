@@ -5,11 +5,11 @@ its ETA."""
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from planner.health import BackendHealth, ScoringRun
 from planner.quarantine import HeldTask, count_held_apart, held_apart
@@ -41,6 +41,9 @@ class ProjectStatus:
     """A setting to fix that leaves the syncs working (quotas naming no class); not stale."""
     scoring: ScoringRun | None = None
     """The daemon's last scoring run, its warnings to look into; None before the first."""
+    served: dict[str, int] = field(default_factory=dict)
+    """Unlabelled tasks whose images Label Studio serves from a folder of its own, by folder
+    (``local_files``, ``uploads``): a worker given the folder reads them from the disk."""
 
     def stale(self, now: datetime, allowed: timedelta) -> bool:
         """No successful sync within ``allowed``, or the last one failed."""
@@ -64,6 +67,7 @@ class ProjectStatus:
             "latest_held": [h.as_dict() for h in self.latest_held],
             "config_warning": self.config_warning,
             "scoring": None if self.scoring is None else self.scoring.as_dict(),
+            "served_by_label_studio": self.served,
         }
 
     def label_studio_line(self) -> str:
@@ -83,6 +87,41 @@ def health_line(health: BackendHealth | None) -> str:
 
 
 LATEST_HELD = 5
+SERVED_FOLDERS = {"local_files": "/data/local-files/", "uploads": "/data/upload/"}
+"""The references by which Label Studio serves a file of a folder of its own."""
+_SERVED_FROM = {
+    "local_files": ("its local storage", "workers.image_root", "the storage's document root"),
+    "uploads": ("the files uploaded into it", "workers.upload_root", "its media/upload folder"),
+}
+"""Each folder: what it holds, the setting that gives the workers the folder, and what to set
+the setting to."""
+
+
+def served_hints(status: ProjectStatus, unset: set[str]) -> list[str]:
+    """What to set so that the workers read the project's images from the disk: one line for
+    each folder Label Studio serves the pool's images from whose setting is in ``unset``."""
+    hints = []
+    for kind, count in status.served.items():
+        what, setting, value = _SERVED_FROM[kind]
+        if count and setting in unset:
+            hints.append(
+                f"{count} unlabelled tasks' images are served by Label Studio from {what}, "
+                f"some 16 core-ms of its CPU each (docs/benchmarks.md); set {setting} to "
+                f"{value} where the workers run to read them from the disk"
+            )
+    return hints
+
+
+def _served(session: Session, project_id: int) -> dict[str, int]:
+    counts = {}
+    for kind, prefix in SERVED_FOLDERS.items():
+        query = select(func.count()).where(
+            Task.project_id == project_id,
+            Task.state == "unlabelled",
+            col(Task.image).startswith(prefix),
+        )
+        counts[kind] = int(session.exec(query).one())
+    return counts
 
 
 def project_statuses(session: Session) -> list[ProjectStatus]:
@@ -106,6 +145,7 @@ def project_statuses(session: Session) -> list[ProjectStatus]:
                 latest_held=tuple(held_apart(session, pid, limit=LATEST_HELD)),
                 config_warning=None if sync is None else sync.config_warning,
                 scoring=last_scoring(sync),
+                served=_served(session, pid),
             )
         )
     return found

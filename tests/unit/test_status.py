@@ -240,3 +240,38 @@ def test_the_last_scoring_run_and_its_warnings_are_shown_and_a_clean_run_clears_
         text = runner.invoke(app, ["status"]).output
         assert "(model m-2)" in text
         assert "scoring warning" not in text
+
+
+def test_status_says_which_folders_label_studio_serves_the_pool_from_until_they_are_set(
+    store_url: str, traffic: tuple[FakeLabelStudio, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake, pid = traffic
+    images = [
+        "/data/local-files/?d=cars/1.png",
+        "/data/local-files/?d=cars/2.png",
+        "/data/upload/1/ab12-3.png",
+        "/data/upload/1/ab12-4.png",
+        "/data/upload/1/ab12-5.png",
+        "/elsewhere/6.png",
+    ]
+    ids = fake.import_tasks(pid, [{"data": {"image": image}} for image in images])
+    choice = {"from_name": "kind", "to_name": "image", "type": "choices"}
+    fake.annotate(ids[2], [{**choice, "value": {"choices": ["Car"]}}])  # labelled: not the pool
+    runner = CliRunner()
+    with open_store(store_url) as store:
+        sync_project(fake, store, pid, now=datetime.now(UTC))
+    shown = runner.invoke(app, ["status", "--json"])
+    assert shown.exit_code == 0, shown.output
+    (project,) = json.loads(shown.stdout)["projects"]
+    assert project["served_by_label_studio"] == {"local_files": 2, "uploads": 2}
+    text = runner.invoke(app, ["status"], terminal_width=400).output
+    assert "2 unlabelled tasks' images are served by Label Studio from its local storage" in text
+    assert "set workers.image_root to the storage's document root" in text
+    assert "from the files uploaded into it" in text
+    assert "set workers.upload_root to its media/upload folder" in text
+    monkeypatch.setenv("PLANNER_WORKERS__IMAGE_ROOT", "/images")
+    text = runner.invoke(app, ["status"], terminal_width=400).output
+    assert "workers.image_root" not in text, "set: nothing more to say"
+    assert "set workers.upload_root" in text
+    monkeypatch.setenv("PLANNER_WORKERS__UPLOAD_ROOT", "/label-studio/upload")
+    assert "served by Label Studio" not in runner.invoke(app, ["status"]).output
