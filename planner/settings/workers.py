@@ -99,7 +99,11 @@ class WorkerSettings(Section):
     retrain_min_new_labels: int = Field(
         default=50, ge=0, description="New labels before the bootstrap network is retrained."
     )
-    image_root: Path | None = Field(default=None, description="Local copy of the images.")
+    image_root: Path | None = Field(
+        default=None,
+        description="Local copy of the images, or Label Studio's local storage document root: "
+        "/data/local-files/ images are read from it instead of through the server.",
+    )
     upload_root: Path | None = Field(
         default=None,
         description="Label Studio's upload folder (<its data dir>/media/upload), mounted or "
