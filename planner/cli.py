@@ -838,9 +838,6 @@ def status(
             "Label Studio",
         ]
         _show(_table("Projects", columns, rows))
-        roots = {"workers.image_root": settings.workers.image_root}
-        roots["workers.upload_root"] = settings.workers.upload_root
-        unset = {name for name, root in roots.items() if root is None}
         for p in found:
             if p.config_warning:
                 warning = escape(p.config_warning)  # it names [quotas.<Class>] sections
@@ -849,7 +846,7 @@ def status(
                 out.print(f"project {p.ls_project_id}: {scoring_line(p.scoring)}", markup=False)
                 for warning in p.scoring.warnings:  # a worker's words: [brackets] and all
                     out.print(f"  [yellow]scoring warning:[/] {escape(warning)}")
-            for hint in served_hints(p, unset):
+            for hint in served_hints(p, settings.workers):
                 out.print(f"project {p.ls_project_id}: {hint}", markup=False)
             if p.held_apart:
                 out.print(f"project {p.ls_project_id}: {p.held_apart} tasks held apart; latest:")

@@ -20,6 +20,7 @@ from planner.store.sync_state import backend_health, last_scoring
 
 if TYPE_CHECKING:
     from planner.reports.model import EtaRow, ReportData
+    from planner.settings import WorkerSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,41 +88,53 @@ def health_line(health: BackendHealth | None) -> str:
 
 
 LATEST_HELD = 5
-SERVED_FOLDERS = {"local_files": "/data/local-files/", "uploads": "/data/upload/"}
-"""The references by which Label Studio serves a file of a folder of its own."""
-_SERVED_FROM = {
-    "local_files": ("its local storage", "workers.image_root", "the storage's document root"),
-    "uploads": ("the files uploaded into it", "workers.upload_root", "its media/upload folder"),
+
+
+@dataclass(frozen=True, slots=True)
+class ServedFolder:
+    """A folder Label Studio serves files of its own from: the references by which it serves
+    them, what it holds, the ``workers`` setting that gives the workers the folder, and what to
+    set that to."""
+
+    prefix: str
+    holds: str
+    setting: str
+    value: str
+
+
+SERVED_FROM = {
+    "local_files": ServedFolder(
+        "/data/local-files/", "its local storage", "image_root", "the storage's document root"
+    ),
+    "uploads": ServedFolder(
+        "/data/upload/", "the files uploaded into it", "upload_root", "its media/upload folder"
+    ),
 }
-"""Each folder: what it holds, the setting that gives the workers the folder, and what to set
-the setting to."""
 
 
-def served_hints(status: ProjectStatus, unset: set[str]) -> list[str]:
+def served_hints(status: ProjectStatus, workers: WorkerSettings) -> list[str]:
     """What to set so that the workers read the project's images from the disk: one line for
-    each folder Label Studio serves the pool's images from whose setting is in ``unset``."""
+    each folder Label Studio serves the pool's images from whose setting is unset."""
     hints = []
     for kind, count in status.served.items():
-        what, setting, value = _SERVED_FROM[kind]
-        if count and setting in unset:
+        folder = SERVED_FROM[kind]
+        if count and getattr(workers, folder.setting) is None:
             hints.append(
-                f"{count} unlabelled tasks' images are served by Label Studio from {what}, "
-                f"some 16 core-ms of its CPU each (docs/benchmarks.md); set {setting} to "
-                f"{value} where the workers run to read them from the disk"
+                f"{count} unlabelled tasks' images are served by Label Studio from "
+                f"{folder.holds}, some 16 core-ms of its CPU each (docs/benchmarks.md); set "
+                f"workers.{folder.setting} to {folder.value} where the workers run to read "
+                "them from the disk"
             )
     return hints
 
 
 def _served(session: Session, project_id: int) -> dict[str, int]:
-    counts = {}
-    for kind, prefix in SERVED_FOLDERS.items():
-        query = select(func.count()).where(
-            Task.project_id == project_id,
-            Task.state == "unlabelled",
-            col(Task.image).startswith(prefix),
-        )
-        counts[kind] = int(session.exec(query).one())
-    return counts
+    """Each folder's count of the project's unlabelled tasks, in one pass over them."""
+    image = col(Task.image)
+    counts = [func.count().filter(image.startswith(f.prefix)) for f in SERVED_FROM.values()]
+    query = select(*counts).where(Task.project_id == project_id, Task.state == "unlabelled")
+    row = session.execute(query).one()
+    return {kind: int(count) for kind, count in zip(SERVED_FROM, row, strict=True)}
 
 
 def project_statuses(session: Session) -> list[ProjectStatus]:
