@@ -50,6 +50,7 @@ from planner.status import (
     scoring_line,
     scoring_lines,
     served_hints,
+    served_lines,
     state_lines,
 )
 from planner.store import Store
@@ -624,7 +625,7 @@ def serve(
             web,
             on_webhook=_webhook_seen,
             states=lambda: state_lines(store),
-            warnings=lambda: scoring_lines(store),
+            warnings=lambda: [*scoring_lines(store), *served_lines(store, settings.workers)],
         )
         where = board.port if port is None else port
         listening = _listen(
@@ -846,7 +847,7 @@ def status(
                 out.print(f"project {p.ls_project_id}: {scoring_line(p.scoring)}", markup=False)
                 for warning in p.scoring.warnings:  # a worker's words: [brackets] and all
                     out.print(f"  [yellow]scoring warning:[/] {escape(warning)}")
-            for hint in served_hints(p, settings.workers):
+            for hint in served_hints(p.served, settings.workers):
                 out.print(f"project {p.ls_project_id}: {hint}", markup=False)
             if p.held_apart:
                 out.print(f"project {p.ls_project_id}: {p.held_apart} tasks held apart; latest:")

@@ -5,6 +5,7 @@ its ETA."""
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -112,11 +113,12 @@ SERVED_FROM = {
 }
 
 
-def served_hints(status: ProjectStatus, workers: WorkerSettings) -> list[str]:
-    """What to set so that the workers read the project's images from the disk: one line for
-    each folder Label Studio serves the pool's images from whose setting is unset."""
+def served_hints(served: Mapping[str, int], workers: WorkerSettings) -> list[str]:
+    """What to set so that the workers read a project's images from the disk: one line for
+    each folder Label Studio serves ``served`` of the pool's images from (by ``SERVED_FROM``
+    key) whose setting is unset."""
     hints = []
-    for kind, count in status.served.items():
+    for kind, count in served.items():
         folder = SERVED_FROM[kind]
         if count and getattr(workers, folder.setting) is None:
             hints.append(
@@ -126,6 +128,31 @@ def served_hints(status: ProjectStatus, workers: WorkerSettings) -> list[str]:
                 "them from the disk"
             )
     return hints
+
+
+def served_counts(references: Iterable[str]) -> dict[str, int]:
+    """How many of ``references`` (tasks' image references) each folder serves."""
+    counts = dict.fromkeys(SERVED_FROM, 0)
+    for reference in references:
+        for kind, folder in SERVED_FROM.items():
+            if reference.startswith(folder.prefix):
+                counts[kind] += 1
+    return counts
+
+
+def served_lines(
+    store: Store, workers: WorkerSettings, ls_project_id: int | None = None
+) -> list[tuple[int, str]]:
+    """``(Label Studio project id, hint)`` for each project in ``store``, or ``ls_project_id``
+    alone, whose pool Label Studio serves from a folder the workers are not given (the
+    dashboard's alerts; ``served_hints``)."""
+    query = select(Project.ls_project_id, Project.id).order_by(col(Project.ls_project_id))
+    if ls_project_id is not None:
+        query = query.where(Project.ls_project_id == ls_project_id)
+    with store.session() as session:
+        rows = session.exec(query).all()
+        served = [(pid, _served(session, int(key or 0))) for pid, key in rows]
+    return [(pid, hint) for pid, counts in served for hint in served_hints(counts, workers)]
 
 
 def _served(session: Session, project_id: int) -> dict[str, int]:

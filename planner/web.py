@@ -14,8 +14,9 @@ shared secret in the ``X-Planner-Secret`` header, whatever the token; a good cal
 Given ``states`` (each watched project's Label Studio state, ``planner.status.health_line``),
 every page opens with it when it is not ok: Label Studio unreachable, slow, refusing the token
 or the project gone, since when, and the next try. Given ``warnings`` (the last scoring run's,
-``planner.status.scoring_lines``), the same alert lists them: chunks left unscored, no BALD, a
-model file passed over.
+``planner.status.scoring_lines``, and what to set, ``served_lines``), the same alert lists
+them: chunks left unscored, no BALD, a model file passed over, images Label Studio serves from a
+folder the workers are not given.
 
 ``BackgroundServer`` runs the app in a thread of another program (the daemon serves its own
 receiver that way).
@@ -179,8 +180,8 @@ class _Views:
         return HTMLResponse(body.replace("<body>", f"<body>{banner}{_history_nav(days)}", 1))
 
     def _banner(self) -> str:
-        """The Label Studio state of each project that is not ok, and the warnings of its
-        last scoring run, as an alert."""
+        """The Label Studio state of each project that is not ok, and its warnings (its last
+        scoring run's, what to set), as an alert."""
         states, failed = _read(self.states)
         lines = [
             f"<li>project {pid}: Label Studio {html.escape(line)}</li>"

@@ -41,6 +41,7 @@ from planner.outputs import emit_options, report_options
 from planner.params import quotas_from_settings
 from planner.ports import AnnotationBackend
 from planner.settings import Settings
+from planner.status import served_counts, served_hints
 from planner.store import DatabaseLease, Store
 from planner.store.models import Project
 from planner.store.sync_state import record_scoring
@@ -84,8 +85,14 @@ def _scorer(
     it ended)."""
     token = token or TokenInUse.of(settings)
     deaths = ChunkDeaths()  # the chunks scoring children died on, kept from cycle to cycle
+    hinted: set[str] = set()  # folders the log has named already: once a daemon is enough
 
     def score(project_id: int, items: Sequence[tuple[int, str]]) -> str:
+        counts = served_counts(reference for _, reference in items)
+        unsaid = {kind: count for kind, count in counts.items() if kind not in hinted}
+        for hint in served_hints(unsaid, settings.workers):  # `planner status` says it each time
+            log.warning("scoring project %s: %s", settings.label_studio.project_id, hint)
+        hinted.update(kind for kind, count in unsaid.items() if count)
         with store.session() as session:
             project = session.get(Project, project_id)
             classes = tuple(project.classes) if project else ()

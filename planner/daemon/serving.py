@@ -22,7 +22,7 @@ from planner.daemon.service import ProjectDaemon
 from planner.errors import PlannerError
 from planner.ports import AnnotationBackend
 from planner.settings import Settings
-from planner.status import health_line, scoring_lines
+from planner.status import health_line, scoring_lines, served_lines
 from planner.web import BackgroundServer, WebConfig, create_app
 
 log = logging.getLogger("planner.daemon")
@@ -149,5 +149,8 @@ class Servers:
             telemetry=daemon.telemetry,
             on_webhook=webhook_trigger(daemon, self.schedule),
             states=lambda: [(project_id, health_line(daemon.health))],
-            warnings=lambda: scoring_lines(daemon.store, project_id),
+            warnings=lambda: [
+                *scoring_lines(daemon.store, project_id),
+                *served_lines(daemon.store, self.settings.workers, project_id),
+            ],
         )

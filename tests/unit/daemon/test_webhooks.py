@@ -235,3 +235,7 @@ def test_the_daemons_own_dashboard_alerts_on_its_last_scoring_runs_warnings(
     assert 'role="alert"' in page.text
     assert f"project {project.pid}: last scoring run 2026-12-07 06:31 UTC" in page.text
     assert "(model m-1): no BALD &lt;x&gt;" in page.text
+    assert (  # workers.image_root unset: the 30 unlabelled digits come through Label Studio
+        f"project {project.pid}: 30 unlabelled tasks&#x27; images are served by Label Studio "
+        "from its local storage"
+    ) in page.text

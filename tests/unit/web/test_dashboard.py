@@ -13,9 +13,11 @@ from starlette.testclient import TestClient
 from planner.artifacts import write_artifact
 from planner.errors import ConfigError
 from planner.health import ScoringRun
-from planner.status import scoring_lines, state_lines
+from planner.settings import WorkerSettings
+from planner.status import scoring_lines, served_lines, state_lines
 from planner.store import Store, ensure_project, open_store
 from planner.store.db import make_engine
+from planner.store.models import Task
 from planner.store.sync_state import record_scoring
 from planner.telemetry import Telemetry
 from planner.web import COOKIE, SECRET_HEADER, WebConfig, check_exposure, create_app
@@ -221,6 +223,46 @@ def test_the_last_scoring_runs_warnings_are_alerts_until_a_clean_run(
             record_scoring(session, watched, ScoringRun(ended, "m-2"))
         clean = _client(config, warnings=lambda: scoring_lines(store, 7)).get("/").text
         assert 'role="alert"' not in clean
+
+
+def test_images_label_studio_serves_to_the_workers_are_alerts_until_the_folder_is_set(
+    config: WebConfig, store_url: str
+) -> None:
+    images = {
+        7: ["/data/local-files/?d=a.png", "/data/local-files/?d=b.png", "/data/upload/7/c.png"],
+        8: ["/data/local-files/?d=d.png", "/images/e.png"],
+    }
+    with open_store(store_url) as store:
+        with store.session() as session:
+            for ls_id, refs in images.items():
+                key = int(ensure_project(session, ls_project_id=ls_id).id or 0)
+                for i, ref in enumerate(refs):
+                    session.add(Task(project_id=key, ls_task_id=i + 1, image=ref))
+            session.add(
+                Task(project_id=key, ls_task_id=9, image="/data/upload/8/f.png", state="labelled")
+            )
+
+        def page(workers: WorkerSettings, project: int | None = None) -> str:
+            lines = lambda: served_lines(store, workers, project)  # noqa: E731
+            return " ".join(_client(config, warnings=lines).get("/").text.split())
+
+        said = "unlabelled tasks&#x27; images are served by Label Studio from"
+        shown = page(WorkerSettings())
+        assert 'role="alert"' in shown
+        assert (
+            f"project 7: 2 {said} its local storage, some 16 core-ms of its CPU each "
+            "(docs/benchmarks.md); set workers.image_root to the storage&#x27;s document root "
+            "where the workers run"
+        ) in shown
+        assert f"project 7: 1 {said} the files uploaded into it" in shown
+        assert f"project 8: 1 {said} its local storage" in shown
+        assert f"project 8: 1 {said} the files" not in shown, "its upload is labelled"
+        mine = page(WorkerSettings(image_root=Path("/images")), 7)
+        assert "workers.image_root" not in mine
+        assert f"project 7: 1 {said} the files uploaded into it" in mine
+        assert "project 8" not in mine
+        both = WorkerSettings(image_root=Path("/images"), upload_root=Path("/uploads"))
+        assert 'role="alert"' not in page(both)
 
 
 def test_a_store_not_there_yet_is_an_alert_on_the_page(config: WebConfig, store_url: str) -> None:

@@ -14,6 +14,7 @@ import httpx
 
 from planner.health import ScoringRun
 from planner.store import ensure_project, open_store
+from planner.store.models import Task
 from planner.store.sync_state import record_scoring
 
 PLANNER = str(Path(sys.executable).parent / "planner")
@@ -67,6 +68,7 @@ def test_serve_opens_with_the_last_scoring_runs_warnings(tmp_path: Path) -> None
         pid = int(ensure_project(session, ls_project_id=4).id or 0)
         ended = datetime(2026, 12, 7, 6, 31, tzinfo=UTC)
         record_scoring(session, pid, ScoringRun(ended, "m-1", ("model file x.pt passed over",)))
+        session.add(Task(project_id=pid, ls_task_id=1, image="/data/upload/4/a.png"))
     port = _free_port()
     proc = subprocess.Popen(
         [PLANNER, "serve", "--port", str(port)], env=_env(tmp_path, PLANNER_STORE__URL=url)
@@ -79,6 +81,8 @@ def test_serve_opens_with_the_last_scoring_runs_warnings(tmp_path: Path) -> None
         proc.wait(timeout=10)
     assert 'role="alert"' in page
     assert "project 4: last scoring run 2026-12-07 06:31 UTC (model m-1): model file x.pt" in page
+    uploads = "images are served by Label Studio from the files uploaded into it"
+    assert f"project 4: 1 unlabelled tasks&#x27; {uploads}" in page, "workers.upload_root unset"
 
 
 def test_serve_beyond_loopback_without_token_exits_2(tmp_path: Path) -> None:

@@ -433,6 +433,38 @@ def test_the_daemon_logs_the_failed_chunks_and_pushes_the_rest(
     assert "1 of 3 chunk(s) failed" in logged
 
 
+def test_the_daemon_says_once_which_folder_to_give_the_workers(
+    project: tuple[Store, int],
+    digit_files: tuple[Path, list[int]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Images Label Studio serves from its uploads while workers.upload_root is unset: the
+    log says what to set at the first scoring of a daemon, not at every cycle; the local
+    storage's, read from workers.image_root, are not named."""
+    store, pid = project
+    root, _ = digit_files
+    _, items = _poisoned_pool(store, pid, root)
+    items = [item for item in items if item[0] != 215]
+    items += [(301, "/data/upload/1/ab12-a.png"), (302, "/data/upload/1/ab12-b.png")]
+    settings = _daemon_settings(store, pid, root, tmp_path)
+    # no Label Studio here: the uploads' chunk fails at once instead of retrying for minutes
+    workers = settings.workers.model_copy(update={"max_retries": 0})
+    score = _scorer(settings.model_copy(update={"workers": workers}), store)
+    caplog.set_level(logging.WARNING, logger="planner.daemon")
+    assert score(pid, items)
+    hints = [r.getMessage() for r in caplog.records if "served by Label Studio" in r.getMessage()]
+    assert hints == [
+        "scoring project None: 2 unlabelled tasks' images are served by Label Studio from the "
+        "files uploaded into it, some 16 core-ms of its CPU each (docs/benchmarks.md); set "
+        "workers.upload_root to its media/upload folder where the workers run to read them "
+        "from the disk"
+    ]
+    caplog.clear()
+    assert score(pid, items)
+    assert not [r for r in caplog.records if "served by Label Studio" in r.getMessage()]
+
+
 def test_the_daemon_records_its_last_scoring_run_and_a_clean_run_clears_the_warnings(
     project: tuple[Store, int], digit_files: tuple[Path, list[int]], tmp_path: Path
 ) -> None:
