@@ -390,12 +390,50 @@ def _resolved(path: Path, reference: str) -> Path:
 def _under(root: Path, path: str, reference: str, what: str = "the image root") -> bytes:
     """The file at ``path`` (relative to ``root``, or absolute) when it lies under the root
     once its links are resolved. A path outside is refused with one reason, whether or not a
-    file is there: task data must not learn what the disk holds."""
-    resolved_root = root.resolve()
-    resolved = _resolved(resolved_root / path, reference)
+    file is there: task data must not learn what the disk holds.
+
+    Where Linux names an open file's path (``/proc/self/fd``), a path under the root as
+    written is opened and its bytes returned when the file opened lies under the root: one
+    ``readlink`` instead of resolving every folder of the path, and the root's resolution
+    kept (33 us an image of 2.5 kB against 14 here, the read included). Anything else (not
+    there, outside, no ``/proc``) is judged with every link resolved first, as before."""
+    resolved_root = _root_path(root)
+    inside = resolved_root.rstrip(os.sep) + os.sep  # strings: Path's methods cost 10 us here
+    target = os.path.normpath(os.path.join(resolved_root, path))  # ".." taken as written
+    if _OPEN_FILES and target.startswith(inside):
+        try:
+            descriptor = os.open(target, _READ_FLAGS)
+        except (OSError, ValueError):  # why not, as the path resolves (below)
+            pass
+        else:
+            opened = os.readlink(f"{_OPEN_FILES}/{descriptor}")
+            if opened.startswith(inside):
+                return _read_open(descriptor, opened)
+            os.close(descriptor)
+    resolved = _resolved(Path(resolved_root) / path, reference)
     if not resolved.is_relative_to(resolved_root):
         raise ImageError(f"{reference} points outside {what}; not read")
     return _read_file(resolved)
+
+
+_OPEN_FILES = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else ""
+"""Linux: each open file descriptor, a link to the file's path with its links resolved."""
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+"""Not blocking: opening a FIFO would wait for a writer, holding the worker."""
+_ROOTS: dict[Path, tuple[int, int, str]] = {}
+
+
+def _root_path(root: Path) -> str:
+    """``root`` with its links resolved, kept while it is the same folder (device and inode:
+    a link re-pointed to another folder is resolved again); a root not there, every time."""
+    try:
+        facts = os.stat(root)
+    except (OSError, ValueError):
+        return os.path.realpath(root)
+    known = _ROOTS.get(root)
+    if known is None or known[:2] != (facts.st_dev, facts.st_ino):
+        known = _ROOTS[root] = (facts.st_dev, facts.st_ino, os.path.realpath(root))
+    return known[2]
 
 
 def uploaded(parts: SplitResult) -> str | None:
@@ -512,12 +550,25 @@ def _refresh(connections: Connections, base_url: str, refresh_token: str) -> str
 
 def _read_file(path: Path) -> bytes:
     try:
-        # not blocking: opening a FIFO would wait for a writer, holding the worker
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        descriptor = os.open(path, _READ_FLAGS)
+    except FileNotFoundError:
+        raise ImageError(f"image file {path} does not exist") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read image file {path}: {exc.strerror}") from None
+    return _read_open(descriptor, path)
+
+
+def _read_open(descriptor: int, path: Path | str) -> bytes:
+    """The bytes of ``path``, open as ``descriptor`` (closed here), or why not."""
+    try:
         facts = os.fstat(descriptor)
-        if not stat.S_ISREG(facts.st_mode):  # a FIFO, a device, a folder
-            os.close(descriptor)
-            raise ImageError(f"image file {path} is not a regular file")
+    except OSError as exc:
+        os.close(descriptor)
+        raise ImageError(f"cannot read image file {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(facts.st_mode):  # a FIFO, a device, a folder
+        os.close(descriptor)
+        raise ImageError(f"image file {path} is not a regular file")
+    try:
         with open(descriptor, "rb") as handle:
             # a read sized to the file: one of MAX_BYTES would allocate 64 MiB an image
             # (tripling the read of a small one); a file grown since is read on to the limit
@@ -525,8 +576,6 @@ def _read_file(path: Path) -> bytes:
             data = handle.read(expected + 1)
             if len(data) > expected:
                 data += handle.read(MAX_BYTES + 1 - len(data))
-    except FileNotFoundError:
-        raise ImageError(f"image file {path} does not exist") from None
     except OSError as exc:
         raise ImageError(f"cannot read image file {path}: {exc.strerror}") from None
     if len(data) > MAX_BYTES:

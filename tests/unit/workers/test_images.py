@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import threading
+import time
 import tracemalloc
 from collections.abc import Iterator
 from email.message import Message
@@ -44,6 +45,17 @@ def server(png: Path) -> Iterator[str]:
     yield from _serving(Handler)
 
 
+@pytest.fixture(params=["proc", "resolved"])
+def lookup(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """How a file under a root is checked: the opened file's path from Linux's /proc, or
+    every link of the path resolved first (where there is no /proc)."""
+    if request.param == "resolved":
+        monkeypatch.setattr("workers.images._OPEN_FILES", "")
+    elif not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs Linux's /proc")
+    return str(request.param)
+
+
 def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     """``handler`` serving on 127.0.0.1 until the fixture ends; yields its URL."""
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -54,7 +66,7 @@ def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     httpd.server_close()
 
 
-def test_local_paths_and_label_studio_local_files(png: Path) -> None:
+def test_local_paths_and_label_studio_local_files(png: Path, lookup: str) -> None:
     source = ImageSource(image_root=png.parent)
     assert source.read(str(png)) == png.read_bytes()
     assert source.read(f"/data/local-files/?d={png.name}") == png.read_bytes()
@@ -64,7 +76,9 @@ def test_local_paths_and_label_studio_local_files(png: Path) -> None:
         source.read(str(png.parent / "missing.png"))
 
 
-def test_a_local_path_is_read_only_under_the_image_root(tmp_path: Path, png: Path) -> None:
+def test_a_local_path_is_read_only_under_the_image_root(
+    tmp_path: Path, png: Path, lookup: str
+) -> None:
     root = tmp_path / "root"
     root.mkdir()
     (root / "in.png").write_bytes(png.read_bytes())
@@ -92,7 +106,7 @@ def test_a_local_path_is_read_only_under_the_image_root(tmp_path: Path, png: Pat
 
 
 def test_label_studio_uploads_are_read_under_the_upload_root_with_no_request(
-    tmp_path: Path, png: Path
+    tmp_path: Path, png: Path, lookup: str
 ) -> None:
     """``/data/upload/P/NAME`` is ``upload_root/P/NAME`` (percent-decoded, as Django writes a
     file's URL); the server, a closed port here, is never asked. Outside the root: refused."""
@@ -129,7 +143,53 @@ def test_label_studio_uploads_are_read_under_the_upload_root_with_no_request(
     assert pixel_key(source, reference, 32) is not None
 
 
-def test_a_fifo_or_a_folder_under_the_root_is_refused_not_waited_on(tmp_path: Path) -> None:
+def test_a_folder_linked_from_under_the_root_to_outside_is_outside_file_or_none(
+    tmp_path: Path, png: Path, lookup: str
+) -> None:
+    root, beside = tmp_path / "root", tmp_path / "beside"
+    root.mkdir()
+    beside.mkdir()
+    (beside / "there.png").write_bytes(png.read_bytes())
+    (root / "linked").symlink_to(beside)
+    (root / "inner").symlink_to(root / "linked")  # a link to a link, still outside
+    source = ImageSource(image_root=root)
+    for reference in ("linked/there.png", "linked/absent.png", "inner/there.png"):
+        with pytest.raises(ImageError) as refused:
+            source.read(reference)
+        assert str(refused.value) == f"{reference} points outside the image root; not read"
+    (root / "kept").mkdir()
+    (root / "kept" / "in.png").write_bytes(png.read_bytes())
+    (root / "here").symlink_to(root / "kept")  # a link that stays under the root: read
+    assert source.read("here/in.png") == png.read_bytes()
+    assert source.read("kept/../kept/in.png") == png.read_bytes()
+    with pytest.raises(ImageError, match="does not exist"):
+        source.read("here/absent.png")
+
+
+def test_a_root_given_as_a_link_is_followed_again_once_re_pointed(
+    tmp_path: Path, png: Path, lookup: str
+) -> None:
+    """A worker's image root may be a link an operator re-points to the next copy of the
+    images: what it points to now is the root, not what it pointed to at the first read."""
+    first, second = tmp_path / "v1", tmp_path / "v2"
+    for folder, body in ((first, b"first"), (second, png.read_bytes())):
+        folder.mkdir()
+        (folder / "a.png").write_bytes(body)
+    current = tmp_path / "current"
+    current.symlink_to(first)
+    source = ImageSource(image_root=current)
+    assert source.read("a.png") == b"first"
+    assert source.read(str(current / "a.png")) == b"first"
+    current.unlink()
+    current.symlink_to(second)
+    assert source.read("a.png") == png.read_bytes()
+    with pytest.raises(ImageError, match="points outside the image root"):
+        source.read(str(first / "a.png"))  # the folder it was: outside now
+
+
+def test_a_fifo_or_a_folder_under_the_root_is_refused_not_waited_on(
+    tmp_path: Path, lookup: str
+) -> None:
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
     source = ImageSource(image_root=tmp_path)
@@ -433,7 +493,13 @@ def test_a_source_dropped_unclosed_closes_its_connection_as_it_goes(
     cycle.append(cycle)
     cycle[0].read("/data/upload/1/one.png")  # type: ignore[attr-defined]
     del cycle
-    gc.collect()
+    # a collection another thread has under way makes gc.collect() return at once, having
+    # collected nothing (a server thread of an earlier test, say): collected again until then
+    deadline = time.monotonic() + 10
+    while True:
+        gc.collect()
+        if kept_alive.open_now(settle_s=0.5) == 0 or time.monotonic() > deadline:
+            break
     assert kept_alive.open_now() == 0, "collected, the source closed its connection"
 
 
