@@ -20,8 +20,9 @@ run:
   * one at a time, the way a Label Studio ML backend scores: for each task an HTTP ``/predict``
     request carrying the task JSON goes to a backend stand-in on 127.0.0.1 (its own process,
     the same model and thread count), which fetches the image from the same Label Studio
-    stand-in with the token, decodes it, runs a batch-1 forward pass and answers with the
-    prediction JSON.
+    stand-in with the token (``--source files``: reads it from the same folder, as
+    label-studio-sdk's ``get_local_path`` does where ``LOCAL_FILES_DOCUMENT_ROOT`` is set),
+    decodes it, runs a batch-1 forward pass and answers with the prediction JSON.
 
 Both stand-ins run in processes of their own, as the real servers do.
 
@@ -288,11 +289,19 @@ def _label_studio_handler(folder: Path, latency_s: float) -> type[_Server]:
 
 
 def _ml_backend_handler(
-    model: nn.Module, label_studio: str, size: int, device: torch.device, precision: str
+    model: nn.Module,
+    label_studio: str,
+    size: int,
+    device: torch.device,
+    precision: str,
+    *,
+    document_root: Path | None,
 ) -> type[_Server]:
     """A Label Studio ML backend: ``POST /predict`` with ``{"tasks": [task]}``; fetches the
-    task's image from Label Studio with the token, decodes it, predicts at batch 1 and
-    answers with Label Studio's prediction JSON."""
+    task's image from Label Studio with the token (from ``document_root`` when given, as
+    label-studio-sdk's ``get_local_path`` reads a local storage's file where
+    ``LOCAL_FILES_DOCUMENT_ROOT`` is set), decodes it, predicts at batch 1 and answers with
+    Label Studio's prediction JSON."""
     # a fresh connection per image, as the ML backend SDK's requests.get does
     client = httpx.Client(timeout=30, limits=httpx.Limits(max_keepalive_connections=0))
     lock = threading.Lock()  # one model, one forward at a time, as a backend worker runs it
@@ -302,12 +311,17 @@ def _ml_backend_handler(
             request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             results = []
             for task in request["tasks"]:
-                response = client.get(
-                    label_studio + task["data"]["image"],
-                    headers={"Authorization": f"Token {TOKEN}"},
-                )
-                response.raise_for_status()
-                x = torch.from_numpy(decode(response.content, size))[None].permute(0, 3, 1, 2)
+                reference = task["data"]["image"]
+                if document_root is not None:
+                    name = parse_qs(urlsplit(reference).query)["d"][0]
+                    body = (document_root / Path(name).name).read_bytes()
+                else:
+                    response = client.get(
+                        label_studio + reference, headers={"Authorization": f"Token {TOKEN}"}
+                    )
+                    response.raise_for_status()
+                    body = response.content
+                x = torch.from_numpy(decode(body, size))[None].permute(0, 3, 1, 2)
                 with lock, torch.inference_mode():
                     probs = _predict(model, x, device, precision)[0]
                 label = int(probs.argmax())
@@ -338,8 +352,14 @@ def _serve_forever(kind: str, params: dict[str, Any], ports: Any) -> None:
         torch.set_num_threads(params["threads"])
         device = torch.device(params["device"])
         model = prepared(params["model"], device)
+        root = params["document_root"]
         handler = _ml_backend_handler(
-            model, params["label_studio"], params["size"], device, params["precision"]
+            model,
+            params["label_studio"],
+            params["size"],
+            device,
+            params["precision"],
+            document_root=None if root is None else Path(root),
         )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     ports.put(server.server_address[1])
@@ -558,6 +578,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 device=str(device),
                 threads=args.threads,
                 precision=args.precision,
+                document_root=tmp if args.source == "files" else None,
             )
         ).url
         pixels = np.stack([decode(source.read(p), args.size) for _, p in tasks])
@@ -673,7 +694,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 _STEPS = {"files": "read", "http": "fetch"}
 _STORED = ", pixels stored in an empty cache"
 _WHERE = {
-    "files": "read from local files",
+    "files": "read from local files (by the ML backend too, as label-studio-sdk's "
+    "`get_local_path` reads a local storage's files where `LOCAL_FILES_DOCUMENT_ROOT` is set)",
     "http": "fetched over HTTP with the API token from a Label Studio stand-in on 127.0.0.1",
 }
 
@@ -946,8 +968,9 @@ def main() -> None:
         "--source",
         choices=["files", "http"],
         default="http",
-        help="the full pipeline's images: over HTTP from a Label Studio stand-in (the ML "
-        "backend's way too), or from local files",
+        help="the images of the full pipeline and the ML backend: over HTTP from a Label "
+        "Studio stand-in, or from local files (the ML backend as label-studio-sdk's "
+        "get_local_path reads them with LOCAL_FILES_DOCUMENT_ROOT set)",
     )
     parser.add_argument("--write", type=Path, help="put this run into the Markdown file's section")
     args = parser.parse_args()

@@ -1,9 +1,14 @@
-"""bench/score_bench.py --write: its own marked section, one block per run kind, rest kept."""
+"""bench/score_bench.py: --write's own marked section, one block per run kind, rest kept; the
+ML backend stand-in reads local files where a backend with the document root would."""
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
+
+import httpx
+import pytest
 
 from bench.score_bench import (
     SECTION_END,
@@ -11,7 +16,10 @@ from bench.score_bench import (
     Served,
     _server,
     block_key,
+    make_images,
+    one_at_a_time,
     server_cpu,
+    stand_in,
     write_section,
 )
 
@@ -73,3 +81,21 @@ def test_the_block_says_what_the_stand_in_took_of_the_machine() -> None:
     assert "0.50 core-ms an image" in said
     assert "(25% of the machine's CPU time" in said
     assert _server({"server_ms": None, "full": 1000.0, "cpus": 2}) == ""
+
+
+def test_the_ml_backend_reads_local_files_from_the_document_root_as_the_sdk_does(
+    tmp_path: Path,
+) -> None:
+    """With ``--source files`` the one-at-a-time baseline reads the folder, as the pipeline
+    does, instead of asking Label Studio (here a closed port) for each image."""
+    ((_, path),) = make_images(tmp_path, 1, 32)
+    task = [(1, f"/data/local-files/?d={Path(path).name}")]
+    params = {"model": "bootstrap", "label_studio": "http://127.0.0.1:1", "size": 32}
+    params |= {"device": "cpu", "threads": 1, "precision": "float32"}
+    with stand_in("ml_backend", **params, document_root=str(tmp_path)) as backend:
+        assert one_at_a_time(backend.url, task) > 0
+    with (
+        stand_in("ml_backend", **params, document_root=None) as backend,
+        pytest.raises(httpx.HTTPError),
+    ):
+        one_at_a_time(backend.url, task)  # it asks Label Studio, which is not there
