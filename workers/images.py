@@ -406,7 +406,10 @@ def _under(root: Path, path: str, reference: str, what: str = "the image root") 
         except (OSError, ValueError):  # why not, as the path resolves (below)
             pass
         else:
-            opened = os.readlink(f"{_OPEN_FILES}/{descriptor}")
+            try:
+                opened = os.readlink(f"{_OPEN_FILES}/{descriptor}")
+            except OSError:  # /proc gone meanwhile (a container's): judged below
+                opened = ""
             if opened.startswith(inside):
                 return _read_open(descriptor, opened)
             os.close(descriptor)

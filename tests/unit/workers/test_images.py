@@ -166,6 +166,28 @@ def test_a_folder_linked_from_under_the_root_to_outside_is_outside_file_or_none(
         source.read("here/absent.png")
 
 
+def test_an_open_file_whose_path_linux_cannot_give_is_judged_the_other_way(
+    tmp_path: Path, png: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/proc unmounted under a running worker (here its folder of links, empty): the file is
+    read, the link outside refused, and no descriptor is left open."""
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs Linux's /proc")
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "in.png").write_bytes(png.read_bytes())
+    (tmp_path / "root" / "out.png").symlink_to(png)
+
+    (tmp_path / "no-proc").mkdir()  # where the open files' links were: nothing there now
+    source = ImageSource(image_root=tmp_path / "root")
+    before = len(os.listdir("/proc/self/fd"))
+    monkeypatch.setattr("workers.images._OPEN_FILES", str(tmp_path / "no-proc"))
+    assert source.read("in.png") == png.read_bytes()
+    with pytest.raises(ImageError, match="points outside the image root"):
+        source.read("out.png")
+    monkeypatch.undo()
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_a_root_given_as_a_link_is_followed_again_once_re_pointed(
     tmp_path: Path, png: Path, lookup: str
 ) -> None:
