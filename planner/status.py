@@ -5,7 +5,7 @@ its ETA."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -130,16 +130,6 @@ def served_hints(served: Mapping[str, int], workers: WorkerSettings) -> list[str
     return hints
 
 
-def served_counts(references: Iterable[str]) -> dict[str, int]:
-    """How many of ``references`` (tasks' image references) each folder serves."""
-    counts = dict.fromkeys(SERVED_FROM, 0)
-    for reference in references:
-        for kind, folder in SERVED_FROM.items():
-            if reference.startswith(folder.prefix):
-                counts[kind] += 1
-    return counts
-
-
 def served_lines(
     store: Store, workers: WorkerSettings, ls_project_id: int | None = None
 ) -> list[tuple[int, str]]:
@@ -151,11 +141,11 @@ def served_lines(
         query = query.where(Project.ls_project_id == ls_project_id)
     with store.session() as session:
         rows = session.exec(query).all()
-        served = [(pid, _served(session, int(key or 0))) for pid, key in rows]
+        served = [(pid, served_counts(session, int(key or 0))) for pid, key in rows]
     return [(pid, hint) for pid, counts in served for hint in served_hints(counts, workers)]
 
 
-def _served(session: Session, project_id: int) -> dict[str, int]:
+def served_counts(session: Session, project_id: int) -> dict[str, int]:
     """Each folder's count of the project's unlabelled tasks, in one pass over them."""
     image = col(Task.image)
     counts = [func.count().filter(image.startswith(f.prefix)) for f in SERVED_FROM.values()]
@@ -185,7 +175,7 @@ def project_statuses(session: Session) -> list[ProjectStatus]:
                 latest_held=tuple(held_apart(session, pid, limit=LATEST_HELD)),
                 config_warning=None if sync is None else sync.config_warning,
                 scoring=last_scoring(sync),
-                served=_served(session, pid),
+                served=served_counts(session, pid),
             )
         )
     return found

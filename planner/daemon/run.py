@@ -88,14 +88,14 @@ def _scorer(
     hinted: set[str] = set()  # folders the log has named already: once a daemon is enough
 
     def score(project_id: int, items: Sequence[tuple[int, str]]) -> str:
-        counts = served_counts(reference for _, reference in items)
+        with store.session() as session:
+            project = session.get(Project, project_id)
+            classes = tuple(project.classes) if project else ()
+            counts = served_counts(session, project_id)
         unsaid = {kind: count for kind, count in counts.items() if kind not in hinted}
         for hint in served_hints(unsaid, settings.workers):  # `planner status` says it each time
             log.warning("scoring project %s: %s", settings.label_studio.project_id, hint)
         hinted.update(kind for kind, count in unsaid.items() if count)
-        with store.session() as session:
-            project = session.get(Project, project_id)
-            classes = tuple(project.classes) if project else ()
         # the token in use now: the settings' is revoked once the daemon took a rotated one
         cfg = replace(worker_config(settings, classes), label_studio_token=token.value)
         # in a child process: the daemon stays free of torch (embedded and Celery alike)

@@ -27,7 +27,7 @@ from planner.errors import ConfigError, TransientError
 from planner.health import ScoringRun
 from planner.settings import Settings, load_settings
 from planner.store import Store
-from planner.store.models import Project, ScoreRecord, SyncState
+from planner.store.models import Project, ScoreRecord, SyncState, Task
 from planner.store.scores import load_scores, unscored
 from planner.store.sync_state import last_scoring
 from tests.unit.workers.conftest import CLASSES, show_images, worker_config
@@ -446,7 +446,11 @@ def test_the_daemon_says_once_which_folder_to_give_the_workers(
     root, _ = digit_files
     _, items = _poisoned_pool(store, pid, root)
     items = [item for item in items if item[0] != 215]
-    items += [(301, "/data/upload/1/ab12-a.png"), (302, "/data/upload/1/ab12-b.png")]
+    uploads = {301: "/data/upload/1/ab12-a.png", 302: "/data/upload/1/ab12-b.png"}
+    with store.session() as session:
+        for task_id, image in uploads.items():
+            session.add(Task(project_id=pid, ls_task_id=task_id, image=image))
+    items += list(uploads.items())
     settings = _daemon_settings(store, pid, root, tmp_path)
     # no Label Studio here: the uploads' chunk fails at once instead of retrying for minutes
     workers = settings.workers.model_copy(update={"max_retries": 0})
