@@ -26,6 +26,12 @@ run:
 
 Both stand-ins run in processes of their own, as the real servers do.
 
+Beside them, the machine's arithmetic ceiling: the FLOP/s of a dense matrix product in the
+forward pass's dtype on the same threads (the densest work the CPU or GPU does, measured each
+round), over the model's FLOPs an image (torch's FLOP counter: its convolutions and matrix
+products) -- the images/s no pipeline of this model at this precision passes, against which
+forward-only and the one-at-a-time target are set.
+
 Forward-only, the full pipeline and rescoring run the forward pass as ``workers.compile``
 says (``--compile``: off, the default, or on; compiled once, before the warm-up), and
 forward-only and the full pipeline the other way are reported beside them; the ML backend
@@ -75,6 +81,7 @@ import torch
 import urllib3
 from PIL import Image
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -203,6 +210,45 @@ def forward_only(
             _predict(model, batch[start : start + batch_size], device, precision)
         _sync(device)
         return len(batch) / (time.perf_counter() - started)
+
+
+def flops_an_image(model: nn.Module, size: int, device: torch.device) -> float:
+    """The FLOPs of one image's forward pass as torch's FLOP counter adds them up: its
+    convolutions and matrix products (the element-wise layers, a small part, not counted)."""
+    x = torch.zeros((2, 3, size, size), device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(x)
+    return counter.get_total_flops() / len(x)
+
+
+def matmul_rate(
+    device: torch.device, dtype: torch.dtype, seconds: float = 0.5, n: int | None = None
+) -> float:
+    """FLOP/s of a square matrix product in ``dtype`` on ``device`` (this process's torch
+    threads on a CPU), the densest arithmetic torch runs there; ``n`` rows and columns (by
+    default large enough for the device to run at its best)."""
+    n = n or (8192 if device.type == "cuda" else 2048)
+    a = torch.randn((n, n), device=device).to(dtype)
+    b = torch.randn((n, n), device=device).to(dtype)
+    for _ in range(2):
+        torch.mm(a, b)
+    _sync(device)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        torch.mm(a, b)
+        _sync(device)
+        done += 1
+    return done * 2 * n**3 / (time.perf_counter() - started)
+
+
+def arithmetic_ceiling(
+    model: nn.Module, size: int, device: torch.device, dtype: torch.dtype | None
+) -> tuple[float, Callable[[], float]]:
+    """The model's FLOPs an image, and a run timing the images/s a matrix product in the
+    forward pass's dtype (float32 where no autocast) allows at that count."""
+    flops = flops_an_image(model, size, device)
+    return flops, lambda: matmul_rate(device, dtype or torch.float32) / flops
 
 
 def default_heap(run: Callable[[], float]) -> float:
@@ -600,7 +646,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         timed, full = pool.rate, pool.first_pass
 
         server_ms: list[float] = []  # the stand-in's CPU an image, each full pass
+        flops, ceiling = arithmetic_ceiling(model, args.size, device, dtype)
         runs = {
+            "ceiling": ceiling,
             "forward": lambda: forward_only(engine, decoded, device, args.batch, args.precision),
             "full": server_cpu(served, full, len(tasks), server_ms),
             "single": lambda: one_at_a_time(backend, web_tasks[: args.single]),
@@ -666,6 +714,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "torch": torch.__version__,
         "dtype": "float32" if dtype is None else str(dtype).removeprefix("torch."),
         "compiled": args.compile == "on",
+        "flops": flops,
         **{name: statistics.median(values) for name, values in measured.items()},
         **{f"{name}_all": values for name, values in measured.items()},
         # ratios within each round (the machine's load drifts less within one round than
@@ -688,6 +737,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "full_vs_other": ratio(measured, "full", "full_other"),
         "forward_vs_other": ratio(measured, "forward", "forward_other"),
         "uncached_vs_forward": ratio(measured, "full_uncached", "forward"),
+        "forward_vs_ceiling": ratio(measured, "forward", "ceiling"),
+        "single_vs_ceiling": ratio(measured, "single", "ceiling"),
     }
 
 
@@ -776,6 +827,23 @@ def _decoding(r: dict[str, Any]) -> str:
     return f"read and decoded in the scoring process ({FETCHES_IN_PROCESS} images at a time)"
 
 
+def _ceiling(r: dict[str, Any]) -> list[str]:
+    """The arithmetic ceiling's row: the images/s a matrix product's FLOP/s allows the model,
+    what forward-only reaches of it, and what >= 10x the one-at-a-time loop would ask of it
+    (a run of an earlier version of the bench has none)."""
+    if r.get("forward_vs_ceiling") is None:
+        return []
+    ceiling, flops = float(r["ceiling"]), float(r["flops"])
+    needed = 10 * float(r["single_vs_ceiling"])
+    return [
+        f"| the arithmetic ceiling: {r.get('dtype', 'float32')} matrix products at "
+        f"{ceiling * flops / 1e9:,.0f} GFLOP/s on the same threads, over the model's "
+        f"{flops / 1e6:,.1f} MFLOP an image | {ceiling:,.0f} | forward-only is "
+        f"{float(r['forward_vs_ceiling']):.2f}x this; 10x the one-at-a-time loop would be "
+        f"{needed:.2f}x it | |"
+    ]
+
+
 def rows(r: dict[str, Any], command: str) -> list[str]:
     full, forward, single = float(r["full"]), float(r["forward"]), float(r["single"])
     vs_forward, vs_single = float(r["full_vs_forward"]), float(r["full_vs_single"])
@@ -798,6 +866,7 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
             "full_uncached",
             "full_other",
             "forward_other",
+            "ceiling",
         )
         if name in r
     )
@@ -822,6 +891,7 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
         f"| one image at a time: ML-backend /predict per task ({r['single_n']} tasks) | "
         f"{single:,.0f} | full is {vs_single:.1f}x this | >= 10x |",
     ]
+    lines += _ceiling(r)
     if "rescore" in r:
         lines.append(
             f"| rescoring, a later model version: pixels from the cache | "

@@ -1,5 +1,6 @@
 """bench/score_bench.py: --write's own marked section, one block per run kind, rest kept; the
-ML backend stand-in reads local files where a backend with the document root would."""
+ML backend stand-in reads local files where a backend with the document root would; the
+arithmetic ceiling counts a network's FLOPs and sets the targets against it."""
 
 from __future__ import annotations
 
@@ -9,19 +10,26 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
+from torch import nn
 
 from bench.score_bench import (
     SECTION_END,
     SECTION_START,
     Served,
+    _ceiling,
     _server,
+    arithmetic_ceiling,
     block_key,
+    flops_an_image,
     make_images,
+    matmul_rate,
     one_at_a_time,
     server_cpu,
     stand_in,
     write_section,
 )
+from workers.devices import torch_threads
 
 OTHER = "# Benchmarks\n\n## Label Studio sync\n\nsync figures\n"
 
@@ -99,3 +107,47 @@ def test_the_ml_backend_reads_local_files_from_the_document_root_as_the_sdk_does
         pytest.raises(httpx.HTTPError),
     ):
         one_at_a_time(backend.url, task)  # it asks Label Studio, which is not there
+
+
+def test_a_networks_flops_an_image_are_its_convolutions_and_products() -> None:
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16 * 16, 10)
+    ).eval()
+    # a multiply and an add for each weight at each output position
+    conv = 2 * (3 * 3 * 3) * 8 * 16 * 16
+    linear = 2 * (8 * 16 * 16) * 10
+    assert flops_an_image(net, 16, torch.device("cpu")) == conv + linear
+
+
+def test_the_ceiling_is_the_images_a_second_a_matrix_products_rate_allows() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 16, 10))
+    cpu = torch.device("cpu")
+    flops, ceiling = arithmetic_ceiling(net.eval(), 4, cpu, None)
+    assert flops == flops_an_image(net, 4, cpu)
+    with torch_threads(1):
+        allowed = matmul_rate(cpu, torch.float32) / flops
+        assert 0.3 < ceiling() / allowed < 3, "float32 products where no autocast, per image"
+
+
+def test_a_matrix_products_rate_is_its_flops_over_the_time_it_took() -> None:
+    n, cpu = 384, torch.device("cpu")
+    with torch_threads(1):  # the other test process's load weighs on both timings alike
+        rate = matmul_rate(cpu, torch.float32, seconds=0.3, n=n)
+        a, b = torch.randn((n, n)), torch.randn((n, n))
+        started = time.perf_counter()
+        for _ in range(100):
+            torch.mm(a, b)
+        timed_here = 100 * 2 * n**3 / (time.perf_counter() - started)
+    # a multiply and an add for each of the n x n x n terms: twice the count would be 2x
+    assert 0.6 < rate / timed_here < 1.7
+
+
+def test_the_ceiling_row_sets_forward_only_and_the_loop_target_against_it() -> None:
+    run = {"ceiling": 1000.0, "flops": 3e8, "dtype": "bfloat16"}
+    run |= {"forward_vs_ceiling": 0.75, "single_vs_ceiling": 0.2}
+    (row,) = _ceiling(run)
+    assert "bfloat16 matrix products at 300 GFLOP/s" in row
+    assert "the model's 300.0 MFLOP an image | 1,000 |" in row
+    assert "forward-only is 0.75x this" in row
+    assert "10x the one-at-a-time loop would be 2.00x it" in row
+    assert _ceiling({"ceiling": 1000.0}) == [], "a run from before the ceiling has no row"
