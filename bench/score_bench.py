@@ -89,7 +89,7 @@ import workers.decoders
 import workers.inference
 from bench.resnet import resnet50 as own_resnet50
 from planner.settings import PRECISIONS, WorkerSettings
-from workers.batches import FETCHES_IN_PROCESS, FETCHES_PER_PROCESS, chunked
+from workers.batches import FETCHES_PER_PROCESS, chunked, in_process
 from workers.bootstrap import BootstrapNet
 from workers.compiling import Compiler
 from workers.decode import decode
@@ -296,6 +296,15 @@ def forward_replicas(
     return len(batch) / (time.perf_counter() - started)
 
 
+class _Listening(ThreadingHTTPServer):
+    """A server whose listen queue holds the connections a worker's decode processes open at
+    once (``socketserver``'s holds 5; in front of a real Label Studio, uWSGI's default is 100
+    and nginx's 511 on Linux): with more arriving together, the kernel drops the rest and
+    their clients wait a second to try again."""
+
+    request_queue_size = 1024
+
+
 class _Server(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # headers and body go out in two writes; with Nagle's algorithm the body would wait for a
@@ -407,7 +416,7 @@ def _serve_forever(kind: str, params: dict[str, Any], ports: Any) -> None:
             params["precision"],
             document_root=None if root is None else Path(root),
         )
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _Listening(("127.0.0.1", 0), handler)
     ports.put(server.server_address[1])
     server.serve_forever()
 
@@ -640,6 +649,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "threads": args.pipeline_threads,
             "compile_mode": args.compile,
             "compiler": compiler,
+            "fetches": args.fetches,
         }
 
         pool = Pool(model, tasks, source, kwargs, args.chunk, Path(tmp), args.pixel_cache_mb)
@@ -726,6 +736,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "pixel_cache_mb": args.pixel_cache_mb,
         "fed_threads": fed,
         "chunk": args.chunk,
+        "fetches": args.fetches,
         "full_vs_fed": ratio(measured, "full", "full_fed"),
         "full_vs_default_heap": ratio(measured, "full", "full_default_heap"),
         "full_vs_forward_replicas": ratio(measured, "full", "forward_replicas"),
@@ -822,9 +833,10 @@ def _decoding(r: dict[str, Any]) -> str:
     if int(r["workers"]):
         return (
             f"read and decoded in {r['workers']} DataLoader processes "
-            f"({FETCHES_PER_PROCESS} images at a time each)"
+            f"({r.get('fetches', FETCHES_PER_PROCESS)} images at a time each)"
         )
-    return f"read and decoded in the scoring process ({FETCHES_IN_PROCESS} images at a time)"
+    fetches = in_process(int(r.get("fetches", FETCHES_PER_PROCESS)))
+    return f"read and decoded in the scoring process ({fetches} images at a time)"
 
 
 def _ceiling(r: dict[str, Any]) -> list[str]:
@@ -898,6 +910,7 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
             f"{float(r['rescore']):,.0f} | {float(r['rescore_vs_forward']):.2f}x forward-only, "
             f"{float(r['rescore_vs_single']):.1f}x one at a time | |"
         )
+    at_once = r.get("fetches", FETCHES_PER_PROCESS)
     compared = {  # run: what it is; the full pipeline's ratio to it
         "full_float32": 'full pipeline in float32 (`workers.precision = "float32"`)',
         "full_fed": "full pipeline, the decode processes feeding one forward pass in the "
@@ -907,9 +920,9 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
         "full_fresh": "full pipeline, the decode processes started for every chunk (before "
         "`Decoders`)",
         "full_threaded": "full pipeline, local files read on the decode processes' fetch "
-        f"threads, {FETCHES_PER_PROCESS} each (before `ImageSource.remote`)",
+        f"threads, {at_once} each (before `ImageSource.remote`)",
         "full_threads": "full pipeline, each image of a batch fetched on a thread of its own, "
-        f"{FETCHES_PER_PROCESS} at once (before `ImageSource.read_many`)",
+        f"{at_once} at once (before `ImageSource.read_many`)",
         "full_urllib3": "full pipeline, the images fetched with urllib3 on such threads (before "
         "libcurl)",
         "full_other": "full pipeline, the forward pass compiled (`workers.compile = on`)"
@@ -945,12 +958,15 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
 
 def block_key(r: dict[str, float | str]) -> str:
     """One block per device, model and input size: a CPU run never replaces GPU figures; nor
-    a CPU's float32 forward pass (no native bf16) another's bfloat16 one."""
+    a CPU's float32 forward pass (no native bf16) another's bfloat16 one, nor a run asking
+    for other than ``workers.fetches_at_once``'s default a run of the default."""
     key = f"{r['device']}|{r['model']}|{r['size']}"
     if r.get("source", "http") != "http":
         key += f"|{r['source']}"
     elif r.get("latency_ms"):
         key += f"|{r['latency_ms']:g}ms"
+    if int(r.get("fetches", FETCHES_PER_PROCESS)) != FETCHES_PER_PROCESS:
+        key += f"|{r['fetches']}at_once"
     if r["device"] == "CPU" and r.get("dtype", "bfloat16") == "float32":
         key += "|float32"
     return key.replace(" ", "_").replace("--", "-")
@@ -1020,6 +1036,12 @@ def main() -> None:
         default="off",
         help="workers.compile of forward-only, the full pipeline and rescoring (each also "
         "timed the other way); the ML backend runs eagerly",
+    )
+    parser.add_argument(
+        "--fetches",
+        type=int,
+        default=FETCHES_PER_PROCESS,
+        help="images a decode process asks the server for at once, as workers.fetches_at_once",
     )
     parser.add_argument("--rounds", type=int, default=3, help="interleaved measured rounds")
     parser.add_argument(

@@ -5,6 +5,8 @@ arithmetic ceiling counts a network's FLOPs and sets the targets against it."""
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import time
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from bench.score_bench import (
     SECTION_START,
     Served,
     _ceiling,
+    _Listening,
+    _Server,
     _server,
     arithmetic_ceiling,
     block_key,
@@ -51,7 +55,7 @@ def test_a_run_replaces_its_own_block_and_keeps_everything_else() -> None:
     assert write_section(again, "CPU|small|64", "cpu run 2") == again, "a rerun changes nothing"
 
 
-def test_a_cpus_float32_figures_keep_a_block_apart_from_bfloat16_ones() -> None:
+def test_float32_and_other_fetches_at_once_keep_blocks_of_their_own() -> None:
     run = {"device": "CPU", "model": "small", "size": 64, "source": "http", "latency_ms": 0}
     assert block_key({**run, "dtype": "bfloat16"}) == "CPU|small|64"
     assert block_key({**run, "dtype": "float32"}) == "CPU|small|64|float32"
@@ -59,6 +63,9 @@ def test_a_cpus_float32_figures_keep_a_block_apart_from_bfloat16_ones() -> None:
     assert block_key(late) == "CPU|small|64|2ms|float32"
     gpu = {**run, "device": "NVIDIA H100 80GB HBM3", "dtype": "float32"}
     assert block_key(gpu) == "NVIDIA_H100_80GB_HBM3|small|64", "a GPU's block by its name"
+    many = {**run, "latency_ms": 2, "dtype": "bfloat16", "fetches": 16}
+    assert block_key(many) == "CPU|small|64|2ms|16at_once"
+    assert block_key({**many, "fetches": 4}) == "CPU|small|64|2ms", "the default's own block"
 
 
 def test_an_empty_file_gets_the_section() -> None:
@@ -151,3 +158,17 @@ def test_the_ceiling_row_sets_forward_only_and_the_loop_target_against_it() -> N
     assert "forward-only is 0.75x this" in row
     assert "10x the one-at-a-time loop would be 2.00x it" in row
     assert _ceiling({"ceiling": 1000.0}) == [], "a run from before the ceiling has no row"
+
+
+def test_the_stand_in_listens_for_every_connection_a_worker_opens_at_once() -> None:
+    """socketserver's queue of 5 dropped the rest of 32 connections opened together (16
+    images at once from each of two decode processes), which waited a second to try again."""
+    server = _Listening(("127.0.0.1", 0), _Server)
+    try:
+        # Linux's tcp_info of a listening socket: tcpi_sacked is its queue's length
+        info = server.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        unacked, queue = struct.unpack_from("II", info, 24)
+        assert unacked == 0, "nothing waits to be accepted"
+        assert queue >= 128
+    finally:
+        server.server_close()
