@@ -3,8 +3,8 @@
 Inductor fuses a network's element-wise layers into its convolutions and generates its own
 kernels. On the CPUs here it gained less than its reputation: with the scoring process's
 heap kept (``workers.decoders.keep_heap``), which already spares the eager pass most of its
-allocations, a bf16 forward pass ran 1.06x (ResNet-50 at 224 px) to 1.19x (the bootstrap
-network at 32 px) the eager speed, the full pipeline at most 1.12x (docs/benchmarks.md), and
+allocations, a bf16 forward pass ran 1.09x (a small CNN at 64 px) to 1.33x (the bootstrap
+network at 32 px) the eager speed, the full pipeline at most 1.10x (docs/benchmarks.md), and
 compiling costs seconds to a minute a model and process (less where inductor's on-disk
 cache, shared by a machine's processes, holds the network). So ``workers.compile``:
 

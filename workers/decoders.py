@@ -191,7 +191,7 @@ def keep_heap(_worker: int = 0) -> None:
     malloc keeps what a batch freed (up to ``KEPT_HEAP_BYTES``) for the next one, and serves
     blocks up to a quarter of that from it too, rather than mapping a batch's tensors and
     activations afresh and unmapping them after, every page faulted in again each batch (the
-    first pass ran 1.21-1.40x faster for it, docs/benchmarks.md). No-op where the C library
+    first pass ran up to 1.30x faster for it, docs/benchmarks.md). No-op where the C library
     is not glibc."""
     heap_thresholds(KEPT_HEAP_BYTES // 4, KEPT_HEAP_BYTES)
 
