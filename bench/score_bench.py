@@ -65,7 +65,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
@@ -829,14 +829,19 @@ def _server(r: dict[str, Any]) -> str:
     )
 
 
+def _fetches(r: Mapping[str, Any]) -> int:
+    """The images a decode process asked for at once in run ``r`` (``--fetches``; a run of an
+    earlier version of the bench, the default)."""
+    return int(r.get("fetches", FETCHES_PER_PROCESS))
+
+
 def _decoding(r: dict[str, Any]) -> str:
     if int(r["workers"]):
         return (
             f"read and decoded in {r['workers']} DataLoader processes "
-            f"({r.get('fetches', FETCHES_PER_PROCESS)} images at a time each)"
+            f"({_fetches(r)} images at a time each)"
         )
-    fetches = in_process(int(r.get("fetches", FETCHES_PER_PROCESS)))
-    return f"read and decoded in the scoring process ({fetches} images at a time)"
+    return f"read and decoded in the scoring process ({in_process(_fetches(r))} images at a time)"
 
 
 def _ceiling(r: dict[str, Any]) -> list[str]:
@@ -910,7 +915,7 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
             f"{float(r['rescore']):,.0f} | {float(r['rescore_vs_forward']):.2f}x forward-only, "
             f"{float(r['rescore_vs_single']):.1f}x one at a time | |"
         )
-    at_once = r.get("fetches", FETCHES_PER_PROCESS)
+    at_once = _fetches(r)
     compared = {  # run: what it is; the full pipeline's ratio to it
         "full_float32": 'full pipeline in float32 (`workers.precision = "float32"`)',
         "full_fed": "full pipeline, the decode processes feeding one forward pass in the "
@@ -965,8 +970,8 @@ def block_key(r: dict[str, float | str]) -> str:
         key += f"|{r['source']}"
     elif r.get("latency_ms"):
         key += f"|{r['latency_ms']:g}ms"
-    if int(r.get("fetches", FETCHES_PER_PROCESS)) != FETCHES_PER_PROCESS:
-        key += f"|{r['fetches']}at_once"
+    if _fetches(r) != FETCHES_PER_PROCESS:
+        key += f"|{_fetches(r)}at_once"
     if r["device"] == "CPU" and r.get("dtype", "bfloat16") == "float32":
         key += "|float32"
     return key.replace(" ", "_").replace("--", "-")
