@@ -8,9 +8,9 @@ holds are read from it; the others are read, decoded and stored in it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
 from itertools import compress
 from typing import TypeVar, cast
 
@@ -19,6 +19,7 @@ import numpy.typing as npt
 import torch
 from torch.utils.data import Dataset
 
+from workers.ahead import Fetcher
 from workers.decode import decode
 from workers.images import ImageError, ImageSource
 from workers.pixels import PixelCache, pixel_key
@@ -53,9 +54,11 @@ class Images(Dataset[Row]):
     decode processes kept between calls read whatever the next call asks.
 
     In a decode process (one CPU its own), images that come over the network (Label Studio,
-    an allow-listed host) are fetched ``fetchers`` at once on the process's own thread
-    (libcurl's multi interface: threads each waiting on a request cost it 1.4 times the CPU
-    an image), each decoded as it comes while the others are under way; local files are
+    an allow-listed host) are fetched ``fetchers`` at once on one fetching thread of the
+    process (libcurl's multi interface: threads each waiting on a request cost it 1.4 times
+    the CPU an image), each decoded as it comes while the others are under way, and the
+    images of the batch the process is handed next (a batch's ``ahead``, see
+    :mod:`workers.ahead`) are asked for before this one is decoded and scored; local files are
     read one after another, for a thread an image costs more CPU than reading and decoding a
     small one (152 us an image at 64 px against 61 here). Given ``pool`` (this process's
     threads, no decode processes), images are read and decoded on its threads, which run on
@@ -78,6 +81,7 @@ class Images(Dataset[Row]):
         self.fetchers = fetchers
         self.pool = pool
         self.local_on_pool = pool is not None
+        self._fetcher: Fetcher | None = None
 
     def __reduce__(self) -> tuple[object, ...]:
         # to a DataLoader worker: everything but the pool, which is this process's; the
@@ -106,13 +110,22 @@ class Images(Dataset[Row]):
             ]
             return [next(far) if got is None else got for got in near]
         loaded: list[npt.NDArray[np.uint8] | ImageError | None] = [None] * len(items)
-        references = [item[1] for item in items]
+        fetcher = self._fetching()
+        arriving = fetcher.take([item[1] for item in items])
+        ahead = getattr(items, "ahead", ())
+        if sum(map(self.source.remote, ahead)) >= 2:
+            # asked for now: answered while this batch is decoded (and scored, in a replica)
+            fetcher.ask(ahead)
         # each image decoded as it comes, while the transfers still under way go on
-        # closed here whatever happens (a time limit while decoding): its transfers dropped
-        with closing(self.source.read_many(references, at_once=self.fetchers)) as arriving:
-            for index, got in arriving:
-                loaded[index] = got if isinstance(got, ImageError) else _decoded(got, self.size)
+        for index, got in arriving:
+            loaded[index] = got if isinstance(got, ImageError) else _decoded(got, self.size)
         return cast(list[npt.NDArray[np.uint8] | ImageError], loaded)
+
+    def _fetching(self) -> Fetcher:
+        """This process's fetching thread (a forked process starts its own)."""
+        if self._fetcher is None or self._fetcher.pid != os.getpid():
+            self._fetcher = Fetcher(self.source, self.fetchers)
+        return self._fetcher
 
     def __getitems__(self, items: Sequence[Item]) -> list[Row]:
         # a batch at a time (the DataLoader asks so when this exists): the cache's index is

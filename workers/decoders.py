@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from planner.errors import PlannerError
+from workers.ahead import hinted
 from workers.batches import Batch, Images, Item, collate, in_process
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
@@ -161,11 +162,13 @@ def lent(
         )
 
     try:
+        # each batch with the next its process is handed, to fetch that one's images early
+        ahead = hinted(batches, workers)
         if decoders is None:
-            yield make(_Batches(batches), False)
+            yield make(_Batches(ahead), False)
             return
         with decoders.lend(key, make) as (loader, sampler):
-            sampler.batches = batches
+            sampler.batches = ahead
             yield loader
     except PlannerError as exc:  # the chunk's error (a refused token): its own words
         raise _as_raised(exc) from exc

@@ -6,7 +6,8 @@ under the autocast dtype of ``precision`` (see :mod:`workers.devices`).
 Images are read and decoded in DataLoader processes (``num_workers``; None: a CPU each but one
 on a GPU, a CPU each on a CPU), each fetching a batch's images several at once on its own
 thread (:meth:`ImageSource.read_many`), so that a Label Studio on another machine answers them
-together rather than one round trip after another.
+together rather than one round trip after another, and asking for the images of its next batch
+before it works on this one (:mod:`workers.ahead`), so that they come while it does.
 On a GPU they feed the forward pass of the scoring process. On a CPU with ``threads`` 0 and a
 decode process for each CPU (the default), each decode process also runs the forward pass of
 its own batches (the model forked into it, shared copy-on-write) on one torch thread, and
