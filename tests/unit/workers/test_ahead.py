@@ -191,39 +191,46 @@ def test_replicas_read_each_image_once_across_chunks_and_score_as_one_process(
         assert np.allclose(got[task_id], probs, atol=1e-2), task_id
 
 
-class Slow(NoDropout):
-    """Takes half a second a forward pass and notes when each ended in ``log`` (a file: the
-    pass runs in a forked decode process)."""
+class Waiting(NoDropout):
+    """Each forward pass waits (up to 10 s) for the file ``signal``, and notes in ``log``
+    whether it came (files: the pass runs in a forked decode process)."""
 
-    def __init__(self, log: Path) -> None:
+    def __init__(self, signal: Path, log: Path) -> None:
         torch.manual_seed(0)
         super().__init__()
+        self.signal = signal
         self.log = log
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        time.sleep(0.5)
+        deadline = time.monotonic() + 10
+        while not self.signal.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
         with self.log.open("a") as out:
-            out.write(f"{time.monotonic()}\n")
+            out.write(f"{self.signal.exists()}\n")
         return super().forward(x)
 
 
 def test_a_replica_asks_for_its_next_batch_before_its_forward_pass_ends(
     digit_files: tuple[Path, list[int]], tmp_path: Path
 ) -> None:
+    """The first forward pass of each replica waits until the server has been asked for every
+    image of the second batches: they come only if asked for ahead."""
     root, _ = digit_files
-    arrived: dict[str, float] = {}
+    workers = usable_cpus()
+    items = [(i + 1, _digit(i)) for i in range(4 * 2 * workers)]  # two batches a process
+    second_round = {_query(ref) for _, ref in items[4 * workers :]}
+    signal = tmp_path / "all-asked"
 
     def body(path: str) -> bytes:
         query = urlsplit(path).query
-        arrived[query] = time.monotonic()
+        second_round.discard(query)
+        if not second_round:
+            signal.touch()
         return (root / parse_qs(query)["d"][0]).read_bytes()
 
     server = KeptAliveServer(body)
-    workers = usable_cpus()
-    batches = 2 * workers  # two a process
-    items = [(i + 1, _digit(i)) for i in range(4 * batches)]
     source = ImageSource(label_studio_url=server.url)
-    model = Slow(tmp_path / "ends.log").eval()
+    model = Waiting(signal, tmp_path / "passes.log").eval()
     try:
         scores = score_items(
             model, items, source, batch_size=4, device="cpu", image_size=16, num_workers=workers
@@ -231,7 +238,5 @@ def test_a_replica_asks_for_its_next_batch_before_its_forward_pass_ends(
     finally:
         server.stop()
     assert len(scores.task_ids) == len(items)
-    first_end = min(float(line) for line in (tmp_path / "ends.log").read_text().split())
-    second_round = [_query(ref) for _, ref in items[4 * workers :]]
-    late = [query for query in second_round if arrived[query] > first_end]
-    assert not late, f"{len(late)} images of the second batches asked for after a pass ended"
+    passes = (tmp_path / "passes.log").read_text().split()
+    assert passes == ["True"] * 2 * workers, "a first pass waited in vain: not asked ahead"
