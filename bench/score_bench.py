@@ -268,6 +268,21 @@ def default_heap(run: Callable[[], float]) -> float:
         kept()  # this process's own thresholds back for the runs after
 
 
+def not_ahead(run: Callable[[], float]) -> float:
+    """``run`` with no batch asked for ahead: each decode process asks for a batch's images
+    when it is handed that batch (before ``workers.ahead``)."""
+
+    def plain(batches: list[list[Any]], _workers: int) -> list[list[Any]]:
+        return list(batches)
+
+    hinted = workers.decoders.hinted  # the batches are hinted in the scoring process
+    workers.decoders.hinted = plain
+    try:
+        return run()
+    finally:
+        workers.decoders.hinted = hinted
+
+
 def forward_replicas(
     model: nn.Module, batch: torch.Tensor, batch_size: int, precision: str, processes: int
 ) -> float:
@@ -583,6 +598,19 @@ class Urllib3Source(OnThreads):
 _URLLIB3: dict[int, urllib3.PoolManager] = {}
 
 
+def fetching_runs(pool: Pool, label_studio: str, *, ahead: bool) -> dict[str, Callable[[], float]]:
+    """The full pipeline over HTTP as it fetched before: no batch asked for ahead (where
+    there are decode processes to ask), each image on a thread of its own, with urllib3."""
+    runs: dict[str, Callable[[], float]] = {}
+    if ahead:
+        runs["full_not_ahead"] = lambda: not_ahead(pool.first_pass)
+    threads = OnThreads(label_studio_url=label_studio, label_studio_token=TOKEN)
+    runs["full_threads"] = replace(pool, source=threads).first_pass
+    urllib3 = Urllib3Source(label_studio_url=label_studio, label_studio_token=TOKEN)
+    runs["full_urllib3"] = replace(pool, source=urllib3).first_pass
+    return runs
+
+
 def ratio(measured: dict[str, list[float]], top: str, bottom: str) -> float | None:
     """The median over the rounds of ``top``'s images/s over ``bottom``'s in the same round
     (None where one of them was not run)."""
@@ -689,13 +717,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             runs["full_threaded"] = replace(
                 pool, source=ThreadedFiles(image_root=Path(tmp))
             ).first_pass
-        if args.source == "http":  # what libcurl and its multi interface give, same run
-            runs["full_threads"] = replace(
-                pool, source=OnThreads(label_studio_url=label_studio, label_studio_token=TOKEN)
-            ).first_pass
-            runs["full_urllib3"] = replace(
-                pool, source=Urllib3Source(label_studio_url=label_studio, label_studio_token=TOKEN)
-            ).first_pass
+        if args.source == "http":  # what asking ahead, libcurl and its multi interface give
+            runs.update(fetching_runs(pool, label_studio, ahead=bool(workers)))
         measured = interleaved(runs, args.rounds)
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
@@ -742,6 +765,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "full_vs_forward_replicas": ratio(measured, "full", "forward_replicas"),
         "full_vs_float32": ratio(measured, "full", "full_float32"),
         "full_vs_fresh": ratio(measured, "full", "full_fresh"),
+        "full_vs_not_ahead": ratio(measured, "full", "full_not_ahead"),
         "full_vs_threaded": ratio(measured, "full", "full_threaded"),
         "full_vs_urllib3": ratio(measured, "full", "full_urllib3"),
         "full_vs_threads": ratio(measured, "full", "full_threads"),
@@ -877,6 +901,7 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
             "forward_replicas",
             "full_default_heap",
             "full_fresh",
+            "full_not_ahead",
             "full_threaded",
             "full_threads",
             "full_urllib3",
@@ -924,6 +949,8 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
         "thresholds (before `keep_heap`)",
         "full_fresh": "full pipeline, the decode processes started for every chunk (before "
         "`Decoders`)",
+        "full_not_ahead": "full pipeline, each decode process asking for a batch's images when "
+        "handed it (before `workers.ahead`)",
         "full_threaded": "full pipeline, local files read on the decode processes' fetch "
         f"threads, {at_once} each (before `ImageSource.remote`)",
         "full_threads": "full pipeline, each image of a batch fetched on a thread of its own, "

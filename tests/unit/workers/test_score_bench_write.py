@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+import workers.decoders
 from bench.score_bench import (
     SECTION_END,
     SECTION_START,
@@ -28,6 +29,7 @@ from bench.score_bench import (
     flops_an_image,
     make_images,
     matmul_rate,
+    not_ahead,
     one_at_a_time,
     server_cpu,
     stand_in,
@@ -172,3 +174,14 @@ def test_the_stand_in_listens_for_every_connection_a_worker_opens_at_once() -> N
         assert queue >= 128
     finally:
         server.server_close()
+
+
+def test_the_run_without_asking_ahead_hints_no_batch_and_puts_the_hints_back() -> None:
+    batches = [[(1, "a", None)], [(2, "b", None)], [(3, "c", None)]]
+
+    def hinted_now() -> float:
+        first = workers.decoders.hinted(batches, 1)[0]
+        return float(len(getattr(first, "ahead", ())))
+
+    assert not_ahead(hinted_now) == 0.0
+    assert hinted_now() == 1.0, "asked ahead again after it"
