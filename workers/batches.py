@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import compress
-from typing import TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -43,9 +43,18 @@ Row = tuple[int, torch.Tensor | None, str, bool]
 Item = tuple[int, str, str | None]
 """Task id, image reference, and the pixel cache's key for it, taken before the read (None:
 not to be stored)."""
-Batch = tuple[list[int], torch.Tensor | None, dict[int, str], dict[int, str]]
-"""Task ids, their ``(n, 3, h, w)`` uint8 pixels (channels_last in memory), unscorable and
-deferred tasks' reasons."""
+
+
+class Batch(NamedTuple):
+    """A batch read: task ids, their ``(n, 3, h, w)`` uint8 pixels (channels_last in memory),
+    unscorable and deferred tasks' reasons, and notes on its reading (the pixel cache turned
+    off where it was read)."""
+
+    ids: list[int]
+    pixels: torch.Tensor | None
+    unscorable: dict[int, str]
+    deferred: dict[int, str]
+    notes: tuple[str, ...] = ()
 
 
 class Images(Dataset[Row]):
@@ -177,10 +186,10 @@ def cached(
         ids.append(task_id)
         arrays.append(pixels)
         if len(ids) == batch_size:
-            yield ids, channels_first(torch.from_numpy(np.stack(arrays))), {}, {}
+            yield Batch(ids, channels_first(torch.from_numpy(np.stack(arrays))), {}, {})
             ids, arrays = [], []
     if ids:
-        yield ids, channels_first(torch.from_numpy(np.stack(arrays))), {}, {}
+        yield Batch(ids, channels_first(torch.from_numpy(np.stack(arrays))), {}, {})
 
 
 def chunked(items: Sequence[_T], size: int) -> list[list[_T]]:
@@ -213,17 +222,40 @@ def read_pixels(
     with ThreadPoolExecutor(threads, "planner-fetch") as pool:
         images = Images(source, size, cache, fetchers=threads, pool=pool)
         for batch in chunked(misses, batch_size):
-            yield collate(images.__getitems__(batch))
+            yield collate(images.__getitems__(batch), cache)
 
 
-def collate(rows: list[Row]) -> Batch:
+def collate(rows: list[Row], cache: PixelCache | None = None) -> Batch:
+    """``rows`` as one batch, noting ``cache``'s failure once it turned off in this process
+    (a decode process's copy fails there alone)."""
     good = [(task_id, tensor) for task_id, tensor, _, _ in rows if tensor is not None]
     bad = {
         task_id: reason for task_id, tensor, reason, later in rows if tensor is None and not later
     }
     retry = {task_id: reason for task_id, tensor, reason, later in rows if tensor is None and later}
     batch = channels_first(torch.stack([tensor for _, tensor in good])) if good else None
-    return [task_id for task_id, _ in good], batch, bad, retry
+    notes = () if cache is None or cache.broken is None else (cache.broken,)
+    return Batch([task_id for task_id, _ in good], batch, bad, retry, notes)
+
+
+class Collated(Dataset[Batch]):
+    """``images`` read a batch at a time and collated where they are read (a DataLoader's
+    ``collate_fn`` then passes each on as it is), the batch noting the pixel cache of that
+    process once it turned off."""
+
+    def __init__(self, images: Images) -> None:
+        self.images = images
+
+    def __getitem__(self, item: Item) -> Batch:
+        return self.__getitems__([item])
+
+    def __getitems__(self, items: Sequence[Item]) -> Batch:
+        return collate(self.images.__getitems__(items), self.images.cache)
+
+
+def as_is(batch: Any) -> Any:
+    """A DataLoader's ``collate_fn`` for a dataset that returns its batches collated."""
+    return batch
 
 
 def channels_first(images: torch.Tensor) -> torch.Tensor:

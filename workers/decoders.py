@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from planner.errors import PlannerError
 from workers.ahead import hinted
-from workers.batches import Batch, Images, Item, collate, in_process
+from workers.batches import Batch, Collated, Images, Item, as_is, collate, in_process
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 """glibc's ``mallopt`` parameters (malloc.h)."""
@@ -228,12 +228,12 @@ def feed(
     """``batches`` read and decoded to feed the forward pass of this process: in ``workers``
     decode processes, or with none on threads of this one."""
     if workers:
-        options = {"collate_fn": collate, "pin_memory": target.type == "cuda"}
-        with lent(decoders, key, batches, images, workers, **options) as loader:
+        options = {"collate_fn": as_is, "pin_memory": target.type == "cuda"}
+        with lent(decoders, key, batches, Collated(images), workers, **options) as loader:
             yield loader
         return
     images.pool = ThreadPoolExecutor(in_process(images.fetchers), "planner-fetch")
     try:
-        yield (collate(images.__getitems__(batch)) for batch in batches)
+        yield (collate(images.__getitems__(batch), images.cache) for batch in batches)
     finally:
         images.pool.shutdown(cancel_futures=True)

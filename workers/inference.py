@@ -232,7 +232,8 @@ def iter_scores(
         feeding = feed(images, batches, workers=workers, target=target, decoders=decoders, key=key)
         forward = torch_threads(forward_threads(threads, workers)) if cpu else nullcontext()
         with feeding as fed, forward:
-            yield from run(fed, notes=notes)
+            # decode processes whose pixel cache turned off are retired, as replicas are
+            yield from _noted(run(fed, notes=notes), (), cache, decoders)
     finally:
         source.close()
 
@@ -252,7 +253,7 @@ def _warmed(
     with torch_threads(1):
         for _ in _batches(
             module,
-            [([0, 1], blank, {}, {})],
+            [Batch([0, 1], blank, {}, {})],
             target=torch.device("cpu"),
             dtype=dtype,
             passes=0,
@@ -298,7 +299,9 @@ def _batches(
     compiler: Compiler,
 ) -> Iterator[Scores]:
     with torch.inference_mode():
-        for batch_ids, batch, bad, retry in loader:
+        for batch_ids, batch, bad, retry, read_notes in loader:
+            if read_notes:  # the pixel cache turned off where the batch was read
+                notes = tuple(dict.fromkeys((*notes, *read_notes)))
             if batch is None:
                 yield _empty(bad, retry, notes)
                 continue

@@ -308,7 +308,7 @@ def _decode_labelled(
     read: dict[int, npt.NDArray[np.uint8]] = {}
     try:
         labelled = read_pixels(items, source, cfg.image_size, cache, fetches=cfg.fetches_at_once)
-        for ids, pixels, _, _ in labelled:
+        for ids, pixels, *_ in labelled:
             if pixels is not None:
                 read.update(zip(ids, pixels.numpy(), strict=True))
     finally:

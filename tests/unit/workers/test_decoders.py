@@ -161,6 +161,34 @@ def test_a_pixel_cache_failing_in_a_decode_process_is_reported_and_nothing_is_lo
     assert any("pixel cache" in note and "No space left" in note for note in scores.warnings)
 
 
+@pytest.mark.parametrize("num_workers", [1, 0], ids=["feeding-decode-process", "no-decode-process"])
+def test_a_pixel_cache_failing_where_batches_feed_the_forward_pass_is_reported(
+    digit_files: tuple[Path, list[int]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    num_workers: int,
+) -> None:
+    """Decode processes feeding this process's forward pass (fewer than the CPUs, or a GPU's),
+    or none: the cache's failure where the batch was read comes with its scores, and kept
+    decode processes whose cache is off are not kept."""
+    root, _ = digit_files
+    monkeypatch.setattr(devices, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(pixels, "_evicted", full_disk)
+    cache = PixelCache(tmp_path / "cache", 64 * MB)
+    decoders = Decoders()
+    try:
+        scores = score_items(
+            _net(NoDropout), ITEMS, ImageSource(image_root=root), batch_size=8, device="cpu",
+            num_workers=num_workers, cache=cache, decoders=decoders,
+        )  # fmt: skip
+        assert len(scores.task_ids) == len(ITEMS)
+        assert any("pixel cache" in note and "No space left" in note for note in scores.warnings)
+        assert not decoders.alive, "decode processes with their cache off are not kept"
+    finally:
+        decoders.close()
+        cache.close()
+
+
 def test_a_replica_running_out_of_memory_is_reported_as_such_for_the_retry_at_half_batch(
     digit_files: tuple[Path, list[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -393,7 +393,7 @@ def test_a_batch_is_the_decoded_images_channels_first_laid_out_channels_last(
     cache = PixelCache(tmp_path / "cache", 2**26)
     try:
         for _ in range(2):  # read and stored, then from the cache
-            [(ids, batch, _, _)] = list(read_pixels(ITEMS[:8], source, 32, cache, batch_size=8))
+            [(ids, batch, *_)] = list(read_pixels(ITEMS[:8], source, 32, cache, batch_size=8))
             assert ids == [task_id for task_id, _ in ITEMS[:8]]
             assert batch is not None
             assert batch.shape == (8, 3, 32, 32)
