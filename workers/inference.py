@@ -38,7 +38,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -53,6 +53,7 @@ from workers.batches import (
     Batch,
     Images,
     Item,
+    as_is,
     cached,
     channels_first,
     chunked,
@@ -115,10 +116,8 @@ class _Scored(Dataset[Scores]):
 
     def __getitems__(self, items: Sequence[Item]) -> Scores:
         # run to its end, so the forward pass's inference mode is left, not held suspended
-        [scores] = list(self.score([collate(self.images.__getitems__(items))]))
-        cache = self.images.cache
-        if cache is not None and cache.broken is not None and cache.broken not in scores.warnings:
-            scores = replace(scores, warnings=(*scores.warnings, cache.broken))
+        # the batch notes the pixel cache once it failed here; the scores carry its notes
+        [scores] = list(self.score([collate(self.images.__getitems__(items), self.images.cache)]))
         return scores
 
     def __reduce__(self) -> tuple[object, ...]:
@@ -131,18 +130,13 @@ def _noted(
     cache: PixelCache | None,
     decoders: Decoders | None,
 ) -> Iterator[Scores]:
-    """The replicas' ``Scores`` with this call's ``notes``; kept replicas whose pixel cache
-    turned off are retired (the next call's get a working one)."""
+    """The ``Scores`` of batches read in decode processes with this call's ``notes``; kept
+    decode processes whose pixel cache turned off are retired (the next call's get a working
+    one)."""
     for scores in loader:
         if decoders is not None and cache is not None and cache.noted_in(scores.warnings):
             decoders.retire()
         yield replace(scores, warnings=tuple(dict.fromkeys((*notes, *scores.warnings))))
-
-
-def _as_is(scores: Any) -> Scores:
-    """The collate step of scored batches: ``_Scored`` already made the batch's ``Scores``
-    (typed ``Any``: the DataLoader declares a collate function of a list of samples)."""
-    return cast(Scores, scores)
 
 
 def score_items(
@@ -224,7 +218,7 @@ def iter_scores(
             key: tuple[object, ...] = ("replicas", module, passes, dtype, source, image_size)
             key += (cache, workers, compiled, fetches)
             scored = _Scored(images, partial(run, notes=()))
-            options = {"collate_fn": _as_is, "multiprocessing_context": "fork"}
+            options = {"collate_fn": as_is, "multiprocessing_context": "fork"}
             with lent(decoders, key, batches, scored, workers, **options) as loader:
                 yield from _noted(loader, notes, cache, decoders)
             return
