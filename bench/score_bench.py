@@ -73,6 +73,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -89,7 +90,7 @@ import workers.decoders
 import workers.inference
 from bench.resnet import resnet50 as own_resnet50
 from planner.settings import PRECISIONS, WorkerSettings
-from workers.batches import FETCHES_PER_PROCESS, chunked, in_process
+from workers.batches import FETCHES_PER_PROCESS, chunked, in_process, shares
 from workers.bootstrap import BootstrapNet
 from workers.compiling import Compiler
 from workers.decode import decode
@@ -271,16 +272,37 @@ def default_heap(run: Callable[[], float]) -> float:
 def not_ahead(run: Callable[[], float]) -> float:
     """``run`` with no batch asked for ahead: each decode process asks for a batch's images
     when it is handed that batch (before ``workers.ahead``)."""
-
-    def plain(batches: list[list[Any]], _workers: int) -> list[list[Any]]:
-        return list(batches)
-
-    hinted = workers.decoders.hinted  # the batches are hinted in the scoring process
-    workers.decoders.hinted = plain
-    try:
+    # the batches are hinted in the scoring process
+    with patch.object(workers.decoders, "hinted", lambda batches, _workers: list(batches)):
         return run()
-    finally:
-        workers.decoders.hinted = hinted
+
+
+def whole(run: Callable[[], float]) -> float:
+    """``run`` with a chunk's batches handed to the decode processes whole, however few
+    (before ``workers.batches.shares``)."""
+    # the chunk is shared out in the scoring process
+    with patch.object(workers.inference, "shares", lambda items, size, _w: chunked(items, size)):
+        return run()
+
+
+def shared_unevenly(n: int, chunk: int, batch: int, workers: int) -> bool:
+    """Whether a pool of ``n`` in chunks of ``chunk`` has a chunk whose batches the decode
+    processes would share unevenly (where ``whole`` differs from the pipeline)."""
+    sizes = {len(c) for c in chunked(range(n), chunk or n)}
+    return any(shares(range(k), batch, workers) != chunked(range(k), batch) for k in sizes)
+
+
+def chunk_runs(
+    full: Callable[..., float], n: int, chunk: int, batch: int, workers: int
+) -> dict[str, Callable[[], float]]:
+    """The full pipeline as it handed the decode processes a pool's chunks before: started
+    for every chunk, and handed whole batches however few (where either differs)."""
+    runs: dict[str, Callable[[], float]] = {}
+    if workers and chunk and chunk < n:
+        runs["full_fresh"] = lambda: full(kept=False)
+    if shared_unevenly(n, chunk, batch, workers):
+        runs["full_whole"] = lambda: whole(full)
+    return runs
 
 
 def forward_replicas(
@@ -711,8 +733,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         if workers and device.type == "cpu":
             runs["full_default_heap"] = lambda: default_heap(full)
-        if workers and args.chunk and args.chunk < len(tasks):
-            runs["full_fresh"] = lambda: full(kept=False)
+        runs.update(chunk_runs(full, len(tasks), args.chunk, args.batch, workers))
         if workers and args.source == "files":
             runs["full_threaded"] = replace(
                 pool, source=ThreadedFiles(image_root=Path(tmp))
@@ -766,6 +787,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "full_vs_float32": ratio(measured, "full", "full_float32"),
         "full_vs_fresh": ratio(measured, "full", "full_fresh"),
         "full_vs_not_ahead": ratio(measured, "full", "full_not_ahead"),
+        "full_vs_whole": ratio(measured, "full", "full_whole"),
         "full_vs_threaded": ratio(measured, "full", "full_threaded"),
         "full_vs_urllib3": ratio(measured, "full", "full_urllib3"),
         "full_vs_threads": ratio(measured, "full", "full_threads"),
@@ -902,6 +924,7 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
             "full_default_heap",
             "full_fresh",
             "full_not_ahead",
+            "full_whole",
             "full_threaded",
             "full_threads",
             "full_urllib3",
@@ -951,6 +974,8 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
         "`Decoders`)",
         "full_not_ahead": "full pipeline, each decode process asking for a batch's images when "
         "handed it (before `workers.ahead`)",
+        "full_whole": "full pipeline, a chunk's batches handed to the decode processes whole, "
+        "however few, some processes idle or handed a batch more (before `shares`)",
         "full_threaded": "full pipeline, local files read on the decode processes' fetch "
         f"threads, {at_once} each (before `ImageSource.remote`)",
         "full_threads": "full pipeline, each image of a batch fetched on a thread of its own, "

@@ -9,7 +9,7 @@ holds are read from it; the others are read, decoded and stored in it.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import compress
 from typing import Any, NamedTuple, TypeVar, cast
@@ -196,6 +196,69 @@ def chunked(items: Sequence[_T], size: int) -> list[list[_T]]:
     """``items`` in lists of ``size`` (the last one shorter): a pool's chunks, a chunk's
     batches."""
     return [list(items[start : start + size]) for start in range(0, len(items), max(1, size))]
+
+
+MIN_SHARE = 8
+"""The fewest images a decode process is handed at once where a chunk's batches are split
+among the processes (:func:`shares`)."""
+
+
+def shares(items: Sequence[_T], batch_size: int, workers: int) -> list[list[_T]]:
+    """``items`` (a chunk's images to read) as the decode processes are handed them: in
+    batches of ``batch_size``, or where that would leave a process idle or with a batch more
+    than another (a chunk of fewer batches than processes, 4 batches of 64 for a GPU's 15
+    decode processes; 3 for 2), in ``workers`` times as many equal parts as it takes to hold
+    ``batch_size`` each (none smaller than ``MIN_SHARE``), every process handed as many."""
+    batches = chunked(items, batch_size)
+    if workers < 2 or (len(batches) % workers == 0 and len(items) % batch_size == 0):
+        return batches
+    rounds = -(-len(items) // (workers * batch_size))
+    parts = min(workers * rounds, max(1, len(items) // min(MIN_SHARE, batch_size)))
+    if parts <= len(batches):
+        return batches
+    size, extra = divmod(len(items), parts)
+    out: list[list[_T]] = []
+    start = 0
+    for k in range(parts):
+        end = start + size + (k < extra)
+        out.append(list(items[start:end]))
+        start = end
+    return out
+
+
+def rebatched(parts: Iterable[Batch], batch_size: int, device: torch.device) -> Iterator[Batch]:
+    """``parts`` (decode processes' shares of a chunk, in order) joined into batches of
+    ``batch_size`` images for one forward pass (the last fewer): pixels moved to ``device``
+    part by part (from the pinned memory a part comes in, on a GPU) and joined there, each
+    part's unscorable and deferred tasks and notes with the batch its images went to. A part
+    that is a whole batch passes as it is."""
+    held: list[torch.Tensor] = []
+    ids: list[int] = []
+    bad: dict[int, str] = {}
+    retry: dict[int, str] = {}
+    notes: dict[str, None] = {}
+    for part in parts:
+        if part.pixels is None and not held and not bad and not retry:
+            yield part  # nothing of it to join
+            continue
+        bad.update(part.unscorable)
+        retry.update(part.deferred)
+        notes.update(dict.fromkeys(part.notes))
+        if part.pixels is not None:
+            held.append(part.pixels.to(device, non_blocking=True))
+            ids.extend(part.ids)
+        while len(ids) >= batch_size:
+            pixels = _joined(held)
+            yield Batch(ids[:batch_size], pixels[:batch_size], bad, retry, tuple(notes))
+            rest = pixels[batch_size:]
+            held, ids, bad, retry = ([rest] if len(rest) else []), ids[batch_size:], {}, {}
+    if ids or bad or retry:
+        yield Batch(ids, _joined(held) if held else None, bad, retry, tuple(notes))
+
+
+def _joined(pixels: list[torch.Tensor]) -> torch.Tensor:
+    """``(n, 3, h, w)`` channels_last batches as one (``cat`` keeps the layout they share)."""
+    return pixels[0] if len(pixels) == 1 else torch.cat(pixels)
 
 
 def read_pixels(

@@ -17,9 +17,15 @@ uses well (a second CPU gave one forward pass on a batch of 16 only 1.2-1.8x on 
 here), and a forward pass sharing the cores with separate decoders loses its threads to them
 at every layer. Otherwise (``threads`` set, fewer decode processes than CPUs) the forward pass
 runs in the scoring process, on ``threads`` or the CPUs the decoders leave, and they feed it.
-A worker keeps its decode processes from one chunk to the next
-(:class:`workers.decoders.Decoders`): starting them again for every chunk cost a 256-image
-chunk on a CPU a sixth of its time.
+The decode processes are handed a chunk in equal shares, as many each
+(:func:`workers.batches.shares`): handed its batches, a chunk of fewer batches than processes
+(the default 4 of 64 for a GPU's 15) left the rest idle, and 3 batches for 2 processes one
+with twice the other's; where the processes feed one forward pass, their shares are joined
+into batches of ``batch_size`` again (:func:`workers.batches.rebatched`), so a replica's pass
+may be smaller than ``batch_size``, a GPU's never (2.0x the first pass of a chunk of one
+batch on two CPUs, docs/benchmarks.md). A worker keeps its decode processes from one chunk to
+the next (:class:`workers.decoders.Decoders`): starting them again for every chunk cost a
+256-image chunk on a CPU a sixth of its time.
 
 An image that cannot be read or decoded becomes an ``unscorable`` entry with its reason; the
 rest of the chunk is scored. What would fail every image alike (Label Studio refusing the
@@ -56,8 +62,9 @@ from workers.batches import (
     as_is,
     cached,
     channels_first,
-    chunked,
     collate,
+    rebatched,
+    shares,
 )
 from workers.compiling import Compiler, unwrapped
 from workers.decoders import Decoders, feed, keep_heap, lent
@@ -208,7 +215,8 @@ def iter_scores(
         if not misses:
             return
         images = Images(source, image_size, cache, fetchers=fetches)
-        batches = chunked(misses, batch_size)
+        # every decode process handed as many images, however few batches the chunk holds
+        batches = shares(misses, batch_size, workers)
         if replicas(cpu, threads, workers):  # each decode process scores its own batches
             if compiled is not None:  # compiled here, once, for the replicas' one thread
                 compiled = _warmed(module, compiled, compiler, dtype=dtype, size=image_size)
@@ -227,7 +235,8 @@ def iter_scores(
         forward = torch_threads(forward_threads(threads, workers)) if cpu else nullcontext()
         with feeding as fed, forward:
             # decode processes whose pixel cache turned off are retired, as replicas are
-            yield from _noted(run(fed, notes=notes), (), cache, decoders)
+            joined = rebatched(fed, batch_size, target)
+            yield from _noted(run(joined, notes=notes), (), cache, decoders)
     finally:
         source.close()
 

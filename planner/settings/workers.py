@@ -113,7 +113,12 @@ class WorkerSettings(Section):
         default_factory=list, description="The only http(s) hosts images may come from."
     )
     image_size: int = Field(default=32, gt=0, le=4096, description="Model input size.")
-    batch_size: int = Field(default=64, gt=0, description="Images per forward pass.")
+    batch_size: int = Field(
+        default=64,
+        gt=0,
+        description="Images per forward pass (at most, where a CPU's decode processes run "
+        "it: a chunk of fewer batches than processes is shared among them all).",
+    )
     chunk_size: int = Field(default=256, gt=0, description="Tasks per Celery job.")
     num_workers: NonNegativeInt | Literal["auto"] = Field(
         default="auto",

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import workers.decoders
+import workers.inference
 from bench.score_bench import (
     SECTION_END,
     SECTION_START,
@@ -32,7 +33,9 @@ from bench.score_bench import (
     not_ahead,
     one_at_a_time,
     server_cpu,
+    shared_unevenly,
     stand_in,
+    whole,
     write_section,
 )
 from workers.devices import torch_threads
@@ -185,3 +188,18 @@ def test_the_run_without_asking_ahead_hints_no_batch_and_puts_the_hints_back() -
 
     assert not_ahead(hinted_now) == 0.0
     assert hinted_now() == 1.0, "asked ahead again after it"
+
+
+def test_the_run_with_whole_batches_hands_out_batches_and_puts_the_shares_back() -> None:
+    def parts_now() -> float:
+        return float(len(workers.inference.shares(list(range(256)), 64, 15)))
+
+    assert whole(parts_now) == 4.0, "the chunk's 4 batches"
+    assert parts_now() == 15.0, "shared among the 15 processes again after it"
+
+
+def test_the_whole_batches_run_is_made_only_where_the_shares_differ() -> None:
+    assert shared_unevenly(8192, 256, 256, 15), "a GPU's run: one batch a chunk"
+    assert shared_unevenly(1000, 256, 16, 2), "the last chunk, 232, is 15 batches"
+    assert not shared_unevenly(4096, 256, 16, 2), "the CPU blocks' runs"
+    assert not shared_unevenly(4096, 256, 64, 0), "no decode process"
