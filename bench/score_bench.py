@@ -70,6 +70,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,7 @@ from workers.devices import (
 from workers.images import ImageError, ImageSource
 from workers.inference import merge, score_items
 from workers.outputs import logits_of
+from workers.passes import replica_pass
 from workers.pixels import PixelCache
 
 SECTION = "## Scoring throughput"
@@ -277,6 +279,13 @@ def not_ahead(run: Callable[[], float]) -> float:
         return run()
 
 
+def whole_passes(run: Callable[[], float]) -> float:
+    """``run`` with each replica running its batch in one forward pass, however large (before
+    ``workers.passes``)."""
+    with patch.object(workers.inference, "replica_pass", lambda _m, _s, _d, batch: batch):
+        return run()
+
+
 def whole(run: Callable[[], float]) -> float:
     """``run`` with a chunk's batches handed to the decode processes whole, however few
     (before ``workers.batches.shares``)."""
@@ -305,22 +314,54 @@ def chunk_runs(
     return runs
 
 
+def replica_runs(
+    full: Callable[..., float],
+    forward: Callable[..., float],
+    workers: int,
+    *,
+    fed: int,
+    most: int,
+    batch: int,
+) -> dict[str, Callable[[], float]]:
+    """What the replicas give: the same decode processes feeding one forward pass on ``fed``
+    threads instead, forward-only arranged as the replicas are (the stricter ceiling), and
+    where ``workers.passes`` cuts their passes to ``most`` images, the passes whole."""
+    runs = {
+        "full_fed": lambda: full(threads=fed),
+        "forward_replicas": lambda: forward(workers, most=most),
+    }
+    if most < batch:
+        runs["full_whole_passes"] = lambda: whole_passes(full)
+    return runs
+
+
 def forward_replicas(
-    model: nn.Module, batch: torch.Tensor, batch_size: int, precision: str, processes: int
+    model: nn.Module,
+    batch: torch.Tensor,
+    batch_size: int,
+    precision: str,
+    processes: int,
+    *,
+    most: int | None = None,
 ) -> float:
     """Images/s of the forward pass alone in ``processes`` forked copies of the model, one
-    torch thread each, the batches dealt out in turn: the ceiling of the replicas' own
-    arrangement (a process forked from one whose OpenMP threads ran must keep to one)."""
+    torch thread each, the batches dealt out in turn, each run in passes of ``most`` images
+    as a replica runs them (``workers.passes``; None: whole): the ceiling of the replicas'
+    own arrangement (a process forked from one whose OpenMP threads ran must keep to one)."""
     context = multiprocessing.get_context("fork")
+    step = most or batch_size
     starts = list(range(0, len(batch), batch_size))
     with torch_threads(1), torch.inference_mode():  # a compiled model compiled for one thread
-        _predict(model, batch[:batch_size], torch.device("cpu"), precision)
+        _predict(model, batch[:step], torch.device("cpu"), precision)
 
     def share(k: int) -> None:
         torch.set_num_threads(1)
         with torch.inference_mode():
             for start in starts[k::processes]:
-                _predict(model, batch[start : start + batch_size], torch.device("cpu"), precision)
+                end = min(start + batch_size, len(batch))
+                for first in range(start, end, step):
+                    x = batch[first : min(first + step, end)]
+                    _predict(model, x, torch.device("cpu"), precision)
 
     started = time.perf_counter()
     workers = [context.Process(target=share, args=(k,)) for k in range(processes)]
@@ -724,13 +765,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             runs["full_float32"] = lambda: full(precision="float32")
         workers = decode_workers(args.workers, device)
         fed = max(1, usable_cpus() - workers)
+        most: int | None = None  # the images a replica's forward pass takes
         if replicas(device.type == "cpu", args.pipeline_threads, workers):
-            # what the replicas give: the same decoders feeding one forward pass instead
-            runs["full_fed"] = lambda: full(threads=fed)
-            # the stricter ceiling: forward-only arranged as the replicas are
-            runs["forward_replicas"] = lambda: forward_replicas(
-                engine, decoded, args.batch, args.precision, workers
-            )
+            most = replica_pass(model, args.size, dtype, args.batch)
+            forward = partial(forward_replicas, engine, decoded, args.batch, args.precision)
+            runs.update(replica_runs(full, forward, workers, fed=fed, most=most, batch=args.batch))
         if workers and device.type == "cpu":
             runs["full_default_heap"] = lambda: default_heap(full)
         runs.update(chunk_runs(full, len(tasks), args.chunk, args.batch, workers))
@@ -788,6 +827,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "full_vs_fresh": ratio(measured, "full", "full_fresh"),
         "full_vs_not_ahead": ratio(measured, "full", "full_not_ahead"),
         "full_vs_whole": ratio(measured, "full", "full_whole"),
+        "full_vs_whole_passes": ratio(measured, "full", "full_whole_passes"),
+        "replica_pass": most,
         "full_vs_threaded": ratio(measured, "full", "full_threaded"),
         "full_vs_urllib3": ratio(measured, "full", "full_urllib3"),
         "full_vs_threads": ratio(measured, "full", "full_threads"),
@@ -826,6 +867,11 @@ def cpu_model() -> str:
         if getattr(torch.cpu, probe, lambda: False)()
     ]
     return ", ".join([name, *features] if features else [name, "no native bf16"])
+
+
+def _passes(r: Mapping[str, Any]) -> str:
+    most = r.get("replica_pass")
+    return f", in passes of {most} images (`workers.passes`)" if most and most < r["batch"] else ""
 
 
 def _cpu(r: dict[str, Any]) -> str:
@@ -925,6 +971,7 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
             "full_fresh",
             "full_not_ahead",
             "full_whole",
+            "full_whole_passes",
             "full_threaded",
             "full_threads",
             "full_urllib3",
@@ -976,6 +1023,8 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
         "handed it (before `workers.ahead`)",
         "full_whole": "full pipeline, a chunk's batches handed to the decode processes whole, "
         "however few, some processes idle or handed a batch more (before `shares`)",
+        "full_whole_passes": "full pipeline, each replica running a batch in one forward pass "
+        f"(before `workers.passes`: {r.get('replica_pass')} images a pass)",
         "full_threaded": "full pipeline, local files read on the decode processes' fetch "
         f"threads, {at_once} each (before `ImageSource.remote`)",
         "full_threads": "full pipeline, each image of a batch fetched on a thread of its own, "
@@ -986,7 +1035,7 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
         if not r.get("compiled")
         else "full pipeline, the forward pass not compiled (`workers.compile = off`)",
         "forward_replicas": f"forward-only as the replicas run it: {r['workers']} forked copies "
-        "of the model on 1 torch thread each, pre-decoded tensors",
+        f"of the model on 1 torch thread each{_passes(r)}, pre-decoded tensors",
     }
     for name, what in compared.items():
         vs = r.get(f"full_vs_{name.removeprefix('full_')}")

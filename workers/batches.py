@@ -256,6 +256,19 @@ def rebatched(parts: Iterable[Batch], batch_size: int, device: torch.device) -> 
         yield Batch(ids, _joined(held) if held else None, bad, retry, tuple(notes))
 
 
+def cut(batch: Batch, most: int) -> list[Batch]:
+    """``batch`` in batches of at most ``most`` images for forward passes of their own, its
+    unscorable and deferred tasks and notes with the first."""
+    if batch.pixels is None or len(batch.ids) <= most:
+        return [batch]
+    parts = [
+        Batch(batch.ids[start : start + most], batch.pixels[start : start + most], {}, {})
+        for start in range(0, len(batch.ids), most)
+    ]
+    parts[0] = batch._replace(ids=parts[0].ids, pixels=parts[0].pixels)
+    return parts
+
+
 def _joined(pixels: list[torch.Tensor]) -> torch.Tensor:
     """``(n, 3, h, w)`` channels_last batches as one (``cat`` keeps the layout they share)."""
     return pixels[0] if len(pixels) == 1 else torch.cat(pixels)

@@ -23,9 +23,11 @@ The decode processes are handed a chunk in equal shares, as many each
 with twice the other's; where the processes feed one forward pass, their shares are joined
 into batches of ``batch_size`` again (:func:`workers.batches.rebatched`), so a replica's pass
 may be smaller than ``batch_size``, a GPU's never (2.0x the first pass of a chunk of one
-batch on two CPUs, docs/benchmarks.md). A worker keeps its decode processes from one chunk to
-the next (:class:`workers.decoders.Decoders`): starting them again for every chunk cost a
-256-image chunk on a CPU a sixth of its time.
+batch on two CPUs, docs/benchmarks.md). A replica runs its share in forward passes of what
+the core's caches hold of the model's widest layer output (:mod:`workers.passes`; 1.15x
+the small CNN's first pass at the default batch of 64). A worker keeps its decode processes
+from one chunk to the next (:class:`workers.decoders.Decoders`): starting them again for
+every chunk cost a 256-image chunk on a CPU a sixth of its time.
 
 An image that cannot be read or decoded becomes an ``unscorable`` entry with its reason; the
 rest of the chunk is scored. What would fail every image alike (Label Studio refusing the
@@ -63,6 +65,7 @@ from workers.batches import (
     cached,
     channels_first,
     collate,
+    cut,
     rebatched,
     shares,
 )
@@ -80,6 +83,7 @@ from workers.dropout import NO_SPREAD, mc_problem, mc_samples
 from workers.images import ImageSource
 from workers.models import ModelKind
 from workers.outputs import Output, finite_rows, read_output
+from workers.passes import replica_pass
 from workers.pixels import PixelCache
 
 """The reason an image is unscorable whose probabilities, embeddings or MC samples are not
@@ -111,21 +115,25 @@ class Scores:
 
 class _Scored(Dataset[Scores]):
     """``images`` scored where they are decoded: a decode process reads and decodes a batch,
-    runs ``score`` on it (the model forked into the process) and hands back its ``Scores``,
-    a pixel cache that failed in that process noted among their warnings."""
+    runs ``score`` on it (the model forked into the process) in passes of at most ``most``
+    images (:mod:`workers.passes`) and hands back its ``Scores``, a pixel cache that failed
+    in that process noted among their warnings."""
 
-    def __init__(self, images: Images, score: Callable[[Iterable[Batch]], Iterator[Scores]]):
+    def __init__(
+        self, images: Images, score: Callable[[Iterable[Batch]], Iterator[Scores]], most: int
+    ) -> None:
         self.images = images
         self.score = score
+        self.most = most
 
     def __getitem__(self, item: Item) -> Scores:
         return self.__getitems__([item])
 
     def __getitems__(self, items: Sequence[Item]) -> Scores:
-        # run to its end, so the forward pass's inference mode is left, not held suspended
         # the batch notes the pixel cache once it failed here; the scores carry its notes
-        [scores] = list(self.score([collate(self.images.__getitems__(items), self.images.cache)]))
-        return scores
+        batch = collate(self.images.__getitems__(items), self.images.cache)
+        # run to its end, so the forward pass's inference mode is left, not held suspended
+        return merge(list(self.score(cut(batch, self.most))))
 
     def __reduce__(self) -> tuple[object, ...]:
         raise TypeError("scoring in decode processes needs them forked: the model is not sent")
@@ -224,8 +232,10 @@ def iter_scores(
                 if compiled is None:
                     notes = (*notes, compiler.failed[module])
             key: tuple[object, ...] = ("replicas", module, passes, dtype, source, image_size)
-            key += (cache, workers, compiled, fetches)
-            scored = _Scored(images, partial(run, notes=()))
+            # a replica's forward passes at most this many images (cache-sized, on a CPU)
+            most = replica_pass(module, image_size, dtype, batch_size)
+            key += (cache, workers, compiled, fetches, most)
+            scored = _Scored(images, partial(run, notes=()), most)
             options = {"collate_fn": as_is, "multiprocessing_context": "fork"}
             with lent(decoders, key, batches, scored, workers, **options) as loader:
                 yield from _noted(loader, notes, cache, decoders)

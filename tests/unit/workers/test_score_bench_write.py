@@ -17,6 +17,7 @@ from torch import nn
 
 import workers.decoders
 import workers.inference
+import workers.passes
 from bench.score_bench import (
     SECTION_END,
     SECTION_START,
@@ -36,6 +37,7 @@ from bench.score_bench import (
     shared_unevenly,
     stand_in,
     whole,
+    whole_passes,
     write_section,
 )
 from workers.devices import torch_threads
@@ -203,3 +205,16 @@ def test_the_whole_batches_run_is_made_only_where_the_shares_differ() -> None:
     assert shared_unevenly(1000, 256, 16, 2), "the last chunk, 232, is 15 batches"
     assert not shared_unevenly(4096, 256, 16, 2), "the CPU blocks' runs"
     assert not shared_unevenly(4096, 256, 64, 0), "no decode process"
+
+
+def test_the_run_with_whole_passes_gives_each_replica_its_batch_whole_and_puts_the_cut_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(workers.passes, "l2_bytes", lambda: 2**20)
+    wide = nn.Conv2d(3, 64, 3, padding=1).eval()  # 1 MB an image at 64 px in float32
+
+    def pass_now() -> float:
+        return float(workers.inference.replica_pass(wide, 64, None, 64))
+
+    assert whole_passes(pass_now) == 64.0
+    assert pass_now() == 8.0, "cut to the caches again after it (4 MB, at least 8 images)"
