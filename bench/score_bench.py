@@ -108,7 +108,7 @@ from workers.devices import (
 from workers.images import ImageError, ImageSource
 from workers.inference import merge, score_items
 from workers.outputs import logits_of
-from workers.passes import replica_pass
+from workers.passes import cpu_pass
 from workers.pixels import PixelCache
 
 SECTION = "## Scoring throughput"
@@ -282,7 +282,7 @@ def not_ahead(run: Callable[[], float]) -> float:
 def whole_passes(run: Callable[[], float]) -> float:
     """``run`` with each replica running its batch in one forward pass, however large (before
     ``workers.passes``)."""
-    with patch.object(workers.inference, "replica_pass", lambda _m, _s, _d, batch: batch):
+    with patch.object(workers.inference, "cpu_pass", lambda _m, _s, _d, batch: batch):
         return run()
 
 
@@ -684,14 +684,23 @@ def ratio(measured: dict[str, list[float]], top: str, bottom: str) -> float | No
 
 
 def cached_runs(
-    timed: Callable[[PixelCache | None], float], stack: ExitStack, tmp: Path, megabytes: int
+    timed: Callable[[PixelCache | None], float],
+    stack: ExitStack,
+    tmp: Path,
+    megabytes: int,
+    *,
+    cut: bool,
 ) -> dict[str, Callable[[], float]]:
     """Rescoring from a pixel cache the first model version's pass filled, and the full
-    pipeline storing no pixels (what storing them costs)."""
+    pipeline storing no pixels (what storing them costs); where ``cut`` (a CPU's passes
+    cut to its caches, ``workers.passes``), rescoring in whole batches too."""
     warm = PixelCache(tmp / "warm", megabytes * MB)
     stack.callback(warm.close)
     timed(warm)
-    return {"rescore": lambda: timed(warm), "full_uncached": lambda: timed(None)}
+    runs = {"rescore": lambda: timed(warm), "full_uncached": lambda: timed(None)}
+    if cut:
+        runs["rescore_whole_passes"] = lambda: whole_passes(lambda: timed(warm))
+    return runs
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -754,8 +763,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "full": server_cpu(served, full, len(tasks), server_ms),
             "single": lambda: one_at_a_time(backend, web_tasks[: args.single]),
         }
+        # the images a forward pass on the CPU takes (workers.passes)
+        most = cpu_pass(model, args.size, dtype, args.batch) if device.type == "cpu" else None
         if args.pixel_cache_mb:
-            runs.update(cached_runs(timed, stack, Path(tmp), args.pixel_cache_mb))
+            cut = most is not None and most < args.batch
+            runs.update(cached_runs(timed, stack, Path(tmp), args.pixel_cache_mb, cut=cut))
         # what compiling gives, same run
         runs["full_other"] = lambda: full(compile_mode=other_mode)
         runs["forward_other"] = lambda: forward_only(
@@ -765,9 +777,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             runs["full_float32"] = lambda: full(precision="float32")
         workers = decode_workers(args.workers, device)
         fed = max(1, usable_cpus() - workers)
-        most: int | None = None  # the images a replica's forward pass takes
-        if replicas(device.type == "cpu", args.pipeline_threads, workers):
-            most = replica_pass(model, args.size, dtype, args.batch)
+        if most is not None and replicas(device.type == "cpu", args.pipeline_threads, workers):
             forward = partial(forward_replicas, engine, decoded, args.batch, args.precision)
             runs.update(replica_runs(full, forward, workers, fed=fed, most=most, batch=args.batch))
         if workers and device.type == "cpu":
@@ -828,7 +838,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "full_vs_not_ahead": ratio(measured, "full", "full_not_ahead"),
         "full_vs_whole": ratio(measured, "full", "full_whole"),
         "full_vs_whole_passes": ratio(measured, "full", "full_whole_passes"),
-        "replica_pass": most,
+        "rescore_vs_whole_passes": ratio(measured, "rescore", "rescore_whole_passes"),
+        "cpu_pass": most,
         "full_vs_threaded": ratio(measured, "full", "full_threaded"),
         "full_vs_urllib3": ratio(measured, "full", "full_urllib3"),
         "full_vs_threads": ratio(measured, "full", "full_threads"),
@@ -870,7 +881,7 @@ def cpu_model() -> str:
 
 
 def _passes(r: Mapping[str, Any]) -> str:
-    most = r.get("replica_pass")
+    most = r.get("cpu_pass")
     return f", in passes of {most} images (`workers.passes`)" if most and most < r["batch"] else ""
 
 
@@ -972,6 +983,7 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
             "full_not_ahead",
             "full_whole",
             "full_whole_passes",
+            "rescore_whole_passes",
             "full_threaded",
             "full_threads",
             "full_urllib3",
@@ -1010,6 +1022,12 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
             f"{float(r['rescore']):,.0f} | {float(r['rescore_vs_forward']):.2f}x forward-only, "
             f"{float(r['rescore_vs_single']):.1f}x one at a time | |"
         )
+    if r.get("rescore_vs_whole_passes") is not None:
+        lines.append(
+            "| rescoring, each forward pass on a whole batch (before `workers.passes`) | "
+            f"{float(r['rescore_whole_passes']):,.0f} | rescoring is "
+            f"{float(r['rescore_vs_whole_passes']):.2f}x this | |"
+        )
     at_once = _fetches(r)
     compared = {  # run: what it is; the full pipeline's ratio to it
         "full_float32": 'full pipeline in float32 (`workers.precision = "float32"`)',
@@ -1024,7 +1042,7 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
         "full_whole": "full pipeline, a chunk's batches handed to the decode processes whole, "
         "however few, some processes idle or handed a batch more (before `shares`)",
         "full_whole_passes": "full pipeline, each replica running a batch in one forward pass "
-        f"(before `workers.passes`: {r.get('replica_pass')} images a pass)",
+        f"(before `workers.passes`: {r.get('cpu_pass')} images a pass)",
         "full_threaded": "full pipeline, local files read on the decode processes' fetch "
         f"threads, {at_once} each (before `ImageSource.remote`)",
         "full_threads": "full pipeline, each image of a batch fetched on a thread of its own, "

@@ -269,6 +269,12 @@ def cut(batch: Batch, most: int) -> list[Batch]:
     return parts
 
 
+def cut_each(batches: Iterable[Batch], most: int) -> Iterator[Batch]:
+    """Each of ``batches`` in batches of at most ``most`` images (see :func:`cut`)."""
+    for batch in batches:
+        yield from cut(batch, most)
+
+
 def _joined(pixels: list[torch.Tensor]) -> torch.Tensor:
     """``(n, 3, h, w)`` channels_last batches as one (``cat`` keeps the layout they share)."""
     return pixels[0] if len(pixels) == 1 else torch.cat(pixels)

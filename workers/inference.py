@@ -23,9 +23,9 @@ The decode processes are handed a chunk in equal shares, as many each
 with twice the other's; where the processes feed one forward pass, their shares are joined
 into batches of ``batch_size`` again (:func:`workers.batches.rebatched`), so a replica's pass
 may be smaller than ``batch_size``, a GPU's never (2.0x the first pass of a chunk of one
-batch on two CPUs, docs/benchmarks.md). A replica runs its share in forward passes of what
-the core's caches hold of the model's widest layer output (:mod:`workers.passes`; 1.15x
-the small CNN's first pass at the default batch of 64). A worker keeps its decode processes
+batch on two CPUs, docs/benchmarks.md). On a CPU every forward pass takes what the
+cores' caches hold of the model's widest layer output (:mod:`workers.passes`; 1.15x the
+small CNN's first pass at the default batch of 64). A worker keeps its decode processes
 from one chunk to the next (:class:`workers.decoders.Decoders`): starting them again for
 every chunk cost a 256-image chunk on a CPU a sixth of its time.
 
@@ -66,6 +66,7 @@ from workers.batches import (
     channels_first,
     collate,
     cut,
+    cut_each,
     rebatched,
     shares,
 )
@@ -83,7 +84,7 @@ from workers.dropout import NO_SPREAD, mc_problem, mc_samples
 from workers.images import ImageSource
 from workers.models import ModelKind
 from workers.outputs import Output, finite_rows, read_output
-from workers.passes import replica_pass
+from workers.passes import cpu_pass
 from workers.pixels import PixelCache
 
 """The reason an image is unscorable whose probabilities, embeddings or MC samples are not
@@ -208,6 +209,8 @@ def iter_scores(
         compiler=compiler,
     )  # fmt: skip
     cpu = target.type == "cpu"
+    # a CPU's forward passes take at most this many images: what its caches hold
+    most = cpu_pass(module, image_size, dtype, batch_size) if cpu else batch_size
     workers = decode_workers(num_workers, target)
     if num_workers and not workers:
         notes = (*notes, NO_DECODE_PROCESSES.format(num_workers))
@@ -217,7 +220,7 @@ def iter_scores(
             misses = []
             hits = cached(items, source, image_size, cache, batch_size=batch_size, misses=misses)
             with torch_threads(forward_threads(threads, 0)) if cpu else nullcontext():
-                yield from run(hits, notes=notes)
+                yield from run(cut_each(hits, most), notes=notes)
             if cache.broken is not None:
                 notes = (*notes, cache.broken)
         if not misses:
@@ -232,8 +235,6 @@ def iter_scores(
                 if compiled is None:
                     notes = (*notes, compiler.failed[module])
             key: tuple[object, ...] = ("replicas", module, passes, dtype, source, image_size)
-            # a replica's forward passes at most this many images (cache-sized, on a CPU)
-            most = replica_pass(module, image_size, dtype, batch_size)
             key += (cache, workers, compiled, fetches, most)
             scored = _Scored(images, partial(run, notes=()), most)
             options = {"collate_fn": as_is, "multiprocessing_context": "fork"}
@@ -245,7 +246,7 @@ def iter_scores(
         forward = torch_threads(forward_threads(threads, workers)) if cpu else nullcontext()
         with feeding as fed, forward:
             # decode processes whose pixel cache turned off are retired, as replicas are
-            joined = rebatched(fed, batch_size, target)
+            joined = cut_each(rebatched(fed, batch_size, target), most)
             yield from _noted(run(joined, notes=notes), (), cache, decoders)
     finally:
         source.close()

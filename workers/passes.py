@@ -1,16 +1,18 @@
-"""How many images a CPU replica's forward pass takes at once.
+"""How many images a forward pass on a CPU takes at once.
 
 On a CPU a network whose layers' outputs are large runs slower an image on large batches: a
-batch's activations no longer fit the core's caches and every layer streams them from memory.
-On the AMX machine of docs/benchmarks.md, one torch thread ran the small CNN at 64 px (its
-widest layer output 512 kB an image) at 1,377 images/s on batches of 8 and 755 on the default
-64; ResNet-50 at 224 px (1.5 MB) at 31.7 on 16 and 22.3 on 32; the bootstrap network (32 kB)
-kept gaining up to 256. So a replica runs a batch in passes of at most
-:func:`replica_pass` images: as many as keep the widest layer output of the pass within
-``CACHE_MULTIPLE`` times the core's L2 cache, never fewer than ``MIN_PASS`` (below which a
-pass's fixed costs weigh), never more than ``workers.batch_size``. The widest output is
-measured once a model and input size, on one blank image, with forward hooks; where it
-cannot be (a TorchScript file, a model failing on a blank image) the batch is run whole.
+batch's activations no longer fit the cores' caches and every layer streams them from memory.
+On the AMX machine of docs/benchmarks.md (2 MB of L2 a core), the heap kept as the workers keep
+it, one torch thread ran the small CNN at 64 px (its widest layer output 512 kB an image) at
+1,523 images/s on batches of 16 and 1,063 on the default 64, ResNet-50 at 224 px (1.5 MB) at
+41.3 on 8 and 30.9 on 32; two threads 2,679 and 2,078, 67.8 and 55.9; the small CNN at 32 px
+(128 kB) ran faster on 64 than on 8. So every forward pass on a CPU (a replica's, the scoring
+process's on cached pixels or fed by decode processes) takes at most :func:`cpu_pass` images:
+as many as keep the widest layer output of the pass within ``CACHE_MULTIPLE`` times the L2
+cache of a core, never fewer than ``MIN_PASS`` (below which a pass's fixed costs weigh),
+never more than ``workers.batch_size``. The widest output is measured once a model, input
+size and dtype, on one blank image, with forward hooks; where it cannot be (a TorchScript
+file, a model failing on a blank image) batches are run whole. A GPU's passes are not cut.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ MIN_PASS = 8
 """The fewest images a replica's forward pass is cut down to."""
 CACHE_MULTIPLE = 4
 """A pass's widest layer output may fill this many L2 caches (fitted on the machine above:
-the small CNN's best passes 4-16 MB of it, 33 MB at 0.55x; ResNet-50's 25 MB, 50 MB at 0.70x)."""
+the small CNN's best passes held 8 MB of it, ResNet-50's 12-25 MB; 32-50 MB ran at 0.7-0.8x)."""
 DEFAULT_L2_BYTES = 2**20
 """The L2 cache assumed where Linux does not tell it."""
 _CPU_CACHE = Path("/sys/devices/system/cpu/cpu0/cache")
@@ -93,8 +95,8 @@ def _measured(module: nn.Module, size: int, dtype: torch.dtype | None) -> int | 
     return most or None
 
 
-def replica_pass(module: nn.Module, size: int, dtype: torch.dtype | None, batch_size: int) -> int:
-    """The images a CPU replica's forward pass takes at once (see the module)."""
+def cpu_pass(module: nn.Module, size: int, dtype: torch.dtype | None, batch_size: int) -> int:
+    """The images a forward pass on a CPU takes at once (see the module)."""
     if batch_size <= MIN_PASS:
         return batch_size
     widest = widest_output(module, size, dtype)

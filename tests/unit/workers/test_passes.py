@@ -19,7 +19,8 @@ from workers.batches import Batch, channels_first, cut
 from workers.devices import autocast_dtype
 from workers.images import ImageSource
 from workers.inference import score_items
-from workers.passes import CACHE_MULTIPLE, MIN_PASS, l2_bytes, replica_pass, widest_output
+from workers.passes import CACHE_MULTIPLE, MIN_PASS, cpu_pass, l2_bytes, widest_output
+from workers.pixels import PixelCache
 
 
 def _cache(folder: Path, *levels: tuple[str, str]) -> Path:
@@ -76,9 +77,9 @@ def test_a_model_that_cannot_be_measured_runs_its_batches_whole() -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
         scripted = torch.jit.script(Counted().eval())
     assert widest_output(scripted, 8, None) is None, "a TorchScript model takes no hooks"
-    assert replica_pass(scripted, 8, None, 64) == 64
+    assert cpu_pass(scripted, 8, None, 64) == 64
     assert widest_output(Failing(), 8, None) is None
-    assert replica_pass(Failing(), 8, None, 64) == 64
+    assert cpu_pass(Failing(), 8, None, 64) == 64
 
 
 def test_a_pass_holds_what_the_caches_hold_of_the_widest_output_within_bounds(
@@ -93,7 +94,7 @@ def test_a_pass_holds_what_the_caches_hold_of_the_widest_output_within_bounds(
         (widest // CACHE_MULTIPLE, MIN_PASS, MIN_PASS),
     ]:
         monkeypatch.setattr(passes, "l2_bytes", lambda l2=l2: l2)
-        assert replica_pass(model, 32, None, batch) == expected
+        assert cpu_pass(model, 32, None, batch) == expected
 
 
 def _batch(ids: list[int]) -> Batch:
@@ -143,3 +144,37 @@ def test_replicas_run_their_shares_in_passes_of_what_the_caches_hold(
     assert shared.task_ids == alone.task_ids
     np.testing.assert_allclose(shared.probs, alone.probs, rtol=1e-5, atol=1e-6)
     assert os.getpid() not in {pid for pid, _ in scored}
+
+
+@pytest.mark.parametrize("where", ["fed", "in-process", "rescoring"])
+def test_the_scoring_processs_own_passes_on_a_cpu_are_cut_too(
+    digit_files: tuple[Path, list[int]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    where: str,
+) -> None:
+    """Fed by decode processes (``threads`` set), with none, or on cached pixels: the scoring
+    process's forward passes take 8 images where the caches hold 8, scoring as whole ones."""
+    root, _ = digit_files
+    monkeypatch.setattr(devices, "usable_cpus", lambda: 2)
+    spy = SizeSpy(tmp_path / "passes")
+    widest = widest_output(spy, 32, autocast_dtype(torch.device("cpu"), "auto"))
+    assert widest is not None
+    source = ImageSource(image_root=root)
+    cache = PixelCache(tmp_path / "cache", 64 * 2**20) if where == "rescoring" else None
+    options: dict[str, Any] = {
+        "batch_size": len(ITEMS), "device": "cpu", "image_size": 32, "threads": 1, "cache": cache,
+        "num_workers": 2 if where == "fed" else 0,
+    }  # fmt: skip
+    try:
+        monkeypatch.setattr(passes, "l2_bytes", lambda: widest * 1000)
+        whole = score_items(spy, ITEMS, source, **options)  # fills the cache for rescoring
+        assert [n for _, n in _log(spy.log) if n > 1] == [len(ITEMS)]
+        monkeypatch.setattr(passes, "l2_bytes", lambda: widest * 8 // CACHE_MULTIPLE)
+        cut_up = score_items(spy, ITEMS, source, **options)
+        assert _log(spy.log) == [(os.getpid(), 8)] * 3, "three passes of 8, here"
+        assert cut_up.task_ids == whole.task_ids
+        np.testing.assert_allclose(cut_up.probs, whole.probs, rtol=1e-5, atol=1e-6)
+    finally:
+        if cache is not None:
+            cache.close()

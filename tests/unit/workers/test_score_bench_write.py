@@ -214,7 +214,7 @@ def test_the_run_with_whole_passes_gives_each_replica_its_batch_whole_and_puts_t
     wide = nn.Conv2d(3, 64, 3, padding=1).eval()  # 1 MB an image at 64 px in float32
 
     def pass_now() -> float:
-        return float(workers.inference.replica_pass(wide, 64, None, 64))
+        return float(workers.inference.cpu_pass(wide, 64, None, 64))
 
     assert whole_passes(pass_now) == 64.0
     assert pass_now() == 8.0, "cut to the caches again after it (4 MB, at least 8 images)"
