@@ -432,10 +432,13 @@ def test_decode_processes_are_kept_from_one_chunk_to_the_next(kept: Kept, tmp_pa
     assert again.task_ids == alone.task_ids
     other = ProcessSpy(tmp_path / "other")  # another model: forked afresh with it
     score_items(other, ITEMS[:16], source, decoders=decoders, **options)
-    assert not {pid for pid, _, _ in other.passes()} & first
+    others = {pid for pid, _, _ in other.passes()}
+    assert not others & first
     assert _gone(first), "the first model's processes were shut down"
     assert decoders.started == 2
     fed = score_items(spy, ITEMS[:8], source, decoders=decoders, **{**options, "threads": 1})
+    # the other model's processes, shut down for these, may take a moment to go
+    assert _gone(others)
     feeding = _children()  # fed to this process's forward pass: kept all the same
     score_items(spy, ITEMS[8:16], source, decoders=decoders, **{**options, "threads": 1})
     assert _children() == feeding
