@@ -27,7 +27,7 @@ from torch import nn
 from workers.devices import torch_threads
 
 MIN_PASS = 8
-"""The fewest images a replica's forward pass is cut down to."""
+"""The fewest images a forward pass on a CPU is cut down to."""
 CACHE_MULTIPLE = 4
 """A pass's widest layer output may fill this many L2 caches (fitted on the machine above:
 the small CNN's best passes held 8 MB of it, ResNet-50's 12-25 MB; 32-50 MB ran at 0.7-0.8x)."""
@@ -50,7 +50,7 @@ def l2_bytes(folder: Path = _CPU_CACHE) -> int:
                 continue
             size = (index / "size").read_text().strip()
             return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
-        except (OSError, ValueError):
+        except (OSError, ValueError, IndexError):  # unreadable, or not a size
             continue
     return DEFAULT_L2_BYTES
 

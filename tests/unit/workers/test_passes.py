@@ -37,7 +37,7 @@ def test_the_l2_cache_is_read_as_linux_tells_it(tmp_path: Path) -> None:
     assert l2_bytes(sysfs) == 2 * 2**20
     assert l2_bytes(_cache(tmp_path / "b", ("2", "1M"))) == 2**20
     assert l2_bytes(tmp_path / "none") == passes.DEFAULT_L2_BYTES, "not told: the default"
-    broken = _cache(tmp_path / "c", ("2", "lots"), ("2", "512K"))
+    broken = _cache(tmp_path / "c", ("2", "lots"), ("2", ""), ("2", "512K"))
     assert l2_bytes(broken) == 512 * 2**10, "an entry that cannot be read is passed over"
 
 
