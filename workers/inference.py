@@ -246,7 +246,9 @@ def iter_scores(
         forward = torch_threads(forward_threads(threads, workers)) if cpu else nullcontext()
         with feeding as fed, forward:
             # decode processes whose pixel cache turned off are retired, as replicas are
-            joined = cut_each(rebatched(fed, batch_size, target), most)
+            # joined straight into passes of ``most`` (on a GPU, batch_size): not into whole
+            # batches copied together only to be cut again
+            joined = rebatched(fed, most, target)
             yield from _noted(run(joined, notes=notes), (), cache, decoders)
     finally:
         source.close()
