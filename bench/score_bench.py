@@ -55,6 +55,7 @@ ResNet-50 is torchvision's, or where torchvision cannot be imported beside the i
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import os
@@ -108,7 +109,7 @@ from workers.devices import (
 from workers.images import ImageError, ImageSource
 from workers.inference import merge, score_items
 from workers.outputs import logits_of
-from workers.passes import cpu_pass
+from workers.passes import PassSizes, candidates, pass_sizes
 from workers.pixels import PixelCache
 
 SECTION = "## Scoring throughput"
@@ -279,10 +280,16 @@ def not_ahead(run: Callable[[], float]) -> float:
         return run()
 
 
+def _whole_sizes(
+    _module: nn.Module, _size: int, _dtype: torch.dtype | None, batch_size: int
+) -> PassSizes:
+    return PassSizes(batch_size, learn=False)
+
+
 def whole_passes(run: Callable[[], float]) -> float:
-    """``run`` with each replica running its batch in one forward pass, however large (before
+    """``run`` with each forward pass on a CPU taking a whole batch, however large (before
     ``workers.passes``)."""
-    with patch.object(workers.inference, "cpu_pass", lambda _m, _s, _d, batch: batch):
+    with patch.object(workers.inference, "pass_sizes", _whole_sizes):
         return run()
 
 
@@ -320,17 +327,16 @@ def replica_runs(
     workers: int,
     *,
     fed: int,
-    most: int,
     batch: int,
 ) -> dict[str, Callable[[], float]]:
     """What the replicas give: the same decode processes feeding one forward pass on ``fed``
     threads instead, forward-only arranged as the replicas are (the stricter ceiling), and
-    where ``workers.passes`` cuts their passes to ``most`` images, the passes whole."""
+    where ``workers.passes`` may cut their passes, the passes whole."""
     runs = {
         "full_fed": lambda: full(threads=fed),
-        "forward_replicas": lambda: forward(workers, most=most),
+        "forward_replicas": lambda: forward(workers),
     }
-    if most < batch:
+    if len(candidates(batch)) > 1:
         runs["full_whole_passes"] = lambda: whole_passes(full)
     return runs
 
@@ -341,18 +347,16 @@ def forward_replicas(
     batch_size: int,
     precision: str,
     processes: int,
-    *,
-    most: int | None = None,
 ) -> float:
     """Images/s of the forward pass alone in ``processes`` forked copies of the model, one
-    torch thread each, the batches dealt out in turn, each run in passes of ``most`` images
-    as a replica runs them (``workers.passes``; None: whole): the ceiling of the replicas'
-    own arrangement (a process forked from one whose OpenMP threads ran must keep to one)."""
+    torch thread each, the batches dealt out in turn, each run in passes of the size learnt
+    on one thread (``workers.passes``, learnt here before they fork, see :func:`learnt`):
+    the ceiling of the replicas' own arrangement (a process forked from one whose OpenMP
+    threads ran must keep to one)."""
     context = multiprocessing.get_context("fork")
-    step = most or batch_size
     starts = list(range(0, len(batch), batch_size))
-    with torch_threads(1), torch.inference_mode():  # a compiled model compiled for one thread
-        _predict(model, batch[:step], torch.device("cpu"), precision)
+    with torch_threads(1):  # a compiled model compiled for one thread
+        step = learnt(model, batch, batch_size, precision)
 
     def share(k: int) -> None:
         torch.set_num_threads(1)
@@ -683,6 +687,32 @@ def ratio(measured: dict[str, list[float]], top: str, bottom: str) -> float | No
     return statistics.median(f / b for f, b in pairs)
 
 
+def learnt(model: nn.Module, batch: torch.Tensor, batch_size: int, precision: str) -> int:
+    """The images a forward pass of ``model`` on ``batch``'s images takes on this process's
+    torch threads, learnt as a worker's process learns it (``workers.passes``), on ``batch``
+    over and over until it is (once a model, size, dtype and thread count)."""
+    cpu = torch.device("cpu")
+    dtype = autocast_dtype(cpu, precision)
+    sizes = pass_sizes(model, batch.shape[-1], dtype, batch_size)
+    starts = itertools.cycle(range(0, max(1, len(batch) - batch_size + 1), batch_size))
+    with torch.inference_mode():
+        while sizes.chosen is None:
+            start = next(starts)
+            step = sizes.start()
+            for first in range(start, min(start + batch_size, len(batch)), step):
+                x = batch[first : min(first + step, start + batch_size)]
+                began = time.perf_counter()
+                _predict(model, x, cpu, precision)
+                sizes.timed(len(x), time.perf_counter() - began)
+    return sizes.chosen
+
+
+def one_thread(run: Callable[..., int], *args: Any) -> int:
+    """``run(*args)`` on one torch thread."""
+    with torch_threads(1):
+        return run(*args)
+
+
 def cached_runs(
     timed: Callable[[PixelCache | None], float],
     stack: ExitStack,
@@ -693,7 +723,7 @@ def cached_runs(
 ) -> dict[str, Callable[[], float]]:
     """Rescoring from a pixel cache the first model version's pass filled, and the full
     pipeline storing no pixels (what storing them costs); where ``cut`` (a CPU's passes
-    cut to its caches, ``workers.passes``), rescoring in whole batches too."""
+    learnt, ``workers.passes``), rescoring in whole batches too."""
     warm = PixelCache(tmp / "warm", megabytes * MB)
     stack.callback(warm.close)
     timed(warm)
@@ -763,10 +793,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "full": server_cpu(served, full, len(tasks), server_ms),
             "single": lambda: one_at_a_time(backend, web_tasks[: args.single]),
         }
-        # the images a forward pass on the CPU takes (workers.passes)
-        most = cpu_pass(model, args.size, dtype, args.batch) if device.type == "cpu" else None
+        # whether a forward pass on the CPU may take fewer images (workers.passes)
+        cut = device.type == "cpu" and len(candidates(args.batch)) > 1
         if args.pixel_cache_mb:
-            cut = most is not None and most < args.batch
             runs.update(cached_runs(timed, stack, Path(tmp), args.pixel_cache_mb, cut=cut))
         # what compiling gives, same run
         runs["full_other"] = lambda: full(compile_mode=other_mode)
@@ -777,9 +806,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             runs["full_float32"] = lambda: full(precision="float32")
         workers = decode_workers(args.workers, device)
         fed = max(1, usable_cpus() - workers)
-        if most is not None and replicas(device.type == "cpu", args.pipeline_threads, workers):
+        if replicas(device.type == "cpu", args.pipeline_threads, workers):
             forward = partial(forward_replicas, engine, decoded, args.batch, args.precision)
-            runs.update(replica_runs(full, forward, workers, fed=fed, most=most, batch=args.batch))
+            runs.update(replica_runs(full, forward, workers, fed=fed, batch=args.batch))
         if workers and device.type == "cpu":
             runs["full_default_heap"] = lambda: default_heap(full)
         runs.update(chunk_runs(full, len(tasks), args.chunk, args.batch, workers))
@@ -839,7 +868,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "full_vs_whole": ratio(measured, "full", "full_whole"),
         "full_vs_whole_passes": ratio(measured, "full", "full_whole_passes"),
         "rescore_vs_whole_passes": ratio(measured, "rescore", "rescore_whole_passes"),
-        "cpu_pass": most,
+        # the images a replica's pass takes, as learnt on one thread here
+        "cpu_pass": one_thread(learnt, engine, decoded, args.batch, args.precision)
+        if cut
+        else None,
         "full_vs_threaded": ratio(measured, "full", "full_threaded"),
         "full_vs_urllib3": ratio(measured, "full", "full_urllib3"),
         "full_vs_threads": ratio(measured, "full", "full_threads"),
@@ -882,7 +914,9 @@ def cpu_model() -> str:
 
 def _passes(r: Mapping[str, Any]) -> str:
     most = r.get("cpu_pass")
-    return f", in passes of {most} images (`workers.passes`)" if most and most < r["batch"] else ""
+    if not most or most >= r["batch"]:
+        return ""
+    return f", in passes of {most} images learnt on one thread (`workers.passes`)"
 
 
 def _cpu(r: dict[str, Any]) -> str:
@@ -1041,8 +1075,8 @@ def rows(r: dict[str, Any], command: str) -> list[str]:
         "handed it (before `workers.ahead`)",
         "full_whole": "full pipeline, a chunk's batches handed to the decode processes whole, "
         "however few, some processes idle or handed a batch more (before `shares`)",
-        "full_whole_passes": "full pipeline, each replica running a batch in one forward pass "
-        f"(before `workers.passes`: {r.get('cpu_pass')} images a pass)",
+        "full_whole_passes": "full pipeline, each forward pass on a whole batch (before "
+        f"`workers.passes`: {r.get('cpu_pass')} images a pass learnt)",
         "full_threaded": "full pipeline, local files read on the decode processes' fetch "
         f"threads, {at_once} each (before `ImageSource.remote`)",
         "full_threads": "full pipeline, each image of a batch fetched on a thread of its own, "

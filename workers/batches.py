@@ -9,7 +9,7 @@ holds are read from it; the others are read, decoded and stored in it.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import compress
 from typing import Any, NamedTuple, TypeVar, cast
@@ -226,9 +226,12 @@ def shares(items: Sequence[_T], batch_size: int, workers: int) -> list[list[_T]]
     return out
 
 
-def rebatched(parts: Iterable[Batch], batch_size: int, device: torch.device) -> Iterator[Batch]:
+def rebatched(
+    parts: Iterable[Batch], batch_size: int | Callable[[], int], device: torch.device
+) -> Iterator[Batch]:
     """``parts`` (decode processes' shares of a chunk, in order) joined into batches of
-    ``batch_size`` images for one forward pass (the last fewer): pixels moved to ``device``
+    ``batch_size`` images for one forward pass (the last fewer; a callable: asked before
+    each batch, once the one before is done with): pixels moved to ``device``
     part by part (from the pinned memory a part comes in, on a GPU) and joined there, each
     part's unscorable and deferred tasks and notes with the batch its images went to. A part
     that is a whole batch passes as it is."""
@@ -237,6 +240,8 @@ def rebatched(parts: Iterable[Batch], batch_size: int, device: torch.device) -> 
     bad: dict[int, str] = {}
     retry: dict[int, str] = {}
     notes: dict[str, None] = {}
+    size = batch_size if callable(batch_size) else lambda: batch_size
+    want = size()
     for part in parts:
         if part.pixels is None and not held and not bad and not retry:
             yield part  # nothing of it to join
@@ -247,11 +252,12 @@ def rebatched(parts: Iterable[Batch], batch_size: int, device: torch.device) -> 
         if part.pixels is not None:
             held.append(part.pixels.to(device, non_blocking=True))
             ids.extend(part.ids)
-        while len(ids) >= batch_size:
+        while len(ids) >= want:
             pixels = _joined(held)
-            yield Batch(ids[:batch_size], pixels[:batch_size], bad, retry, tuple(notes))
-            rest = pixels[batch_size:]
-            held, ids, bad, retry = ([rest] if len(rest) else []), ids[batch_size:], {}, {}
+            yield Batch(ids[:want], pixels[:want], bad, retry, tuple(notes))
+            rest = pixels[want:]
+            held, ids, bad, retry = ([rest] if len(rest) else []), ids[want:], {}, {}
+            want = size()
     if ids or bad or retry:
         yield Batch(ids, _joined(held) if held else None, bad, retry, tuple(notes))
 
@@ -269,10 +275,11 @@ def cut(batch: Batch, most: int) -> list[Batch]:
     return parts
 
 
-def cut_each(batches: Iterable[Batch], most: int) -> Iterator[Batch]:
-    """Each of ``batches`` in batches of at most ``most`` images (see :func:`cut`)."""
+def cut_each(batches: Iterable[Batch], most: Callable[[], int]) -> Iterator[Batch]:
+    """Each of ``batches`` in batches of at most ``most()`` images, asked for each batch once
+    the one before is done with (see :func:`cut`)."""
     for batch in batches:
-        yield from cut(batch, most)
+        yield from cut(batch, most())
 
 
 def _joined(pixels: list[torch.Tensor]) -> torch.Tensor:

@@ -23,11 +23,12 @@ The decode processes are handed a chunk in equal shares, as many each
 with twice the other's; where the processes feed one forward pass, their shares are joined
 into batches of ``batch_size`` again (:func:`workers.batches.rebatched`), so a replica's pass
 may be smaller than ``batch_size``, a GPU's never (2.0x the first pass of a chunk of one
-batch on two CPUs, docs/benchmarks.md). On a CPU every forward pass takes what the
-cores' caches hold of the model's widest layer output (:mod:`workers.passes`; 1.15x the
-small CNN's first pass at the default batch of 64). A worker keeps its decode processes
-from one chunk to the next (:class:`workers.decoders.Decoders`): starting them again for
-every chunk cost a 256-image chunk on a CPU a sixth of its time.
+batch on two CPUs, docs/benchmarks.md). On a CPU each process learns from its own forward
+passes how many images a pass best takes, at most ``batch_size`` (:mod:`workers.passes`; on
+the AMX machine 1.15x the small CNN's first pass at the default batch of 64, cut to 16). A
+worker keeps its decode processes from one chunk to the next
+(:class:`workers.decoders.Decoders`): starting them again for every chunk cost a 256-image
+chunk on a CPU a sixth of its time.
 
 An image that cannot be read or decoded becomes an ``unscorable`` entry with its reason; the
 rest of the chunk is scored. What would fail every image alike (Label Studio refusing the
@@ -42,6 +43,7 @@ With ``mc_passes`` T, T extra passes run with the dropout layers switched to tra
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -84,7 +86,7 @@ from workers.dropout import NO_SPREAD, mc_problem, mc_samples
 from workers.images import ImageSource
 from workers.models import ModelKind
 from workers.outputs import Output, finite_rows, read_output
-from workers.passes import cpu_pass
+from workers.passes import PassSizes, pass_sizes
 from workers.pixels import PixelCache
 
 """The reason an image is unscorable whose probabilities, embeddings or MC samples are not
@@ -116,16 +118,19 @@ class Scores:
 
 class _Scored(Dataset[Scores]):
     """``images`` scored where they are decoded: a decode process reads and decodes a batch,
-    runs ``score`` on it (the model forked into the process) in passes of at most ``most``
-    images (:mod:`workers.passes`) and hands back its ``Scores``, a pixel cache that failed
-    in that process noted among their warnings."""
+    runs ``score`` on it (the model forked into the process) in passes of the size the
+    process learns (``sizes``, looked up there: :mod:`workers.passes`) and hands back its
+    ``Scores``, a pixel cache that failed in that process noted among their warnings."""
 
     def __init__(
-        self, images: Images, score: Callable[[Iterable[Batch]], Iterator[Scores]], most: int
+        self,
+        images: Images,
+        score: Callable[..., Iterator[Scores]],
+        sizes: Callable[[], PassSizes],
     ) -> None:
         self.images = images
         self.score = score
-        self.most = most
+        self.sizes = sizes
 
     def __getitem__(self, item: Item) -> Scores:
         return self.__getitems__([item])
@@ -133,8 +138,9 @@ class _Scored(Dataset[Scores]):
     def __getitems__(self, items: Sequence[Item]) -> Scores:
         # the batch notes the pixel cache once it failed here; the scores carry its notes
         batch = collate(self.images.__getitems__(items), self.images.cache)
+        sizes = self.sizes()  # this process's, on its one thread
         # run to its end, so the forward pass's inference mode is left, not held suspended
-        return merge(list(self.score(cut(batch, self.most))))
+        return merge(list(self.score(cut(batch, sizes.start()), sizes=sizes)))
 
     def __reduce__(self) -> tuple[object, ...]:
         raise TypeError("scoring in decode processes needs them forked: the model is not sent")
@@ -209,8 +215,8 @@ def iter_scores(
         compiler=compiler,
     )  # fmt: skip
     cpu = target.type == "cpu"
-    # a CPU's forward passes take at most this many images: what its caches hold
-    most = cpu_pass(module, image_size, dtype, batch_size) if cpu else batch_size
+    # a CPU's forward passes take as many images as this process learns to be best
+    learnt = partial(pass_sizes, module, image_size, dtype, batch_size)
     workers = decode_workers(num_workers, target)
     if num_workers and not workers:
         notes = (*notes, NO_DECODE_PROCESSES.format(num_workers))
@@ -219,8 +225,7 @@ def iter_scores(
         if cache is not None:
             misses = []
             hits = cached(items, source, image_size, cache, batch_size=batch_size, misses=misses)
-            with torch_threads(forward_threads(threads, 0)) if cpu else nullcontext():
-                yield from run(cut_each(hits, most), notes=notes)
+            yield from _hits(run, hits, notes, learnt if cpu else None, threads)
             if cache.broken is not None:
                 notes = (*notes, cache.broken)
         if not misses:
@@ -235,8 +240,8 @@ def iter_scores(
                 if compiled is None:
                     notes = (*notes, compiler.failed[module])
             key: tuple[object, ...] = ("replicas", module, passes, dtype, source, image_size)
-            key += (cache, workers, compiled, fetches, most)
-            scored = _Scored(images, partial(run, notes=()), most)
+            key += (cache, workers, compiled, fetches, batch_size, pass_sizes)
+            scored = _Scored(images, partial(run, notes=()), learnt)
             options = {"collate_fn": as_is, "multiprocessing_context": "fork"}
             with lent(decoders, key, batches, scored, workers, **options) as loader:
                 yield from _noted(loader, notes, cache, decoders)
@@ -246,12 +251,30 @@ def iter_scores(
         forward = torch_threads(forward_threads(threads, workers)) if cpu else nullcontext()
         with feeding as fed, forward:
             # decode processes whose pixel cache turned off are retired, as replicas are
-            # joined straight into passes of ``most`` (on a GPU, batch_size): not into whole
-            # batches copied together only to be cut again
-            joined = rebatched(fed, most, target)
-            yield from _noted(run(joined, notes=notes), (), cache, decoders)
+            # joined straight into passes of the learnt size (on a GPU, batch_size): not into
+            # whole batches copied together only to be cut again
+            sizes = learnt() if cpu else None
+            joined = rebatched(fed, sizes.start if sizes else batch_size, target)
+            yield from _noted(run(joined, notes=notes, sizes=sizes), (), cache, decoders)
     finally:
         source.close()
+
+
+def _hits(
+    run: Callable[..., Iterator[Scores]],
+    hits: Iterable[Batch],
+    notes: tuple[str, ...],
+    learnt: Callable[[], PassSizes] | None,
+    threads: int,
+) -> Iterator[Scores]:
+    """The cached ``hits`` scored in this process: on a CPU (``learnt``) on every CPU it has,
+    in passes of the size learnt for those threads; on a GPU in whole batches."""
+    if learnt is None:
+        yield from run(hits, notes=notes)
+        return
+    with torch_threads(forward_threads(threads, 0)):
+        sizes = learnt()
+        yield from run(cut_each(hits, sizes.start), notes=notes, sizes=sizes)
 
 
 def _warmed(
@@ -313,7 +336,10 @@ def _batches(
     notes: tuple[str, ...],
     compiled: nn.Module | None,
     compiler: Compiler,
+    sizes: PassSizes | None = None,
 ) -> Iterator[Scores]:
+    """``Scores`` of each of ``loader``'s batches in one forward pass, each pass timed for
+    ``sizes`` (a CPU's: :mod:`workers.passes`)."""
     with torch.inference_mode():
         for batch_ids, batch, bad, retry, read_notes in loader:
             if read_notes:  # the pixel cache turned off where the batch was read
@@ -321,6 +347,7 @@ def _batches(
             if batch is None:
                 yield _empty(bad, retry, notes)
                 continue
+            started = time.perf_counter()
             x = batch.to(target, non_blocking=True).float().div_(255.0)
             x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(target.type, dtype=dtype, enabled=dtype is not None):
@@ -335,6 +362,8 @@ def _batches(
             elif passes and samples is None:
                 batch_notes = (*notes, NO_SPREAD)
             mc = None if samples is None else samples.cpu().numpy()
+            if sizes is not None:  # a CPU's: done when its output is
+                sizes.timed(len(batch_ids), time.perf_counter() - started)
             yield _finite(batch_ids, out, mc, bad=bad, retry=retry, notes=batch_notes)
 
 

@@ -1,105 +1,112 @@
-"""How many images a forward pass on a CPU takes at once.
+"""How many images a forward pass on a CPU takes at once, learnt from the passes themselves.
 
-On a CPU a network whose layers' outputs are large runs slower an image on large batches: a
-batch's activations no longer fit the cores' caches and every layer streams them from memory.
-On the AMX machine of docs/benchmarks.md (2 MB of L2 a core), the heap kept as the workers keep
-it, one torch thread ran the small CNN at 64 px (its widest layer output 512 kB an image) at
-1,523 images/s on batches of 16 and 1,063 on the default 64, ResNet-50 at 224 px (1.5 MB) at
-41.3 on 8 and 30.9 on 32; two threads 2,679 and 2,078, 67.8 and 55.9; the small CNN at 32 px
-(128 kB) ran faster on 64 than on 8. So every forward pass on a CPU (a replica's, the scoring
-process's on cached pixels or fed by decode processes) takes at most :func:`cpu_pass` images:
-as many as keep the widest layer output of the pass within ``CACHE_MULTIPLE`` times the L2
-cache of a core, never fewer than ``MIN_PASS`` (below which a pass's fixed costs weigh),
-never more than ``workers.batch_size``. The widest output is measured once a model, input
-size and dtype, on one blank image, with forward hooks; where it cannot be (a TorchScript
-file, a model failing on a blank image) batches are run whole. A GPU's passes are not cut.
+On a CPU a network whose layers' outputs are large may run slower an image on large batches,
+whose activations no longer fit the caches; or faster, its arithmetic the bottleneck and a
+pass's fixed costs spread over more images. Which, depends on the CPU: with the heap kept as
+the workers keep it and one torch thread, the AMX machine of docs/benchmarks.md (2 MB of L2 a
+core) ran the small CNN at 64 px at 1,523 images/s on passes of 16 and 1,063 on the default
+64, ResNet-50 at 224 px at 41.3 on 8 and 30.9 on 32; the EPYC (1 MB of L2, arithmetic a
+third as fast) ran the same small CNN at 570 on 8, 585 on 16, 598 on 32 and 596 on 64, ResNet-50
+at 22.2 on 8 and 22.7 on 32. A rule from the cache's size fitted one and cost the other. So
+each process learns it: :func:`pass_sizes` keeps, for a model, input size, dtype, torch
+thread count and ``workers.batch_size``, a :class:`PassSizes` that hands each batch (or, where
+decode processes' shares are joined into passes, each pass) a cap on its passes, in turn
+every candidate (the batch size, its half, quarter and eighth, none under ``MIN_PASS``), and
+is told how long each pass took. A candidate's first turn is not counted (oneDNN's kernels
+for a new shape, pages touched the first time); after ``TIMED_TURNS`` more each, the cap
+whose best turn ran the most images a second is kept for the process's life (the best, not
+the mean, as another process taking the CPU only ever slows a turn). A GPU's passes are not
+cut.
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from workers.devices import torch_threads
-
 MIN_PASS = 8
 """The fewest images a forward pass on a CPU is cut down to."""
-CACHE_MULTIPLE = 4
-"""A pass's widest layer output may fill this many L2 caches (fitted on the machine above:
-the small CNN's best passes held 8 MB of it, ResNet-50's 12-25 MB; 32-50 MB ran at 0.7-0.8x)."""
-DEFAULT_L2_BYTES = 2**20
-"""The L2 cache assumed where Linux does not tell it."""
-_CPU_CACHE = Path("/sys/devices/system/cpu/cpu0/cache")
-_widest: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, object], int | None]] = (
+CANDIDATES = 4
+"""The caps tried: the batch size, its half, quarter and eighth (those of ``MIN_PASS`` or more)."""
+TIMED_TURNS = 3
+"""The turns each cap is timed on, after its first, before one is kept."""
+
+_sizes: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], PassSizes]] = (
     weakref.WeakKeyDictionary()
 )
 _lock = threading.Lock()
 
 
-def l2_bytes(folder: Path = _CPU_CACHE) -> int:
-    """The first CPU's L2 cache in bytes, as Linux's sysfs tells it (``DEFAULT_L2_BYTES``
-    where it does not)."""
-    units = {"K": 2**10, "M": 2**20, "G": 2**30}
-    for index in sorted(folder.glob("index*")):
-        try:
-            if (index / "level").read_text().strip() != "2":
-                continue
-            size = (index / "size").read_text().strip()
-            return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
-        except (OSError, ValueError, IndexError):  # unreadable, or not a size
-            continue
-    return DEFAULT_L2_BYTES
+def candidates(batch_size: int) -> list[int]:
+    """The caps on a CPU's forward passes tried for ``batch_size``, largest first."""
+    caps = [batch_size]
+    while len(caps) < CANDIDATES and caps[-1] // 2 >= MIN_PASS:
+        caps.append(caps[-1] // 2)
+    return caps
 
 
-def widest_output(module: nn.Module, size: int, dtype: torch.dtype | None) -> int | None:
-    """Bytes of the largest tensor any of ``module``'s layers outputs for one ``size`` image
-    in ``dtype`` (autocast's; None: float32), measured once and remembered; None where it
-    cannot be measured."""
-    key = (size, dtype)
+class PassSizes:
+    """The cap on one process's forward passes of one model on a CPU, learnt (see the
+    module). ``start`` begins a turn and gives its cap; ``timed`` adds a pass of the turn."""
+
+    def __init__(self, batch_size: int, *, learn: bool = True) -> None:
+        """Caps tried for ``batch_size``; with ``learn`` off, whole batches from the start."""
+        self.candidates = candidates(batch_size) if learn else [batch_size]
+        self.chosen: int | None = self.candidates[0] if len(self.candidates) == 1 else None
+        self._turns = dict.fromkeys(self.candidates, 0)
+        self._best = dict.fromkeys(self.candidates, 0.0)
+        self._turn: int | None = None
+        self._images = 0
+        self._seconds = 0.0
+        self._lock = threading.Lock()
+
+    def start(self) -> int:
+        """The cap for the next batch (or pass), the turn before it closed."""
+        with self._lock:
+            if self.chosen is not None:
+                return self.chosen
+            self._close()
+            if self.chosen is not None:
+                return self.chosen
+            # the cap timed fewest, the largest first among equals
+            turn = min(self.candidates, key=lambda cap: self._turns[cap])
+            self._turn, self._images, self._seconds = turn, 0, 0.0
+            return turn
+
+    def timed(self, images: int, seconds: float) -> None:
+        """A forward pass of ``images`` took ``seconds`` in this turn."""
+        with self._lock:
+            if self._turn is not None:
+                self._images += images
+                self._seconds += seconds
+
+    def rates(self) -> dict[int, float]:
+        """Each cap's best turn so far in images/s (0: not timed yet)."""
+        with self._lock:
+            return dict(self._best)
+
+    def _close(self) -> None:
+        turn, self._turn = self._turn, None
+        if turn is None or not self._images or self._seconds <= 0:
+            return  # no pass ran in it: not a turn
+        if self._turns[turn]:  # a cap's first turn is its warm-up
+            self._best[turn] = max(self._best[turn], self._images / self._seconds)
+        self._turns[turn] += 1
+        if min(self._turns.values()) > TIMED_TURNS:
+            self.chosen = max(self.candidates, key=lambda cap: self._best[cap])
+
+
+def pass_sizes(
+    module: nn.Module, size: int, dtype: torch.dtype | None, batch_size: int
+) -> PassSizes:
+    """This process's :class:`PassSizes` for ``module`` at ``size`` px in ``dtype`` on its
+    current torch threads, batches of ``batch_size``."""
+    key = (size, dtype, torch.get_num_threads(), batch_size)
     with _lock:
-        known = _widest.setdefault(module, {})
+        known = _sizes.setdefault(module, {})
         if key not in known:
-            known[key] = _measured(module, size, dtype)
+            known[key] = PassSizes(batch_size)
         return known[key]
-
-
-def _measured(module: nn.Module, size: int, dtype: torch.dtype | None) -> int | None:
-    if isinstance(module, torch.jit.ScriptModule):  # takes no forward hooks
-        return None
-    most = 0
-
-    def note(_layer: nn.Module, _inputs: object, output: object) -> None:
-        nonlocal most
-        if isinstance(output, torch.Tensor):
-            most = max(most, output.numel() * output.element_size())
-
-    leaves = [layer for layer in module.modules() if next(layer.children(), None) is None]
-    hooks = [layer.register_forward_hook(note) for layer in leaves]
-    blank = torch.zeros((1, 3, size, size)).contiguous(memory_format=torch.channels_last)
-    try:
-        with (
-            torch_threads(1),  # as a replica runs it
-            torch.inference_mode(),
-            torch.autocast("cpu", dtype=dtype, enabled=dtype is not None),
-        ):
-            module(blank)
-    except Exception:  # the model's own trouble: the batch is run whole, as before
-        return None
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return most or None
-
-
-def cpu_pass(module: nn.Module, size: int, dtype: torch.dtype | None, batch_size: int) -> int:
-    """The images a forward pass on a CPU takes at once (see the module)."""
-    if batch_size <= MIN_PASS:
-        return batch_size
-    widest = widest_output(module, size, dtype)
-    if widest is None:
-        return batch_size
-    return max(MIN_PASS, min(batch_size, CACHE_MULTIPLE * l2_bytes() // widest))

@@ -118,7 +118,7 @@ class WorkerSettings(Section):
         gt=0,
         description="Images per forward pass (at most where a CPU's decode processes run "
         "it: a chunk of fewer batches than processes is shared among them all, and each "
-        "pass holds what the core's caches hold of the model's widest layer output).",
+        "process learns from its first passes how many images a pass best takes).",
     )
     chunk_size: int = Field(default=256, gt=0, description="Tasks per Celery job.")
     num_workers: NonNegativeInt | Literal["auto"] = Field(

@@ -1,9 +1,9 @@
-"""A CPU replica's forward passes cut to what the core's caches hold of the widest layer."""
+"""A CPU's forward passes cut to the size each process learns from its own passes."""
 
 from __future__ import annotations
 
 import os
-import warnings
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,88 +13,85 @@ import torch
 from torch import nn
 
 from tests.unit.workers.test_inference import ITEMS
-from tests.unit.workers.test_shares import ReadWhere, SizeSpy, _log
-from workers import devices, inference, passes
+from tests.unit.workers.test_shares import SizeSpy, _log
+from workers import devices
 from workers.batches import Batch, channels_first, cut
-from workers.devices import autocast_dtype
+from workers.devices import torch_threads
 from workers.images import ImageSource
 from workers.inference import score_items
-from workers.passes import CACHE_MULTIPLE, MIN_PASS, cpu_pass, l2_bytes, widest_output
+from workers.passes import MIN_PASS, TIMED_TURNS, PassSizes, candidates, pass_sizes
 from workers.pixels import PixelCache
 
 
-def _cache(folder: Path, *levels: tuple[str, str]) -> Path:
-    for k, (level, size) in enumerate(levels):
-        index = folder / f"index{k}"
-        index.mkdir(parents=True)
-        (index / "level").write_text(f"{level}\n")
-        (index / "size").write_text(f"{size}\n")
-    return folder
+def test_the_caps_tried_halve_the_batch_down_to_the_fewest_a_pass_takes() -> None:
+    assert candidates(64) == [64, 32, 16, 8]
+    assert candidates(256) == [256, 128, 64, 32], "four at most"
+    assert candidates(20) == [20, 10]
+    assert candidates(15) == [15], f"half of it under {MIN_PASS}: whole batches only"
+    assert candidates(MIN_PASS) == [MIN_PASS]
+    assert candidates(3) == [3]
 
 
-def test_the_l2_cache_is_read_as_linux_tells_it(tmp_path: Path) -> None:
-    sysfs = _cache(tmp_path / "a", ("1", "48K"), ("3", "32M"), ("2", "2048K"))
-    assert l2_bytes(sysfs) == 2 * 2**20
-    assert l2_bytes(_cache(tmp_path / "b", ("2", "1M"))) == 2**20
-    assert l2_bytes(tmp_path / "none") == passes.DEFAULT_L2_BYTES, "not told: the default"
-    broken = _cache(tmp_path / "c", ("2", "lots"), ("2", ""), ("2", "512K"))
-    assert l2_bytes(broken) == 512 * 2**10, "an entry that cannot be read is passed over"
+def _learn(sizes: PassSizes, seconds_an_image: dict[int, list[float]]) -> list[int]:
+    """Turns of a 64-image batch, each cap's passes taking the next of its seconds an image,
+    until a cap is kept; the caps handed out, in order."""
+    handed = []
+    while (cap := sizes.start()) and sizes.chosen is None:  # a turn closes as the next starts
+        handed.append(cap)
+        spent = seconds_an_image[cap].pop(0)
+        for _ in range(0, 64, cap):
+            sizes.timed(cap, spent * cap)
+    return handed
 
 
-class Counted(nn.Module):
-    """A 3-to-16-channel convolution, then a head; counts its forward passes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 16, 3, padding=1)
-        self.head = nn.Linear(16, 4)
-        self.calls = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return self.head(self.conv(x).mean(dim=(2, 3)))
+def test_each_cap_is_tried_in_turn_and_the_fastest_kept() -> None:
+    sizes = PassSizes(64)
+    turns = TIMED_TURNS + 1
+    speed = {64: [0.004] * turns, 32: [0.003] * turns, 16: [0.001] * turns, 8: [0.002] * turns}
+    handed = _learn(sizes, speed)
+    assert handed == [64, 32, 16, 8] * turns, "every cap a turn, the largest first"
+    assert sizes.chosen == 16
+    assert sizes.rates() == pytest.approx({64: 250.0, 32: 333.3, 16: 1000.0, 8: 500.0}, rel=1e-3)
+    assert [sizes.start() for _ in range(3)] == [16] * 3, "kept for good"
 
 
-def test_the_widest_layer_output_of_an_image_is_measured_once() -> None:
-    model = Counted().eval()
-    assert widest_output(model, 8, None) == 16 * 8 * 8 * 4, "the convolution's, in float32"
-    assert widest_output(model, 8, torch.bfloat16) == 16 * 8 * 8 * 2, "and in bf16"
-    assert widest_output(model, 8, None) == 16 * 8 * 8 * 4
-    assert model.calls == 2, "remembered for the model, size and dtype"
+def test_a_caps_first_turn_is_not_counted_and_its_best_turn_is() -> None:
+    """Its first turn (kernels for a new shape) may run fast or slow; another process taking
+    the CPU only ever slows a turn: the best of the rest counts."""
+    sizes = PassSizes(16)
+    speed = {
+        16: [0.0001, 0.002, 0.002, 0.002],  # fast in its first turn alone
+        8: [0.5, 0.001, 0.009, 0.009],  # slow at first, then once fast among two slowed
+    }
+    _learn(sizes, speed)
+    assert sizes.chosen == 8
 
 
-class Failing(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise ValueError("this model takes no blank image")
-
-
-def test_a_model_that_cannot_be_measured_runs_its_batches_whole() -> None:
-    with warnings.catch_warnings():  # deprecated, but what a TorchScript file loads as
-        warnings.simplefilter("ignore", DeprecationWarning)
-        scripted = torch.jit.script(Counted().eval())
-    assert widest_output(scripted, 8, None) is None, "a TorchScript model takes no hooks"
-    assert cpu_pass(scripted, 8, None, 64) == 64
-    assert widest_output(Failing(), 8, None) is None
-    assert cpu_pass(Failing(), 8, None, 64) == 64
+def test_a_turn_in_which_no_pass_ran_is_no_turn() -> None:
+    sizes = PassSizes(16)
+    assert sizes.start() == 16
+    assert sizes.start() == 16, "nothing timed: still the first cap's turn to come"
+    sizes.timed(16, 0.01)
+    assert sizes.start() == 8
 
 
-def test_a_pass_holds_what_the_caches_hold_of_the_widest_output_within_bounds(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    model = Counted().eval()
-    widest = 16 * 32 * 32 * 4  # 64 kB an image at 32 px
-    for l2, batch, expected in [
-        (widest * 24 // CACHE_MULTIPLE, 64, 24),  # 24 images fill the caches
-        (widest * 1000, 64, 64),  # never more than the batch
-        (widest // CACHE_MULTIPLE, 64, MIN_PASS),  # never fewer than MIN_PASS
-        (widest // CACHE_MULTIPLE, MIN_PASS, MIN_PASS),
-    ]:
-        monkeypatch.setattr(passes, "l2_bytes", lambda l2=l2: l2)
-        assert cpu_pass(model, 32, None, batch) == expected
+def test_whole_batches_are_kept_from_the_start_where_not_learnt() -> None:
+    assert PassSizes(64, learn=False).chosen == 64
+    assert PassSizes(64, learn=False).start() == 64
+    assert PassSizes(12).chosen == 12, "a single cap: nothing to learn"
+
+
+def test_a_process_keeps_one_for_each_model_size_dtype_threads_and_batch() -> None:
+    model, other = nn.Linear(2, 2), nn.Linear(2, 2)
+    with torch_threads(1):
+        one = pass_sizes(model, 32, None, 64)
+        assert pass_sizes(model, 32, None, 64) is one
+        assert pass_sizes(other, 32, None, 64) is not one
+        assert pass_sizes(model, 64, None, 64) is not one
+        assert pass_sizes(model, 32, torch.bfloat16, 64) is not one
+        assert pass_sizes(model, 32, None, 32) is not one
+    with torch_threads(2):
+        assert pass_sizes(model, 32, None, 64) is not one, "learnt again on other threads"
 
 
 def _batch(ids: list[int]) -> Batch:
@@ -117,64 +114,72 @@ def test_a_batch_is_cut_into_passes_losing_nothing() -> None:
     assert cut(whole, 8) == [whole]
 
 
-def test_replicas_run_their_shares_in_passes_of_what_the_caches_hold(
-    digit_files: tuple[Path, list[int]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """Two replicas each handed 12 images of a 24-image batch run passes of 8 and 4 where
-    the caches hold 8 images' widest output; the scores are one process's on the whole."""
-    root, _ = digit_files
-    monkeypatch.setattr(devices, "usable_cpus", lambda: 2)
-    ReadWhere.LOG = tmp_path / "reads"
-    monkeypatch.setattr(inference, "Images", ReadWhere)
-    spy = SizeSpy(tmp_path / "passes")
-    widest = widest_output(spy, 32, autocast_dtype(torch.device("cpu"), "auto"))
-    assert widest is not None
-    monkeypatch.setattr(passes, "l2_bytes", lambda: widest * 8 // CACHE_MULTIPLE)
-    source = ImageSource(image_root=root)
-    options: dict[str, Any] = {"batch_size": len(ITEMS), "device": "cpu", "image_size": 32}
-    alone = score_items(spy, ITEMS, source, num_workers=0, **options)
-    _log(ReadWhere.LOG)
-    _log(spy.log)  # the measuring pass and the whole batch's
-    shared = score_items(spy, ITEMS, source, num_workers=2, **options)
-    reads = _log(ReadWhere.LOG)
-    assert sorted(n for _, n in reads) == [12, 12]
-    scored = _log(spy.log)
-    assert sorted(n for _, n in scored) == [4, 4, 8, 8], "each share in passes of 8 and 4"
-    assert {pid for pid, _ in scored} == {pid for pid, _ in reads}, "in the replicas"
-    assert shared.task_ids == alone.task_ids
-    np.testing.assert_allclose(shared.probs, alone.probs, rtol=1e-5, atol=1e-6)
-    assert os.getpid() not in {pid for pid, _ in scored}
+class Paced(SizeSpy):
+    """A forward pass of ``n`` images sleeps ``pace(n)`` seconds (a CPU whose caches a pass
+    of more than 8 images overflows, or one whose passes cost the same however large)."""
+
+    def __init__(self, log: Path, large_slow: bool) -> None:
+        super().__init__(log)
+        self.large_slow = large_slow
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.large_slow:
+            time.sleep(len(x) * (0.004 if len(x) > MIN_PASS else 0.0005))
+        else:
+            time.sleep(0.02)
+        return super().forward(x)
 
 
-@pytest.mark.parametrize("where", ["fed", "in-process", "rescoring"])
-def test_the_scoring_processs_own_passes_on_a_cpu_are_cut_too(
+BATCH = 16
+TURNS = 2 * (TIMED_TURNS + 1)  # the turns that learn between the caps 16 and 8
+
+
+@pytest.mark.parametrize("large_slow", [True, False], ids=["small-passes-faster", "large"])
+@pytest.mark.parametrize("where", ["replicas", "fed", "in-process", "rescoring"])
+def test_a_cpus_passes_settle_on_the_size_that_ran_fastest(
     digit_files: tuple[Path, list[int]],
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     where: str,
+    large_slow: bool,
 ) -> None:
-    """Fed by decode processes (``threads`` set), with none, or on cached pixels: the scoring
-    process's forward passes take 8 images where the caches hold 8, scoring as whole ones."""
+    """Each replica, and the scoring process fed by decode processes, reading for itself or
+    rescoring cached pixels, tries passes of 16 and 8 in turn, then keeps to the faster:
+    8 where a pass of 16 takes 16 times one of 8's images' time, 16 where a pass takes as
+    long however many images; scoring as whole passes do."""
     root, _ = digit_files
     monkeypatch.setattr(devices, "usable_cpus", lambda: 2)
-    spy = SizeSpy(tmp_path / "passes")
-    widest = widest_output(spy, 32, autocast_dtype(torch.device("cpu"), "auto"))
-    assert widest is not None
+    processes = 2 if where == "replicas" else 1  # that run forward passes
+    after = 3  # batches each process scores once it has learnt
+    n = BATCH * 2 * (TURNS + after)
+    items = [(i, ITEMS[i % len(ITEMS)][1]) for i in range(n)]
+    paced = Paced(tmp_path / "passes", large_slow)
     source = ImageSource(image_root=root)
     cache = PixelCache(tmp_path / "cache", 64 * 2**20) if where == "rescoring" else None
     options: dict[str, Any] = {
-        "batch_size": len(ITEMS), "device": "cpu", "image_size": 32, "threads": 1, "cache": cache,
-        "num_workers": 2 if where == "fed" else 0,
+        "batch_size": BATCH, "device": "cpu", "image_size": 32, "cache": cache,
+        "threads": 0 if where == "replicas" else 1,
+        "num_workers": 2 if where in ("replicas", "fed") else 0,
     }  # fmt: skip
     try:
-        monkeypatch.setattr(passes, "l2_bytes", lambda: widest * 1000)
-        whole = score_items(spy, ITEMS, source, **options)  # fills the cache for rescoring
-        assert [n for _, n in _log(spy.log) if n > 1] == [len(ITEMS)]
-        monkeypatch.setattr(passes, "l2_bytes", lambda: widest * 8 // CACHE_MULTIPLE)
-        cut_up = score_items(spy, ITEMS, source, **options)
-        assert _log(spy.log) == [(os.getpid(), 8)] * 3, "three passes of 8, here"
-        assert cut_up.task_ids == whole.task_ids
-        np.testing.assert_allclose(cut_up.probs, whole.probs, rtol=1e-5, atol=1e-6)
+        if cache is not None:
+            score_items(SizeSpy(tmp_path / "other"), items, source, **options)  # fills it
+        scores = score_items(paced, items, source, **options)
+        logged = _log(paced.log)
     finally:
         if cache is not None:
             cache.close()
+    by_process: dict[int, list[int]] = {}
+    for pid, size in logged:
+        by_process.setdefault(pid, []).append(size)
+    assert len(by_process) == processes
+    assert (os.getpid() in by_process) == (where != "replicas")
+    kept = MIN_PASS if large_slow else BATCH
+    for sizes in by_process.values():
+        assert sum(sizes) == n // processes
+        last = sizes[-after * BATCH // kept :]
+        assert last == [kept] * (after * BATCH // kept), f"kept to passes of {kept}"
+        assert set(sizes[: len(sizes) - len(last)]) == {BATCH, MIN_PASS}, "both tried"
+    assert scores.task_ids == [t for t, _ in items]
+    whole = score_items(SizeSpy(tmp_path / "whole"), items, source, **{**options, "cache": None})
+    np.testing.assert_allclose(scores.probs, whole.probs, rtol=1e-5, atol=1e-6)

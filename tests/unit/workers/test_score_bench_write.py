@@ -207,14 +207,11 @@ def test_the_whole_batches_run_is_made_only_where_the_shares_differ() -> None:
     assert not shared_unevenly(4096, 256, 64, 0), "no decode process"
 
 
-def test_the_run_with_whole_passes_gives_each_replica_its_batch_whole_and_puts_the_cut_back(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(workers.passes, "l2_bytes", lambda: 2**20)
-    wide = nn.Conv2d(3, 64, 3, padding=1).eval()  # 1 MB an image at 64 px in float32
+def test_the_run_with_whole_passes_gives_each_pass_its_batch_whole_and_puts_learning_back() -> None:
+    model = nn.Conv2d(3, 4, 3).eval()
 
-    def pass_now() -> float:
-        return float(workers.inference.cpu_pass(wide, 64, None, 64))
+    def caps_now() -> float:
+        return float(len(workers.inference.pass_sizes(model, 64, None, 64).candidates))
 
-    assert whole_passes(pass_now) == 64.0
-    assert pass_now() == 8.0, "cut to the caches again after it (4 MB, at least 8 images)"
+    assert whole_passes(caps_now) == 1.0, "the batch alone"
+    assert caps_now() == 4.0, "64, 32, 16 and 8 learnt between again after it"

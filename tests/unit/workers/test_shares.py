@@ -19,6 +19,7 @@ from workers import devices, inference
 from workers.batches import MIN_SHARE, Batch, Images, channels_first, chunked, rebatched, shares
 from workers.images import ImageSource
 from workers.inference import score_items
+from workers.passes import PassSizes
 
 
 def _most(parts: Sequence[Sequence[object]], workers: int) -> int:
@@ -161,10 +162,11 @@ def test_a_chunk_of_one_batch_is_read_by_every_decode_process(
     monkeypatch.setattr(inference, "Images", ReadWhere)
     source = ImageSource(image_root=root)
     spy = SizeSpy(tmp_path / "passes")
+    # whole passes: the passes a process learns are workers.passes's (test_passes)
+    monkeypatch.setattr(inference, "pass_sizes", lambda *_a: PassSizes(len(ITEMS), learn=False))
     options: dict[str, Any] = {"batch_size": len(ITEMS), "device": "cpu", "threads": threads}
     alone = score_items(spy, ITEMS, source, num_workers=0, **options)
-    # workers.passes's look at the model's layers on one blank image, then the batch
-    assert [n for _, n in _log(spy.log)] == [1, len(ITEMS)]
+    assert [n for _, n in _log(spy.log)] == [len(ITEMS)]
     assert _log(ReadWhere.LOG) == [(os.getpid(), len(ITEMS))]
     shared = score_items(spy, ITEMS, source, num_workers=2, **options)
     reads = _log(ReadWhere.LOG)
