@@ -17,7 +17,6 @@ from torch import nn
 
 import workers.decoders
 import workers.inference
-import workers.passes
 from bench.score_bench import (
     SECTION_END,
     SECTION_START,
@@ -29,6 +28,7 @@ from bench.score_bench import (
     arithmetic_ceiling,
     block_key,
     flops_an_image,
+    learnt,
     make_images,
     matmul_rate,
     not_ahead,
@@ -41,6 +41,7 @@ from bench.score_bench import (
     write_section,
 )
 from workers.devices import torch_threads
+from workers.passes import candidates, pass_sizes
 
 OTHER = "# Benchmarks\n\n## Label Studio sync\n\nsync figures\n"
 
@@ -215,3 +216,13 @@ def test_the_run_with_whole_passes_gives_each_pass_its_batch_whole_and_puts_lear
 
     assert whole_passes(caps_now) == 1.0, "the batch alone"
     assert caps_now() == 4.0, "64, 32, 16 and 8 learnt between again after it"
+
+
+def test_the_bench_learns_a_pass_size_as_a_worker_does_once_a_model() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2)).eval()
+    batch = torch.randint(0, 255, (40, 3, 8, 8), dtype=torch.uint8)
+    with torch_threads(1):
+        most = learnt(model, batch, 16, "float32")
+        assert most in candidates(16) == [16, 8]
+        assert pass_sizes(model, 8, None, 16).chosen == most, "the worker's own, kept"
+        assert learnt(model, batch[:4], 16, "float32") == most, "learnt once"
