@@ -109,7 +109,7 @@ from workers.devices import (
 from workers.images import ImageError, ImageSource
 from workers.inference import merge, score_items
 from workers.outputs import logits_of
-from workers.passes import PassSizes, candidates, pass_sizes
+from workers.passes import PassSizes, candidates
 from workers.pixels import PixelCache
 
 SECTION = "## Scoring throughput"
@@ -281,7 +281,7 @@ def not_ahead(run: Callable[[], float]) -> float:
 
 
 def _whole_sizes(
-    _module: nn.Module, _size: int, _dtype: torch.dtype | None, batch_size: int
+    _module: nn.Module, _size: int, _dtype: torch.dtype | None, batch_size: int, **_: Any
 ) -> PassSizes:
     return PassSizes(batch_size, learn=False)
 
@@ -687,23 +687,29 @@ def ratio(measured: dict[str, list[float]], top: str, bottom: str) -> float | No
     return statistics.median(f / b for f, b in pairs)
 
 
+_LEARNT: dict[tuple[int, int, str, int, int], int] = {}
+
+
 def learnt(model: nn.Module, batch: torch.Tensor, batch_size: int, precision: str) -> int:
     """The images a forward pass of ``model`` on ``batch``'s images takes on this process's
     torch threads, learnt as a worker's process learns it (``workers.passes``), on ``batch``
-    over and over until it is (once a model, size, dtype and thread count)."""
+    over and over until it is; once a model, size, precision and thread count, and apart from
+    the pipeline's own (its replicas, forked from this process, learn for themselves)."""
+    key = (id(model), batch.shape[-1], precision, batch_size, torch.get_num_threads())
+    if key in _LEARNT:
+        return _LEARNT[key]
     cpu = torch.device("cpu")
-    dtype = autocast_dtype(cpu, precision)
-    sizes = pass_sizes(model, batch.shape[-1], dtype, batch_size)
+    sizes = PassSizes(batch_size)
     starts = itertools.cycle(range(0, max(1, len(batch) - batch_size + 1), batch_size))
     with torch.inference_mode():
-        while sizes.chosen is None:
+        while (step := sizes.start()) and sizes.chosen is None:
             start = next(starts)
-            step = sizes.start()
             for first in range(start, min(start + batch_size, len(batch)), step):
                 x = batch[first : min(first + step, start + batch_size)]
                 began = time.perf_counter()
                 _predict(model, x, cpu, precision)
                 sizes.timed(len(x), time.perf_counter() - began)
+    _LEARNT[key] = sizes.chosen
     return sizes.chosen
 
 

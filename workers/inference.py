@@ -114,6 +114,9 @@ class Scores:
     bald: npt.NDArray[np.float64] | None = None
     warnings: tuple[str, ...] = ()
     detection: bool = False
+    pass_size: int | None = None
+    """The images a forward pass takes that the decode process which scored these learnt
+    (:mod:`workers.passes`), once it has: the scoring process keeps it for the next."""
 
 
 class _Scored(Dataset[Scores]):
@@ -140,7 +143,8 @@ class _Scored(Dataset[Scores]):
         batch = collate(self.images.__getitems__(items), self.images.cache)
         sizes = self.sizes()  # this process's, on its one thread
         # run to its end, so the forward pass's inference mode is left, not held suspended
-        return merge(list(self.score(cut(batch, sizes.start()), sizes=sizes)))
+        scores = merge(list(self.score(cut(batch, sizes.start()), sizes=sizes)))
+        return replace(scores, pass_size=sizes.chosen)
 
     def __reduce__(self) -> tuple[object, ...]:
         raise TypeError("scoring in decode processes needs them forked: the model is not sent")
@@ -151,11 +155,16 @@ def _noted(
     notes: tuple[str, ...],
     cache: PixelCache | None,
     decoders: Decoders | None,
+    learnt: Callable[..., PassSizes] | None = None,
 ) -> Iterator[Scores]:
     """The ``Scores`` of batches read in decode processes with this call's ``notes``; kept
     decode processes whose pixel cache turned off are retired (the next call's get a working
-    one)."""
+    one). A pass size a replica learnt is kept in ``learnt()`` (on its one thread), which
+    the replicas forked next start from."""
     for scores in loader:
+        if learnt is not None and scores.pass_size is not None:
+            learnt(threads=1).settle(scores.pass_size)
+            learnt = None  # once a call
         if decoders is not None and cache is not None and cache.noted_in(scores.warnings):
             decoders.retire()
         yield replace(scores, warnings=tuple(dict.fromkeys((*notes, *scores.warnings))))
@@ -244,7 +253,7 @@ def iter_scores(
             scored = _Scored(images, partial(run, notes=()), learnt)
             options = {"collate_fn": as_is, "multiprocessing_context": "fork"}
             with lent(decoders, key, batches, scored, workers, **options) as loader:
-                yield from _noted(loader, notes, cache, decoders)
+                yield from _noted(loader, notes, cache, decoders, learnt)
             return
         key = ("feed", target, source, image_size, cache, workers, fetches)
         feeding = feed(images, batches, workers=workers, target=target, decoders=decoders, key=key)

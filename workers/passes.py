@@ -21,6 +21,8 @@ cut.
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import weakref
 
@@ -38,6 +40,7 @@ _sizes: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], PassSizes]
     weakref.WeakKeyDictionary()
 )
 _lock = threading.Lock()
+log = logging.getLogger("planner.workers")
 
 
 def candidates(batch_size: int) -> list[int]:
@@ -83,6 +86,13 @@ class PassSizes:
                 self._images += images
                 self._seconds += seconds
 
+    def settle(self, cap: int) -> None:
+        """Keep ``cap`` from now on (learnt by another process on the same threads), where
+        this has not settled on its own."""
+        with self._lock:
+            if self.chosen is None:
+                self.chosen = cap
+
     def rates(self) -> dict[int, float]:
         """Each cap's best turn so far in images/s (0: not timed yet)."""
         with self._lock:
@@ -97,14 +107,24 @@ class PassSizes:
         self._turns[turn] += 1
         if min(self._turns.values()) > TIMED_TURNS:
             self.chosen = max(self.candidates, key=lambda cap: self._best[cap])
+            timed = ", ".join(f"{cap}: {rate:,.0f}" for cap, rate in self._best.items())
+            log.info(
+                "forward passes on the CPU in process %d: %d images at most (best images/s "
+                "by pass size: %s)", os.getpid(), self.chosen, timed,
+            )  # fmt: skip
 
 
 def pass_sizes(
-    module: nn.Module, size: int, dtype: torch.dtype | None, batch_size: int
+    module: nn.Module,
+    size: int,
+    dtype: torch.dtype | None,
+    batch_size: int,
+    *,
+    threads: int | None = None,
 ) -> PassSizes:
-    """This process's :class:`PassSizes` for ``module`` at ``size`` px in ``dtype`` on its
-    current torch threads, batches of ``batch_size``."""
-    key = (size, dtype, torch.get_num_threads(), batch_size)
+    """This process's :class:`PassSizes` for ``module`` at ``size`` px in ``dtype`` on
+    ``threads`` torch threads (None: its current ones), batches of ``batch_size``."""
+    key = (size, dtype, threads or torch.get_num_threads(), batch_size)
     with _lock:
         known = _sizes.setdefault(module, {})
         if key not in known:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -44,7 +45,8 @@ def _learn(sizes: PassSizes, seconds_an_image: dict[int, list[float]]) -> list[i
     return handed
 
 
-def test_each_cap_is_tried_in_turn_and_the_fastest_kept() -> None:
+def test_each_cap_is_tried_in_turn_and_the_fastest_kept(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="planner.workers")
     sizes = PassSizes(64)
     turns = TIMED_TURNS + 1
     speed = {64: [0.004] * turns, 32: [0.003] * turns, 16: [0.001] * turns, 8: [0.002] * turns}
@@ -53,6 +55,9 @@ def test_each_cap_is_tried_in_turn_and_the_fastest_kept() -> None:
     assert sizes.chosen == 16
     assert sizes.rates() == pytest.approx({64: 250.0, 32: 333.3, 16: 1000.0, 8: 500.0}, rel=1e-3)
     assert [sizes.start() for _ in range(3)] == [16] * 3, "kept for good"
+    (said,) = [r.getMessage() for r in caplog.records if "forward passes" in r.getMessage()]
+    assert "16 images at most" in said
+    assert "64: 250, 32: 333, 16: 1,000, 8: 500" in said, "what it was learnt from, once"
 
 
 def test_a_caps_first_turn_is_not_counted_and_its_best_turn_is() -> None:
@@ -81,6 +86,14 @@ def test_whole_batches_are_kept_from_the_start_where_not_learnt() -> None:
     assert PassSizes(12).chosen == 12, "a single cap: nothing to learn"
 
 
+def test_a_size_learnt_elsewhere_is_kept_where_none_was_learnt_here() -> None:
+    sizes = PassSizes(64)
+    sizes.settle(16)
+    assert (sizes.chosen, sizes.start()) == (16, 16)
+    sizes.settle(32)
+    assert sizes.chosen == 16, "its own first"
+
+
 def test_a_process_keeps_one_for_each_model_size_dtype_threads_and_batch() -> None:
     model, other = nn.Linear(2, 2), nn.Linear(2, 2)
     with torch_threads(1):
@@ -92,6 +105,7 @@ def test_a_process_keeps_one_for_each_model_size_dtype_threads_and_batch() -> No
         assert pass_sizes(model, 32, None, 32) is not one
     with torch_threads(2):
         assert pass_sizes(model, 32, None, 64) is not one, "learnt again on other threads"
+        assert pass_sizes(model, 32, None, 64, threads=1) is one, "or asked for by its threads"
 
 
 def _batch(ids: list[int]) -> Batch:
@@ -146,7 +160,8 @@ def test_a_cpus_passes_settle_on_the_size_that_ran_fastest(
     """Each replica, and the scoring process fed by decode processes, reading for itself or
     rescoring cached pixels, tries passes of 16 and 8 in turn, then keeps to the faster:
     8 where a pass of 16 takes 16 times one of 8's images' time, 16 where a pass takes as
-    long however many images; scoring as whole passes do."""
+    long however many images; scoring as whole passes do. Replicas started afterwards
+    start from what the ones before learnt."""
     root, _ = digit_files
     monkeypatch.setattr(devices, "usable_cpus", lambda: 2)
     processes = 2 if where == "replicas" else 1  # that run forward passes
@@ -181,5 +196,8 @@ def test_a_cpus_passes_settle_on_the_size_that_ran_fastest(
         assert last == [kept] * (after * BATCH // kept), f"kept to passes of {kept}"
         assert set(sizes[: len(sizes) - len(last)]) == {BATCH, MIN_PASS}, "both tried"
     assert scores.task_ids == [t for t, _ in items]
+    if where == "replicas":  # what they learnt, kept here: the next replicas start from it
+        score_items(paced, items[: 4 * BATCH], source, **options)
+        assert [size for _, size in _log(paced.log)] == [kept] * (4 * BATCH // kept)
     whole = score_items(SizeSpy(tmp_path / "whole"), items, source, **{**options, "cache": None})
     np.testing.assert_allclose(scores.probs, whole.probs, rtol=1e-5, atol=1e-6)

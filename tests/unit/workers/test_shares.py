@@ -163,7 +163,8 @@ def test_a_chunk_of_one_batch_is_read_by_every_decode_process(
     source = ImageSource(image_root=root)
     spy = SizeSpy(tmp_path / "passes")
     # whole passes: the passes a process learns are workers.passes's (test_passes)
-    monkeypatch.setattr(inference, "pass_sizes", lambda *_a: PassSizes(len(ITEMS), learn=False))
+    whole = PassSizes(len(ITEMS), learn=False)
+    monkeypatch.setattr(inference, "pass_sizes", lambda *_a, **_k: whole)
     options: dict[str, Any] = {"batch_size": len(ITEMS), "device": "cpu", "threads": threads}
     alone = score_items(spy, ITEMS, source, num_workers=0, **options)
     assert [n for _, n in _log(spy.log)] == [len(ITEMS)]
