@@ -262,24 +262,29 @@ def rebatched(
         yield Batch(ids, _joined(held) if held else None, bad, retry, tuple(notes))
 
 
-def cut(batch: Batch, most: int) -> list[Batch]:
-    """``batch`` in batches of at most ``most`` images for forward passes of their own, its
-    unscorable and deferred tasks and notes with the first."""
-    if batch.pixels is None or len(batch.ids) <= most:
-        return [batch]
-    parts = [
-        Batch(batch.ids[start : start + most], batch.pixels[start : start + most], {}, {})
-        for start in range(0, len(batch.ids), most)
-    ]
-    parts[0] = batch._replace(ids=parts[0].ids, pixels=parts[0].pixels)
-    return parts
+def cut(batch: Batch, most: int | Callable[[], int]) -> Iterator[Batch]:
+    """``batch`` in batches of at most ``most`` images for forward passes of their own (a
+    callable: asked before each, once the one before is done with), its unscorable and
+    deferred tasks and notes with the first."""
+    size = most if callable(most) else lambda: most
+    if batch.pixels is None:
+        yield batch
+        return
+    start, n = 0, len(batch.ids)
+    while start < n:
+        end = min(n, start + size())
+        if start == 0 and end == n:
+            yield batch
+            return
+        piece = Batch(batch.ids[start:end], batch.pixels[start:end], {}, {})
+        yield batch._replace(ids=piece.ids, pixels=piece.pixels) if start == 0 else piece
+        start = end
 
 
 def cut_each(batches: Iterable[Batch], most: Callable[[], int]) -> Iterator[Batch]:
-    """Each of ``batches`` in batches of at most ``most()`` images, asked for each batch once
-    the one before is done with (see :func:`cut`)."""
+    """Each of ``batches`` in batches of at most ``most()`` images (see :func:`cut`)."""
     for batch in batches:
-        yield from cut(batch, most())
+        yield from cut(batch, most)
 
 
 def _joined(pixels: list[torch.Tensor]) -> torch.Tensor:

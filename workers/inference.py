@@ -143,7 +143,7 @@ class _Scored(Dataset[Scores]):
         batch = collate(self.images.__getitems__(items), self.images.cache)
         sizes = self.sizes()  # this process's, on its one thread
         # run to its end, so the forward pass's inference mode is left, not held suspended
-        scores = merge(list(self.score(cut(batch, sizes.start()), sizes=sizes)))
+        scores = merge(list(self.score(cut(batch, sizes.start), sizes=sizes)))
         return replace(scores, pass_size=sizes.chosen)
 
     def __reduce__(self) -> tuple[object, ...]:

@@ -9,14 +9,16 @@ core) ran the small CNN at 64 px at 1,523 images/s on passes of 16 and 1,063 on 
 third as fast) ran the same small CNN at 570 on 8, 585 on 16, 598 on 32 and 596 on 64, ResNet-50
 at 22.2 on 8 and 22.7 on 32. A rule from the cache's size fitted one and cost the other. So
 each process learns it: :func:`pass_sizes` keeps, for a model, input size, dtype, torch
-thread count and ``workers.batch_size``, a :class:`PassSizes` that hands each batch (or, where
-decode processes' shares are joined into passes, each pass) a cap on its passes, in turn
-every candidate (the batch size, its half, quarter and eighth, none under ``MIN_PASS``), and
-is told how long each pass took. A candidate's first turn is not counted (oneDNN's kernels
-for a new shape, pages touched the first time); after ``TIMED_TURNS`` more each, the cap
-whose best turn ran the most images a second is kept for the process's life (the best, not
-the mean, as another process taking the CPU only ever slows a turn). A GPU's passes are not
-cut.
+thread count and ``workers.batch_size``, a :class:`PassSizes` that hands each forward pass a
+cap on its images (a batch cut into passes asks before each), in turn every candidate (the
+batch size, its half, quarter and eighth, none under ``MIN_PASS``), and is told how long the
+pass took. A candidate's first pass is not counted (oneDNN's kernels for a new shape, pages
+touched the first time), nor a pass of no more than half its cap (a batch's last images);
+after ``TIMED_TURNS`` more each, the cap whose best pass ran the most images a second is
+kept for the process's life (the best, not the mean, as another process taking the CPU only
+ever slows a pass): at the default batch of 64, within the first 8 batches a process
+scores. A replica's comes back to the scoring process with its scores, so that the replicas
+forked after it start from it. A GPU's passes are not cut.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def candidates(batch_size: int) -> list[int]:
 
 class PassSizes:
     """The cap on one process's forward passes of one model on a CPU, learnt (see the
-    module). ``start`` begins a turn and gives its cap; ``timed`` adds a pass of the turn."""
+    module). ``start`` begins a turn (a pass) and gives its cap; ``timed`` times it."""
 
     def __init__(self, batch_size: int, *, learn: bool = True) -> None:
         """Caps tried for ``batch_size``; with ``learn`` off, whole batches from the start."""
@@ -67,7 +69,7 @@ class PassSizes:
         self._lock = threading.Lock()
 
     def start(self) -> int:
-        """The cap for the next batch (or pass), the turn before it closed."""
+        """The cap for the next pass, the turn before it closed."""
         with self._lock:
             if self.chosen is not None:
                 return self.chosen
@@ -100,8 +102,8 @@ class PassSizes:
 
     def _close(self) -> None:
         turn, self._turn = self._turn, None
-        if turn is None or not self._images or self._seconds <= 0:
-            return  # no pass ran in it: not a turn
+        if turn is None or self._images <= turn // 2 or self._seconds <= 0:
+            return  # no pass, or a batch's last few images: not a turn
         if self._turns[turn]:  # a cap's first turn is its warm-up
             self._best[turn] = max(self._best[turn], self._images / self._seconds)
         self._turns[turn] += 1

@@ -34,14 +34,12 @@ def test_the_caps_tried_halve_the_batch_down_to_the_fewest_a_pass_takes() -> Non
 
 
 def _learn(sizes: PassSizes, seconds_an_image: dict[int, list[float]]) -> list[int]:
-    """Turns of a 64-image batch, each cap's passes taking the next of its seconds an image,
-    until a cap is kept; the caps handed out, in order."""
+    """Passes, each of its cap's images taking the next of the cap's seconds an image, until
+    a cap is kept; the caps handed out, in order."""
     handed = []
     while (cap := sizes.start()) and sizes.chosen is None:  # a turn closes as the next starts
         handed.append(cap)
-        spent = seconds_an_image[cap].pop(0)
-        for _ in range(0, 64, cap):
-            sizes.timed(cap, spent * cap)
+        sizes.timed(cap, seconds_an_image[cap].pop(0) * cap)
     return handed
 
 
@@ -80,6 +78,16 @@ def test_a_turn_in_which_no_pass_ran_is_no_turn() -> None:
     assert sizes.start() == 8
 
 
+def test_a_pass_of_no_more_than_half_its_cap_is_no_turn() -> None:
+    """A batch's last few images, cut off under a larger cap, tell nothing of the cap."""
+    sizes = PassSizes(16)
+    assert sizes.start() == 16
+    sizes.timed(8, 0.001)
+    assert sizes.start() == 16, "8 of 16: the cap's first turn still to come"
+    sizes.timed(9, 0.001)
+    assert sizes.start() == 8
+
+
 def test_whole_batches_are_kept_from_the_start_where_not_learnt() -> None:
     assert PassSizes(64, learn=False).chosen == 64
     assert PassSizes(64, learn=False).start() == 64
@@ -114,7 +122,7 @@ def _batch(ids: list[int]) -> Batch:
 
 
 def test_a_batch_is_cut_into_passes_losing_nothing() -> None:
-    parts = cut(_batch(list(range(20))), 8)
+    parts = list(cut(_batch(list(range(20))), 8))
     assert [p.ids for p in parts] == [list(range(8)), list(range(8, 16)), list(range(16, 20))]
     for part in parts:
         assert part.pixels is not None
@@ -125,7 +133,7 @@ def test_a_batch_is_cut_into_passes_losing_nothing() -> None:
         ({}, {}, ()),
     ], "the batch's reasons and notes once"
     whole = _batch([1, 2])
-    assert cut(whole, 8) == [whole]
+    assert list(cut(whole, 8)) == [whole]
 
 
 class Paced(SizeSpy):
