@@ -25,7 +25,7 @@ into batches of ``batch_size`` again (:func:`workers.batches.rebatched`), so a r
 may be smaller than ``batch_size``, a GPU's never (2.0x the first pass of a chunk of one
 batch on two CPUs, docs/benchmarks.md). On a CPU each process learns from its own forward
 passes how many images a pass best takes, at most ``batch_size`` (:mod:`workers.passes`; on
-the AMX machine 1.15x the small CNN's first pass at the default batch of 64, cut to 16). A
+the AMX machine passes of 16 ran the small CNN's first pass at the default batch of 64 1.15x). A
 worker keeps its decode processes from one chunk to the next
 (:class:`workers.decoders.Decoders`): starting them again for every chunk cost a 256-image
 chunk on a CPU a sixth of its time.
