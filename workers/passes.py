@@ -14,11 +14,12 @@ cap on its images (a batch cut into passes asks before each), in turn every cand
 batch size, its half, quarter and eighth, none under ``MIN_PASS``), and is told how long the
 pass took. A candidate's first pass is not counted (oneDNN's kernels for a new shape, pages
 touched the first time), nor a pass of no more than half its cap (a batch's last images);
-after ``TIMED_TURNS`` more each, the cap whose best pass ran the most images a second is
-kept for the process's life (the best, not the mean, as another process taking the CPU only
-ever slows a pass): at the default batch of 64, within the first 8 batches a process
-scores. A replica's comes back to the scoring process with its scores, so that the replicas
-forked after it start from it. A GPU's passes are not cut.
+after ``TIMED_TURNS`` more each, the largest cap whose best pass ran within ``CLOSE`` of the
+most images a second is kept for the process's life (the best pass, not the mean, as another
+process taking the CPU only ever slows a pass; the largest near it, as nearer is noise): at
+the default batch of 64, within the first 8 batches a process scores. A replica's comes back
+to the scoring process with its scores, so that the replicas forked after it start from it.
+A GPU's passes are not cut.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ CANDIDATES = 4
 """The caps tried: the batch size, its half, quarter and eighth (those of ``MIN_PASS`` or more)."""
 TIMED_TURNS = 3
 """The turns each cap is timed on, after its first, before one is kept."""
+CLOSE = 0.03
+"""A smaller cap is kept only if its best pass ran more than this much faster than a larger
+one's: nearer than that is the timing's noise, and the larger passes fewer."""
 
 _sizes: weakref.WeakKeyDictionary[nn.Module, dict[tuple[object, ...], PassSizes]] = (
     weakref.WeakKeyDictionary()
@@ -108,7 +112,11 @@ class PassSizes:
             self._best[turn] = max(self._best[turn], self._images / self._seconds)
         self._turns[turn] += 1
         if min(self._turns.values()) > TIMED_TURNS:
-            self.chosen = max(self.candidates, key=lambda cap: self._best[cap])
+            fastest = max(self._best.values())
+            # the largest within CLOSE of the fastest (candidates run largest first)
+            self.chosen = next(
+                cap for cap in self.candidates if self._best[cap] >= fastest * (1 - CLOSE)
+            )
             timed = ", ".join(f"{cap}: {rate:,.0f}" for cap, rate in self._best.items())
             log.info(
                 "forward passes on the CPU in process %d: %d images at most (best images/s "
