@@ -355,8 +355,8 @@ def forward_replicas(
     threads ran must keep to one)."""
     context = multiprocessing.get_context("fork")
     starts = list(range(0, len(batch), batch_size))
-    with torch_threads(1):  # a compiled model compiled for one thread
-        step = learnt(model, batch, batch_size, precision)
+    # on one thread, as the replicas run (a compiled model compiled for it)
+    step = one_thread(learnt, model, batch, batch_size, precision)
 
     def share(k: int) -> None:
         torch.set_num_threads(1)
