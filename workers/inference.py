@@ -117,6 +117,9 @@ class Scores:
     pass_size: int | None = None
     """The images a forward pass takes that the decode process which scored these learnt
     (:mod:`workers.passes`), once it has: the scoring process keeps it for the next."""
+    pass_timings: tuple[tuple[int, int, float], ...] = ()
+    """Before it has, the turns it timed since its last batch (``PassSizes.report``),
+    which the scoring process adds up for the decode processes forked next."""
 
 
 class _Scored(Dataset[Scores]):
@@ -144,7 +147,7 @@ class _Scored(Dataset[Scores]):
         sizes = self.sizes()  # this process's, on its one thread
         # run to its end, so the forward pass's inference mode is left, not held suspended
         scores = merge(list(self.score(cut(batch, sizes.start), sizes=sizes)))
-        return replace(scores, pass_size=sizes.chosen)
+        return replace(scores, pass_size=sizes.chosen, pass_timings=sizes.report())
 
     def __reduce__(self) -> tuple[object, ...]:
         raise TypeError("scoring in decode processes needs them forked: the model is not sent")
@@ -159,12 +162,17 @@ def _noted(
 ) -> Iterator[Scores]:
     """The ``Scores`` of batches read in decode processes with this call's ``notes``; kept
     decode processes whose pixel cache turned off are retired (the next call's get a working
-    one). A pass size a replica learnt is kept in ``learnt()`` (on its one thread), which
-    the replicas forked next start from."""
+    one). A pass size a replica learnt, or the passes it timed before it had, are kept in
+    ``learnt()`` (on its one thread), which the replicas forked next start from."""
     for scores in loader:
-        if learnt is not None and scores.pass_size is not None:
-            learnt(threads=1).settle(scores.pass_size)
-            learnt = None  # once a call
+        if learnt is not None and (scores.pass_size is not None or scores.pass_timings):
+            sizes = learnt(threads=1)
+            if scores.pass_size is not None:
+                sizes.settle(scores.pass_size)
+            else:
+                sizes.merge(scores.pass_timings, " from its decode processes' passes")
+            if sizes.chosen is not None:
+                learnt = None  # kept: nothing more to hear this call
         if decoders is not None and cache is not None and cache.noted_in(scores.warnings):
             decoders.retire()
         yield replace(scores, warnings=tuple(dict.fromkeys((*notes, *scores.warnings))))

@@ -17,9 +17,11 @@ touched the first time), nor a pass of no more than half its cap (a batch's last
 after ``TIMED_TURNS`` more each, the largest cap whose best pass ran within ``CLOSE`` of the
 most images a second is kept for the process's life (the best pass, not the mean, as another
 process taking the CPU only ever slows a pass; the largest near it, as nearer is noise): at
-the default batch of 64, within the first 8 batches a process scores. A replica's comes back
-to the scoring process with its scores, so that the replicas forked after it start from it.
-A GPU's passes are not cut.
+the default batch of 64, within the first 8 batches a process scores. What a replica has
+learnt comes back to the scoring process with its scores, so that the replicas forked after it
+start from it: the size it kept, or, before it kept one, the turns it timed (a replica retired
+before it settled, its pool of images scored, hands them on; ResNet-50 at batch 32 takes 7
+batches to learn, more than a replica scores of a chunk of 256). A GPU's passes are not cut.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import logging
 import os
 import threading
 import weakref
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -59,14 +62,22 @@ def candidates(batch_size: int) -> list[int]:
 
 class PassSizes:
     """The cap on one process's forward passes of one model on a CPU, learnt (see the
-    module). ``start`` begins a turn (a pass) and gives its cap; ``timed`` times it."""
+    module). ``start`` begins a turn (a pass) and gives its cap; ``timed`` times it.
+
+    A copy forked into another process keeps what was timed before it (each cap's timed
+    turns and best rate) and warms each cap up again there; ``report`` gives the turns timed
+    in this process since it last reported, which ``merge`` adds to another's, so a decode
+    process retired before it settled still hands on what it timed."""
 
     def __init__(self, batch_size: int, *, learn: bool = True) -> None:
         """Caps tried for ``batch_size``; with ``learn`` off, whole batches from the start."""
         self.candidates = candidates(batch_size) if learn else [batch_size]
         self.chosen: int | None = self.candidates[0] if len(self.candidates) == 1 else None
-        self._turns = dict.fromkeys(self.candidates, 0)
+        self._timed = dict.fromkeys(self.candidates, 0)
         self._best = dict.fromkeys(self.candidates, 0.0)
+        self._pid = os.getpid()
+        self._warm: set[int] = set()  # caps whose first pass ran in process ``_pid``
+        self._unreported: dict[int, tuple[int, float]] = {}
         self._turn: int | None = None
         self._images = 0
         self._seconds = 0.0
@@ -77,11 +88,12 @@ class PassSizes:
         with self._lock:
             if self.chosen is not None:
                 return self.chosen
+            self._here()
             self._close()
             if self.chosen is not None:
                 return self.chosen
-            # the cap timed fewest, the largest first among equals
-            turn = min(self.candidates, key=lambda cap: self._turns[cap])
+            # the cap timed fewest (its warm-up here a turn), the largest first among equals
+            turn = min(self.candidates, key=lambda cap: self._timed[cap] + (cap in self._warm))
             self._turn, self._images, self._seconds = turn, 0, 0.0
             return turn
 
@@ -99,29 +111,64 @@ class PassSizes:
             if self.chosen is None:
                 self.chosen = cap
 
+    def report(self) -> tuple[tuple[int, int, float], ...]:
+        """``(cap, turns, best images/s)`` of the turns timed in this process since the last
+        report (none where it settled elsewhere or learns nothing)."""
+        with self._lock:
+            self._here()
+            told = tuple((cap, turns, best) for cap, (turns, best) in self._unreported.items())
+            self._unreported.clear()
+            return told
+
+    def merge(self, timings: Iterable[tuple[int, int, float]], where: str = "") -> None:
+        """Add turns another process timed on the same threads (its ``report``); kept once
+        every cap has enough, as if timed here; ``where`` names them in the log."""
+        with self._lock:
+            if self.chosen is not None:
+                return
+            for cap, turns, best in timings:
+                if cap in self._timed:
+                    self._timed[cap] += turns
+                    self._best[cap] = max(self._best[cap], best)
+            self._decide(where)
+
     def rates(self) -> dict[int, float]:
         """Each cap's best turn so far in images/s (0: not timed yet)."""
         with self._lock:
             return dict(self._best)
 
+    def _here(self) -> None:
+        """Forked since the last call: nothing warm in this process, nothing to report."""
+        if self._pid != os.getpid():
+            self._pid, self._warm, self._unreported, self._turn = os.getpid(), set(), {}, None
+
     def _close(self) -> None:
         turn, self._turn = self._turn, None
         if turn is None or self._images <= turn // 2 or self._seconds <= 0:
             return  # no pass, or a batch's last few images: not a turn
-        if self._turns[turn]:  # a cap's first turn is its warm-up
-            self._best[turn] = max(self._best[turn], self._images / self._seconds)
-        self._turns[turn] += 1
-        if min(self._turns.values()) > TIMED_TURNS:
-            fastest = max(self._best.values())
-            # the largest within CLOSE of the fastest (candidates run largest first)
-            self.chosen = next(
-                cap for cap in self.candidates if self._best[cap] >= fastest * (1 - CLOSE)
-            )
-            timed = ", ".join(f"{cap}: {rate:,.0f}" for cap, rate in self._best.items())
-            log.info(
-                "forward passes on the CPU in process %d: %d images at most (best images/s "
-                "by pass size: %s)", os.getpid(), self.chosen, timed,
-            )  # fmt: skip
+        if turn not in self._warm:  # a cap's first turn in a process is its warm-up
+            self._warm.add(turn)
+            return
+        rate = self._images / self._seconds
+        self._timed[turn] += 1
+        self._best[turn] = max(self._best[turn], rate)
+        turns, best = self._unreported.get(turn, (0, 0.0))
+        self._unreported[turn] = (turns + 1, max(best, rate))
+        self._decide()
+
+    def _decide(self, where: str = "") -> None:
+        if min(self._timed.values()) < TIMED_TURNS:
+            return
+        fastest = max(self._best.values())
+        # the largest within CLOSE of the fastest (candidates run largest first)
+        self.chosen = next(
+            cap for cap in self.candidates if self._best[cap] >= fastest * (1 - CLOSE)
+        )
+        timed = ", ".join(f"{cap}: {rate:,.0f}" for cap, rate in self._best.items())
+        log.info(
+            "forward passes on the CPU in process %d%s: %d images at most (best images/s "
+            "by pass size: %s)", os.getpid(), where, self.chosen, timed,
+        )  # fmt: skip
 
 
 def pass_sizes(

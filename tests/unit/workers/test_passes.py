@@ -15,7 +15,7 @@ from torch import nn
 
 from tests.unit.workers.test_inference import ITEMS
 from tests.unit.workers.test_shares import SizeSpy, _log
-from workers import devices
+from workers import devices, passes
 from workers.batches import Batch, channels_first, cut
 from workers.devices import torch_threads
 from workers.images import ImageSource
@@ -114,6 +114,52 @@ def test_a_size_learnt_elsewhere_is_kept_where_none_was_learnt_here() -> None:
     assert (sizes.chosen, sizes.start()) == (16, 16)
     sizes.settle(32)
     assert sizes.chosen == 16, "its own first"
+
+
+def test_a_copy_in_another_process_warms_up_again_and_reports_only_its_own_turns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A decode process forked from the scoring process inherits what was timed there; its
+    own first pass of each cap is a warm-up again, and it reports only the turns it timed."""
+    sizes = PassSizes(16)
+    assert sizes.start() == 16
+    sizes.timed(16, 0.002)  # warm-up
+    assert sizes.start() == 8
+    sizes.timed(8, 0.001)  # warm-up
+    assert sizes.start() == 16
+    sizes.timed(16, 0.002)  # 8,000 images/s
+    assert sizes.start() == 8
+    assert sizes.report() == ((16, 1, 8000.0),)
+    assert sizes.report() == (), "reported once"
+    sizes.timed(8, 0.0005)  # the turn under way as the process forks
+    parent = os.getpid()
+    monkeypatch.setattr(passes.os, "getpid", lambda: parent + 1)  # now the copy
+    assert sizes.start() == 8, "the cap timed fewest"
+    sizes.timed(8, 0.004)  # its warm-up in this process: not a turn
+    assert sizes.start() == 16
+    assert sizes.report() == (), "nothing timed here yet, nor the parent's turns again"
+    sizes.timed(16, 0.004)  # warm-up here
+    assert sizes.start() == 8
+    sizes.timed(8, 0.002)  # 4,000 images/s
+    assert sizes.start() == 16
+    assert sizes.report() == ((8, 1, 4000.0),)
+    assert sizes.rates() == {16: 8000.0, 8: 4000.0}, "the turn cut off by the fork not counted"
+
+
+def test_turns_timed_elsewhere_add_up_until_a_cap_is_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="planner.workers")
+    sizes = PassSizes(16)
+    sizes.merge([(16, 2, 1000.0), (8, TIMED_TURNS, 1500.0)])
+    assert sizes.chosen is None, f"16 timed twice of {TIMED_TURNS}"
+    sizes.merge([(16, 1, 1200.0), (32, 5, 9000.0)], " from elsewhere")
+    assert sizes.chosen == 8, "1,500 images/s against 1,200: more than the noise"
+    assert sizes.rates() == {16: 1200.0, 8: 1500.0}, "a cap not tried here ignored"
+    (said,) = [r.getMessage() for r in caplog.records if "forward passes" in r.getMessage()]
+    assert f"process {os.getpid()} from elsewhere: 8 images at most" in said
+    sizes.merge([(16, 5, 99000.0)])
+    assert (sizes.chosen, sizes.rates()[16]) == (8, 1200.0), "kept: nothing added after"
 
 
 def test_a_process_keeps_one_for_each_model_size_dtype_threads_and_batch() -> None:
@@ -223,3 +269,35 @@ def test_a_cpus_passes_settle_on_the_size_that_ran_fastest(
         assert [size for _, size in _log(paced.log)] == [kept] * (4 * BATCH // kept)
     whole = score_items(SizeSpy(tmp_path / "whole"), items, source, **{**options, "cache": None})
     np.testing.assert_allclose(scores.probs, whole.probs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("large_slow", [True, False], ids=["small-passes-faster", "large"])
+def test_replicas_retired_before_they_settle_hand_on_what_they_timed(
+    digit_files: tuple[Path, list[int]],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    large_slow: bool,
+) -> None:
+    """Decode processes started for each call (no ``Decoders`` kept) score 4 batches each,
+    too few to settle alone; the turns they time add up in the scoring process, so the
+    third call's replicas run passes of the faster size from their first batch."""
+    root, _ = digit_files
+    monkeypatch.setattr(devices, "usable_cpus", lambda: 2)
+    paced = Paced(tmp_path / "passes", large_slow)
+    source = ImageSource(image_root=root)
+    items = [(i, ITEMS[i % len(ITEMS)][1]) for i in range(2 * 4 * BATCH)]
+    options = {"batch_size": BATCH, "device": "cpu", "image_size": 32, "num_workers": 2}
+    calls = []
+    for _ in range(3):
+        scores = score_items(paced, items, source, threads=0, **options)
+        assert scores.task_ids == [t for t, _ in items]
+        by_process: dict[int, list[int]] = {}
+        for pid, size in _log(paced.log):
+            by_process.setdefault(pid, []).append(size)
+        calls.append(by_process)
+    assert len({pid for call in calls for pid in call}) == 6, "2 processes a call, each new"
+    for by_process in calls[0].values():
+        assert set(by_process) == {BATCH, MIN_PASS}, "both tried, neither kept"
+    kept = MIN_PASS if large_slow else BATCH
+    for by_process in calls[2].values():
+        assert by_process == [kept] * (4 * BATCH // kept), f"passes of {kept} from the first"
