@@ -162,15 +162,17 @@ def _noted(
 ) -> Iterator[Scores]:
     """The ``Scores`` of batches read in decode processes with this call's ``notes``; kept
     decode processes whose pixel cache turned off are retired (the next call's get a working
-    one). A pass size a replica learnt, or the passes it timed before it had, are kept in
-    ``learnt()`` (on its one thread), which the replicas forked next start from."""
+    one). The passes the replicas timed are added up in ``learnt()`` (on its one thread),
+    which keeps a size from them all, or else the first a replica kept; the replicas forked
+    next start from it."""
     for scores in loader:
         if learnt is not None and (scores.pass_size is not None or scores.pass_timings):
             sizes = learnt(threads=1)
+            # every process's turns weighed together first: one replica's pick is its few
+            # passes amid the others' work, whose noise put 8 over 16 in docs/benchmarks.md
+            sizes.merge(scores.pass_timings, " from its decode processes' passes")
             if scores.pass_size is not None:
                 sizes.settle(scores.pass_size)
-            else:
-                sizes.merge(scores.pass_timings, " from its decode processes' passes")
             if sizes.chosen is not None:
                 learnt = None  # kept: nothing more to hear this call
         if decoders is not None and cache is not None and cache.noted_in(scores.warnings):

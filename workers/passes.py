@@ -17,11 +17,13 @@ touched the first time), nor a pass of no more than half its cap (a batch's last
 after ``TIMED_TURNS`` more each, the largest cap whose best pass ran within ``CLOSE`` of the
 most images a second is kept for the process's life (the best pass, not the mean, as another
 process taking the CPU only ever slows a pass; the largest near it, as nearer is noise): at
-the default batch of 64, within the first 8 batches a process scores. What a replica has
-learnt comes back to the scoring process with its scores, so that the replicas forked after it
-start from it: the size it kept, or, before it kept one, the turns it timed (a replica retired
-before it settled, its pool of images scored, hands them on; ResNet-50 at batch 32 takes 7
-batches to learn, more than a replica scores of a chunk of 256). A GPU's passes are not cut.
+the default batch of 64, within the first 8 batches a process scores. The turns a replica
+timed come back to the scoring process with its scores, and the size it kept once it has;
+the scoring process adds up every replica's turns and keeps a size from them all (a single
+replica's few passes amid the others' work are noisier), or else the first a replica kept,
+and the replicas forked after that start from it. A replica retired before it settled, its
+pool of images scored, still hands its turns on: ResNet-50 at batch 32 takes 7 batches to
+learn, more than a replica scores of a chunk of 256. A GPU's passes are not cut.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from workers import devices, passes
 from workers.batches import Batch, channels_first, cut
 from workers.devices import torch_threads
 from workers.images import ImageSource
-from workers.inference import score_items
+from workers.inference import Scores, _noted, score_items
 from workers.passes import MIN_PASS, TIMED_TURNS, PassSizes, candidates, pass_sizes
 from workers.pixels import PixelCache
 
@@ -160,6 +161,29 @@ def test_turns_timed_elsewhere_add_up_until_a_cap_is_kept(
     assert f"process {os.getpid()} from elsewhere: 8 images at most" in said
     sizes.merge([(16, 5, 99000.0)])
     assert (sizes.chosen, sizes.rates()[16]) == (8, 1200.0), "kept: nothing added after"
+
+
+def _replica(pass_size: int | None, *timings: tuple[int, int, float]) -> Scores:
+    """A decode process's scores of one batch with what it timed since its last."""
+    probs = np.full((1, 2), 0.5, np.float32)
+    return Scores([1], probs, None, pass_size=pass_size, pass_timings=timings)
+
+
+@pytest.mark.parametrize("pooled", [True, False], ids=["enough-together", "too-few"])
+def test_the_scoring_process_weighs_every_replicas_turns_before_one_replicas_pick(
+    pooled: bool,
+) -> None:
+    """One replica kept 8 from its own turns (1,050 against 950 images/s); with the other's
+    unsettled turns (16 at 1,100) added, 16 is kept. Where the turns together still fall
+    short, the replica's pick is kept."""
+    model = nn.Linear(2, 2)
+    learnt = partial(pass_sizes, model, 32, None, BATCH)
+    other = _replica(None, (16, 2 if pooled else 1, 1100.0), (8, 3, 900.0))
+    settled = _replica(8, (16, 1, 950.0), (8, 3, 1050.0))
+    if not pooled:
+        settled = _replica(8, (8, 3, 1050.0))
+    assert len(list(_noted(iter([other, settled]), (), None, None, learnt))) == 2
+    assert learnt(threads=1).chosen == (16 if pooled else 8)
 
 
 def test_a_process_keeps_one_for_each_model_size_dtype_threads_and_batch() -> None:
