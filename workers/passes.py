@@ -130,8 +130,7 @@ class PassSizes:
                 return
             for cap, turns, best in timings:
                 if cap in self._timed:
-                    self._timed[cap] += turns
-                    self._best[cap] = max(self._best[cap], best)
+                    self._add(cap, turns, best)
             self._decide(where)
 
     def rates(self) -> dict[int, float]:
@@ -152,11 +151,15 @@ class PassSizes:
             self._warm.add(turn)
             return
         rate = self._images / self._seconds
-        self._timed[turn] += 1
-        self._best[turn] = max(self._best[turn], rate)
+        self._add(turn, 1, rate)
         turns, best = self._unreported.get(turn, (0, 0.0))
         self._unreported[turn] = (turns + 1, max(best, rate))
         self._decide()
+
+    def _add(self, cap: int, turns: int, best: float) -> None:
+        """``turns`` more timed of ``cap``, the best at ``best`` images/s."""
+        self._timed[cap] += turns
+        self._best[cap] = max(self._best[cap], best)
 
     def _decide(self, where: str = "") -> None:
         if min(self._timed.values()) < TIMED_TURNS:

@@ -179,9 +179,7 @@ def test_the_scoring_process_weighs_every_replicas_turns_before_one_replicas_pic
     model = nn.Linear(2, 2)
     learnt = partial(pass_sizes, model, 32, None, BATCH)
     other = _replica(None, (16, 2 if pooled else 1, 1100.0), (8, 3, 900.0))
-    settled = _replica(8, (16, 1, 950.0), (8, 3, 1050.0))
-    if not pooled:
-        settled = _replica(8, (8, 3, 1050.0))
+    settled = _replica(8, *([(16, 1, 950.0)] if pooled else []), (8, 3, 1050.0))
     assert len(list(_noted(iter([other, settled]), (), None, None, learnt))) == 2
     assert learnt(threads=1).chosen == (16 if pooled else 8)
 
@@ -236,6 +234,14 @@ class Paced(SizeSpy):
         return super().forward(x)
 
 
+def _by_process(logged: list[tuple[int, int]]) -> dict[int, list[int]]:
+    """The pass sizes ``SizeSpy`` logged, in order, by the process that ran them."""
+    by_process: dict[int, list[int]] = {}
+    for pid, size in logged:
+        by_process.setdefault(pid, []).append(size)
+    return by_process
+
+
 BATCH = 16
 TURNS = 2 * (TIMED_TURNS + 1)  # the turns that learn between the caps 16 and 8
 
@@ -276,9 +282,7 @@ def test_a_cpus_passes_settle_on_the_size_that_ran_fastest(
     finally:
         if cache is not None:
             cache.close()
-    by_process: dict[int, list[int]] = {}
-    for pid, size in logged:
-        by_process.setdefault(pid, []).append(size)
+    by_process = _by_process(logged)
     assert len(by_process) == processes
     assert (os.getpid() in by_process) == (where != "replicas")
     kept = MIN_PASS if large_slow else BATCH
@@ -315,10 +319,7 @@ def test_replicas_retired_before_they_settle_hand_on_what_they_timed(
     for _ in range(3):
         scores = score_items(paced, items, source, threads=0, **options)
         assert scores.task_ids == [t for t, _ in items]
-        by_process: dict[int, list[int]] = {}
-        for pid, size in _log(paced.log):
-            by_process.setdefault(pid, []).append(size)
-        calls.append(by_process)
+        calls.append(_by_process(_log(paced.log)))
     assert len({pid for call in calls for pid in call}) == 6, "2 processes a call, each new"
     for by_process in calls[0].values():
         assert set(by_process) == {BATCH, MIN_PASS}, "both tried, neither kept"
