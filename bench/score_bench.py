@@ -13,7 +13,7 @@ run:
     with a decode process a CPU: in each decode process, on one thread; else in the scoring
     process on that many threads, 0 = the CPUs the decoders leave), storing each image's
     pixels in a pixel cache of its own, empty at the start (``--pixel-cache-mb``; 0: none);
-    the pool scored in chunks of ``--chunk`` tasks (``workers.chunk_size``, 256 by default),
+    the pool scored in chunks of ``--chunk`` tasks (``workers.chunk_size``, 1,024 by default),
     a call each, the decode processes kept from one chunk to the next as a worker keeps them;
   * rescoring: the full pipeline again over the same images with the pixel cache the first
     pass filled, as every later model version scores the pool (no fetch, no decode);

@@ -50,7 +50,7 @@ class WorkerConfig:
     allowed_hosts: tuple[str, ...] = ()
     image_size: int = 32
     batch_size: int = 64
-    chunk_size: int = 256
+    chunk_size: int = 1024
     num_workers: int | None = None
     fetches_at_once: int = 4
     mc_passes: int = 0

@@ -120,7 +120,13 @@ class WorkerSettings(Section):
         "it: a chunk of fewer batches than processes is shared among them all, and each "
         "process learns from its first passes how many images a pass best takes).",
     )
-    chunk_size: int = Field(default=256, gt=0, description="Tasks per Celery job.")
+    chunk_size: int = Field(
+        default=1024,
+        gt=0,
+        description="Tasks per Celery job (each also a look-up of what is scored already and "
+        "the decode processes waiting between jobs: smaller jobs spread a small pool over more "
+        "workers, larger ones waste less between them).",
+    )
     num_workers: NonNegativeInt | Literal["auto"] = Field(
         default="auto",
         description="DataLoader decode processes; auto = a CPU each on a CPU, a CPU each but one "
