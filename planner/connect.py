@@ -88,6 +88,7 @@ def worker_config(settings: Settings, classes: tuple[str, ...]) -> WorkerConfig:
         image_size=section.image_size,
         batch_size=section.batch_size,
         chunk_size=section.chunk_size,
+        write_rows=section.write_rows,
         num_workers=None if section.num_workers == "auto" else section.num_workers,
         fetches_at_once=section.fetches_at_once,
         mc_passes=section.mc_passes,

@@ -51,6 +51,7 @@ class WorkerConfig:
     image_size: int = 32
     batch_size: int = 64
     chunk_size: int = 1024
+    write_rows: int = 512
     num_workers: int | None = None
     fetches_at_once: int = 4
     mc_passes: int = 0
@@ -73,7 +74,7 @@ class WorkerConfig:
     def __post_init__(self) -> None:
         if not self.classes:
             raise ConfigError("the worker needs the project's classes; none were given")
-        for name in ("image_size", "batch_size", "chunk_size", "fetches_at_once"):
+        for name in ("image_size", "batch_size", "chunk_size", "write_rows", "fetches_at_once"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"workers.{name} = {getattr(self, name)}: must be positive")
         if self.num_workers is not None and self.num_workers < 0:

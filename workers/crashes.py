@@ -51,7 +51,7 @@ def prepare_chunk(
     suspects = [item for item in chunk if item[0] in crashes.suspects]
     if not suspects:
         return cfg, []
-    one_by_one = replace(cfg, batch_size=1, num_workers=0, pixel_cache_mb=0)
+    one_by_one = replace(cfg, batch_size=1, num_workers=0, pixel_cache_mb=0, write_rows=1)
     if crashes.deaths < GIVE_UP_AFTER:
         log.warning(
             "the scoring process died %d time(s) on a chunk of these tasks; scoring it one "

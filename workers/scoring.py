@@ -40,12 +40,19 @@ from workers.config import WorkerConfig
 from workers.decoders import Decoders, keep_heap
 from workers.dropout import mc_problem
 from workers.images import ImageSource
-from workers.inference import iter_scores
+from workers.inference import Scores, iter_scores, merge
 from workers.models import ScoringModel, choose_model, load_model
 from workers.pixels import PixelCache
 from workers.references import through_label_studio
 
 log = logging.getLogger("planner.workers")
+
+WRITE_S = 10.0
+"""A chunk writes the scores it holds once ``workers.write_rows`` have come, or once this many
+seconds have passed since its last write, so a worker that dies loses little of a slow
+model's work (what was written is not scored again). A transaction a batch of 64 cost the
+scoring process as much CPU again as the rows' own writing (docs/benchmarks.md, *Scoring a
+pool by chunks*)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,25 +379,45 @@ def score_chunk(
         compiler=resources.compiler,
         fetches=cfg.fetches_at_once,
     )
+    held_parts: list[Scores] = []
+    last_write = time.monotonic()
+
+    def write() -> int:
+        """The parts held so far written in one transaction (the rows written)."""
+        nonlocal last_write
+        part, last_write = merge(held_parts), time.monotonic()
+        held_parts.clear()
+        with store.session() as session:
+            return write_scores(
+                session,
+                project_id=project_id,
+                model_version=model.version,
+                task_ids=part.task_ids,
+                probs=part.probs if part.task_ids else None,
+                embeddings=part.embeddings,
+                bald=part.bald,
+                unscorable=part.unscorable,
+                images=wanted,  # a task showing another image by now is not written
+            )
+
     # closed at once should a write fail, not when the collector gets to it: its finally
     # closes the image connections and gives torch its threads back
     with closing(parts):
-        for part in parts:
-            with store.session() as session:
-                written += write_scores(
-                    session,
-                    project_id=project_id,
-                    model_version=model.version,
-                    task_ids=part.task_ids,
-                    probs=part.probs if part.task_ids else None,
-                    embeddings=part.embeddings,
-                    bald=part.bald,
-                    unscorable=part.unscorable,
-                    images=wanted,  # a task showing another image by now is not written
-                )
-            scored, unscorable = scored + len(part.task_ids), unscorable + len(part.unscorable)
-            deferred.update(part.deferred)
-            notes.update(dict.fromkeys(part.warnings))
+        try:
+            for part in parts:
+                held_parts.append(part)
+                scored, unscorable = scored + len(part.task_ids), unscorable + len(part.unscorable)
+                deferred.update(part.deferred)
+                notes.update(dict.fromkeys(part.warnings))
+                rows = sum(len(p.task_ids) + len(p.unscorable) for p in held_parts)
+                if rows >= cfg.write_rows or time.monotonic() - last_write >= WRITE_S:
+                    written += write()
+        except Exception:
+            if held_parts:  # what was scored before the failure stays scored
+                written += write()
+            raise
+    if held_parts:
+        written += write()
     for note in notes:
         log.warning("model %s: %s", model.version, note)
     if deferred and not final_attempt:

@@ -127,6 +127,12 @@ class WorkerSettings(Section):
         "the decode processes waiting between jobs: smaller jobs spread a small pool over more "
         "workers, larger ones waste less between them).",
     )
+    write_rows: int = Field(
+        default=512,
+        gt=0,
+        description="Scores a chunk holds before writing them in one transaction (or after "
+        "10 s, and before a failing chunk fails): 1 writes every batch as it comes.",
+    )
     num_workers: NonNegativeInt | Literal["auto"] = Field(
         default="auto",
         description="DataLoader decode processes; auto = a CPU each on a CPU, a CPU each but one "

@@ -255,6 +255,7 @@ def test_a_worker_killed_mid_chunk_loses_nothing_and_scores_nothing_twice(
         queue=queue,
         chunk_size=10,
         batch_size=4,
+        write_rows=4,  # each batch written as it comes
         num_workers=0,  # the forward passes in the worker process, counted there, in order
     )
     items = _items(100)

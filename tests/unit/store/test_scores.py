@@ -7,11 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+from sqlalchemy import event
 from sqlmodel import col, func, select, update
 
 from planner.errors import InputError
 from planner.store import Store, load_scores, prune_scores, unscored, write_scores
 from planner.store.batches import PlannedItem, create_batch, move_batch
+from planner.store.db import ensure_project, open_store
 from planner.store.events import record_model_version
 from planner.store.models import Batch, ScoreRecord, Task
 from planner.store.scores import forget_scores
@@ -381,3 +383,51 @@ def test_pruning_keeps_the_current_model_and_the_open_batch_model(
 def test_pruning_keeps_at_least_one_version(store: Store, project_id: int) -> None:
     with store.session() as session, pytest.raises(InputError, match="at least one"):
         prune_scores(session, project_id=project_id, keep=0)
+
+
+@pytest.mark.integration
+def test_postgres_is_sent_the_same_statements_for_any_number_of_rows(postgres_url: str) -> None:
+    """psycopg parses a statement's text once and keeps it while it is under 4,096 bytes and
+    50 parameters; a multi-row INSERT or an IN list of a batch's ids was neither, and parsing
+    them afresh cost the scoring process about as much as the rows' writing."""
+    store = open_store(postgres_url)
+    sent: list[tuple[str, int]] = []
+
+    def capture(_conn: object, _cursor: object, statement: str, params: object, *_: object) -> None:
+        sent.append((statement, len(params) if isinstance(params, dict) else 0))
+
+    try:
+        with store.session() as session:
+            pid = int(ensure_project(session, ls_project_id=9).id or 0)
+            session.add_all(
+                Task(project_id=pid, ls_task_id=i, image=f"{i}.png") for i in range(800)
+            )
+            session.commit()
+        event.listen(store.engine, "before_cursor_execute", capture)
+        rng = np.random.default_rng(0)
+        for ids in (range(3), range(3, 800)):
+            with store.session() as session:
+                written = write_scores(
+                    session,
+                    project_id=pid,
+                    model_version="m1",
+                    task_ids=list(ids),
+                    probs=rng.random((len(ids), 4), dtype=np.float32),
+                    images={i: f"{i}.png" for i in ids},
+                    unscorable={900 + ids[0]: "corrupt"},
+                )
+                session.commit()
+            assert written == len(ids) + 1
+        event.remove(store.engine, "before_cursor_execute", capture)
+        with store.session() as session:
+            todo = unscored(session, project_id=pid, model_version="m1", task_ids=range(805))
+            scores = load_scores(session, project_id=pid, model_version="m1")
+    finally:
+        store.dispose()
+    assert todo == list(range(800, 805))
+    assert scores.task_ids.tolist() == list(range(800))
+    assert scores.unscorable == {900: "corrupt", 903: "corrupt"}
+    assert len(sent) == 4, sent  # each write: the lock on its tasks' images, the insert
+    assert sent[0] == sent[2], "the images' lock differs by the number of ids"
+    assert sent[1] == sent[3], "the insert differs by the number of rows"
+    assert all(len(text.encode()) < 4096 and n < 50 for text, n in sent)

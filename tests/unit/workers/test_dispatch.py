@@ -697,13 +697,15 @@ def test_a_relative_bootstrap_folder_is_the_one_the_worker_was_started_in(
     assert settings_worker_config(settings, ("a",)).bootstrap_dir == tmp_path / "var" / "bootstrap"
 
 
-def test_the_image_and_upload_roots_and_the_fetches_reach_the_scoring_job(tmp_path: Path) -> None:
+def test_the_image_roots_the_fetches_and_the_writes_reach_the_scoring_job(tmp_path: Path) -> None:
     config = tmp_path / "planner.toml"
     config.write_text(
         "[workers]\nimage_root = '/images'\nupload_root = '/ls/media/upload'\nfetches_at_once = 2\n"
+        "write_rows = 7\n"
     )
     cfg = settings_worker_config(load_settings(config, environ=False), ("a",))
     assert (cfg.image_root, cfg.upload_root) == (Path("/images"), Path("/ls/media/upload"))
-    assert cfg.fetches_at_once == 2
+    assert (cfg.fetches_at_once, cfg.write_rows) == (2, 7)
+    assert settings_worker_config(load_settings(environ=False), ("a",)).write_rows == 512
     source = image_source(cfg)
     assert (source.image_root, source.upload_root) == (cfg.image_root, cfg.upload_root)

@@ -9,9 +9,10 @@ import time
 import types
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
@@ -37,7 +38,7 @@ from workers.compiling import Compiler
 from workers.config import WorkerConfig
 from workers.dispatch import score_pool
 from workers.images import ImageSource
-from workers.inference import score_items
+from workers.inference import Scores, score_items
 from workers.models import load_model
 
 
@@ -248,6 +249,7 @@ def test_a_chunk_whose_write_fails_closes_its_image_connections_at_once(
         model=f"{__name__}:tiny_factory",
         image_root=None,
         label_studio_url=label_studio.url,
+        write_rows=10,  # the first batch written, mid-chunk
     )
     threads = torch.get_num_threads()
 
@@ -305,6 +307,9 @@ def test_a_cloud_storage_image_is_read_through_label_studio_and_its_score_kept(
 def tiny_factory() -> nn.Module:
     torch.manual_seed(0)
     return Tiny().eval()
+
+
+TINY = f"{__name__}:tiny_factory"
 
 
 def _compiler() -> Compiler:
@@ -374,3 +379,78 @@ def test_a_worker_neither_creates_nor_migrates_the_store(tmp_path: Path) -> None
     with pytest.raises(StoreSchemaError, match="has no planner tables"):
         resources.store(empty)
     resources.close()
+
+
+def _counting_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rows of each ``write_scores`` call ``score_chunk`` makes (the real one runs)."""
+    rows: list[int] = []
+    real = scoring.write_scores
+
+    def counted(*args: object, **kwargs: Any) -> int:
+        rows.append(len(kwargs["task_ids"]) + len(kwargs["unscorable"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scoring, "write_scores", counted)
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("limits", "writes"),
+    [((20, 3600.0), [20, 20, 10]), ((1000, 3600.0), [50]), ((1000, 0.0), [10, 10, 10, 10, 10])],
+)
+def test_a_chunk_writes_its_scores_a_few_hundred_rows_or_seconds_at_a_time(
+    project: tuple[Store, int],
+    digit_files: tuple[Path, list[int]],
+    monkeypatch: pytest.MonkeyPatch,
+    limits: tuple[int, float],
+    writes: list[int],
+) -> None:
+    """A transaction a batch cost the scoring process as much CPU again as the rows' own
+    writing; held much longer, a worker that dies would score them all again."""
+    store, pid = project
+    root, _ = digit_files
+    monkeypatch.setattr(scoring, "WRITE_S", limits[1])
+    written = _counting_writes(monkeypatch)
+    cfg = replace(
+        worker_config(store, root, batch_size=10, num_workers=0, write_rows=limits[0]),
+        model=TINY,
+    )
+    items = [*_items(49), (999, "/data/local-files/?d=digits/missing.png")]
+    result = scoring.score_chunk(cfg, pid, items, resources=scoring.Resources())
+    assert (result.scored, result.unscorable, result.written) == (49, 1, 50)
+    assert written == writes
+    with store.session() as session:
+        scores = load_scores(session, project_id=pid, model_version=result.model_version)
+    assert scores.task_ids.tolist() == list(range(201, 250))
+    assert list(scores.unscorable) == [999]
+
+
+def test_scores_held_when_the_chunk_fails_are_written_before_it_fails(
+    project: tuple[Store, int],
+    digit_files: tuple[Path, list[int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fault after two batches (their scores held, not yet written): the chunk fails, and
+    its retry scores only the rest."""
+    store, pid = project
+    root, _ = digit_files
+    real = scoring.iter_scores
+
+    def two_then_fail(*args: object, **kwargs: object) -> Iterator[Scores]:
+        parts = real(*args, **kwargs)  # type: ignore[arg-type]
+        try:
+            yield next(parts)
+            yield next(parts)
+            raise RuntimeError("a decode process died")
+        finally:
+            parts.close()
+
+    monkeypatch.setattr(scoring, "iter_scores", two_then_fail)
+    written = _counting_writes(monkeypatch)
+    cfg = replace(worker_config(store, root, batch_size=10, num_workers=0), model=TINY)
+    with pytest.raises(RuntimeError, match="decode process died"):
+        scoring.score_chunk(cfg, pid, _items(50), resources=scoring.Resources())
+    assert written == [20]
+    monkeypatch.setattr(scoring, "iter_scores", real)
+    again = scoring.score_chunk(cfg, pid, _items(50), resources=scoring.Resources())
+    assert (again.scored, again.skipped) == (30, 20)
