@@ -320,9 +320,14 @@ def ensure_project(session: Session, *, ls_project_id: int, title: str = "") -> 
     return found
 
 
+def is_postgres(session: Session) -> bool:
+    """Whether the session's database is PostgreSQL (else SQLite)."""
+    return bool(session.get_bind().dialect.name == "postgresql")
+
+
 def dialect_insert(session: Session) -> Any:
     """The INSERT construct of the session's database, which has ``on_conflict_do_*``."""
-    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    return pg_insert if is_postgres(session) else sqlite_insert
 
 
 def insert_missing(session: Session, row: SQLModel, *keys: str) -> None:

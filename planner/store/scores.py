@@ -28,7 +28,7 @@ from sqlmodel import Session, col, func, select
 
 from planner.errors import InputError
 from planner.store.batches import OPEN
-from planner.store.db import dialect_insert
+from planner.store.db import dialect_insert, is_postgres
 from planner.store.models import Batch, ModelVersionRecord, ScoreRecord, Task, now
 
 _CHUNK = 2000
@@ -125,7 +125,7 @@ def write_scores(
     rows.sort(key=lambda values: int(values["ls_task_id"]))  # type: ignore[call-overload]
     stamp = now()
     keys = ["project_id", "ls_task_id", "model_version"]
-    if _postgres(session):
+    if is_postgres(session):
         # one statement of eight arrays: its text is the same for any number of rows, so
         # psycopg parses it once, where it parsed every multi-row INSERT afresh
         # (docs/benchmarks.md, *Scoring a pool by chunks*)
@@ -152,14 +152,10 @@ def write_scores(
     return len(session.connection().execute(statement, rows).all())
 
 
-def _postgres(session: Session) -> bool:
-    return bool(session.get_bind().dialect.name == "postgresql")
-
-
 def _one_of(session: Session, column: Any, ids: Sequence[int]) -> ColumnElement[bool]:
     """``column`` among ``ids``: on PostgreSQL one array, a statement whose text is the same
     however many (psycopg parses it once); elsewhere an IN list."""
-    if _postgres(session):
+    if is_postgres(session):
         among: ColumnElement[bool] = column == any_(
             bindparam(None, [int(i) for i in ids], ARRAY(BigInteger))
         )
