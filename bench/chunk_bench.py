@@ -2,8 +2,8 @@
 
 ``bench/score_bench.py`` times ``score_items`` chunk by chunk; a worker does more for every
 chunk: it looks up which of the chunk's tasks the model version has scored already, writes
-each batch's scores to the store as it comes (a transaction each) and, when the chunk is
-done, starts the next, while its decode processes wait for their next batches. This bench
+its scores to the store (``workers.write_rows`` at a time, a transaction each) and, when the
+chunk is done, starts the next, while its decode processes wait for their next batches. This bench
 runs ``workers.dispatch.score_pool`` embedded (no broker: the chunks one after another in
 this process, as the daemon scores a pool with no Redis configured, and as a Celery worker
 runs its tasks), the store SQLite in a temporary folder (``--store-url``: another, such as
@@ -156,7 +156,7 @@ def table(args: argparse.Namespace, measured: dict[int, list[tuple[float, float]
         else "read from local files under `workers.image_root`"
     )
     store = (
-        f"{args.store_url.split(':')[0].split('+')[0]} (`{args.store_url}`)"
+        f"{_dialect(args)} (`{args.store_url}`)"
         if args.store_url
         else "SQLite in a temporary folder"
     )
@@ -167,8 +167,8 @@ def table(args: argparse.Namespace, measured: dict[int, list[tuple[float, float]
         f"{cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}. "
         f"{args.model} at {args.size}x{args.size}, batch {args.batch}, {args.n:,} JPEG images "
         f"{where}, scored by `score_pool` embedded (each chunk's lookup of what is scored "
-        f"already, its batches' scores written to the store, {store}, as they come), a new "
-        f"project and an empty pixel cache each run, the decode processes and resources kept "
+        f"already, its scores written to the store, {store}, `workers.write_rows` at a time), "
+        f"a new project and an empty pixel cache each run, the decode processes and resources kept "
         f"as the daemon keeps them; medians of {args.rounds} interleaved rounds after a "
         f"warm-up, ratios the median of each round's ratio. Command: `{command}`",
         "",
@@ -189,9 +189,14 @@ def table(args: argparse.Namespace, measured: dict[int, list[tuple[float, float]
     return "\n".join(lines)
 
 
+def _dialect(args: argparse.Namespace) -> str:
+    """The database of ``--store-url`` (``postgresql`` of ``postgresql+psycopg://...``)."""
+    return str(args.store_url.split(":")[0].split("+")[0])
+
+
 def key(args: argparse.Namespace) -> str:
     """The block's name: the model, its input size, the images' source, a store not SQLite's."""
-    store = [args.store_url.split(":")[0].split("+")[0]] if args.store_url else []
+    store = [_dialect(args)] if args.store_url else []
     return "|".join([args.model, str(args.size), args.source, *store])
 
 
